@@ -1,0 +1,32 @@
+//! unoflow's compute layer: the contract between the engine and the operators, and the operators
+//! themselves.
+//!
+//! An operator turns one partition of input rows (an Arrow [`RecordBatch`]) into output rows. It
+//! knows nothing of DAG files, workspaces or scheduling: the engine reads the DAG, validates each
+//! node's parameters against the operator's [`OpSpec`], checks column requirements against the
+//! producer's schema, splits the input into partitions, calls [`Operator::process`] for each one
+//! and commits the results.
+//!
+//! ```text
+//!   OpSpec ──► engine validation (params, columns, schemas) ──► plan
+//!   Operator::process(partition) ──► PartitionOutput { rows, errors } ──► atomic commit
+//! ```
+//!
+//! [`RecordBatch`]: arrow::record_batch::RecordBatch
+
+pub mod columns;
+mod error;
+pub mod image_io;
+mod operator;
+pub mod params;
+pub mod rowid;
+pub mod thumbnail;
+
+pub use error::{OpError, Result};
+pub use operator::{ExecContext, OpSpec, Operator, PartitionOutput, Resource, RowError, RowMapping};
+pub use params::{ParamSpec, ParamType, ParamValue, Params};
+
+/// Every operator this crate provides, in the order `unoflow ops` lists them.
+pub fn builtin_operators() -> Vec<std::sync::Arc<dyn Operator>> {
+    vec![std::sync::Arc::new(thumbnail::Thumbnail)]
+}

@@ -1,0 +1,134 @@
+//! The [`Operator`] trait: the one seam between the engine and the compute layer.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::Result;
+use crate::columns::ColumnRequirement;
+use crate::params::{ParamSpec, Params};
+
+/// Which scarce resource an operator occupies while it runs. The engine runs at most one `Gpu`
+/// node per device at a time and shares the CPU cores among the partitions of `Cpu` nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resource {
+    Cpu,
+    Gpu,
+}
+
+/// How output rows relate to input rows; it decides how lineage walks back from a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowMapping {
+    /// Each output row is an input row with columns changed or added; it keeps its `row_id`.
+    Preserve,
+    /// Output rows are new rows; each carries the ids of its input rows in `parent_ids`.
+    Derive,
+}
+
+/// What an operator declares about itself. `unoflow ops` prints it; validation checks DAG nodes
+/// against it.
+#[derive(Debug, Clone)]
+pub struct OpSpec {
+    /// The name DAG files use in `op = "…"`.
+    pub name: &'static str,
+    /// Bumped whenever the operator's output for the same input and parameters changes; part of
+    /// every fingerprint, so a bump recomputes the nodes that use the operator.
+    pub version: u32,
+    /// One line for listings.
+    pub summary: &'static str,
+    /// Longer help for `unoflow ops NAME`.
+    pub doc: &'static str,
+    pub params: Vec<ParamSpec>,
+    /// How many inputs the node takes: `min..=max`.
+    pub inputs: (usize, usize),
+    pub resource: Resource,
+    pub mapping: RowMapping,
+    /// Rows per partition: the unit of parallelism, of progress and of resume.
+    pub partition_rows: usize,
+}
+
+impl OpSpec {
+    /// The spec of a parameter.
+    pub fn param(&self, name: &str) -> Option<&ParamSpec> {
+        self.params.iter().find(|p| p.name == name)
+    }
+}
+
+/// A per-row failure: the row is left out of the output and recorded in the node's error table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    pub row_id: String,
+    pub message: String,
+}
+
+/// The result of one partition.
+#[derive(Debug)]
+pub struct PartitionOutput {
+    /// Rows that succeeded.
+    pub rows: RecordBatch,
+    /// Rows that failed; the run goes on without them.
+    pub errors: Vec<RowError>,
+}
+
+/// What the engine tells an operator about the partition at hand.
+#[derive(Debug, Clone)]
+pub struct ExecContext {
+    /// The DAG's seed; operators derive per-row seeds from it and the row id.
+    pub seed: u64,
+    /// Index of this partition within the node.
+    pub partition: usize,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl ExecContext {
+    /// A context for one partition; `cancelled` is shared with the engine's signal handler.
+    pub fn new(seed: u64, partition: usize, cancelled: Arc<AtomicBool>) -> Self {
+        Self { seed, partition, cancelled }
+    }
+
+    /// Whether the run is stopping; long operators check it between rows and return early.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+/// An operator turns partitions of input rows into output rows.
+///
+/// Implementors provide:
+/// 1. [`spec`](Operator::spec): name, version, parameters, arity, resource class.
+/// 2. [`required_columns`](Operator::required_columns): what each input must have, so that a
+///    DAG wiring a producer that lacks a column fails validation before anything runs.
+/// 3. [`output_schema`](Operator::output_schema): the schema of the output, computed from the
+///    input schemas alone (no data), so consumers can be checked in turn.
+/// 4. [`process`](Operator::process): the work for one partition.
+///
+/// # Rows and ids
+/// Every input batch has a `row_id` column. With [`RowMapping::Preserve`] the output keeps each
+/// row's id; with [`RowMapping::Derive`] the operator makes new ids and fills `parent_ids`.
+///
+/// # Errors
+/// A failure that concerns one row (an undecodable image) is a [`RowError`] in the output, and
+/// the run continues. An `Err` fails the whole partition and, unless the user asked otherwise,
+/// the node.
+///
+/// # Determinism
+/// The same input, parameters and seed must give the same output: caching and exactly-once
+/// resume rely on it.
+pub trait Operator: Send + Sync + Debug {
+    /// The operator's declaration.
+    fn spec(&self) -> &OpSpec;
+
+    /// The columns each input must have, given the node's parameters (a parameter may name the
+    /// column, as `thumbnail`'s `column` does).
+    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>>;
+
+    /// The output schema for these input schemas. Called only after the required columns were
+    /// found.
+    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef>;
+
+    /// Processes one partition of the (first) input.
+    fn process(&self, ctx: &ExecContext, params: &Params, input: &RecordBatch) -> Result<PartitionOutput>;
+}

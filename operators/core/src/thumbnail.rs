@@ -1,0 +1,212 @@
+//! `thumbnail`: resizes an image column so that each image's longer side is `max_side`.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{Array, ArrayRef, BinaryBuilder, BooleanArray, StringArray, UInt32Array};
+use arrow::compute::{cast, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use image::imageops::FilterType;
+
+use crate::columns::{ColumnRequirement, HEIGHT, ROW_ID, WIDTH};
+use crate::operator::{ExecContext, OpSpec, Operator, PartitionOutput, Resource, RowError, RowMapping};
+use crate::params::{ParamSpec, ParamType, ParamValue, Params};
+use crate::{OpError, Result, image_io};
+
+/// The `thumbnail` operator.
+#[derive(Debug, Clone, Copy)]
+pub struct Thumbnail;
+
+const FILTERS: &[&str] = &["lanczos3", "catmull_rom", "triangle", "nearest"];
+
+static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
+    name: "thumbnail",
+    version: 1,
+    summary: "resize an image column so the longer side is `max_side`",
+    doc: "The same rows with the image column resized (aspect ratio kept) and `width`/`height` \
+          updated. Images already within `max_side` are left as they are unless `upscale` is set. \
+          Unreadable images go to the node's error table.",
+    params: vec![
+        ParamSpec::optional("column", ParamType::Str, ParamValue::Str("image".into()), "the image column (PNG, JPEG or WebP bytes)"),
+        ParamSpec::required("max_side", ParamType::int(1, 16384), "length of the longer side after resizing, in pixels"),
+        ParamSpec::optional("filter", ParamType::Choice(FILTERS), ParamValue::Str("lanczos3".into()), "resampling filter"),
+        ParamSpec::optional("upscale", ParamType::Bool, ParamValue::Bool(false), "also enlarge images smaller than `max_side`"),
+    ],
+    inputs: (1, 1),
+    resource: Resource::Cpu,
+    mapping: RowMapping::Preserve,
+    partition_rows: 16,
+});
+
+fn filter_type(name: &str) -> Result<FilterType> {
+    Ok(match name {
+        "lanczos3" => FilterType::Lanczos3,
+        "catmull_rom" => FilterType::CatmullRom,
+        "triangle" => FilterType::Triangle,
+        "nearest" => FilterType::Nearest,
+        other => return Err(OpError::Param { name: "filter".into(), message: format!("unknown filter {other:?}") }),
+    })
+}
+
+impl Operator for Thumbnail {
+    fn spec(&self) -> &OpSpec {
+        &SPEC
+    }
+
+    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
+        Ok(vec![vec![ColumnRequirement::image(params.str("column")?)]])
+    }
+
+    fn output_schema(&self, _params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        let mut fields: Vec<Field> =
+            inputs[0].fields().iter().filter(|f| f.name() != WIDTH && f.name() != HEIGHT).map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(WIDTH, DataType::UInt32, false));
+        fields.push(Field::new(HEIGHT, DataType::UInt32, false));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    fn process(&self, ctx: &ExecContext, params: &Params, input: &RecordBatch) -> Result<PartitionOutput> {
+        let column = params.str("column")?;
+        let max_side = params.int("max_side")? as u32;
+        let filter = filter_type(params.str("filter")?)?;
+        let upscale = params.bool("upscale")?;
+
+        let images = cast(column_of(input, column)?, &DataType::Binary)?;
+        let images =
+            images.as_any().downcast_ref::<arrow::array::BinaryArray>().ok_or_else(|| OpError::Internal("cast to Binary".into()))?;
+        let ids = column_of(input, ROW_ID)?;
+        let ids = ids
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| OpError::Column { column: ROW_ID.into(), message: "must be Utf8".into() })?;
+
+        let mut out = BinaryBuilder::new();
+        let (mut widths, mut heights, mut keep, mut errors) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for row in 0..input.num_rows() {
+            if ctx.is_cancelled() {
+                return Err(OpError::Execution("cancelled".into()));
+            }
+            let result = if images.is_null(row) {
+                Err(format!("`{column}` is null"))
+            } else {
+                resize_png(images.value(row), max_side, filter, upscale)
+            };
+            match result {
+                Ok((png, w, h)) => {
+                    out.append_value(&png);
+                    widths.push(w);
+                    heights.push(h);
+                    keep.push(true);
+                }
+                Err(message) => {
+                    errors.push(RowError { row_id: ids.value(row).to_string(), message });
+                    keep.push(false);
+                }
+            }
+        }
+
+        let kept = filter_record_batch(input, &BooleanArray::from(keep))?;
+        let schema = self.output_schema(params, &[input.schema()])?;
+        let resized: ArrayRef = Arc::new(out.finish());
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| -> Result<ArrayRef> {
+                Ok(match f.name().as_str() {
+                    WIDTH => Arc::new(UInt32Array::from(widths.clone())),
+                    HEIGHT => Arc::new(UInt32Array::from(heights.clone())),
+                    name if name == column => cast(&resized, f.data_type())?,
+                    name => Arc::clone(column_of(&kept, name)?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PartitionOutput { rows: RecordBatch::try_new(schema, columns)?, errors })
+    }
+}
+
+fn column_of<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch.column_by_name(name).ok_or_else(|| OpError::Column { column: name.into(), message: "missing from the input".into() })
+}
+
+/// Decodes, resizes and re-encodes one image; returns the PNG and its size.
+fn resize_png(bytes: &[u8], max_side: u32, filter: FilterType, upscale: bool) -> std::result::Result<(Vec<u8>, u32, u32), String> {
+    let img = image_io::decode(bytes)?;
+    let (w, h) = (img.width(), img.height());
+    let img = if w.max(h) > max_side || (upscale && w.max(h) < max_side) {
+        let (nw, nh) = image_io::fit_long_side(w, h, max_side);
+        img.resize_exact(nw, nh, filter)
+    } else {
+        img
+    };
+    let png = image_io::encode_png(&img)?;
+    Ok((png, img.width(), img.height()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use image::DynamicImage;
+
+    use super::*;
+
+    fn params(max_side: i64) -> Params {
+        let mut p = Params::new();
+        for spec in &SPEC.params {
+            if let Some(d) = &spec.default {
+                p.insert(spec.name, d.clone());
+            }
+        }
+        p.insert("max_side", ParamValue::Int(max_side));
+        p
+    }
+
+    fn batch(images: Vec<Vec<u8>>) -> RecordBatch {
+        let ids: Vec<String> = (0..images.len()).map(|i| format!("id{i}")).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(ROW_ID, DataType::Utf8, false),
+            Field::new("image", DataType::Binary, true),
+            Field::new("width", DataType::UInt32, false),
+        ]));
+        let n = images.len();
+        let imgs: Vec<&[u8]> = images.iter().map(|v| v.as_slice()).collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(ids)),
+                Arc::new(arrow::array::BinaryArray::from(imgs)),
+                Arc::new(UInt32Array::from(vec![0; n])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        image_io::encode_png(&DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 9])))).unwrap()
+    }
+
+    #[test]
+    fn resizes_and_isolates_bad_rows() {
+        let ctx = ExecContext::new(0, 0, Arc::new(AtomicBool::new(false)));
+        let input = batch(vec![png(40, 20), b"not an image".to_vec(), png(8, 4)]);
+        let out = Thumbnail.process(&ctx, &params(10), &input).unwrap();
+        assert_eq!(out.rows.num_rows(), 2);
+        assert_eq!(out.errors.len(), 1);
+        assert_eq!(out.errors[0].row_id, "id1");
+        let w = out.rows.column_by_name(WIDTH).unwrap().as_any().downcast_ref::<UInt32Array>().unwrap();
+        let h = out.rows.column_by_name(HEIGHT).unwrap().as_any().downcast_ref::<UInt32Array>().unwrap();
+        assert_eq!((w.value(0), h.value(0)), (10, 5));
+        // Smaller than max_side: unchanged without `upscale`.
+        assert_eq!((w.value(1), h.value(1)), (8, 4));
+        let img = out.rows.column_by_name("image").unwrap().as_any().downcast_ref::<arrow::array::BinaryArray>().unwrap();
+        assert_eq!(image_io::png_size(img.value(0)), Some((10, 5)));
+    }
+
+    #[test]
+    fn output_schema_has_sizes_once() {
+        let input = batch(vec![]);
+        let schema = Thumbnail.output_schema(&params(4), &[input.schema()]).unwrap();
+        let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["row_id", "image", "width", "height"]);
+    }
+}

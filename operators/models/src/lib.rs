@@ -1,0 +1,8 @@
+//! The neural networks of the UNO method, in burn, generic over the backend.
+//!
+//! Models mirror their reference implementation's module tree, so checkpoint keys map onto
+//! struct fields plainly. This crate knows nothing of DAGs, tables or workspaces.
+
+pub mod device;
+
+pub use device::{DeviceError, DeviceSpec};

@@ -1,0 +1,334 @@
+//! The `unoflow` command line: argument definitions and one function per command. Only this
+//! module and `main` print.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use unoflow_models::DeviceSpec;
+
+use crate::dag::{self, Dag};
+use crate::error::{Error, Result};
+use crate::exec::{self, RunOptions, Status};
+use crate::format::{self, OutputFormat};
+use crate::ops::Registry;
+use crate::plan::{self, State};
+use crate::tables::Catalog;
+use crate::workspace::RunRecord;
+
+/// Declarative, cached, resumable dataflow for UNO subject-driven image generation.
+#[derive(Debug, Parser)]
+#[command(name = "unoflow", version, about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a DAG file without running anything (exit 2 on errors).
+    Validate {
+        /// The DAG file.
+        dag: PathBuf,
+    },
+    /// Show what `run` would do: each node's fingerprint and state (cached, stale, missing), and why.
+    Plan {
+        dag: PathBuf,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+        /// Print a JSON array of {node, fingerprint, state, reasons}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the nodes that are not cached; committed work survives interruptions.
+    Run(RunArgs),
+    /// Query node outputs with SQL; every node's output is a table named after it, its failed rows `errors.NODE`.
+    Sql {
+        /// The query (read-only).
+        query: String,
+        /// Use the outputs of this DAG's current nodes.
+        #[arg(long)]
+        dag: Option<PathBuf>,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        /// Write the result to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// List the operators, or show one in full.
+    Ops {
+        /// An operator name.
+        name: Option<String>,
+    },
+    /// List the runs recorded in a workspace.
+    Runs {
+        #[arg(long)]
+        dag: Option<PathBuf>,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+        /// Print the run records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show where a row came from: its values, the node's parameters, and the rows it was made from.
+    Lineage {
+        /// The node holding the row.
+        node: String,
+        /// The row's `row_id`.
+        row_id: String,
+        #[arg(long)]
+        dag: Option<PathBuf>,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct WorkspaceArg {
+    /// The workspace folder (default: the DAG's `[dag] workspace`).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The DAG file.
+    pub dag: PathBuf,
+    #[command(flatten)]
+    pub workspace: WorkspaceArg,
+    /// Run only these nodes, and whatever they need that is not cached.
+    #[arg(long, num_args = 1.., value_name = "NODE")]
+    pub only: Vec<String>,
+    /// Recompute these nodes even if they are cached.
+    #[arg(long, num_args = 1.., value_name = "NODE")]
+    pub force: Vec<String>,
+    /// Where models run: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceSpec,
+    /// Stop at the first row that fails instead of recording it and going on.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// If another run holds the workspace, wait for it instead of refusing.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
+    s.parse::<DeviceSpec>().and_then(DeviceSpec::check_available).map_err(|e| e.to_string())
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn main(cli: Cli) -> Result<i32> {
+    let registry = Registry::default();
+    match cli.command {
+        Command::Validate { dag } => {
+            let d = dag::load(&dag, None, &registry).await?;
+            println!("{}: ok ({} nodes)", dag.display(), d.nodes.len());
+            Ok(0)
+        }
+        Command::Plan { dag, workspace, json } => {
+            let d = dag::load(&dag, workspace.workspace.as_deref(), &registry).await?;
+            print_plan(&d, json)
+        }
+        Command::Run(args) => run(args, &registry).await,
+        Command::Sql { query, dag, workspace, format, output } => {
+            let catalog = catalog(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
+            sql(&catalog, &query, format, output.as_deref()).await
+        }
+        Command::Ops { name } => ops(&registry, name.as_deref()),
+        Command::Runs { dag, workspace, json } => {
+            let root = workspace_root(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
+            runs(&root, json)
+        }
+        Command::Lineage { node, row_id, dag, workspace } => {
+            let catalog = catalog(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
+            print!("{}", crate::lineage::lineage(&catalog, &node, &row_id).await?);
+            Ok(0)
+        }
+    }
+}
+
+async fn workspace_root(dag: Option<&Path>, workspace: Option<&Path>, registry: &Registry) -> Result<PathBuf> {
+    match (dag, workspace) {
+        (_, Some(w)) => Ok(w.to_path_buf()),
+        (Some(d), None) => Ok(dag::load(d, None, registry).await?.workspace),
+        (None, None) => Err(Error::Usage("say which workspace: --dag DAG or --workspace DIR".into())),
+    }
+}
+
+async fn catalog(dag: Option<&Path>, workspace: Option<&Path>, registry: &Registry) -> Result<Catalog> {
+    match dag {
+        Some(d) => Catalog::of_dag(&dag::load(d, workspace, registry).await?),
+        None => Catalog::of_workspace(&workspace_root(None, workspace, registry).await?),
+    }
+}
+
+fn print_plan(dag: &Dag, json: bool) -> Result<i32> {
+    let plan = plan::plan(dag)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan.nodes).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(0);
+    }
+    let width = plan.nodes.iter().map(|n| n.node.len()).max().unwrap_or(4).max(4);
+    println!("{:width$}  {:7}  {:12}  why", "node", "state", "fingerprint");
+    for n in &plan.nodes {
+        let why = if n.reasons.is_empty() { "-".to_string() } else { n.reasons.join("; ") };
+        println!("{:width$}  {:7}  {:12}  {why}", n.node, n.state.as_str(), &n.fingerprint[..12]);
+    }
+    let todo = plan.nodes.iter().filter(|n| n.state != State::Cached).count();
+    println!("\n{todo} of {} nodes to compute (workspace {})", plan.nodes.len(), dag.workspace.display());
+    Ok(0)
+}
+
+async fn run(args: RunArgs, registry: &Registry) -> Result<i32> {
+    let dag = Arc::new(dag::load(&args.dag, args.workspace.workspace.as_deref(), registry).await?);
+    let opts = RunOptions {
+        only: args.only,
+        force: args.force,
+        fail_fast: args.fail_fast,
+        quiet: args.quiet,
+        wait: args.wait,
+        device: args.device,
+    };
+    let command: Vec<String> = std::env::args().collect();
+    let report = exec::run(Arc::clone(&dag), opts, command).await?;
+
+    let width = report.outcomes.iter().map(|o| o.name.len()).max().unwrap_or(4).max(4);
+    println!("{:width$}  {:10}  {:11}  {:>9}  {:>7}  {:>8}", "node", "op", "status", "rows", "errors", "seconds");
+    for o in &report.outcomes {
+        println!("{:width$}  {:10}  {:11}  {:>9}  {:>7}  {:>8.2}", o.name, o.op, o.status.as_str(), o.rows, o.error_rows, o.seconds);
+    }
+    for o in report.outcomes.iter().filter(|o| o.status == Status::Failed) {
+        eprintln!("error: node `{}` failed: {}", o.name, o.message.as_deref().unwrap_or("unknown error"));
+    }
+    let count = |s: Status| report.outcomes.iter().filter(|o| o.status == s).count();
+    let errors: u64 = report.outcomes.iter().map(|o| o.error_rows).sum();
+    println!(
+        "\nrun {}: {} computed, {} resumed, {} cached, {} failed, {} skipped; {errors} row error{} (workspace {})",
+        report.run_id,
+        count(Status::Computed),
+        count(Status::Resumed),
+        count(Status::Cached),
+        count(Status::Failed),
+        count(Status::Skipped),
+        if errors == 1 { "" } else { "s" },
+        dag.workspace.display()
+    );
+    if errors > 0 {
+        println!("failed rows: unoflow sql --dag {} \"SELECT * FROM errors.NODE\"", args.dag.display());
+    }
+    if report.interrupted {
+        return Err(Error::Interrupted(format!("committed work is kept; run `unoflow run {}` again to resume", args.dag.display())));
+    }
+    Ok(if report.failed() || count(Status::Interrupted) > 0 { 1 } else { 0 })
+}
+
+async fn sql(catalog: &Catalog, query: &str, format: OutputFormat, output: Option<&Path>) -> Result<i32> {
+    let ctx = crate::query::session();
+    for located in &catalog.tables {
+        crate::query::register(&ctx, &located.table).await?;
+    }
+    let df = crate::ops::sql::plan(&ctx, query).await.map_err(|e| {
+        let mut names: Vec<&str> = catalog.tables.iter().map(|t| t.table.name.as_str()).collect();
+        names.sort();
+        Error::Usage(format!("{}\ntables: {}", e.strip_backtrace(), names.join(", ")))
+    })?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    match output {
+        Some(path) => {
+            let mut file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+            format::write(&mut file, format, &batches, &schema)?;
+        }
+        None => {
+            if format == OutputFormat::Parquet && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                return Err(Error::Usage("Parquet is binary: pass --output FILE or redirect standard output".into()));
+            }
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            format::write(&mut lock, format, &batches, &schema)?;
+        }
+    }
+    Ok(0)
+}
+
+fn ops(registry: &Registry, name: Option<&str>) -> Result<i32> {
+    let Some(name) = name else {
+        let width = registry.names().map(str::len).max().unwrap_or(4);
+        for op in registry.iter() {
+            let spec = op.spec();
+            println!("{:width$}  {}", spec.name, spec.summary);
+            for p in &spec.params {
+                let default = p.default.as_ref().map(|d| format!(" = {d}")).unwrap_or_else(|| " (required)".into());
+                println!("{:width$}    {}: {}{default}", "", p.name, p.ty.short_name());
+            }
+        }
+        println!("\n`unoflow ops NAME` shows one operator in full.");
+        return Ok(0);
+    };
+    let op = registry.get(name).ok_or_else(|| {
+        let hint = crate::diagnostic::did_you_mean(name, registry.names()).map(|m| format!(" (did you mean `{m}`?)")).unwrap_or_default();
+        Error::Usage(format!("no operator `{name}`{hint}; `unoflow ops` lists them"))
+    })?;
+    let spec = op.spec();
+    let inputs = match spec.inputs {
+        (0, 0) => "none".to_string(),
+        (a, b) if a == b => a.to_string(),
+        (a, usize::MAX) => format!("{a} or more"),
+        (a, b) => format!("{a} to {b}"),
+    };
+    println!("{} (version {})\n\n{}\n\n{}\n", spec.name, spec.version, spec.summary, spec.doc);
+    println!(
+        "inputs: {inputs}\nresource: {:?}\nrows per unit: {}\n",
+        spec.resource,
+        if spec.partition_rows == usize::MAX { "all".into() } else { spec.partition_rows.to_string() }
+    );
+    println!("parameters:");
+    for p in &spec.params {
+        let default = p.default.as_ref().map(|d| format!("default {d}")).unwrap_or_else(|| "required".into());
+        println!("  {} ({}, {default}{})\n      {}", p.name, p.ty.describe(), if p.secret { ", secret" } else { "" }, p.doc);
+    }
+    Ok(0)
+}
+
+fn runs(root: &Path, json: bool) -> Result<i32> {
+    let dir = root.join("runs");
+    let mut records: Vec<RunRecord> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::Usage(format!("no runs in {}: {e}", root.display())))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    records.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        let text = serde_json::to_string_pretty(&records).map_err(|e| Error::Internal(e.to_string()))?;
+        writeln!(stdout, "{text}").map_err(|e| Error::io("<stdout>", e))?;
+        return Ok(0);
+    }
+    let _ = writeln!(stdout, "{:22}  {:11}  {:19}  {:>8}  {:>8}  {:>6}  dag", "run", "status", "started", "computed", "cached", "failed");
+    for r in &records {
+        let count = |s: &str| r.nodes.iter().filter(|n| n.status == s).count();
+        let started = r.started_at.get(..19).unwrap_or(&r.started_at).replace('T', " ");
+        let _ = writeln!(
+            stdout,
+            "{:22}  {:11}  {:19}  {:>8}  {:>8}  {:>6}  {}",
+            r.id,
+            r.status,
+            started,
+            count("computed") + count("resumed"),
+            count("cached"),
+            count("failed"),
+            r.dag_path
+        );
+    }
+    Ok(0)
+}

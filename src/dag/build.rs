@@ -1,0 +1,573 @@
+//! From a DAG file's text to a validated [`Dag`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use toml::Spanned;
+use unoflow_operators::params::PathKind;
+use unoflow_operators::{ParamType, ParamValue, Params};
+
+use super::interpolate::{Interpolated, Interpolator};
+use super::raw::{self, RawDag, RawTable};
+use super::{Dag, Node};
+use crate::diagnostic::{Diagnostic, Diagnostics, SourceFile, did_you_mean};
+use crate::error::{Error, Result};
+use crate::ops::{OpKind, Registry};
+
+/// Keys of a `[nodes.NAME]` table that are not operator parameters.
+const NODE_KEYS: &[&str] = &["op", "inputs", "salt", "description"];
+
+/// Reads, parses and validates the DAG file at `path`. `workspace` overrides `[dag] workspace`.
+pub async fn load(path: &Path, workspace: Option<&Path>, registry: &Registry) -> Result<Dag> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Usage(format!("cannot read DAG file {}: {e}", path.display())))?;
+    let dag_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let dag_dir = std::path::absolute(&dag_dir).map_err(|e| Error::io(&dag_dir, e))?;
+    let file = Arc::new(SourceFile::new(path, text));
+    let builder = Builder { file: Arc::clone(&file), registry, dag_dir, errors: Vec::new() };
+    let raw = raw::parse(&file.text).map_err(|d| builder.fail(vec![d]))?;
+    builder.build(raw, workspace).await
+}
+
+struct Builder<'a> {
+    file: Arc<SourceFile>,
+    registry: &'a Registry,
+    dag_dir: PathBuf,
+    errors: Vec<Diagnostic>,
+}
+
+/// A node after its own checks, before graph and schema checks.
+struct Draft {
+    name: String,
+    span: Range<usize>,
+    op: Option<OpKind>,
+    inputs: Vec<(String, Range<usize>)>,
+    inputs_span: Option<Range<usize>>,
+    params: Params,
+    param_spans: HashMap<String, Range<usize>>,
+    secret_params: BTreeSet<String>,
+    salt: Option<String>,
+}
+
+impl Builder<'_> {
+    fn fail(&self, items: Vec<Diagnostic>) -> Error {
+        Diagnostics { file: Arc::clone(&self.file), items }.into()
+    }
+
+    fn error(&mut self, message: impl Into<String>, span: Range<usize>, help: Option<String>) {
+        let mut d = Diagnostic::new(message, Some(span));
+        d.help = help;
+        self.errors.push(d);
+    }
+
+    async fn build(mut self, raw: RawDag, workspace_override: Option<&Path>) -> Result<Dag> {
+        let header = raw.header.get_ref();
+        let name = header.name.get_ref().clone();
+        let seed = match &header.seed {
+            Some(s) if *s.get_ref() < 0 => {
+                self.error("`seed` must not be negative", s.span(), Some("use an integer >= 0".into()));
+                0
+            }
+            Some(s) => *s.get_ref() as u64,
+            None => 0,
+        };
+
+        let mut interp = Interpolator::new();
+        interp.define("dag_dir", self.dag_dir.to_string_lossy());
+        interp.define("dag_name", &name);
+        for (key, value) in &raw.vars {
+            match value.get_ref() {
+                toml::Value::String(s) => match interp.apply(s) {
+                    Ok(v) => interp.define(key.get_ref(), v.value),
+                    Err((m, h)) => self.error(m, value.span(), Some(h)),
+                },
+                other => self.error(
+                    format!("variable `{}` must be a string, found {}", key.get_ref(), other.type_str()),
+                    value.span(),
+                    Some(format!("write it in quotes: {} = \"…\"", key.get_ref())),
+                ),
+            }
+        }
+
+        let workspace = match (workspace_override, &header.workspace) {
+            (Some(w), _) => normalize(&std::path::absolute(w).map_err(|e| Error::io(w, e))?),
+            (None, Some(w)) => match interp.apply(w.get_ref()) {
+                Ok(v) => normalize(&self.dag_dir.join(v.value)),
+                Err((m, h)) => {
+                    self.error(m, w.span(), Some(h));
+                    PathBuf::new()
+                }
+            },
+            (None, None) => self.dag_dir.join(".unoflow").join(&name),
+        };
+        interp.define("workspace", workspace.to_string_lossy());
+
+        for model in &raw.models {
+            self.error(
+                format!("model `{}`: no model kinds are available in this build yet", model.name),
+                model.name_span.clone(),
+                Some("remove the [models] table; models arrive with the model operators".into()),
+            );
+        }
+
+        let drafts: Vec<Draft> = raw.nodes.iter().map(|t| self.node(t, &interp)).collect();
+        let order = self.graph(&drafts);
+        if !self.errors.is_empty() {
+            let errors = std::mem::take(&mut self.errors);
+            return Err(self.fail(errors));
+        }
+        let nodes = self.schemas(drafts, &order).await;
+        if !self.errors.is_empty() {
+            let errors = std::mem::take(&mut self.errors);
+            return Err(self.fail(errors));
+        }
+        Ok(Dag { file: self.file, name, seed, dag_dir: self.dag_dir, workspace, nodes })
+    }
+
+    /// Checks one node's own table: name, op, parameters, files.
+    fn node(&mut self, table: &RawTable, interp: &Interpolator) -> Draft {
+        let mut draft = Draft {
+            name: table.name.clone(),
+            span: table.name_span.clone(),
+            op: None,
+            inputs: Vec::new(),
+            inputs_span: None,
+            params: Params::new(),
+            param_spans: HashMap::new(),
+            secret_params: BTreeSet::new(),
+            salt: None,
+        };
+        if !is_identifier(&table.name) {
+            self.error(
+                format!("node name `{}` is not a valid table name", table.name),
+                table.name_span.clone(),
+                Some(format!(
+                    "node names are SQL table names: use lowercase letters, digits and `_`, starting with a letter (e.g. `{}`)",
+                    suggest_identifier(&table.name)
+                )),
+            );
+        }
+
+        let op = match table.get("op") {
+            None => {
+                let names: Vec<_> = self.registry.names().collect();
+                self.error(
+                    format!("node `{}` has no `op`", table.name),
+                    table.name_span.clone(),
+                    Some(format!("add `op = \"…\"` under [nodes.{}]; operators: {}", table.name, names.join(", "))),
+                );
+                None
+            }
+            Some((_, v)) => match v.get_ref() {
+                toml::Value::String(s) => match self.registry.get(s) {
+                    Some(op) => Some(op.clone()),
+                    None => {
+                        let help = match did_you_mean(s, self.registry.names()) {
+                            Some(m) => format!("did you mean `{m}`? `unoflow ops` lists the operators"),
+                            None => "`unoflow ops` lists the operators".into(),
+                        };
+                        self.error(format!("unknown op `{s}` in node `{}`", table.name), v.span(), Some(help));
+                        None
+                    }
+                },
+                other => {
+                    self.error(format!("`op` must be a string, found {}", other.type_str()), v.span(), None);
+                    None
+                }
+            },
+        };
+
+        if let Some((_, v)) = table.get("inputs") {
+            draft.inputs_span = Some(v.span());
+            match v.get_ref() {
+                toml::Value::String(s) => draft.inputs.push((s.clone(), v.span())),
+                toml::Value::Array(items) if items.iter().all(|i| i.is_str()) => {
+                    draft.inputs = items.iter().filter_map(|i| i.as_str()).map(|s| (s.to_string(), v.span())).collect();
+                }
+                _ => self.error(
+                    "`inputs` must be a node name or an array of node names",
+                    v.span(),
+                    Some("e.g. inputs = [\"photos\"]".into()),
+                ),
+            }
+        }
+        if let Some((_, v)) = table.get("salt") {
+            match v.get_ref() {
+                toml::Value::String(s) => draft.salt = Some(s.clone()),
+                other => draft.salt = Some(other.to_string()),
+            }
+        }
+
+        let Some(op) = op else {
+            return draft;
+        };
+        let spec = op.spec();
+        let (min, max) = spec.inputs;
+        let n = draft.inputs.len();
+        if n < min || n > max {
+            let want = match (min, max) {
+                (0, 0) => "no inputs".to_string(),
+                (a, b) if a == b => format!("{a} input{}", if a == 1 { "" } else { "s" }),
+                (a, usize::MAX) => format!("at least {a} input{}", if a == 1 { "" } else { "s" }),
+                (a, b) => format!("{a} to {b} inputs"),
+            };
+            let span = draft.inputs_span.clone().unwrap_or(table.name_span.clone());
+            let help = if min > 0 && n == 0 {
+                format!("add `inputs = [\"…\"]` under [nodes.{}]", table.name)
+            } else {
+                format!("`{}` reads no node: remove `inputs`", spec.name)
+            };
+            self.error(format!("node `{}` (op `{}`) takes {want}, but has {n}", table.name, spec.name), span, Some(help));
+        }
+
+        for (key, value) in &table.entries {
+            let key_name = key.get_ref().as_str();
+            if NODE_KEYS.contains(&key_name) {
+                continue;
+            }
+            let Some(param) = spec.param(key_name) else {
+                let candidates = spec.params.iter().map(|p| p.name).chain(NODE_KEYS.iter().copied());
+                let known: Vec<_> = spec.params.iter().map(|p| format!("`{}`", p.name)).collect();
+                let help = match did_you_mean(key_name, candidates) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None if known.is_empty() => format!("`{}` takes no parameters", spec.name),
+                    None => format!("`{}` takes {}", spec.name, known.join(", ")),
+                };
+                self.error(
+                    format!("unknown parameter `{key_name}` for op `{}` in node `{}`", spec.name, table.name),
+                    key.span(),
+                    Some(help),
+                );
+                continue;
+            };
+            let Some(converted) = self.value(value, interp) else { continue };
+            let (converted, secret) = converted;
+            if secret || param.secret {
+                draft.secret_params.insert(key_name.to_string());
+            }
+            match param.ty.check(&converted) {
+                Ok(mut checked) => {
+                    if let (ParamType::Path(kind), ParamValue::Str(p)) = (&param.ty, &checked) {
+                        let resolved = normalize(&self.dag_dir.join(p));
+                        if *kind == PathKind::Input && !resolved.exists() {
+                            self.error(
+                                format!("file not found: {} (parameter `{key_name}` of node `{}`)", resolved.display(), table.name),
+                                value.span(),
+                                Some(format!("paths are relative to the DAG file's folder, {}", self.dag_dir.display())),
+                            );
+                        }
+                        checked = ParamValue::Str(resolved.to_string_lossy().into_owned());
+                    }
+                    draft.params.insert(key_name, checked);
+                    draft.param_spans.insert(key_name.to_string(), value.span());
+                }
+                Err(message) => self.error(
+                    format!("parameter `{key_name}` of node `{}` (op `{}`): {message}", table.name, spec.name),
+                    value.span(),
+                    Some(format!("`{key_name}` is {}: {}", param.ty.describe(), param.doc)),
+                ),
+            }
+        }
+        for param in &spec.params {
+            if draft.params.get(param.name).is_some() {
+                continue;
+            }
+            match &param.default {
+                Some(d) => draft.params.insert(param.name, d.clone()),
+                None if table.get(param.name).is_none() => self.error(
+                    format!("node `{}` (op `{}`) needs parameter `{}`", table.name, spec.name, param.name),
+                    table.name_span.clone(),
+                    Some(format!("add `{} = …` under [nodes.{}]: {} ({})", param.name, table.name, param.doc, param.ty.describe())),
+                ),
+                None => {}
+            }
+        }
+        draft.op = Some(op);
+        draft
+    }
+
+    /// Converts a TOML value to a parameter value, interpolating strings; the flag says whether
+    /// a secret went into it.
+    fn value(&mut self, value: &Spanned<toml::Value>, interp: &Interpolator) -> Option<(ParamValue, bool)> {
+        fn convert(v: &toml::Value, interp: &Interpolator, secret: &mut bool) -> Result<ParamValue, (String, String)> {
+            Ok(match v {
+                toml::Value::String(s) => {
+                    let Interpolated { value, secret: s } = interp.apply(s)?;
+                    *secret |= s;
+                    ParamValue::Str(value)
+                }
+                toml::Value::Integer(i) => ParamValue::Int(*i),
+                toml::Value::Float(f) => ParamValue::Float(*f),
+                toml::Value::Boolean(b) => ParamValue::Bool(*b),
+                toml::Value::Datetime(d) => ParamValue::Str(d.to_string()),
+                toml::Value::Array(items) => ParamValue::List(items.iter().map(|i| convert(i, interp, secret)).collect::<Result<_, _>>()?),
+                toml::Value::Table(_) => {
+                    return Err(("a table is not a parameter value".into(), "parameters are strings, numbers, booleans or arrays".into()));
+                }
+            })
+        }
+        let mut secret = false;
+        match convert(value.get_ref(), interp, &mut secret) {
+            Ok(v) => Some((v, secret)),
+            Err((m, h)) => {
+                self.error(m, value.span(), Some(h));
+                None
+            }
+        }
+    }
+
+    /// Checks inputs and cycles; returns the topological order (ties in file order).
+    fn graph(&mut self, drafts: &[Draft]) -> Vec<usize> {
+        let index: HashMap<&str, usize> = drafts.iter().enumerate().map(|(i, d)| (d.name.as_str(), i)).collect();
+        let mut edges: Vec<Vec<usize>> = vec![Vec::new(); drafts.len()];
+        for (i, d) in drafts.iter().enumerate() {
+            for (input, span) in &d.inputs {
+                match index.get(input.as_str()) {
+                    Some(&j) => edges[i].push(j),
+                    None => {
+                        let help = match did_you_mean(input, drafts.iter().map(|d| d.name.as_str())) {
+                            Some(m) => format!("did you mean `{m}`?"),
+                            None => format!("define it as [nodes.{input}], or use one of: {}", names(drafts)),
+                        };
+                        self.error(format!("node `{}` reads `{input}`, which is not a node of this DAG", d.name), span.clone(), Some(help));
+                    }
+                }
+            }
+        }
+        match topological_order(&edges) {
+            Ok(order) => order,
+            Err(cycle) => {
+                let path: Vec<&str> = cycle.iter().map(|&i| drafts[i].name.as_str()).collect();
+                let first = &drafts[cycle[0]];
+                self.error(
+                    format!("the DAG has a cycle: {}", path.join(" -> ")),
+                    first.inputs_span.clone().unwrap_or(first.span.clone()),
+                    Some("a node cannot depend on its own output; remove one of these inputs".into()),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// Derives every node's output schema in order, checking each consumer's required columns.
+    async fn schemas(&mut self, drafts: Vec<Draft>, order: &[usize]) -> Vec<Node> {
+        // Draft index → index in `nodes`, for the nodes built so far.
+        let mut built: HashMap<usize, usize> = HashMap::new();
+        let index: HashMap<String, usize> = drafts.iter().enumerate().map(|(i, d)| (d.name.clone(), i)).collect();
+        let mut slots: Vec<Option<Draft>> = drafts.into_iter().map(Some).collect();
+        let mut nodes: Vec<Node> = Vec::with_capacity(order.len());
+        let mut failed: BTreeSet<usize> = BTreeSet::new();
+        for &i in order {
+            let Some(draft) = slots[i].take() else { continue };
+            let Some(op) = draft.op.clone() else { continue };
+            let input_ids: Vec<usize> = draft.inputs.iter().map(|(n, _)| index[n]).collect();
+            if input_ids.iter().any(|j| failed.contains(j)) {
+                failed.insert(i);
+                continue;
+            }
+            let inputs: Vec<(String, SchemaRef)> =
+                input_ids.iter().map(|j| (nodes[built[j]].name.clone(), Arc::clone(&nodes[built[j]].schema))).collect();
+            let producer_ops: Vec<&'static str> = input_ids.iter().map(|j| nodes[built[j]].op.name()).collect();
+            if !self.check_columns(&draft, &op, &inputs, &producer_ops) {
+                failed.insert(i);
+                continue;
+            }
+            match op.output_schema(&draft.params, &inputs, &self.dag_dir).await {
+                Ok(schema) => {
+                    built.insert(i, nodes.len());
+                    nodes.push(Node {
+                        name: draft.name,
+                        op,
+                        inputs: input_ids.iter().map(|j| built[j]).collect(),
+                        params: draft.params,
+                        salt: draft.salt,
+                        secret_params: draft.secret_params,
+                        span: draft.span,
+                        schema,
+                    })
+                }
+                Err(e) => {
+                    let span = e.param.and_then(|p| draft.param_spans.get(p).cloned()).unwrap_or(draft.span.clone());
+                    self.error(format!("node `{}` (op `{}`): {}", draft.name, op.name(), e.message), span, e.help);
+                    failed.insert(i);
+                }
+            }
+        }
+        nodes
+    }
+
+    fn check_columns(&mut self, draft: &Draft, op: &OpKind, inputs: &[(String, SchemaRef)], producer_ops: &[&str]) -> bool {
+        let required = match op.required_columns(&draft.params) {
+            Ok(r) => r,
+            Err(e) => {
+                self.error(format!("node `{}`: {}", draft.name, e.message), draft.span.clone(), e.help);
+                return false;
+            }
+        };
+        let mut ok = true;
+        for (k, reqs) in required.iter().enumerate() {
+            let Some((producer, schema)) = inputs.get(k) else { continue };
+            let producer_op = producer_ops[k];
+            for req in reqs {
+                let span = draft.inputs_span.clone().unwrap_or(draft.span.clone());
+                match schema.field_with_name(&req.name) {
+                    Ok(field) if req.accepts(field.data_type()) => {}
+                    Ok(field) => {
+                        ok = false;
+                        self.error(
+                            format!(
+                                "node `{}` (op `{}`) needs column `{}` as {}, but `{producer}` (op `{producer_op}`) outputs it as {}",
+                                draft.name,
+                                op.name(),
+                                req.name,
+                                req.describe_types(),
+                                field.data_type()
+                            ),
+                            span,
+                            Some("cast it in a `sql` node between them, or read another column".into()),
+                        );
+                    }
+                    Err(_) => {
+                        ok = false;
+                        let columns: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                        let help = match did_you_mean(&req.name, columns.iter().copied()) {
+                            Some(m) => format!("did you mean `{m}`? `{producer}` outputs: {}", columns.join(", ")),
+                            None => format!("`{producer}` outputs: {}", columns.join(", ")),
+                        };
+                        self.error(
+                            format!(
+                                "node `{}` (op `{}`) needs column `{}` ({}) from its input `{producer}` (op `{producer_op}`), which does not output it",
+                                draft.name,
+                                op.name(),
+                                req.name,
+                                req.describe_types()
+                            ),
+                            span,
+                            Some(help),
+                        );
+                    }
+                }
+            }
+        }
+        ok
+    }
+}
+
+/// Resolves `.` and `..` in an absolute path without touching the file system, so messages
+/// and records show `/repo/.unoflow/x`, not `/repo/dags/../.unoflow/x`.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn names(drafts: &[Draft]) -> String {
+    drafts.iter().map(|d| format!("`{}`", d.name)).collect::<Vec<_>>().join(", ")
+}
+
+/// Whether `name` is a lowercase identifier (so SQL finds the table without quotes).
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn suggest_identifier(name: &str) -> String {
+    let mut s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    if !s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
+        s.insert(0, 'n');
+    }
+    s
+}
+
+/// Kahn's algorithm over `inputs` (node → the nodes it reads), taking the lowest index first so
+/// ties keep file order. On a cycle, returns one cycle as a path that ends where it starts.
+fn topological_order(inputs: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
+    let n = inputs.len();
+    let mut pending: Vec<usize> = inputs.iter().map(Vec::len).collect();
+    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ins) in inputs.iter().enumerate() {
+        for &j in ins {
+            consumers[j].push(i);
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &c in &consumers[i] {
+            pending[c] -= 1;
+            if pending[c] == 0 {
+                ready.insert(c);
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Walk inputs from a node left over until a node repeats: that stretch is a cycle.
+    let left: BTreeSet<usize> = (0..n).filter(|i| !order.contains(i)).collect();
+    let mut path = vec![*left.first().expect("nodes are left over")];
+    loop {
+        let last = *path.last().expect("path is never empty");
+        let next = *inputs[last].iter().find(|j| left.contains(j)).expect("a left-over node has a left-over input");
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            // Print in data-flow order (producer -> consumer), starting from the node that comes
+            // first in the file.
+            let mut cycle: Vec<usize> = path[pos..].to_vec();
+            cycle.reverse();
+            let first = cycle.iter().enumerate().min_by_key(|(_, n)| **n).map_or(0, |(i, _)| i);
+            cycle.rotate_left(first);
+            cycle.push(cycle[0]);
+            return Err(cycle);
+        }
+        path.push(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_keeps_file_order_for_ties() {
+        // 0 reads nothing, 1 reads 2, 2 reads 0.
+        assert_eq!(topological_order(&[vec![], vec![2], vec![0]]), Ok(vec![0, 2, 1]));
+    }
+
+    #[test]
+    fn cycle_is_reported_as_a_path() {
+        // a(0) reads b(1), b reads a.
+        let cycle = topological_order(&[vec![1], vec![0]]).unwrap_err();
+        assert_eq!(cycle.first(), cycle.last());
+        assert_eq!(cycle.len(), 3);
+        let self_loop = topological_order(&[vec![0]]).unwrap_err();
+        assert_eq!(self_loop, vec![0, 0]);
+    }
+
+    #[test]
+    fn paths_are_normalised() {
+        assert_eq!(normalize(Path::new("/a/b/../c/./d")), PathBuf::from("/a/c/d"));
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("thumbs_2"));
+        assert!(!is_identifier("Thumbs"));
+        assert!(!is_identifier("2x"));
+        assert_eq!(suggest_identifier("My-Node"), "my_node");
+    }
+}

@@ -1,0 +1,146 @@
+//! `${…}` interpolation in DAG string values.
+//!
+//! - `${env:NAME}` — an environment variable; `${env:NAME:-default}` when it may be unset.
+//! - `${NAME}` — a variable from `[vars]`, or a built-in: `dag_dir` (the DAG file's folder),
+//!   `dag_name`, `workspace`.
+//! - `$${` — a literal `${`.
+//!
+//! Values taken from environment variables whose names look secret (`*KEY*`, `*TOKEN*`,
+//! `*SECRET*`, `*PASSWORD*`) are flagged so that they never reach run records or logs.
+
+use std::collections::BTreeMap;
+
+/// A string after interpolation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interpolated {
+    pub value: String,
+    /// Whether a secret-looking environment variable went into it.
+    pub secret: bool,
+}
+
+/// Resolves `${…}` references.
+#[derive(Debug, Default)]
+pub struct Interpolator {
+    vars: BTreeMap<String, String>,
+}
+
+/// Whether an environment variable's name says it holds a secret.
+pub fn is_secret_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    ["KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"].iter().any(|w| upper.contains(w))
+}
+
+impl Interpolator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Defines `${name}`.
+    pub fn define(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.vars.insert(name.into(), value.into());
+    }
+
+    /// The defined variable names, for suggestions.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.vars.keys().map(String::as_str)
+    }
+
+    /// Interpolates `text`. The error is `(message, help)`.
+    pub fn apply(&self, text: &str) -> Result<Interpolated, (String, String)> {
+        let mut out = String::with_capacity(text.len());
+        let mut secret = false;
+        let mut rest = text;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos..];
+            if let Some(tail) = after.strip_prefix("$${") {
+                out.push_str("${");
+                rest = tail;
+            } else if let Some(tail) = after.strip_prefix("${") {
+                let end = tail.find('}').ok_or_else(|| {
+                    (format!("unterminated `${{` in {text:?}"), "close it with `}`, or write `$${` for a literal `${`".to_string())
+                })?;
+                let reference = &tail[..end];
+                let (value, from_secret) = self.resolve(reference)?;
+                secret |= from_secret;
+                out.push_str(&value);
+                rest = &tail[end + 1..];
+            } else {
+                out.push('$');
+                rest = &after[1..];
+            }
+        }
+        out.push_str(rest);
+        Ok(Interpolated { value: out, secret })
+    }
+
+    fn resolve(&self, reference: &str) -> Result<(String, bool), (String, String)> {
+        if let Some(env) = reference.strip_prefix("env:") {
+            let (name, default) = match env.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (env, None),
+            };
+            return match (std::env::var(name), default) {
+                (Ok(v), _) => Ok((v, is_secret_name(name))),
+                (Err(_), Some(d)) => Ok((d.to_string(), false)),
+                (Err(_), None) => Err((
+                    format!("environment variable `{name}` is not set"),
+                    format!("set it (export {name}=…) or give a default: ${{env:{name}:-value}}"),
+                )),
+            };
+        }
+        match self.vars.get(reference) {
+            Some(v) => Ok((v.clone(), false)),
+            None => {
+                let help = match crate::diagnostic::did_you_mean(reference, self.names()) {
+                    Some(s) => {
+                        format!("did you mean `${{{s}}}`? Variables come from [vars] and the built-ins dag_dir, dag_name, workspace")
+                    }
+                    None => {
+                        "define it under [vars], use a built-in (dag_dir, dag_name, workspace), or read the environment with ${env:NAME}"
+                            .into()
+                    }
+                };
+                Err((format!("unknown variable `${{{reference}}}`"), help))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interp() -> Interpolator {
+        let mut i = Interpolator::new();
+        i.define("root", "/data");
+        i
+    }
+
+    #[test]
+    fn variables_and_escapes() {
+        let i = interp();
+        assert_eq!(i.apply("${root}/x").unwrap().value, "/data/x");
+        assert_eq!(i.apply("cost $5 $${root}").unwrap().value, "cost $5 ${root}");
+    }
+
+    #[test]
+    fn env_with_default_and_secret_flag() {
+        let i = interp();
+        assert_eq!(i.apply("${env:UNOFLOW_SURELY_UNSET_VAR:-d}").unwrap().value, "d");
+        let err = i.apply("${env:UNOFLOW_SURELY_UNSET_VAR}").unwrap_err();
+        assert!(err.0.contains("is not set"));
+        // PATH is always set and not secret-looking.
+        assert!(!i.apply("${env:PATH}").unwrap().secret);
+        assert!(is_secret_name("OPENAI_API_KEY"));
+        assert!(!is_secret_name("HOME"));
+    }
+
+    #[test]
+    fn unknown_variable_suggests() {
+        let err = interp().apply("${rot}").unwrap_err();
+        assert_eq!(err.0, "unknown variable `${rot}`");
+        assert!(err.1.contains("did you mean `${root}`"), "{}", err.1);
+        assert!(interp().apply("${root").unwrap_err().0.contains("unterminated"));
+    }
+}

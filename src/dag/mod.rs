@@ -1,0 +1,94 @@
+//! DAG files: parsing, interpolation and validation into a [`Dag`] ready to plan and run.
+//!
+//! ```text
+//!   TOML text ──raw::parse──► RawDag (spans) ──interpolate, check params, inputs, cycles,
+//!   files──► nodes in topological order ──schemas (producer → consumer)──► Dag
+//! ```
+//!
+//! Every problem becomes a [`Diagnostic`] with the file, line and column and a fix; all problems
+//! found are reported together, and nothing runs.
+
+mod build;
+pub mod interpolate;
+pub mod raw;
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use unoflow_operators::Params;
+
+pub use build::load;
+
+use crate::diagnostic::SourceFile;
+use crate::ops::OpKind;
+
+/// A validated DAG.
+#[derive(Debug)]
+pub struct Dag {
+    pub file: Arc<SourceFile>,
+    pub name: String,
+    pub seed: u64,
+    /// The folder of the DAG file; relative paths in it are relative to this.
+    pub dag_dir: PathBuf,
+    /// Where outputs are stored (from `[dag] workspace`, `--workspace`, or `.unoflow/NAME`
+    /// beside the DAG file).
+    pub workspace: PathBuf,
+    /// Nodes in topological order (ties in file order).
+    pub nodes: Vec<Node>,
+}
+
+/// One node of a DAG.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub op: OpKind,
+    /// Indices of the input nodes in [`Dag::nodes`], in declared order.
+    pub inputs: Vec<usize>,
+    /// Checked parameters, defaults filled in, paths absolute.
+    pub params: Params,
+    /// Changing the salt recomputes the node (and its descendants) with nothing else changed.
+    pub salt: Option<String>,
+    /// Parameters whose values must never be written anywhere (declared secret, or made from a
+    /// secret-looking environment variable).
+    pub secret_params: BTreeSet<String>,
+    /// Span of the node's name in its `[nodes.NAME]` header.
+    pub span: Range<usize>,
+    /// The node's output schema.
+    pub schema: SchemaRef,
+}
+
+impl Dag {
+    /// The index of the node called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// The names of a node's inputs.
+    pub fn input_names(&self, node: &Node) -> Vec<&str> {
+        node.inputs.iter().map(|&i| self.nodes[i].name.as_str()).collect()
+    }
+
+    /// Indices of `targets` and all their ancestors, in topological order.
+    pub fn with_ancestors(&self, targets: &[usize]) -> Vec<usize> {
+        let mut keep = vec![false; self.nodes.len()];
+        for &t in targets {
+            keep[t] = true;
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if keep[i] {
+                for &j in &self.nodes[i].inputs {
+                    keep[j] = true;
+                }
+            }
+        }
+        (0..self.nodes.len()).filter(|&i| keep[i]).collect()
+    }
+
+    /// The path of the DAG file, for messages.
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+}

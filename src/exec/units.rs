@@ -1,0 +1,177 @@
+//! Units: how a node's work is split, and the work of one unit.
+//!
+//! A unit is the grain of parallelism, progress and resume. Map operators and image reads get
+//! many small units (slices of the input, groups of files) that run in parallel; queries,
+//! tabular reads and exports are one unit each, streamed. The split depends only on the input
+//! data, so a rerun finds the same units and skips those already committed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::StreamExt;
+use indicatif::ProgressBar;
+use unoflow_operators::{ExecContext, PartitionOutput, RowError};
+
+use super::ids::IdAssigner;
+use crate::dag::Node;
+use crate::error::{Error, Result};
+use crate::ops::{OpKind, read};
+use crate::workspace::{Commit, FileDigest, Manifest, PartWriter, error_schema};
+
+/// What a unit covers.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// Rows `offset..offset+len` of one part file of the first input.
+    Slice { file: FileDigest, offset: usize, len: usize },
+    /// A group of image files.
+    Files(Vec<read::SourceFile>),
+    /// The whole node, streamed.
+    Whole,
+    /// Nothing to do (an empty input); still committed, so the output has a schema.
+    Empty,
+}
+
+#[derive(Debug, Clone)]
+pub struct Unit {
+    pub index: usize,
+    /// Identifies the unit's coverage; commit records with another key are not reused.
+    pub key: String,
+    pub rows: u64,
+    pub work: Work,
+}
+
+impl Unit {
+    pub fn file_name(&self, suffix: &str) -> String {
+        format!("u{:06}{suffix}.parquet", self.index)
+    }
+}
+
+/// Splits a node's work into units.
+pub fn split(node: &Node, inputs: &[Arc<Manifest>]) -> Result<Vec<Unit>> {
+    let per_unit = node.op.spec().partition_rows.max(1);
+    let mut units = Vec::new();
+    match &node.op {
+        OpKind::Read if read::Format::of(&node.params)? == read::Format::Images => {
+            let files = read::source_files(Path::new(node.params.str("path")?), read::Format::Images)?;
+            for chunk in files.chunks(per_unit) {
+                let key = format!("files:{}..{}:{}", chunk[0].relative, chunk[chunk.len() - 1].relative, chunk.len());
+                units.push(Unit { index: units.len(), key, rows: chunk.len() as u64, work: Work::Files(chunk.to_vec()) });
+            }
+        }
+        OpKind::Read | OpKind::Sql | OpKind::Export => {
+            let rows = inputs.iter().map(|m| m.rows).sum();
+            units.push(Unit { index: 0, key: "whole".into(), rows, work: Work::Whole });
+        }
+        OpKind::Map(_) => {
+            for file in inputs[0].row_files() {
+                let rows = file.rows as usize;
+                for offset in (0..rows).step_by(per_unit) {
+                    let len = per_unit.min(rows - offset);
+                    let key = format!("{}:{offset}+{len}", &file.blake3[..16]);
+                    units.push(Unit { index: units.len(), key, rows: len as u64, work: Work::Slice { file: file.clone(), offset, len } });
+                }
+            }
+        }
+    }
+    if units.is_empty() {
+        units.push(Unit { index: 0, key: "empty".into(), rows: 0, work: Work::Empty });
+    }
+    Ok(units)
+}
+
+/// Where a unit's files go.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    pub tmp_dir: &'a Path,
+    pub node_dir: &'a Path,
+    pub input_digest: &'a str,
+}
+
+/// Writes a unit's rows and errors and its commit record.
+pub fn commit(target: &Target<'_>, unit: &Unit, output: PartitionOutput, started: Instant) -> Result<Commit> {
+    let mut writer = PartWriter::create(target.tmp_dir, target.node_dir, &unit.file_name(""), output.rows.schema())?;
+    writer.write(&output.rows)?;
+    let rows = writer.finish()?;
+    let errors = write_errors(target, unit, &output.errors)?;
+    finish_commit(target, unit, rows, errors, started)
+}
+
+fn write_errors(target: &Target<'_>, unit: &Unit, errors: &[RowError]) -> Result<Option<FileDigest>> {
+    if errors.is_empty() {
+        return Ok(None);
+    }
+    let ids: Vec<&str> = errors.iter().map(|e| e.row_id.as_str()).collect();
+    let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+    let batch = RecordBatch::try_new(
+        error_schema(),
+        vec![Arc::new(datafusion::arrow::array::StringArray::from(ids)), Arc::new(datafusion::arrow::array::StringArray::from(messages))],
+    )?;
+    let mut writer = PartWriter::create(target.tmp_dir, target.node_dir, &unit.file_name(".errors"), error_schema())?;
+    writer.write(&batch)?;
+    Ok(Some(writer.finish()?))
+}
+
+fn finish_commit(target: &Target<'_>, unit: &Unit, rows: FileDigest, errors: Option<FileDigest>, started: Instant) -> Result<Commit> {
+    let commit = Commit {
+        unit: unit.index,
+        key: unit.key.clone(),
+        input_digest: target.input_digest.to_string(),
+        rows,
+        errors,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    crate::workspace::write_commit(target.node_dir, &commit)?;
+    Ok(commit)
+}
+
+/// Runs a unit of a map operator or an image read (blocking CPU work).
+pub fn run_blocking(node: &Node, input_dir: Option<&Path>, unit: &Unit, ctx: &ExecContext) -> Result<PartitionOutput> {
+    match (&node.op, &unit.work) {
+        (OpKind::Read, Work::Files(files)) => read::read_images(files),
+        (OpKind::Map(op), Work::Slice { file, offset, len }) => {
+            let dir = input_dir.ok_or_else(|| Error::Internal("map unit without input".into()))?;
+            let batches = crate::workspace::read_file(dir, file, Some((*offset, *len)))?;
+            let schema = batches.first().map(|b| b.schema()).ok_or_else(|| Error::Internal("empty input slice".into()))?;
+            let input = concat_batches(&schema, &batches)?;
+            Ok(op.process(ctx, &node.params, &input)?)
+        }
+        (_, Work::Empty) => Ok(PartitionOutput { rows: RecordBatch::new_empty(Arc::clone(&node.schema)), errors: Vec::new() }),
+        _ => Err(Error::Internal(format!("unit {:?} does not fit op `{}`", unit.key, node.op.name()))),
+    }
+}
+
+/// Streams a query's batches into the unit's part file, giving rows their ids.
+pub async fn stream_into(
+    target: &Target<'_>,
+    unit: &Unit,
+    node: &Node,
+    mut stream: SendableRecordBatchStream,
+    bar: &ProgressBar,
+    started: Instant,
+) -> Result<Commit> {
+    let mut ids = IdAssigner::new();
+    let mut writer: Option<PartWriter> = None;
+    while let Some(batch) = stream.next().await {
+        let batch = ids.assign(batch?)?;
+        if writer.is_none() {
+            writer = Some(PartWriter::create(target.tmp_dir, target.node_dir, &unit.file_name(""), batch.schema())?);
+        }
+        if let Some(w) = writer.as_mut() {
+            w.write(&batch)?;
+        }
+        bar.inc(batch.num_rows() as u64);
+        if bar.position() > bar.length().unwrap_or(0) {
+            bar.set_length(bar.position());
+        }
+    }
+    let writer = match writer {
+        Some(w) => w,
+        None => PartWriter::create(target.tmp_dir, target.node_dir, &unit.file_name(""), Arc::clone(&node.schema))?,
+    };
+    let rows = writer.finish()?;
+    finish_commit(target, unit, rows, None, started)
+}

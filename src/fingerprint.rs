@@ -1,0 +1,189 @@
+//! Node fingerprints: what a node's output is a function of.
+//!
+//! `fingerprint = blake3(op, op version, fingerprinted parameters, source digest, salt,
+//! input fingerprints)`. Input *names* are not in it, nor the node's own name, nor the file's
+//! layout: renaming a node, reordering the file or reformatting keeps the cache. `sql` queries
+//! enter in a canonical form with inputs renamed to their position. Secret parameters never
+//! enter.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use unoflow_operators::ParamValue;
+
+use crate::dag::{Dag, Node};
+use crate::error::Result;
+use crate::ops::{OpKind, read, sql};
+
+/// The named input of a fingerprint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InputRef {
+    pub name: String,
+    pub fingerprint: String,
+}
+
+/// What a fingerprint is made of; kept in the index so that `plan` can say what changed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Components {
+    pub op: String,
+    pub version: u32,
+    pub params: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub salt: Option<String>,
+    pub inputs: Vec<InputRef>,
+    /// All parameters as the DAG gives them (secrets redacted), for people reading lineage and
+    /// records; not hashed (the canonical `params` are).
+    #[serde(default)]
+    pub written: BTreeMap<String, serde_json::Value>,
+}
+
+impl Components {
+    /// The fingerprint: 32 hex digits.
+    pub fn fingerprint(&self) -> String {
+        let hashed = serde_json::json!({
+            "op": self.op,
+            "version": self.version,
+            "params": self.params,
+            "source": self.source,
+            "salt": self.salt,
+            "inputs": self.inputs.iter().map(|i| &i.fingerprint).collect::<Vec<_>>(),
+        });
+        blake3::hash(hashed.to_string().as_bytes()).to_hex()[..32].to_string()
+    }
+
+    /// Why `self` differs from `old`, in words, most specific first.
+    pub fn changes_since(&self, old: &Components) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.op != old.op {
+            reasons.push(format!("op changed: {} → {}", old.op, self.op));
+            return reasons;
+        }
+        if self.version != old.version {
+            reasons.push(format!("operator `{}` changed: version {} → {}", self.op, old.version, self.version));
+        }
+        let keys: std::collections::BTreeSet<&String> = self.params.keys().chain(old.params.keys()).collect();
+        for key in keys {
+            match (old.params.get(key), self.params.get(key)) {
+                (Some(a), Some(b)) if a != b => reasons.push(format!("parameter `{key}` changed: {} → {}", short(a), short(b))),
+                (None, Some(b)) => reasons.push(format!("parameter `{key}` added: {}", short(b))),
+                (Some(a), None) => reasons.push(format!("parameter `{key}` removed (was {})", short(a))),
+                _ => {}
+            }
+        }
+        if self.source != old.source {
+            reasons.push("source files changed".into());
+        }
+        if self.salt != old.salt {
+            reasons.push("salt changed".into());
+        }
+        if self.inputs.len() != old.inputs.len() {
+            reasons.push(format!("inputs changed: {} → {}", names(&old.inputs), names(&self.inputs)));
+        } else {
+            for (new, old) in self.inputs.iter().zip(&old.inputs) {
+                if new.fingerprint != old.fingerprint {
+                    reasons.push(format!("input `{}` changed", new.name));
+                }
+            }
+        }
+        if reasons.is_empty() && self.fingerprint() != old.fingerprint() {
+            reasons.push("fingerprint changed".into());
+        }
+        reasons
+    }
+}
+
+fn names(inputs: &[InputRef]) -> String {
+    format!("[{}]", inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "))
+}
+
+fn short(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 60 { format!("{}…", s.chars().take(57).collect::<String>()) } else { s }
+}
+
+/// Fingerprints of every node of `dag`, in its order.
+pub fn compute(dag: &Dag) -> Result<Vec<Components>> {
+    let mut out: Vec<Components> = Vec::with_capacity(dag.nodes.len());
+    for node in &dag.nodes {
+        let inputs = node.inputs.iter().map(|&i| InputRef { name: dag.nodes[i].name.clone(), fingerprint: out[i].fingerprint() }).collect();
+        out.push(components(dag, node, inputs)?);
+    }
+    Ok(out)
+}
+
+fn components(dag: &Dag, node: &Node, inputs: Vec<InputRef>) -> Result<Components> {
+    let spec = node.op.spec();
+    let input_names = dag.input_names(node);
+    let mut params = BTreeMap::new();
+    for (name, value) in node.params.iter() {
+        let Some(param) = spec.param(name) else { continue };
+        if !param.fingerprinted || node.secret_params.contains(name) {
+            continue;
+        }
+        let value = match (&node.op, name, value) {
+            (OpKind::Sql, "query", ParamValue::Str(q)) => serde_json::Value::String(sql::canonical_query(q, &input_names)),
+            _ => value.to_json(),
+        };
+        params.insert(name.to_string(), value);
+    }
+    let source = match node.op {
+        OpKind::Read => Some(read::source_digest(Path::new(node.params.str("path")?), read::Format::of(&node.params)?)?),
+        _ => None,
+    };
+    Ok(Components {
+        op: spec.name.to_string(),
+        version: spec.version,
+        params,
+        source,
+        salt: node.salt.clone(),
+        inputs,
+        written: redacted_params(node),
+    })
+}
+
+/// A node's parameters for records and lineage: all of them, secrets replaced by `<redacted>`.
+pub fn redacted_params(node: &Node) -> BTreeMap<String, serde_json::Value> {
+    node.params
+        .iter()
+        .map(|(name, value)| {
+            let secret = node.secret_params.contains(name) || node.op.spec().param(name).is_some_and(|p| p.secret);
+            let v = if secret { serde_json::Value::String("<redacted>".into()) } else { value.to_json() };
+            (name.to_string(), v)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comps(max_side: i64, input_fp: &str) -> Components {
+        Components {
+            op: "thumbnail".into(),
+            version: 1,
+            params: BTreeMap::from([("max_side".to_string(), serde_json::json!(max_side))]),
+            source: None,
+            salt: None,
+            inputs: vec![InputRef { name: "photos".into(), fingerprint: input_fp.into() }],
+            written: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn input_names_do_not_matter() {
+        let a = comps(64, "f1");
+        let mut b = comps(64, "f1");
+        b.inputs[0].name = "renamed".into();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), comps(65, "f1").fingerprint());
+    }
+
+    #[test]
+    fn reasons_name_the_change() {
+        assert_eq!(comps(128, "f1").changes_since(&comps(64, "f1")), ["parameter `max_side` changed: 64 → 128"]);
+        assert_eq!(comps(64, "f2").changes_since(&comps(64, "f1")), ["input `photos` changed"]);
+    }
+}

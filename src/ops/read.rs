@@ -1,0 +1,240 @@
+//! `read`: brings files into the workspace as a table.
+//!
+//! - `images`: a folder, recursively; PNG, JPEG and WebP files give rows of `path` (relative to
+//!   the folder, `/`-separated), `image` (PNG bytes, EXIF orientation applied), `width`,
+//!   `height`. An unreadable file becomes a row of the node's error table.
+//! - `parquet`, `csv` (with a header row), `jsonl`: a file, or a folder of such files.
+//!
+//! The node's fingerprint holds a digest of the files' names and contents, not the path: moving
+//! the data keeps the cache, editing a file recomputes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{ArrayRef, BinaryBuilder, StringBuilder, UInt32Builder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::prelude::{CsvReadOptions, DataFrame, JsonReadOptions, ParquetReadOptions, SessionContext};
+use unoflow_operators::columns::{HEIGHT, ROW_ID, WIDTH, row_id_field};
+use unoflow_operators::params::PathKind;
+use unoflow_operators::rowid::RowIdHasher;
+use unoflow_operators::{OpSpec, ParamSpec, ParamType, ParamValue, Params, PartitionOutput, Resource, RowError, RowMapping, image_io};
+
+use super::SchemaError;
+use crate::error::{Error, IoContext, Result};
+
+const FORMATS: &[&str] = &["parquet", "csv", "jsonl", "images"];
+const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp"];
+
+pub static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
+    name: "read",
+    version: 1,
+    summary: "read files (Parquet, CSV, JSON lines, or a folder of images) into a table",
+    doc: "`images` reads a folder recursively (PNG, JPEG, WebP) into `path`, `image` (PNG bytes), \
+          `width`, `height`; unreadable files go to the error table. `parquet`, `csv` (with a header) \
+          and `jsonl` read one file or a folder of them. Rows get a `row_id` from their content \
+          unless the data has one.",
+    params: vec![
+        ParamSpec::required("path", ParamType::Path(PathKind::Input), "file or folder to read, relative to the DAG file")
+            .not_fingerprinted(),
+        ParamSpec::optional("format", ParamType::Choice(FORMATS), ParamValue::Str("parquet".into()), "what the files are"),
+    ],
+    inputs: (0, 0),
+    resource: Resource::Cpu,
+    mapping: RowMapping::Derive,
+    partition_rows: 16,
+});
+
+/// The format of a `read` node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Parquet,
+    Csv,
+    Jsonl,
+    Images,
+}
+
+impl Format {
+    pub fn of(params: &Params) -> Result<Self> {
+        Ok(match params.str("format")? {
+            "parquet" => Self::Parquet,
+            "csv" => Self::Csv,
+            "jsonl" => Self::Jsonl,
+            "images" => Self::Images,
+            other => return Err(Error::Internal(format!("unchecked read format {other}"))),
+        })
+    }
+
+    fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Self::Parquet => &["parquet"],
+            Self::Csv => &["csv"],
+            Self::Jsonl => &["jsonl", "json", "ndjson"],
+            Self::Images => IMAGE_EXTENSIONS,
+        }
+    }
+}
+
+/// The schema of an `images` read.
+pub fn image_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        row_id_field(),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("image", DataType::Binary, false),
+        Field::new(WIDTH, DataType::UInt32, false),
+        Field::new(HEIGHT, DataType::UInt32, false),
+    ]))
+}
+
+/// One file to read: its absolute path and its path relative to the `read` root.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub relative: String,
+}
+
+/// The files a `read` node reads, sorted by relative path so partitions are deterministic.
+pub fn source_files(root: &Path, format: Format) -> Result<Vec<SourceFile>> {
+    let meta = std::fs::metadata(root).at(root)?;
+    if meta.is_file() {
+        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        return Ok(vec![SourceFile { path: root.to_path_buf(), relative: name }]);
+    }
+    let mut out = Vec::new();
+    walk(root, root, format.extensions(), &mut out)?;
+    out.sort_by(|a, b| a.relative.cmp(&b.relative));
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, extensions: &[&str], out: &mut Vec<SourceFile>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let path = entry.path();
+        let file_type = entry.file_type().at(&path)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        if file_type.is_dir() {
+            walk(root, &path, extensions, out)?;
+        } else if has_extension(&name, extensions) {
+            let relative = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push(SourceFile { path, relative });
+        }
+    }
+    Ok(())
+}
+
+fn has_extension(name: &str, extensions: &[&str]) -> bool {
+    name.rsplit_once('.').is_some_and(|(_, ext)| extensions.iter().any(|e| e.eq_ignore_ascii_case(ext)))
+}
+
+/// Digest of the names and contents of the files read; part of the node's fingerprint.
+pub fn source_digest(root: &Path, format: Format) -> Result<String> {
+    let files = source_files(root, format)?;
+    let mut hasher = blake3::Hasher::new();
+    for file in &files {
+        let mut file_hasher = blake3::Hasher::new();
+        file_hasher.update_mmap_rayon(&file.path).at(&file.path)?;
+        hasher.update(file.relative.as_bytes()).update(&[0]).update(file_hasher.finalize().as_bytes());
+    }
+    Ok(hasher.finalize().to_hex()[..32].to_string())
+}
+
+/// The output schema; tabular files are inspected without reading their rows.
+pub async fn output_schema(params: &Params, _dag_dir: &Path) -> Result<SchemaRef, SchemaError> {
+    let format = Format::of(params).map_err(|e| SchemaError::at("format", e.to_string()))?;
+    if format == Format::Images {
+        return Ok(image_schema());
+    }
+    let path = Path::new(params.str("path").map_err(|e| SchemaError::at("path", e.to_string()))?);
+    let ctx = crate::query::session();
+    let df = tabular(&ctx, path, format)
+        .await
+        .map_err(|e| SchemaError::at("path", format!("cannot read {} as {}: {e}", path.display(), params.str("format").unwrap_or("?"))))?;
+    let schema: Schema = df.schema().as_arrow().clone();
+    with_row_id(schema).map_err(|m| SchemaError::at("path", m))
+}
+
+/// Puts `row_id` first, adding it when the data has none.
+pub fn with_row_id(schema: Schema) -> Result<SchemaRef, String> {
+    match schema.field_with_name(ROW_ID) {
+        Ok(f) if f.data_type() != &DataType::Utf8 => {
+            Err(format!("the data has a `{ROW_ID}` column of type {}; unoflow's row ids are Utf8: rename or cast it", f.data_type()))
+        }
+        Ok(_) => Ok(Arc::new(schema)),
+        Err(_) => {
+            let mut fields = vec![Arc::new(row_id_field())];
+            fields.extend(schema.fields().iter().cloned());
+            Ok(Arc::new(Schema::new(fields)))
+        }
+    }
+}
+
+/// A DataFrame over tabular source files.
+pub async fn tabular(ctx: &SessionContext, path: &Path, format: Format) -> datafusion::error::Result<DataFrame> {
+    let location = path.to_string_lossy();
+    // A single file is read whatever its extension; a folder keeps the files with the format's.
+    let ext = if path.is_file() {
+        path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default()
+    } else {
+        format!(".{}", format.extensions()[0])
+    };
+    match format {
+        Format::Parquet => ctx.read_parquet(location.as_ref(), ParquetReadOptions::default().file_extension(&ext)).await,
+        Format::Csv => ctx.read_csv(location.as_ref(), CsvReadOptions::new().has_header(true).file_extension(&ext)).await,
+        Format::Jsonl => ctx.read_json(location.as_ref(), JsonReadOptions::default().file_extension(&ext)).await,
+        Format::Images => Err(datafusion::error::DataFusionError::Internal("images are not tabular".into())),
+    }
+}
+
+/// Reads one partition of image files.
+pub fn read_images(files: &[SourceFile]) -> Result<PartitionOutput> {
+    let (mut ids, mut paths, mut images) = (StringBuilder::new(), StringBuilder::new(), BinaryBuilder::new());
+    let (mut widths, mut heights) = (UInt32Builder::new(), UInt32Builder::new());
+    let mut errors = Vec::new();
+    for file in files {
+        let loaded = std::fs::read(&file.path)
+            .map_err(|e| format!("cannot read {}: {e}", file.path.display()))
+            .and_then(|bytes| to_png(&bytes).map(|png| (bytes, png)));
+        match loaded {
+            Ok((bytes, (png, w, h))) => {
+                let id = RowIdHasher::new("read.images").field(file.relative.as_bytes()).field(blake3::hash(&bytes).as_bytes()).finish();
+                ids.append_value(id);
+                paths.append_value(&file.relative);
+                images.append_value(&png);
+                widths.append_value(w);
+                heights.append_value(h);
+            }
+            Err(message) => errors.push(RowError {
+                row_id: RowIdHasher::new("read.images").field(file.relative.as_bytes()).finish(),
+                message: format!("{}: {message}", file.relative),
+            }),
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(ids.finish()),
+        Arc::new(paths.finish()),
+        Arc::new(images.finish()),
+        Arc::new(widths.finish()),
+        Arc::new(heights.finish()),
+    ];
+    Ok(PartitionOutput { rows: RecordBatch::try_new(image_schema(), columns)?, errors })
+}
+
+/// Decodes any supported image and re-encodes it as PNG; PNG input without EXIF rotation is kept
+/// byte for byte.
+fn to_png(bytes: &[u8]) -> Result<(Vec<u8>, u32, u32), String> {
+    let decoded = image_io::decode_detailed(bytes)?;
+    let (w, h) = (decoded.image.width(), decoded.image.height());
+    if decoded.format == image::ImageFormat::Png && !decoded.reoriented {
+        return Ok((bytes.to_vec(), w, h));
+    }
+    Ok((image_io::encode_png(&decoded.image)?, w, h))
+}

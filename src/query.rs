@@ -1,0 +1,72 @@
+//! SQL over node outputs: DataFusion sessions whose tables are committed part files.
+//!
+//! Every file is verified against its committed blake3 digest before it is registered, so a
+//! corrupt part is reported, never read. Each node's failed rows are the table `errors.NODE`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::{MemTable, TableProvider};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::error::{Error, Result};
+use crate::workspace::{FileDigest, Manifest, error_schema, verify_file};
+
+/// A node output to expose as a table.
+#[derive(Debug, Clone)]
+pub struct NodeTable {
+    pub name: String,
+    pub node_dir: PathBuf,
+    pub manifest: Arc<Manifest>,
+}
+
+/// A session configured for unoflow: the `errors` schema exists, and Parquet strings and
+/// binaries read back as the `Utf8`/`Binary` they were written as (not view types), so the
+/// schemas validation derived are the schemas queries see.
+pub fn session() -> SessionContext {
+    let mut config = SessionConfig::new().with_information_schema(true);
+    config.options_mut().execution.parquet.schema_force_view_types = false;
+    let ctx = SessionContext::new_with_config(config);
+    if let Some(catalog) = ctx.catalog("datafusion") {
+        let _ = catalog.register_schema("errors", Arc::new(MemorySchemaProvider::new()));
+    }
+    ctx
+}
+
+/// Verifies every file of `table` and registers its rows as `NAME` and its failed rows as
+/// `errors.NAME`.
+pub async fn register(ctx: &SessionContext, table: &NodeTable) -> Result<()> {
+    for f in table.manifest.files() {
+        verify_file(&table.node_dir, f).map_err(|why| Error::Workspace {
+            path: table.node_dir.clone(),
+            message: format!(
+                "a part of node `{}` is corrupt, so it will not be read: {why}; run the DAG again to recompute it",
+                table.name
+            ),
+        })?;
+    }
+    let rows = parquet_table(&table.node_dir, table.manifest.row_files()).await?;
+    ctx.register_table(table.name.as_str(), rows)?;
+    let errors: Arc<dyn TableProvider> = if table.manifest.error_rows == 0 {
+        Arc::new(MemTable::try_new(error_schema(), vec![vec![]])?)
+    } else {
+        parquet_table(&table.node_dir, table.manifest.error_files()).await?
+    };
+    let schema =
+        ctx.catalog("datafusion").and_then(|c| c.schema("errors")).ok_or_else(|| Error::Internal("the errors schema is missing".into()))?;
+    schema.register_table(table.name.clone(), errors)?;
+    Ok(())
+}
+
+async fn parquet_table<'a>(node_dir: &Path, files: impl Iterator<Item = &'a FileDigest>) -> Result<Arc<dyn TableProvider>> {
+    let urls =
+        files.map(|f| ListingTableUrl::parse(node_dir.join(&f.name).to_string_lossy())).collect::<datafusion::error::Result<Vec<_>>>()?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default().with_force_view_types(false))).with_file_extension(".parquet");
+    let state = session().state();
+    let schema = options.infer_schema(&state, &urls[0]).await?;
+    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}

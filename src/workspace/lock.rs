@@ -1,0 +1,41 @@
+//! One `unoflow run` per workspace at a time.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
+
+/// Held while a run works in a workspace; released when dropped or when the process dies (it
+/// is an advisory file lock, so a killed run never leaves the workspace locked).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    /// Takes the lock. With `wait`, blocks until the other run finishes; otherwise fails at
+    /// once, naming the process that holds it.
+    pub fn acquire(workspace: &Path, wait: bool) -> Result<Self> {
+        let path = workspace.join("lock");
+        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).at(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) if wait => file.lock().at(&path)?,
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(Error::Locked(format!(
+                    "another `unoflow run` is working in {} ({}); wait for it to finish, or pass --wait to queue behind it",
+                    workspace.display(),
+                    holder.trim()
+                )));
+            }
+            Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        file.set_len(0).at(&path)?;
+        file.rewind().at(&path)?;
+        write!(file, "pid {} since {}", std::process::id(), chrono::Local::now().format("%Y-%m-%d %H:%M:%S")).at(&path)?;
+        Ok(Self { _file: file })
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the `unoflow` binary driven the way a user drives it. One test binary
+//! (each would link the whole dependency tree), one module per area.
+
+mod support;
+
+mod errors;
+mod execution;
+mod planning;
+mod queries;
+mod resume;
+mod validation;

@@ -1,0 +1,181 @@
+//! Temporary projects, sample data and a way to run the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// A throwaway folder holding DAG files, data and a workspace.
+#[derive(Debug)]
+pub struct Project {
+    dir: tempfile::TempDir,
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        self.expect_code(0)
+    }
+}
+
+impl Project {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, contents: &str) -> PathBuf {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    /// Writes `dag.toml`.
+    pub fn dag(&self, text: &str) -> PathBuf {
+        self.write("dag.toml", text)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_unoflow"));
+        cmd.args(args).current_dir(self.dir.path()).env("NO_COLOR", "1");
+        cmd
+    }
+
+    /// Runs `unoflow ARGS` in the project folder.
+    pub fn unoflow(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("unoflow runs"))
+    }
+
+    /// Starts `unoflow ARGS` without waiting.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("unoflow starts")
+    }
+
+    /// Writes `n` noise PNGs of `size`×`size` under `dir`, deterministically from `seed`.
+    pub fn noise_images(&self, dir: &str, n: usize, size: u32, seed: u64) {
+        let mut rng = Rng(seed);
+        let folder = self.path(dir);
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..n {
+            let img = image::RgbImage::from_fn(size, size - (i as u32 % 3) * 8, |_, _| {
+                let v = rng.next();
+                image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+            });
+            img.save(folder.join(format!("img{i:04}.png"))).unwrap();
+        }
+    }
+
+    /// Writes a small PNG with a solid colour.
+    pub fn solid_png(&self, rel: &str, w: u32, h: u32, rgb: [u8; 3]) {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::from_pixel(w, h, image::Rgb(rgb)).save(path).unwrap();
+    }
+
+    /// All files under `rel`, recursively.
+    pub fn files_under(&self, rel: &str) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() { walk(&p, out) } else { out.push(p) }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.path(rel), &mut out);
+        out.sort();
+        out
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so tests that use randomness are repeatable.
+#[derive(Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0.max(1);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A value in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+/// A DAG reading images from `images/`, making thumbnails, and a query over them.
+pub fn thumbs_dag(max_side: u32) -> String {
+    format!(
+        r#"[dag]
+name = "t"
+seed = 1
+workspace = "ws"
+
+[nodes.photos]
+op = "read"
+path = "images"
+format = "images"
+
+[nodes.thumbs]
+op = "thumbnail"
+inputs = ["photos"]
+max_side = {max_side}
+
+[nodes.small]
+op = "sql"
+inputs = ["thumbs"]
+query = "SELECT row_id, path, width, height FROM thumbs"
+"#
+    )
+}
+
+/// Parses `unoflow plan --json` output into (node, state, reasons).
+pub fn plan_states(run: &Run) -> Vec<(String, String, Vec<String>)> {
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("plan json: {e}\n{}", run.stdout));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_string(),
+                n["state"].as_str().unwrap().to_string(),
+                n["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Runs a query and returns its CSV output lines (header first).
+pub fn sql_csv(project: &Project, query: &str) -> Vec<String> {
+    let out = project.unoflow(&["sql", "--dag", "dag.toml", "--format", "csv", query]).ok();
+    out.stdout.lines().map(str::to_string).collect()
+}
