@@ -38,28 +38,37 @@ fn force_and_only() {
 
 #[test]
 fn a_second_run_on_the_same_workspace_refuses_or_waits() {
+    let p = project(3);
+    p.unoflow(&["plan", "dag.toml"]).ok(); // creates the workspace
+    // Hold the workspace lock the way a running `unoflow run` does.
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(p.path("ws/lock")).unwrap();
+    lock.lock().unwrap();
+    std::fs::write(p.path("ws/lock"), "pid 4242 since now").unwrap();
+    let refused = p.unoflow(&["run", "dag.toml", "-q"]).expect_code(1);
+    assert!(refused.stderr.contains("another `unoflow run` is working in"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("pid 4242"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("--wait"), "{}", refused.stderr);
+    let waiting = p.spawn(&["run", "dag.toml", "-q", "--wait"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    lock.unlock().unwrap();
+    let waited = waiting.wait_with_output().unwrap();
+    assert!(waited.status.success(), "{}", String::from_utf8_lossy(&waited.stderr));
+    assert!(String::from_utf8_lossy(&waited.stdout).contains("3 computed"));
+}
+
+#[test]
+fn concurrent_runs_do_not_corrupt_the_workspace() {
     let p = Project::new();
     p.noise_images("images", 48, 256, 7);
     p.dag(&thumbs_dag(16));
-    let first = p.spawn(&["run", "dag.toml", "-q"]);
-    // Wait until the first run holds the lock.
-    let lock = p.path("ws/lock");
-    for _ in 0..200 {
-        if std::fs::read_to_string(&lock).is_ok_and(|s| s.starts_with("pid")) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let runs: Vec<_> = (0..3).map(|_| p.spawn(&["run", "dag.toml", "-q", "--wait"])).collect();
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    let refused = p.unoflow(&["run", "dag.toml", "-q"]);
-    let waited = p.unoflow(&["run", "dag.toml", "-q", "--wait"]).ok();
-    let first = first.wait_with_output().unwrap();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    // The refusal happened while the first run was working (it takes well over the time to start).
-    assert_eq!(refused.code, 1, "{refused:?}");
-    assert!(refused.stderr.contains("another `unoflow run` is working in"), "{}", refused.stderr);
-    assert!(refused.stderr.contains("--wait"), "{}", refused.stderr);
-    assert!(waited.stdout.contains("3 cached"), "{}", waited.stdout);
-    assert_eq!(sql_csv(&p, "SELECT count(*) AS n FROM thumbs"), ["n", "48"]);
+    assert_eq!(sql_csv(&p, "SELECT count(*) AS n, count(DISTINCT row_id) AS ids FROM thumbs"), ["n,ids", "48,48"]);
+    let last = p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    assert!(last.stdout.contains("3 cached"), "{}", last.stdout);
 }
 
 #[test]
