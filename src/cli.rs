@@ -233,7 +233,7 @@ async fn run(args: RunArgs, registry: &Registry) -> Result<i32> {
 async fn sql(catalog: &Catalog, query: &str, format: OutputFormat, output: Option<&Path>) -> Result<i32> {
     let ctx = crate::query::session();
     for located in &catalog.tables {
-        crate::query::register(&ctx, &located.table).await?;
+        crate::query::register(&ctx, &located.table, crate::query::Verify::Digests).await?;
     }
     let df = crate::ops::sql::plan(&ctx, query).await.map_err(|e| {
         let mut names: Vec<&str> = catalog.tables.iter().map(|t| t.table.name.as_str()).collect();

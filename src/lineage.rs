@@ -41,7 +41,7 @@ fn trace<'a>(
         let table = &located.table;
         let comps = &located.components;
         let ctx = query::session();
-        query::register(&ctx, table).await?;
+        query::register(&ctx, table, query::Verify::Digests).await?;
         let in_list: Vec<_> = ids.iter().map(|i| lit(i.as_str())).collect();
         let rows = ctx.table(table.name.as_str()).await?.filter(col(ROW_ID).in_list(in_list.clone(), false))?.collect().await?;
         let errors = ctx.table(format!("errors.{}", table.name)).await?.filter(col(ROW_ID).in_list(in_list, false))?.collect().await?;

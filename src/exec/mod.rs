@@ -525,7 +525,7 @@ async fn run_whole(
         OpKind::Sql => {
             let session = query::session();
             for table in tables() {
-                query::register(&session, &table).await?;
+                query::register(&session, &table, query::Verify::AlreadyChecked).await?;
             }
             let df = sql::plan(&session, node.params.str("query")?).await?;
             units::stream_into(target, unit, node, df.execute_stream().await?, bar, started).await
@@ -533,20 +533,26 @@ async fn run_whole(
         OpKind::Export => {
             let table = tables().into_iter().next().ok_or_else(|| Error::Internal("export without input".into()))?;
             let session = query::session();
-            query::register(&session, &table).await?;
+            query::register(&session, &table, query::Verify::AlreadyChecked).await?;
             let df = session.table(table.name.as_str()).await?;
             let schema = Arc::new(df.schema().as_arrow().clone());
             let mut stream = df.execute_stream().await?;
-            let mut batches = Vec::new();
-            while let Some(b) = stream.next().await {
-                let b = b?;
-                bar.inc(b.num_rows() as u64);
-                batches.push(b);
-            }
             let params = node.params.clone();
-            let rows = tokio::task::spawn_blocking(move || export::write(&params, &schema, &batches))
-                .await
-                .map_err(|e| Error::Internal(format!("export panicked: {e}")))??;
+            let (bar, runtime) = (bar.clone(), tokio::runtime::Handle::current());
+            // Writing files is blocking work: it runs on the blocking pool, pulling the query's
+            // batches one at a time so nothing is held in memory.
+            let rows = tokio::task::spawn_blocking(move || {
+                let mut batches = std::iter::from_fn(|| {
+                    runtime.block_on(stream.next()).map(|b| {
+                        let b = b?;
+                        bar.inc(b.num_rows() as u64);
+                        Ok(b)
+                    })
+                });
+                export::write(&params, &schema, &mut batches)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("export panicked: {e}")))??;
             units::commit(target, unit, unoflow_operators::PartitionOutput { rows, errors: Vec::new() }, started)
         }
         OpKind::Map(_) => Err(Error::Internal("map operators run in units".into())),

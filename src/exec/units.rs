@@ -144,7 +144,8 @@ pub fn run_blocking(node: &Node, input_dir: Option<&Path>, unit: &Unit, ctx: &Ex
     }
 }
 
-/// Streams a query's batches into the unit's part file, giving rows their ids.
+/// Streams a query's batches into the unit's part file, giving rows their ids. Ids and
+/// encoding run on a blocking thread fed through a small queue, so they overlap with the query.
 pub async fn stream_into(
     target: &Target<'_>,
     unit: &Unit,
@@ -153,25 +154,48 @@ pub async fn stream_into(
     bar: &ProgressBar,
     started: Instant,
 ) -> Result<Commit> {
-    let mut ids = IdAssigner::new();
-    let mut writer: Option<PartWriter> = None;
-    while let Some(batch) = stream.next().await {
-        let batch = ids.assign(batch?)?;
-        if writer.is_none() {
-            writer = Some(PartWriter::create(target.tmp_dir, target.node_dir, &unit.file_name(""), batch.schema())?);
-        }
-        if let Some(w) = writer.as_mut() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(4);
+    let (tmp_dir, node_dir, name) = (target.tmp_dir.to_path_buf(), target.node_dir.to_path_buf(), unit.file_name(""));
+    let (schema, bar_w) = (Arc::clone(&node.schema), bar.clone());
+    let writer = tokio::task::spawn_blocking(move || -> Result<FileDigest> {
+        let mut ids = IdAssigner::new();
+        let mut writer: Option<PartWriter> = None;
+        while let Some(batch) = rx.blocking_recv() {
+            let batch = ids.assign(batch)?;
+            let w = match writer.as_mut() {
+                Some(w) => w,
+                None => writer.insert(PartWriter::create(&tmp_dir, &node_dir, &name, batch.schema())?),
+            };
             w.write(&batch)?;
+            bar_w.inc(batch.num_rows() as u64);
+            if bar_w.position() > bar_w.length().unwrap_or(0) {
+                bar_w.set_length(bar_w.position());
+            }
         }
-        bar.inc(batch.num_rows() as u64);
-        if bar.position() > bar.length().unwrap_or(0) {
-            bar.set_length(bar.position());
+        match writer {
+            Some(w) => w.finish(),
+            None => PartWriter::create(&tmp_dir, &node_dir, &name, schema)?.finish(),
+        }
+    });
+    let mut failure = None;
+    while let Some(batch) = stream.next().await {
+        match batch {
+            Ok(b) => {
+                // A closed queue means the writer failed; its error is returned below.
+                if tx.send(b).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                failure = Some(Error::from(e));
+                break;
+            }
         }
     }
-    let writer = match writer {
-        Some(w) => w,
-        None => PartWriter::create(target.tmp_dir, target.node_dir, &unit.file_name(""), Arc::clone(&node.schema))?,
-    };
-    let rows = writer.finish()?;
-    finish_commit(target, unit, rows, None, started)
+    drop(tx);
+    let written = writer.await.map_err(|e| Error::Internal(format!("part writer panicked: {e}")))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    finish_commit(target, unit, written?, None, started)
 }

@@ -131,23 +131,26 @@ fn stem(name: &str) -> &str {
     }
 }
 
-/// Writes `batches` as the export describes; returns the rows of the node's table.
-pub fn write(params: &Params, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+/// The input of an export, streamed batch by batch.
+pub type Batches<'a> = &'a mut dyn Iterator<Item = Result<RecordBatch>>;
+
+/// Writes the batches as the export describes, streaming; returns the rows of the node's table.
+pub fn write(params: &Params, schema: &SchemaRef, batches: Batches<'_>) -> Result<RecordBatch> {
     let dest = PathBuf::from(params.str("path")?);
     let mut files = FileList::default();
     match Format::of(params)? {
         Format::Parquet => write_file(&dest, |tmp| {
-            let mut writer = ArrowWriter::try_new(File::create(tmp).at(tmp)?, Arc::clone(schema), None)?;
-            for b in batches {
-                writer.write(b)?;
+            let mut writer = ArrowWriter::try_new(BufWriter::new(File::create(tmp).at(tmp)?), Arc::clone(schema), None)?;
+            for b in &mut *batches {
+                writer.write(&b?)?;
             }
             writer.close()?;
             Ok(())
         })?,
         Format::Jsonl => write_file(&dest, |tmp| {
             let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(BufWriter::new(File::create(tmp).at(tmp)?));
-            for b in batches {
-                writer.write(b)?;
+            for b in &mut *batches {
+                writer.write(&b?)?;
             }
             writer.finish()?;
             writer.into_inner().flush().at(tmp)
@@ -287,11 +290,12 @@ fn write_png(dir: &Path, name: &str, bytes: &[u8]) -> Result<u64> {
     Ok(bytes.len() as u64)
 }
 
-fn write_images(params: &Params, batches: &[RecordBatch], dir: &Path, files: &mut FileList) -> Result<()> {
+fn write_images(params: &Params, batches: Batches<'_>, dir: &Path, files: &mut FileList) -> Result<()> {
     let column = params.str("column")?;
     let name_column = params.str("name_column")?;
     let mut namer = Namer::default();
     for batch in batches {
+        let batch = &batch?;
         let cols = Columns { batch };
         let ids = cols.text(ROW_ID)?;
         let images = cols.binary(column)?;
@@ -310,7 +314,7 @@ fn write_images(params: &Params, batches: &[RecordBatch], dir: &Path, files: &mu
     Ok(())
 }
 
-fn write_uno(params: &Params, batches: &[RecordBatch], dir: &Path, files: &mut FileList) -> Result<()> {
+fn write_uno(params: &Params, batches: Batches<'_>, dir: &Path, files: &mut FileList) -> Result<()> {
     let name_column = params.str("name_column")?;
     let ref_columns = params.str_list("ref_columns")?;
     let target_column = params.str("target_column")?;
@@ -319,6 +323,7 @@ fn write_uno(params: &Params, batches: &[RecordBatch], dir: &Path, files: &mut F
     let mut namer = Namer::default();
     let mut records = Vec::new();
     for batch in batches {
+        let batch = &batch?;
         let cols = Columns { batch };
         let ids = cols.text(ROW_ID)?;
         let prompts = cols.text(params.str("prompt_column")?)?;

@@ -10,7 +10,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use super::{sync_dir, write_atomic};
@@ -99,7 +100,12 @@ struct HashingWriter<W> {
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        // Large writes (blobs pass the buffer) are hashed on all cores.
+        if n >= 1 << 17 {
+            self.hasher.update_rayon(&buf[..n]);
+        } else {
+            self.hasher.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }
@@ -112,6 +118,25 @@ impl<W: Write> Write for HashingWriter<W> {
 /// Row groups are flushed once their buffered size passes this, so image tables never hold more
 /// than this much per writer in memory.
 const ROW_GROUP_BYTES: usize = 64 << 20;
+
+/// zstd for ordinary columns; binary columns (images, already compressed) are stored as they
+/// are, without dictionaries or statistics, which would only cost time.
+fn writer_properties(schema: &Schema) -> Result<WriterProperties> {
+    let zstd = Compression::ZSTD(ZstdLevel::try_new(1).map_err(|e| Error::Internal(e.to_string()))?);
+    let mut props = WriterProperties::builder().set_compression(zstd);
+    // Row ids are unique: a dictionary would only be built to be thrown away.
+    props = props.set_column_dictionary_enabled(ColumnPath::from("row_id"), false);
+    for field in schema.fields() {
+        if matches!(field.data_type(), DataType::Binary | DataType::LargeBinary | DataType::BinaryView) {
+            let path = ColumnPath::from(field.name().as_str());
+            props = props
+                .set_column_compression(path.clone(), Compression::UNCOMPRESSED)
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_statistics_enabled(path, EnabledStatistics::None);
+        }
+    }
+    Ok(props.build())
+}
 
 /// Writes one part file under `tmp/`, then moves it into the node's `parts/` folder.
 pub struct PartWriter {
@@ -135,9 +160,7 @@ impl PartWriter {
         std::fs::create_dir_all(&dest_dir).at(&dest_dir)?;
         let tmp = tmp_dir.join(format!("{}-{name}", node_dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
         let file = File::create(&tmp).at(&tmp)?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(|e| Error::Internal(e.to_string()))?))
-            .build();
+        let props = writer_properties(&schema)?;
         let sink = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new(), bytes: 0 };
         let writer = ArrowWriter::try_new(sink, schema, Some(props))?;
         Ok(Self { tmp, dest_dir, name: name.to_string(), writer, rows: 0 })

@@ -1,0 +1,138 @@
+//! Engine overhead on relational work: `read → sql → export` through unoflow against the same
+//! query in plain DataFusion, measured in the same process and run.
+//!
+//! ```sh
+//! cargo bench --bench engine            # 1 M small rows and 10 k rows of 64 KB blobs
+//! cargo bench --bench engine -- --quick # 100 k and 1 k rows
+//! ```
+//!
+//! Both sides read the same Parquet file, run the same query and write one Parquet file. The
+//! engine also gives every row an id, commits each node's output (fsync, blake3) and verifies
+//! what it reads; the ratio is the price of that.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use unoflow::exec::{RunOptions, Status};
+use unoflow::ops::Registry;
+
+const QUERY: &str = "SELECT id, name, value * 2 AS doubled, category, payload FROM src WHERE value > 0.25";
+const REPEATS: usize = 3;
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let scale = if quick { 10 } else { 1 };
+    println!("engine overhead: read → sql → export (Parquet), median of {REPEATS}, {} threads", rayon::current_num_threads());
+    println!("{:<28} {:>12} {:>12} {:>8}   engine per node (read / sql / export)", "case", "datafusion", "unoflow", "ratio");
+    for (rows, blob) in [(1_000_000 / scale, 0usize), (10_000 / scale, 64 * 1024)] {
+        let label = if blob == 0 { format!("{rows} small rows") } else { format!("{rows} rows x {} KB blobs", blob / 1024) };
+        let dir = tempfile::tempdir().expect("temp dir");
+        make_source(&dir.path().join("src.parquet"), rows, blob);
+        let mut df_times = Vec::new();
+        let mut engine_times = Vec::new();
+        let mut node_times = Vec::new();
+        for i in 0..REPEATS {
+            df_times.push(runtime.block_on(datafusion_pipeline(dir.path(), i)));
+            let (total, nodes) = runtime.block_on(engine_pipeline(dir.path(), i));
+            engine_times.push(total);
+            node_times.push(nodes);
+        }
+        let (df, engine) = (median(&mut df_times), median(&mut engine_times));
+        let nodes = node_times.into_iter().min_by(|a, b| a.iter().sum::<f64>().total_cmp(&b.iter().sum::<f64>())).unwrap_or_default();
+        let per_node: Vec<String> = nodes.iter().map(|s| format!("{s:.2}s")).collect();
+        println!(
+            "{label:<28} {:>11.2}s {:>11.2}s {:>7.2}x   {}",
+            df.as_secs_f64(),
+            engine.as_secs_f64(),
+            engine.as_secs_f64() / df.as_secs_f64(),
+            per_node.join(" / ")
+        );
+    }
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// A Parquet file of `rows` rows: id, name, value in [0, 1), one of 16 categories, and a
+/// `blob`-byte incompressible payload (an image's worth of entropy) when `blob > 0`.
+fn make_source(path: &Path, rows: usize, blob: usize) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("category", DataType::Utf8, false),
+        Field::new("payload", DataType::Binary, false),
+    ]));
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(path).expect("create"), Arc::clone(&schema), None).expect("writer");
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let chunk = if blob > 0 { 256 } else { 65_536 };
+    for start in (0..rows).step_by(chunk) {
+        let n = chunk.min(rows - start);
+        let ids: Vec<i64> = (start..start + n).map(|i| i as i64).collect();
+        let names: Vec<String> = ids.iter().map(|i| format!("name-{i}")).collect();
+        let values: Vec<f64> = (0..n).map(|_| (next() % 1_000_000) as f64 / 1e6).collect();
+        let categories: Vec<String> = (0..n).map(|_| format!("category-{}", next() % 16)).collect();
+        let payloads: Vec<Vec<u8>> = (0..n).map(|_| (0..blob / 8).flat_map(|_| next().to_le_bytes()).collect()).collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(ids)),
+            Arc::new(StringArray::from(names)),
+            Arc::new(Float64Array::from(values)),
+            Arc::new(StringArray::from(categories)),
+            Arc::new(BinaryArray::from_iter_values(payloads.iter())),
+        ];
+        writer.write(&RecordBatch::try_new(Arc::clone(&schema), columns).expect("batch")).expect("write");
+    }
+    writer.close().expect("close");
+}
+
+async fn datafusion_pipeline(dir: &Path, i: usize) -> Duration {
+    let started = Instant::now();
+    let ctx = SessionContext::new();
+    ctx.register_parquet("src", dir.join("src.parquet").to_str().expect("utf8 path"), ParquetReadOptions::default())
+        .await
+        .expect("register");
+    let out = dir.join(format!("datafusion-{i}.parquet"));
+    ctx.sql(QUERY)
+        .await
+        .expect("plan")
+        .write_parquet(out.to_str().expect("utf8 path"), DataFrameWriteOptions::new().with_single_file_output(true), None)
+        .await
+        .expect("write");
+    started.elapsed()
+}
+
+async fn engine_pipeline(dir: &Path, i: usize) -> (Duration, Vec<f64>) {
+    let dag_path = dir.join(format!("bench-{i}.toml"));
+    std::fs::write(
+        &dag_path,
+        format!(
+            "[dag]\nname = \"bench\"\nworkspace = \"ws-{i}\"\n\n\
+             [nodes.src]\nop = \"read\"\npath = \"src.parquet\"\n\n\
+             [nodes.query]\nop = \"sql\"\ninputs = [\"src\"]\nquery = \"{}\"\n\n\
+             [nodes.out]\nop = \"export\"\ninputs = [\"query\"]\npath = \"unoflow-{i}.parquet\"\n",
+            QUERY.replace("FROM src", "FROM src")
+        ),
+    )
+    .expect("dag");
+    let started = Instant::now();
+    let dag = Arc::new(unoflow::dag::load(&dag_path, None, &Registry::default()).await.expect("valid DAG"));
+    let report = unoflow::exec::run(dag, RunOptions { quiet: true, ..RunOptions::default() }, Vec::new()).await.expect("run");
+    let elapsed = started.elapsed();
+    assert!(report.outcomes.iter().all(|o| o.status == Status::Computed), "{:?}", report.outcomes);
+    (elapsed, report.outcomes.iter().map(|o| o.seconds).collect())
+}
