@@ -125,7 +125,7 @@ async fn engine_pipeline(dir: &Path, i: usize) -> (Duration, Vec<f64>) {
              [nodes.src]\nop = \"read\"\npath = \"src.parquet\"\n\n\
              [nodes.query]\nop = \"sql\"\ninputs = [\"src\"]\nquery = \"{}\"\n\n\
              [nodes.out]\nop = \"export\"\ninputs = [\"query\"]\npath = \"unoflow-{i}.parquet\"\n",
-            QUERY.replace("FROM src", "FROM src")
+            QUERY
         ),
     )
     .expect("dag");

@@ -74,6 +74,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Models: check one against its reference implementation's fixture.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Show where a row came from: its values, the node's parameters, and the rows it was made from.
     Lineage {
         /// The node holding the row.
@@ -85,6 +90,41 @@ pub enum Command {
         #[command(flatten)]
         workspace: WorkspaceArg,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Run a model on a reference fixture and compare: the last line is `rel_err=… max_abs_err=…`;
+    /// exit 1 above the tolerance, 2 on bad input.
+    Check {
+        /// The model kind: flux (more with the model issues: ae, t5, clip_text, clip, dinov2).
+        kind: String,
+        /// The weights, in the checkpoint's own layout (a file, or a diffusers folder).
+        #[arg(long)]
+        weights: PathBuf,
+        /// UNO LoRA weights to attach.
+        #[arg(long)]
+        lora: Option<PathBuf>,
+        /// The fixture (safetensors with `input.*`, `expected.*`, metadata `kind`, `config`).
+        #[arg(long)]
+        fixture: PathBuf,
+        /// The largest acceptable relative error ‖out − expected‖ / ‖expected‖.
+        #[arg(long, default_value_t = 1e-4)]
+        tol: f64,
+        /// The compute precision.
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        dtype: Precision,
+        /// Where to run: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu", value_parser = parse_device)]
+        device: DeviceSpec,
+    },
+}
+
+/// A compute precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    F32,
+    Bf16,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +186,22 @@ pub async fn main(cli: Cli) -> Result<i32> {
         Command::Runs { dag, workspace, json } => {
             let root = workspace_root(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
             runs(&root, json)
+        }
+        Command::Model { command: ModelCommand::Check { kind, weights, lora, fixture, tol, dtype, device } } => {
+            let dtype = match dtype {
+                Precision::F32 => unoflow_models::Precision::F32,
+                Precision::Bf16 => unoflow_models::Precision::Bf16,
+            };
+            let result = tokio::task::spawn_blocking(move || {
+                unoflow_models::fixture::check(&kind, &fixture, &weights, lora.as_deref(), device, dtype)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("model check panicked: {e}")))?;
+            let comparison = result.map_err(|e| Error::Usage(e.to_string()))?;
+            let verdict = if comparison.rel_err <= tol { "ok" } else { "FAILED" };
+            println!("{verdict}: tolerance {tol:e}");
+            println!("{comparison}");
+            Ok(if comparison.rel_err <= tol { 0 } else { 1 })
         }
         Command::Lineage { node, row_id, dag, workspace } => {
             let catalog = catalog(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;

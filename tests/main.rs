@@ -5,6 +5,7 @@ mod support;
 
 mod errors;
 mod execution;
+mod models;
 mod planning;
 mod queries;
 mod resume;

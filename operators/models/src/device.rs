@@ -6,6 +6,33 @@ use std::str::FromStr;
 /// The CPU backend: burn's pure-Rust Flex backend (SIMD + rayon).
 pub type CpuBackend = burn::backend::Flex;
 
+/// The precision a model computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> burn::tensor::DType {
+        match self {
+            Self::F32 => burn::tensor::DType::F32,
+            Self::Bf16 => burn::tensor::DType::BF16,
+        }
+    }
+}
+
+/// The CUDA backend (feature `cuda`).
+#[cfg(feature = "cuda")]
+pub type CudaBackend = burn::backend::Cuda;
+
+/// The CUDA device with ordinal `n`.
+#[cfg(feature = "cuda")]
+pub fn cuda_device(n: usize) -> burn::backend::cuda::CudaDevice {
+    burn::backend::cuda::CudaDevice::new(n)
+}
+
 /// A device named on the command line or in a DAG: `cpu`, `cuda` or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DeviceSpec {

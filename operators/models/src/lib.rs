@@ -1,8 +1,12 @@
 //! The neural networks of the UNO method, in burn, generic over the backend.
 //!
 //! Models mirror their reference implementation's module tree, so checkpoint keys map onto
-//! struct fields plainly. This crate knows nothing of DAGs, tables or workspaces.
+//! struct fields plainly ([`vb::Vb`]). This crate knows nothing of DAGs, tables or workspaces.
 
 pub mod device;
+pub mod fixture;
+pub mod flux;
+pub mod vb;
+pub mod weights;
 
-pub use device::{DeviceError, DeviceSpec};
+pub use device::{DeviceError, DeviceSpec, Precision};

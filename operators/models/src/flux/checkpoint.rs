@@ -1,0 +1,232 @@
+//! FLUX checkpoints: BFL single files (`flux1-dev.safetensors`) and the diffusers layout
+//! (`transformer/` with sharded `diffusion_pytorch_model-*.safetensors` and an index), loaded into
+//! the same [`Flux`].
+//!
+//! The model is written against BFL keys. A diffusers checkpoint is read through a view that
+//! answers BFL keys from diffusers tensors: q, k, v (and the single blocks' MLP input) are
+//! concatenated into the fused projections, and the final layer's modulation, which diffusers
+//! stores as (scale, shift), is swapped back to BFL's (shift, scale).
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, TensorData};
+
+use super::model::{Flux, FluxConfig};
+use crate::vb::{TensorSource, Vb};
+use crate::weights::{Checkpoint, Result, WeightsError, cat_rows, split_rows};
+
+/// A FLUX transformer checkpoint in either layout.
+#[derive(Debug)]
+pub enum FluxCheckpoint {
+    /// BFL/UNO keys (`double_blocks.0.img_attn.qkv.weight`).
+    Bfl(Checkpoint),
+    /// diffusers `FluxTransformer2DModel` keys (`transformer_blocks.0.attn.to_q.weight`).
+    Diffusers(Checkpoint),
+}
+
+impl FluxCheckpoint {
+    /// Opens a `.safetensors` file (BFL layout) or a diffusers folder: the pipeline root (with
+    /// `transformer/`), or the transformer folder itself.
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_file() {
+            return Ok(Self::Bfl(Checkpoint::open(path)?));
+        }
+        let dir = if path.join("transformer").is_dir() { path.join("transformer") } else { path.to_path_buf() };
+        let index = dir.join("diffusion_pytorch_model.safetensors.index.json");
+        let single = dir.join("diffusion_pytorch_model.safetensors");
+        if index.is_file() {
+            Ok(Self::Diffusers(Checkpoint::open_index(&index)?))
+        } else if single.is_file() {
+            Ok(Self::Diffusers(Checkpoint::open(&single)?))
+        } else {
+            Err(WeightsError::Format {
+                path: path.to_path_buf(),
+                message: "expected a BFL `.safetensors` file, or a diffusers folder with \
+                          `transformer/diffusion_pytorch_model.safetensors[.index.json]`"
+                    .into(),
+            })
+        }
+    }
+
+    fn source(&self) -> Box<dyn TensorSource + '_> {
+        match self {
+            Self::Bfl(c) => Box::new(BflView(c)),
+            Self::Diffusers(c) => Box::new(DiffusersView(c)),
+        }
+    }
+
+    fn checkpoint(&self) -> &Checkpoint {
+        match self {
+            Self::Bfl(c) | Self::Diffusers(c) => c,
+        }
+    }
+
+    /// Builds the model. `dtype` casts every weight (e.g. a bf16 file computed in f32); `None`
+    /// keeps the file's dtype. Fails on missing, misshapen or unexpected tensors.
+    pub fn load<B: Backend>(&self, config: &FluxConfig, device: &B::Device, dtype: Option<DType>) -> Result<Flux<B>> {
+        config.validate().map_err(|message| WeightsError::Format { path: self.checkpoint().path().to_path_buf(), message })?;
+        let source = self.source();
+        let model = Flux::load(&Vb::new(source.as_ref(), device, dtype), config)?;
+        self.checkpoint().check_all_read()?;
+        Ok(model)
+    }
+}
+
+/// Loads UNO LoRA weights from `path` into `model`, scaled by `weight`; returns the rank.
+pub fn load_lora<B: Backend>(model: &mut Flux<B>, config: &FluxConfig, path: &Path, weight: f64, device: &B::Device) -> Result<usize> {
+    let ckpt = Checkpoint::open(path)?;
+    let view = BflView(&ckpt);
+    let rank = model.load_lora(&Vb::new(&view, device, Some(model.dtype())), config, weight)?;
+    ckpt.check_all_read()?;
+    Ok(rank)
+}
+
+struct BflView<'a>(&'a Checkpoint);
+
+impl TensorSource for BflView<'_> {
+    fn read(&self, key: &str, shape: &[usize]) -> Result<TensorData> {
+        self.0.read(key, shape)
+    }
+    fn contains(&self, key: &str) -> bool {
+        self.0.contains(key)
+    }
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        self.0.shape(key).map(<[usize]>::to_vec)
+    }
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// How a BFL tensor is made from diffusers tensors.
+enum Recipe {
+    /// The same tensor under another name.
+    Rename(String),
+    /// Row-wise concatenation (fused projections).
+    Cat(Vec<String>),
+    /// The two halves of a tensor, swapped (diffusers' (scale, shift) → BFL's (shift, scale)).
+    SwapHalves(String),
+}
+
+struct DiffusersView<'a>(&'a Checkpoint);
+
+impl DiffusersView<'_> {
+    fn recipe(key: &str) -> Option<Recipe> {
+        let (stem, part) = key.rsplit_once('.')?; // part: weight | bias | scale
+        let norm_part = if part == "scale" { "weight" } else { part };
+        let rename = |s: &str| Some(Recipe::Rename(format!("{s}.{norm_part}")));
+        let fields: Vec<&str> = stem.split('.').collect();
+        match fields.as_slice() {
+            ["img_in"] => rename("x_embedder"),
+            ["txt_in"] => rename("context_embedder"),
+            ["time_in", l] => rename(&format!("time_text_embed.timestep_embedder.{}", embedder_layer(l)?)),
+            ["vector_in", l] => rename(&format!("time_text_embed.text_embedder.{}", embedder_layer(l)?)),
+            ["guidance_in", l] => rename(&format!("time_text_embed.guidance_embedder.{}", embedder_layer(l)?)),
+            ["final_layer", "linear"] => rename("proj_out"),
+            ["final_layer", "adaLN_modulation", "1"] => Some(Recipe::SwapHalves(format!("norm_out.linear.{part}"))),
+            ["double_blocks", i, rest @ ..] => {
+                let d = format!("transformer_blocks.{i}");
+                match rest {
+                    ["img_mod", "lin"] => rename(&format!("{d}.norm1.linear")),
+                    ["txt_mod", "lin"] => rename(&format!("{d}.norm1_context.linear")),
+                    ["img_attn", "qkv"] => {
+                        Some(Recipe::Cat(["to_q", "to_k", "to_v"].iter().map(|p| format!("{d}.attn.{p}.{part}")).collect()))
+                    }
+                    ["txt_attn", "qkv"] => Some(Recipe::Cat(
+                        ["add_q_proj", "add_k_proj", "add_v_proj"].iter().map(|p| format!("{d}.attn.{p}.{part}")).collect(),
+                    )),
+                    ["img_attn", "proj"] => rename(&format!("{d}.attn.to_out.0")),
+                    ["txt_attn", "proj"] => rename(&format!("{d}.attn.to_add_out")),
+                    ["img_attn", "norm", "query_norm"] => rename(&format!("{d}.attn.norm_q")),
+                    ["img_attn", "norm", "key_norm"] => rename(&format!("{d}.attn.norm_k")),
+                    ["txt_attn", "norm", "query_norm"] => rename(&format!("{d}.attn.norm_added_q")),
+                    ["txt_attn", "norm", "key_norm"] => rename(&format!("{d}.attn.norm_added_k")),
+                    ["img_mlp", "0"] => rename(&format!("{d}.ff.net.0.proj")),
+                    ["img_mlp", "2"] => rename(&format!("{d}.ff.net.2")),
+                    ["txt_mlp", "0"] => rename(&format!("{d}.ff_context.net.0.proj")),
+                    ["txt_mlp", "2"] => rename(&format!("{d}.ff_context.net.2")),
+                    _ => None,
+                }
+            }
+            ["single_blocks", i, rest @ ..] => {
+                let d = format!("single_transformer_blocks.{i}");
+                match rest {
+                    ["linear1"] => Some(Recipe::Cat(
+                        ["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"].iter().map(|p| format!("{d}.{p}.{part}")).collect(),
+                    )),
+                    ["linear2"] => rename(&format!("{d}.proj_out")),
+                    ["modulation", "lin"] => rename(&format!("{d}.norm.linear")),
+                    ["norm", "query_norm"] => rename(&format!("{d}.attn.norm_q")),
+                    ["norm", "key_norm"] => rename(&format!("{d}.attn.norm_k")),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+fn embedder_layer(bfl: &str) -> Option<&'static str> {
+    match bfl {
+        "in_layer" => Some("linear_1"),
+        "out_layer" => Some("linear_2"),
+        _ => None,
+    }
+}
+
+impl TensorSource for DiffusersView<'_> {
+    fn read(&self, key: &str, shape: &[usize]) -> Result<TensorData> {
+        let missing =
+            || WeightsError::Missing { path: self.0.path().to_path_buf(), key: key.into(), hint: " (no diffusers equivalent)".into() };
+        let with_rows = |name: &str| -> Result<TensorData> {
+            let found = self.0.shape(name).ok_or_else(|| WeightsError::Missing {
+                path: self.0.path().to_path_buf(),
+                key: name.into(),
+                hint: format!(" (needed for `{key}`)"),
+            })?;
+            self.0.read(name, found)
+        };
+        let data = match Self::recipe(key).ok_or_else(missing)? {
+            Recipe::Rename(name) => with_rows(&name)?,
+            Recipe::Cat(names) => cat_rows(names.iter().map(|n| with_rows(n)).collect::<Result<_>>()?),
+            Recipe::SwapHalves(name) => {
+                let halves = split_rows(&with_rows(&name)?, 2);
+                cat_rows(vec![halves[1].clone(), halves[0].clone()])
+            }
+        };
+        if data.shape.as_slice() != shape {
+            return Err(WeightsError::Shape {
+                path: self.0.path().to_path_buf(),
+                key: key.into(),
+                expected: shape.to_vec(),
+                found: data.shape.to_vec(),
+            });
+        }
+        Ok(data)
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        match Self::recipe(key) {
+            Some(Recipe::Rename(n) | Recipe::SwapHalves(n)) => self.0.contains(&n),
+            Some(Recipe::Cat(ns)) => ns.iter().all(|n| self.0.contains(n)),
+            None => false,
+        }
+    }
+
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        match Self::recipe(key)? {
+            Recipe::Rename(n) | Recipe::SwapHalves(n) => self.0.shape(&n).map(<[usize]>::to_vec),
+            Recipe::Cat(ns) => {
+                let shapes: Vec<Vec<usize>> = ns.iter().map(|n| self.0.shape(n).map(<[usize]>::to_vec)).collect::<Option<_>>()?;
+                let mut s = shapes[0].clone();
+                s[0] = shapes.iter().map(|x| x[0]).sum();
+                Some(s)
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
