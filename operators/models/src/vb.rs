@@ -7,7 +7,7 @@ use std::path::Path;
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Distribution, Tensor, TensorData};
 
 use crate::weights::{Checkpoint, Result};
 
@@ -41,9 +41,18 @@ impl TensorSource for Checkpoint {
     }
 }
 
+/// Where a [`Vb`] takes its tensors from.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    Source(&'a dyn TensorSource),
+    /// Random weights made on the device (benchmarks and `--tiny` models; no download):
+    /// matrices N(0, 1/fan_in), norm scales 1, other vectors N(0, 0.02²).
+    Random,
+}
+
 /// A position in a checkpoint's key tree, with the device and dtype to load onto.
 pub struct Vb<'a, B: Backend> {
-    source: &'a dyn TensorSource,
+    origin: Origin<'a>,
     prefix: String,
     device: &'a B::Device,
     /// Cast every tensor to this dtype after reading; `None` keeps the file's dtype.
@@ -58,13 +67,19 @@ impl<B: Backend> std::fmt::Debug for Vb<'_, B> {
 
 impl<'a, B: Backend> Vb<'a, B> {
     pub fn new(source: &'a dyn TensorSource, device: &'a B::Device, dtype: Option<DType>) -> Self {
-        Self { source, prefix: String::new(), device, dtype }
+        Self { origin: Origin::Source(source), prefix: String::new(), device, dtype }
+    }
+
+    /// A builder of random weights in `dtype`, made on the device; seed the backend first
+    /// (`B::seed`) for repeatable weights.
+    pub fn random(device: &'a B::Device, dtype: DType) -> Self {
+        Self { origin: Origin::Random, prefix: String::new(), device, dtype: Some(dtype) }
     }
 
     /// The sub-tree `name` (a field name or a list index).
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
         let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
-        Self { source: self.source, prefix, device: self.device, dtype: self.dtype }
+        Self { origin: self.origin, prefix, device: self.device, dtype: self.dtype }
     }
 
     pub fn key(&self, name: &str) -> String {
@@ -73,7 +88,10 @@ impl<'a, B: Backend> Vb<'a, B> {
 
     /// The checkpoint file, for messages.
     pub fn path(&self) -> &Path {
-        self.source.path()
+        match self.origin {
+            Origin::Source(s) => s.path(),
+            Origin::Random => Path::new("<random weights>"),
+        }
     }
 
     pub fn device(&self) -> &B::Device {
@@ -84,18 +102,38 @@ impl<'a, B: Backend> Vb<'a, B> {
         self.dtype
     }
 
+    /// Whether the checkpoint has `name` (random weights have everything).
     pub fn contains(&self, name: &str) -> bool {
-        self.source.contains(&self.key(name))
+        match self.origin {
+            Origin::Source(s) => s.contains(&self.key(name)),
+            Origin::Random => true,
+        }
     }
 
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.source.shape(&self.key(name))
+        match self.origin {
+            Origin::Source(s) => s.shape(&self.key(name)),
+            Origin::Random => None,
+        }
     }
 
     /// The tensor `name` under this prefix, with the given shape.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
-        let data = self.source.read(&self.key(name), &shape)?;
-        Ok(self.to_tensor(data))
+        match self.origin {
+            Origin::Source(s) => Ok(self.to_tensor(s.read(&self.key(name), &shape)?)),
+            Origin::Random => Ok(self.random_tensor(name, shape)),
+        }
+    }
+
+    fn random_tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Tensor<B, D> {
+        let dtype = self.dtype.unwrap_or(DType::F32);
+        let options = (self.device, DType::F32);
+        let t: Tensor<B, D> = match D {
+            1 if name == "scale" || name.ends_with(".scale") => Tensor::ones(shape, options),
+            1 => Tensor::random(shape, Distribution::Normal(0.0, 0.02), options),
+            _ => Tensor::random(shape, Distribution::Normal(0.0, 1.0 / (shape[D - 1] as f64).sqrt()), options),
+        };
+        t.cast(dtype)
     }
 
     /// A tensor from host data, in the file's dtype or the requested one.

@@ -8,7 +8,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -134,24 +134,32 @@ impl RopeTables {
         Self { cos, sin, batch, len, half_dim }
     }
 
-    /// The tables as tensors `[B, 1, L, head_dim/2, 1]`, ready to broadcast over heads.
+    /// The tables as tensors `[B, L, 1, head_dim/2, 1]`, ready to broadcast over heads.
     fn tensors<B: Backend>(&self, device: &B::Device) -> (Tensor<B, 5>, Tensor<B, 5>) {
-        let shape = [self.batch, 1, self.len, self.half_dim, 1];
+        let shape = [self.batch, self.len, 1, self.half_dim, 1];
         let make = |v: &Vec<f32>| Tensor::<B, 5>::from_data(TensorData::new(v.clone(), shape), (device, DType::F32));
         (make(&self.cos), make(&self.sin))
     }
 }
 
-/// Rotates interleaved pairs of `x` `[B, H, L, D]` in f32; returns `x`'s dtype.
+/// Rotates interleaved pairs of `x` `[B, L, H, D]` in f32; returns `x`'s dtype.
 fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 5>, sin: &Tensor<B, 5>) -> Tensor<B, 4> {
     let dtype = x.dtype();
-    let [b, h, l, d] = x.dims();
-    let x = x.cast(DType::F32).reshape([b, h, l, d / 2, 2]); // (b, h, l, pair, 2)
+    let [b, l, h, d] = x.dims();
+    let x = x.cast(DType::F32).reshape([b, l, h, d / 2, 2]); // (b, l, h, pair, 2)
     let x0 = x.clone().narrow(4, 0, 1);
     let x1 = x.narrow(4, 1, 1);
     let out0 = cos.clone() * x0.clone() - sin.clone() * x1.clone();
     let out1 = sin.clone() * x0 + cos.clone() * x1;
-    Tensor::cat(vec![out0, out1], 4).reshape([b, h, l, d]).cast(dtype)
+    Tensor::cat(vec![out0, out1], 4).reshape([b, l, h, d]).cast(dtype)
+}
+
+/// GELU with the tanh approximation (PyTorch `approximate="tanh"`), written with products
+/// instead of `powf` (the CPU backend's `powf` is scalar libm).
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const K: f64 = 0.797_884_560_802_865_4; // sqrt(2/π)
+    let inner = (x.clone() * x.clone() * 0.044_715 + 1.0) * x.clone() * K;
+    x * (inner.tanh() + 1.0) * 0.5
 }
 
 /// LayerNorm without affine parameters (eps 1e-6), statistics in f32.
@@ -162,29 +170,73 @@ fn layer_norm<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     ((x - mean) / (var + 1e-6).sqrt()).cast(dtype)
 }
 
-/// Splits a fused projection `[B, L, 3·H·D]` into q, k, v `[B, H, L, D]`.
+/// Splits a fused projection `[B, L, 3·H·D]` ("B L (K H D)") into q, k, v, each `[B, L, H, D]`.
+/// Heads stay inside tokens until attention, so norms and RoPE work on contiguous rows.
 fn split_qkv<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
     let [b, l, n] = qkv.dims();
-    let d = n / (3 * heads);
-    let qkv = qkv.reshape([b, l, 3, heads, d]); // "B L (K H D)"
-    let part = |k: usize| qkv.clone().narrow(2, k, 1).reshape([b, l, heads, d]).swap_dims(1, 2);
+    let hd = n / 3;
+    let part = |k: usize| qkv.clone().narrow(2, k * hd, hd).reshape([b, l, heads, hd / heads]);
     [part(0), part(1), part(2)]
 }
 
-/// Attention with RoPE; `[B, H, L, D]` in, `[B, L, H·D]` out.
+/// Attention with RoPE; q, k, v `[B, L, H, D]` in, `[B, L, H·D]` out.
 fn rope_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, pe: &Pe<B>) -> Tensor<B, 3> {
-    let q = apply_rope(q, &pe.cos, &pe.sin);
-    let k = apply_rope(k, &pe.cos, &pe.sin);
-    let x = attention(q, k, v, None, None, AttentionModuleOptions::default());
+    let q = apply_rope(q, &pe.cos, &pe.sin).swap_dims(1, 2); // (b, h, l, d)
+    let k = apply_rope(k, &pe.cos, &pe.sin).swap_dims(1, 2);
+    let v = v.swap_dims(1, 2);
+    let x = match pe.kernel {
+        AttentionKernel::Fused => attention(q, k, v, None, None, AttentionModuleOptions::default()),
+        AttentionKernel::Matmul => matmul_attention(q, k, v),
+    };
     let [b, h, l, d] = x.dims();
     x.swap_dims(1, 2).reshape([b, l, h * d])
 }
 
-/// RoPE tables on the device, built once per forward.
+/// How attention is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// The backend's attention (flash attention on CUDA).
+    Fused,
+    /// Scores by matrix product, softmax, product with the values: on the CPU this uses every
+    /// core (the CPU backend's fused kernel runs one head at a time on one thread). Heads are
+    /// processed in groups so the scores stay under [`SCORE_BYTES`].
+    Matmul,
+}
+
+impl AttentionKernel {
+    /// The faster kernel for backend `B`.
+    pub fn for_backend<B: Backend>(device: &B::Device) -> Self {
+        if B::name(device).contains("flex") { Self::Matmul } else { Self::Fused }
+    }
+}
+
+/// The most memory the attention scores of one head group may take.
+const SCORE_BYTES: usize = 256 << 20;
+
+fn matmul_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, l, d] = q.dims();
+    let lk = k.dims()[2];
+    let scale = 1.0 / (d as f64).sqrt();
+    let per_head = b * l * lk * 4;
+    let group = (SCORE_BYTES / per_head.max(1)).clamp(1, h);
+    let outs: Vec<Tensor<B, 4>> = (0..h)
+        .step_by(group)
+        .map(|start| {
+            let n = group.min(h - start);
+            let (q, k, v) = (q.clone().narrow(1, start, n), k.clone().narrow(1, start, n), v.clone().narrow(1, start, n));
+            let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+            softmax(scores, 3).matmul(v)
+        })
+        .collect();
+    if outs.len() == 1 { outs.into_iter().next().expect("one group") } else { Tensor::cat(outs, 1) }
+}
+
+/// RoPE tables on the device, built once per forward, and the attention kernel to use.
 #[derive(Debug, Clone)]
 pub struct Pe<B: Backend> {
     cos: Tensor<B, 5>,
     sin: Tensor<B, 5>,
+    kernel: AttentionKernel,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,7 +273,7 @@ impl<B: Backend> RmsNorm<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let dtype = x.dtype();
         let x = x.cast(DType::F32);
-        let rrms = (x.clone().powi_scalar(2).mean_dim(3) + 1e-6).sqrt().recip();
+        let rrms = (x.clone() * x.clone()).mean_dim(3).add_scalar(1e-6).sqrt().recip();
         let scale = self.scale.val().cast(DType::F32).unsqueeze::<4>();
         (x * rrms * scale).cast(dtype)
     }
@@ -314,7 +366,7 @@ impl<B: Backend> Mlp<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(gelu_approximate(self.fc1.forward(x)))
+        self.fc2.forward(gelu_tanh(self.fc1.forward(x)))
     }
 }
 
@@ -375,9 +427,10 @@ impl<B: Backend> DoubleStreamBlock<B> {
         let (txt_q, txt_k) = self.txt_attn.norm.forward(txt_q, txt_k);
 
         let txt_len = txt.dims()[1];
-        let q = Tensor::cat(vec![txt_q, img_q], 2);
-        let k = Tensor::cat(vec![txt_k, img_k], 2);
-        let v = Tensor::cat(vec![txt_v, img_v], 2);
+        // Joint attention over [txt | img] tokens (dim 1 of `[B, L, H, D]`).
+        let q = Tensor::cat(vec![txt_q, img_q], 1);
+        let k = Tensor::cat(vec![txt_k, img_k], 1);
+        let v = Tensor::cat(vec![txt_v, img_v], 1);
         let attn = rope_attention(q, k, v, pe);
         let total = attn.dims()[1];
         let txt_a = attn.clone().narrow(1, 0, txt_len);
@@ -445,7 +498,7 @@ impl<B: Backend> SingleStreamBlock<B> {
         let [q, k, v] = split_qkv(qkv, self.num_heads);
         let (q, k) = self.norm.forward(q, k);
         let attn = rope_attention(q, k, v, pe);
-        let hidden = Tensor::cat(vec![attn, gelu_approximate(mlp)], 2);
+        let hidden = Tensor::cat(vec![attn, gelu_tanh(mlp)], 2);
         let mut out = self.linear2.forward(hidden.clone());
         if let Some(l) = lora {
             out = out + l.proj_lora.forward(hidden);
@@ -557,6 +610,11 @@ impl<B: Backend> Flux<B> {
         })
     }
 
+    /// A model with random weights (seed the backend first for repeatable ones).
+    pub fn random(config: &FluxConfig, device: &B::Device, dtype: DType) -> Self {
+        Self::load(&Vb::random(device, dtype), config).expect("random weights cannot be missing")
+    }
+
     /// The dtype the model computes in (that of its weights).
     pub fn dtype(&self) -> DType {
         self.img_in.weight.val().dtype()
@@ -568,7 +626,7 @@ impl<B: Backend> Flux<B> {
         let device = ids.device();
         let host: Vec<f32> = ids.into_data().iter::<f32>().collect();
         let (cos, sin) = RopeTables::new(&host, b, l, &self.axes_dim, self.theta).tensors::<B>(&device);
-        Pe { cos, sin }
+        Pe { cos, sin, kernel: AttentionKernel::for_backend::<B>(&device) }
     }
 
     fn embed_time(&self, t: Tensor<B, 1>) -> Tensor<B, 2> {
