@@ -24,7 +24,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use unoflow_models::DeviceSpec;
-use unoflow_operators::{ExecContext, Resource};
+use unoflow_operators::{Environment, ExecContext, PartitionProcessor, Resource};
 
 pub use progress::Progress;
 use units::{Target, Unit, Work};
@@ -116,6 +116,7 @@ struct RunCtx {
     cpu: Arc<Semaphore>,
     gpu: tokio::sync::Mutex<()>,
     index: Mutex<Index>,
+    env: Environment,
 }
 
 type NodeFuture = Shared<BoxFuture<'static, Option<Arc<Manifest>>>>;
@@ -147,6 +148,7 @@ pub async fn run(dag: Arc<Dag>, opts: RunOptions, command: Vec<String>) -> Resul
         progress,
         cpu: Arc::new(Semaphore::new(threads)),
         gpu: tokio::sync::Mutex::new(()),
+        env: Environment { device: opts.device, seed: dag.seed },
     });
 
     let mut record = RunRecord {
@@ -429,6 +431,22 @@ async fn run_parallel(
     input_digest: &str,
     bar: &indicatif::ProgressBar,
 ) -> Result<Vec<Commit>> {
+    // Parse parameters and load models once for all the node's units (on the blocking pool:
+    // loading weights is slow); dropped when the node is done.
+    let processor: Option<Arc<dyn PartitionProcessor>> = match &ctx.node(i).op {
+        OpKind::Map(op) => {
+            let (op, ctx2) = (Arc::clone(op), Arc::clone(ctx));
+            let prepared = tokio::task::spawn_blocking(move || {
+                let node = ctx2.node(i);
+                let input_schema = &ctx2.dag.nodes[node.inputs[0]].schema;
+                op.prepare(&node.params, &ctx2.env, input_schema)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("preparing node `{}` panicked: {e}", ctx.node(i).name)))??;
+            Some(prepared)
+        }
+        _ => None,
+    };
     let mut tasks: JoinSet<Result<Commit>> = JoinSet::new();
     let mut commits = Vec::new();
     let mut first_error: Option<Error> = None;
@@ -445,12 +463,13 @@ async fn run_parallel(
         let input_dir = input_dir.clone();
         let node_dir = node_dir.to_path_buf();
         let input_digest = input_digest.to_string();
+        let processor = processor.clone();
         tasks.spawn_blocking(move || {
             let _permit = permit;
             let started = Instant::now();
             let node = ctx2.node(i);
             let exec = ExecContext::new(ctx2.dag.seed, unit.index, Arc::clone(&ctx2.cancel));
-            let output = units::run_blocking(node, input_dir.as_deref(), &unit, &exec)?;
+            let output = units::run_blocking(node, processor.as_deref(), input_dir.as_deref(), &unit, &exec)?;
             let tmp = ctx2.ws.tmp_dir();
             units::commit(&Target { tmp_dir: &tmp, node_dir: &node_dir, input_digest: &input_digest }, &unit, output, started)
         });

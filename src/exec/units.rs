@@ -14,7 +14,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::StreamExt;
 use indicatif::ProgressBar;
-use unoflow_operators::{ExecContext, PartitionOutput, RowError};
+use unoflow_operators::{ExecContext, PartitionOutput, PartitionProcessor, RowError};
 
 use super::ids::IdAssigner;
 use crate::dag::Node;
@@ -128,18 +128,25 @@ fn finish_commit(target: &Target<'_>, unit: &Unit, rows: FileDigest, errors: Opt
     Ok(commit)
 }
 
-/// Runs a unit of a map operator or an image read (blocking CPU work).
-pub fn run_blocking(node: &Node, input_dir: Option<&Path>, unit: &Unit, ctx: &ExecContext) -> Result<PartitionOutput> {
-    match (&node.op, &unit.work) {
-        (OpKind::Read, Work::Files(files)) => read::read_images(files),
-        (OpKind::Map(op), Work::Slice { file, offset, len }) => {
+/// Runs a unit of a map operator (through its prepared processor) or an image read (blocking
+/// CPU work).
+pub fn run_blocking(
+    node: &Node,
+    processor: Option<&dyn PartitionProcessor>,
+    input_dir: Option<&Path>,
+    unit: &Unit,
+    ctx: &ExecContext,
+) -> Result<PartitionOutput> {
+    match (&node.op, &unit.work, processor) {
+        (OpKind::Read, Work::Files(files), _) => read::read_images(files),
+        (OpKind::Map(_), Work::Slice { file, offset, len }, Some(processor)) => {
             let dir = input_dir.ok_or_else(|| Error::Internal("map unit without input".into()))?;
             let batches = crate::workspace::read_file(dir, file, Some((*offset, *len)))?;
             let schema = batches.first().map(|b| b.schema()).ok_or_else(|| Error::Internal("empty input slice".into()))?;
             let input = concat_batches(&schema, &batches)?;
-            Ok(op.process(ctx, &node.params, &input)?)
+            Ok(processor.process(ctx, &input)?)
         }
-        (_, Work::Empty) => Ok(PartitionOutput { rows: RecordBatch::new_empty(Arc::clone(&node.schema)), errors: Vec::new() }),
+        (_, Work::Empty, _) => Ok(PartitionOutput { rows: RecordBatch::new_empty(Arc::clone(&node.schema)), errors: Vec::new() }),
         _ => Err(Error::Internal(format!("unit {:?} does not fit op `{}`", unit.key, node.op.name()))),
     }
 }

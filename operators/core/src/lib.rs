@@ -23,7 +23,7 @@ pub mod rowid;
 pub mod thumbnail;
 
 pub use error::{OpError, Result};
-pub use operator::{ExecContext, OpSpec, Operator, PartitionOutput, Resource, RowError, RowMapping};
+pub use operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError, RowMapping};
 pub use params::{ParamSpec, ParamType, ParamValue, Params};
 
 /// Every operator this crate provides, in the order `unoflow ops` lists them.

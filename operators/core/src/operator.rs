@@ -95,6 +95,22 @@ impl ExecContext {
     }
 }
 
+/// Where and how a node runs, as the engine resolved it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Environment {
+    /// The device named by `run --device`.
+    pub device: unoflow_models::DeviceSpec,
+    /// The DAG's seed.
+    pub seed: u64,
+}
+
+/// The per-node state of an operator (parsed parameters, loaded models), shared by all the
+/// node's partitions, possibly from several threads at once.
+pub trait PartitionProcessor: Send + Sync {
+    /// Processes one partition of the (first) input.
+    fn process(&self, ctx: &ExecContext, input: &RecordBatch) -> Result<PartitionOutput>;
+}
+
 /// An operator turns partitions of input rows into output rows.
 ///
 /// Implementors provide:
@@ -103,7 +119,9 @@ impl ExecContext {
 ///    DAG wiring a producer that lacks a column fails validation before anything runs.
 /// 3. [`output_schema`](Operator::output_schema): the schema of the output, computed from the
 ///    input schemas alone (no data), so consumers can be checked in turn.
-/// 4. [`process`](Operator::process): the work for one partition.
+/// 4. [`prepare`](Operator::prepare): what the node needs for all its partitions — parsed
+///    parameters, models loaded once — as a [`PartitionProcessor`]. The engine drops it when
+///    the node is done, which frees the models.
 ///
 /// # Rows and ids
 /// Every input batch has a `row_id` column. With [`RowMapping::Preserve`] the output keeps each
@@ -129,6 +147,6 @@ pub trait Operator: Send + Sync + Debug {
     /// found.
     fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef>;
 
-    /// Processes one partition of the (first) input.
-    fn process(&self, ctx: &ExecContext, params: &Params, input: &RecordBatch) -> Result<PartitionOutput>;
+    /// Prepares the node's partitions: parses parameters, loads models.
+    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>>;
 }

@@ -9,7 +9,7 @@ use arrow::record_batch::RecordBatch;
 use image::imageops::FilterType;
 
 use crate::columns::{ColumnRequirement, HEIGHT, ROW_ID, WIDTH};
-use crate::operator::{ExecContext, OpSpec, Operator, PartitionOutput, Resource, RowError, RowMapping};
+use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError, RowMapping};
 use crate::params::{ParamSpec, ParamType, ParamValue, Params};
 use crate::{OpError, Result, image_io};
 
@@ -65,11 +65,30 @@ impl Operator for Thumbnail {
         Ok(Arc::new(Schema::new(fields)))
     }
 
-    fn process(&self, ctx: &ExecContext, params: &Params, input: &RecordBatch) -> Result<PartitionOutput> {
-        let column = params.str("column")?;
-        let max_side = params.int("max_side")? as u32;
-        let filter = filter_type(params.str("filter")?)?;
-        let upscale = params.bool("upscale")?;
+    fn prepare(&self, params: &Params, _env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+        Ok(Arc::new(Resizer {
+            column: params.str("column")?.to_string(),
+            max_side: params.int("max_side")? as u32,
+            filter: filter_type(params.str("filter")?)?,
+            upscale: params.bool("upscale")?,
+            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+        }))
+    }
+}
+
+/// A prepared `thumbnail` node.
+struct Resizer {
+    column: String,
+    max_side: u32,
+    filter: FilterType,
+    upscale: bool,
+    schema: SchemaRef,
+}
+
+impl PartitionProcessor for Resizer {
+    fn process(&self, ctx: &ExecContext, input: &RecordBatch) -> Result<PartitionOutput> {
+        let Self { column, max_side, filter, upscale, .. } = self;
+        let (column, max_side, filter, upscale) = (column.as_str(), *max_side, *filter, *upscale);
 
         let images = cast(column_of(input, column)?, &DataType::Binary)?;
         let images =
@@ -106,7 +125,7 @@ impl Operator for Thumbnail {
         }
 
         let kept = filter_record_batch(input, &BooleanArray::from(keep))?;
-        let schema = self.output_schema(params, &[input.schema()])?;
+        let schema = Arc::clone(&self.schema);
         let resized: ArrayRef = Arc::new(out.finish());
         let columns = schema
             .fields()
@@ -189,7 +208,8 @@ mod tests {
     fn resizes_and_isolates_bad_rows() {
         let ctx = ExecContext::new(0, 0, Arc::new(AtomicBool::new(false)));
         let input = batch(vec![png(40, 20), b"not an image".to_vec(), png(8, 4)]);
-        let out = Thumbnail.process(&ctx, &params(10), &input).unwrap();
+        let prepared = Thumbnail.prepare(&params(10), &Environment::default(), &input.schema()).unwrap();
+        let out = prepared.process(&ctx, &input).unwrap();
         assert_eq!(out.rows.num_rows(), 2);
         assert_eq!(out.errors.len(), 1);
         assert_eq!(out.errors[0].row_id, "id1");

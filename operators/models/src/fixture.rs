@@ -176,8 +176,52 @@ fn check_on<B: Backend>(
 ) -> Result<Comparison, CheckError> {
     match fixture.kind() {
         "flux" => check_flux::<B>(fixture, weights, lora, device, dtype),
-        other => Err(fixture.error(format!("model kind `{other}` is not available in this build (available: flux)"))),
+        "dinov2" => no_lora(fixture, lora).and_then(|()| check_dinov2::<B>(fixture, weights, device, dtype)),
+        other => Err(fixture.error(format!("model kind `{other}` is not available in this build (available: flux, dinov2)"))),
     }
+}
+
+fn no_lora(fixture: &Fixture, lora: Option<&Path>) -> Result<(), CheckError> {
+    match lora {
+        Some(_) => Err(fixture.error(format!("`{}` models take no LoRA", fixture.kind()))),
+        None => Ok(()),
+    }
+}
+
+/// The worse of several comparisons (a model with several outputs passes if all do).
+fn worst(comparisons: impl IntoIterator<Item = Comparison>) -> Comparison {
+    comparisons.into_iter().fold(Comparison { rel_err: 0.0, max_abs_err: 0.0 }, |a, b| Comparison {
+        rel_err: a.rel_err.max(b.rel_err),
+        max_abs_err: a.max_abs_err.max(b.max_abs_err),
+    })
+}
+
+/// Compares a model output with `expected.NAME`.
+fn against<B: Backend, const D: usize>(
+    fixture: &Fixture,
+    name: &str,
+    out: Tensor<B, D>,
+    device: &B::Device,
+) -> Result<Comparison, CheckError> {
+    let expected = fixture.tensor::<B, D>(&format!("expected.{name}"), device)?;
+    if out.dims() != expected.dims() {
+        return Err(fixture.error(format!("`{name}`: the model gave {:?}, the fixture expects {:?}", out.dims(), expected.dims())));
+    }
+    Ok(compare(&to_vec(out.cast(DType::F32)), &to_vec(expected)))
+}
+
+/// Runs a DINOv2 fixture (transformers `Dinov2Model` weights): `last_hidden_state` and
+/// `pooler_output`.
+pub fn check_dinov2<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
+    let config: crate::dinov2::Dinov2Config = fixture.config()?;
+    let ckpt = Checkpoint::open(weights)?;
+    let model = crate::dinov2::Dinov2::<B>::load(&crate::vb::Vb::new(&ckpt, device, Some(dtype)), &config)?;
+    ckpt.check_all_read()?;
+    let out = model.forward(fixture.tensor("input.pixel_values", device)?);
+    Ok(worst([
+        against(fixture, "last_hidden_state", out.last_hidden_state, device)?,
+        against(fixture, "pooler_output", out.pooler_output, device)?,
+    ]))
 }
 
 /// The inputs of a FLUX fixture.

@@ -4,8 +4,10 @@
 //! struct fields plainly ([`vb::Vb`]). This crate knows nothing of DAGs, tables or workspaces.
 
 pub mod device;
+pub mod dinov2;
 pub mod fixture;
 pub mod flux;
+pub mod nn;
 pub mod vb;
 pub mod weights;
 

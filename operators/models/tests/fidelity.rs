@@ -109,3 +109,22 @@ fn flux_lora_merged_equals_side_branch_and_round_trips() {
     let c = unoflow_models::fixture::compare(&run(&merged), &run(&model));
     assert!(c.rel_err < 1e-5, "merged vs branch: {c}");
 }
+
+fn dinov2_case(case: &str, dtype: DType) -> f64 {
+    let dir = fixtures().join("dinov2");
+    let fixture = Fixture::open(&dir.join(format!("{case}.fixture.safetensors"))).unwrap();
+    let weights = fixture.sibling("weights").unwrap();
+    let c = unoflow_models::fixture::check_dinov2::<Flex>(&fixture, &weights, &Default::default(), dtype).unwrap();
+    println!("dinov2 {case} {dtype:?}: {c}");
+    c.rel_err
+}
+
+#[test]
+fn dinov2_matches_the_reference() {
+    for case in ["native_grid_batch2", "interpolated_up", "interpolated_down", "swiglu"] {
+        let err = dinov2_case(case, DType::F32);
+        assert!(err < 1e-4, "{case}: rel_err {err:e}");
+    }
+    let err = dinov2_case("interpolated_up", DType::BF16);
+    assert!(err < 2e-2, "bf16: rel_err {err:e}");
+}

@@ -8,14 +8,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::lora::{DoubleStreamLora, SingleStreamLora};
+use crate::nn::{AttentionKernel, scaled_dot_product};
 use crate::vb::Vb;
 use crate::weights::Result;
 
@@ -184,51 +183,9 @@ fn rope_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>,
     let q = apply_rope(q, &pe.cos, &pe.sin).swap_dims(1, 2); // (b, h, l, d)
     let k = apply_rope(k, &pe.cos, &pe.sin).swap_dims(1, 2);
     let v = v.swap_dims(1, 2);
-    let x = match pe.kernel {
-        AttentionKernel::Fused => attention(q, k, v, None, None, AttentionModuleOptions::default()),
-        AttentionKernel::Matmul => matmul_attention(q, k, v),
-    };
+    let x = scaled_dot_product(q, k, v, pe.kernel);
     let [b, h, l, d] = x.dims();
     x.swap_dims(1, 2).reshape([b, l, h * d])
-}
-
-/// How attention is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionKernel {
-    /// The backend's attention (flash attention on CUDA).
-    Fused,
-    /// Scores by matrix product, softmax, product with the values: on the CPU this uses every
-    /// core (the CPU backend's fused kernel runs one head at a time on one thread). Heads are
-    /// processed in groups so the scores stay under [`SCORE_BYTES`].
-    Matmul,
-}
-
-impl AttentionKernel {
-    /// The faster kernel for backend `B`.
-    pub fn for_backend<B: Backend>(device: &B::Device) -> Self {
-        if B::name(device).contains("flex") { Self::Matmul } else { Self::Fused }
-    }
-}
-
-/// The most memory the attention scores of one head group may take.
-const SCORE_BYTES: usize = 256 << 20;
-
-fn matmul_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, l, d] = q.dims();
-    let lk = k.dims()[2];
-    let scale = 1.0 / (d as f64).sqrt();
-    let per_head = b * l * lk * 4;
-    let group = (SCORE_BYTES / per_head.max(1)).clamp(1, h);
-    let outs: Vec<Tensor<B, 4>> = (0..h)
-        .step_by(group)
-        .map(|start| {
-            let n = group.min(h - start);
-            let (q, k, v) = (q.clone().narrow(1, start, n), k.clone().narrow(1, start, n), v.clone().narrow(1, start, n));
-            let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-            softmax(scores, 3).matmul(v)
-        })
-        .collect();
-    if outs.len() == 1 { outs.into_iter().next().expect("one group") } else { Tensor::cat(outs, 1) }
 }
 
 /// RoPE tables on the device, built once per forward, and the attention kernel to use.
