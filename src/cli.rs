@@ -257,9 +257,10 @@ async fn run(args: RunArgs, registry: &Registry) -> Result<i32> {
     let report = exec::run(Arc::clone(&dag), opts, command).await?;
 
     let width = report.outcomes.iter().map(|o| o.name.len()).max().unwrap_or(4).max(4);
-    println!("{:width$}  {:10}  {:11}  {:>9}  {:>7}  {:>8}", "node", "op", "status", "rows", "errors", "seconds");
+    let op_width = report.outcomes.iter().map(|o| o.op.len()).max().unwrap_or(2).max(2);
+    println!("{:width$}  {:op_width$}  {:11}  {:>9}  {:>7}  {:>8}", "node", "op", "status", "rows", "errors", "seconds");
     for o in &report.outcomes {
-        println!("{:width$}  {:10}  {:11}  {:>9}  {:>7}  {:>8.2}", o.name, o.op, o.status.as_str(), o.rows, o.error_rows, o.seconds);
+        println!("{:width$}  {:op_width$}  {:11}  {:>9}  {:>7}  {:>8.2}", o.name, o.op, o.status.as_str(), o.rows, o.error_rows, o.seconds);
     }
     for o in report.outcomes.iter().filter(|o| o.status == Status::Failed) {
         eprintln!("error: node `{}` failed: {}", o.name, o.message.as_deref().unwrap_or("unknown error"));

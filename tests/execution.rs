@@ -158,7 +158,7 @@ fn quickstart_runs_end_to_end() {
     let ws = p.path("ws");
     let dag = root.join("dags/quickstart.toml");
     let run = p.unoflow(&["run", dag.to_str().unwrap(), "-q", "--workspace", ws.to_str().unwrap()]).ok();
-    assert!(run.stdout.contains("6 computed"), "{}", run.stdout);
+    assert!(run.stdout.contains("8 computed"), "{}", run.stdout);
     // 4 subjects × 3 scenes; each subject gives 3 × 2 ordered pairs.
     let q = |sql: &str| {
         p.unoflow(&["sql", "--dag", dag.to_str().unwrap(), "--workspace", ws.to_str().unwrap(), "--format", "csv", sql]).ok().stdout
@@ -167,7 +167,12 @@ fn quickstart_runs_end_to_end() {
     assert_eq!(q("SELECT count(*) AS n FROM pairs"), "n\n24\n");
     let train: serde_json::Value = serde_json::from_slice(&std::fs::read(ws.join("exports/uno/train.json")).unwrap()).unwrap();
     let items = train.as_array().unwrap();
-    assert_eq!(items.len(), 24);
+    // The DINOv2 ledger keeps every pair; the curated view and the export keep those above the
+    // threshold.
+    assert_eq!(q("SELECT count(*) AS n FROM dino"), "n\n24\n");
+    let curated: usize = q("SELECT count(*) AS n FROM curated").lines().nth(1).unwrap().parse().unwrap();
+    assert!(0 < curated && curated < 24, "{curated}");
+    assert_eq!(items.len(), curated);
     for item in items {
         assert!(item["prompt"].as_str().unwrap().starts_with("a "));
         let target = ws.join("exports/uno").join(item["image_tgt_path"].as_str().unwrap());

@@ -8,5 +8,6 @@ mod execution;
 mod models;
 mod planning;
 mod queries;
+mod real_weights;
 mod resume;
 mod validation;

@@ -15,10 +15,13 @@
 //! [`RecordBatch`]: arrow::record_batch::RecordBatch
 
 pub mod columns;
+pub mod embed;
 mod error;
 pub mod image_io;
+pub mod image_similarity;
 mod operator;
 pub mod params;
+pub mod preprocess;
 pub mod rowid;
 pub mod thumbnail;
 
@@ -28,5 +31,5 @@ pub use params::{ParamSpec, ParamType, ParamValue, Params};
 
 /// Every operator this crate provides, in the order `unoflow ops` lists them.
 pub fn builtin_operators() -> Vec<std::sync::Arc<dyn Operator>> {
-    vec![std::sync::Arc::new(thumbnail::Thumbnail)]
+    vec![std::sync::Arc::new(thumbnail::Thumbnail), std::sync::Arc::new(image_similarity::ImageSimilarity)]
 }

@@ -69,8 +69,14 @@ fn matmul_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4
     let [b, h, l, d] = q.dims();
     let lk = k.dims()[2];
     let scale = 1.0 / (d as f64).sqrt();
-    let per_head = b * l * lk * 4;
-    let group = (SCORE_BYTES / per_head.max(1)).clamp(1, h);
+    let per_head = l * lk * 4;
+    // Batch items one at a time when the whole batch's scores would not fit the budget.
+    if b > 1 && b * h * per_head > SCORE_BYTES {
+        let outs =
+            (0..b).map(|i| matmul_attention(q.clone().narrow(0, i, 1), k.clone().narrow(0, i, 1), v.clone().narrow(0, i, 1))).collect();
+        return Tensor::cat(outs, 0);
+    }
+    let group = (SCORE_BYTES / (b * per_head).max(1)).clamp(1, h);
     let outs: Vec<Tensor<B, 4>> = (0..h)
         .step_by(group)
         .map(|start| {

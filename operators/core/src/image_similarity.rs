@@ -1,0 +1,204 @@
+//! `image_similarity`: embeddings of two image columns and their cosine similarity, per row.
+//!
+//! The DINOv2 filter of UNO's data pipeline (reference vs target of each diptych) and the
+//! DreamBench image metrics are this operator with different backbones and poolings.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float32Array, Float32Builder, ListBuilder};
+use arrow::compute::{cast, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use image::DynamicImage;
+use rayon::prelude::*;
+
+use crate::columns::{ColumnRequirement, ROW_ID};
+use crate::embed::{ImageEncoder, Pooling, cosine, open_dinov2};
+use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError, RowMapping};
+use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
+use crate::preprocess::Preprocess;
+use crate::{OpError, Result, image_io};
+
+/// The `image_similarity` operator.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageSimilarity;
+
+static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
+    name: "image_similarity",
+    version: 1,
+    summary: "embed two image columns with a vision backbone and add their cosine similarity",
+    doc: "For each row, both images are preprocessed as the backbone's reference does (DINOv2: \
+          shortest side 256 bicubic, centre crop 224, ImageNet statistics), embedded (CLS token \
+          or mean of patch tokens), and compared. Adds the `output` column (and the embeddings if \
+          asked). Rows whose images cannot be read go to the error table.",
+    params: vec![
+        ParamSpec::optional("left", ParamType::Str, ParamValue::Str("ref_image".into()), "the first image column"),
+        ParamSpec::optional("right", ParamType::Str, ParamValue::Str("target_image".into()), "the second image column"),
+        ParamSpec::optional("backbone", ParamType::Choice(&["dinov2"]), ParamValue::Str("dinov2".into()), "the vision model"),
+        ParamSpec::required(
+            "weights",
+            ParamType::Path(PathKind::Input),
+            "the model: a transformers folder (config.json, model.safetensors)",
+        ),
+        ParamSpec::optional(
+            "pooling",
+            ParamType::Choice(&["cls", "mean"]),
+            ParamValue::Str("cls".into()),
+            "CLS token, or mean of patch tokens",
+        ),
+        ParamSpec::optional("output", ParamType::Str, ParamValue::Str("similarity".into()), "the name of the similarity column"),
+        ParamSpec::optional(
+            "embeddings",
+            ParamType::Bool,
+            ParamValue::Bool(false),
+            "also keep both embeddings (OUTPUT_left, OUTPUT_right)",
+        ),
+        ParamSpec::optional("resize", ParamType::int(1, 4096), ParamValue::Int(256), "shorter side after resizing, before the crop"),
+        ParamSpec::optional("crop", ParamType::int(1, 4096), ParamValue::Int(224), "side of the centre crop fed to the model"),
+        ParamSpec::optional("batch_size", ParamType::int(1, 4096), ParamValue::Int(16), "images per forward pass").not_fingerprinted(),
+    ],
+    inputs: (1, 1),
+    resource: Resource::Gpu,
+    mapping: RowMapping::Preserve,
+    partition_rows: 64,
+});
+
+impl Operator for ImageSimilarity {
+    fn spec(&self) -> &OpSpec {
+        &SPEC
+    }
+
+    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
+        Ok(vec![vec![ColumnRequirement::image(params.str("left")?), ColumnRequirement::image(params.str("right")?)]])
+    }
+
+    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        let output = params.str("output")?;
+        let mut names = vec![output.to_string()];
+        if params.bool("embeddings")? {
+            names.extend([format!("{output}_left"), format!("{output}_right")]);
+        }
+        let mut fields: Vec<Field> = inputs[0].fields().iter().filter(|f| !names.contains(f.name())).map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(output, DataType::Float32, false));
+        if params.bool("embeddings")? {
+            for name in &names[1..] {
+                fields.push(Field::new(name, DataType::List(Arc::new(Field::new("item", DataType::Float32, true))), false));
+            }
+        }
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+        let pooling = match params.str("pooling")? {
+            "mean" => Pooling::MeanPatch,
+            _ => Pooling::Cls,
+        };
+        let weights = std::path::Path::new(params.str("weights")?);
+        let preprocess = Preprocess { resize: params.int("resize")? as u32, crop: params.int("crop")? as u32, ..Preprocess::DINO };
+        let encoder = match params.str("backbone")? {
+            "dinov2" => open_dinov2(weights, pooling, preprocess, env.device)?,
+            other => return Err(OpError::Param { name: "backbone".into(), message: format!("unknown backbone {other:?}") }),
+        };
+        Ok(Arc::new(Comparer {
+            encoder,
+            left: params.str("left")?.to_string(),
+            right: params.str("right")?.to_string(),
+            keep_embeddings: params.bool("embeddings")?,
+            batch_size: params.int("batch_size")? as usize,
+            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+        }))
+    }
+}
+
+/// A prepared `image_similarity` node: the encoder is loaded once.
+struct Comparer {
+    encoder: Box<dyn ImageEncoder>,
+    left: String,
+    right: String,
+    keep_embeddings: bool,
+    batch_size: usize,
+    schema: SchemaRef,
+}
+
+fn binary_column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
+    let col =
+        batch.column_by_name(name).ok_or_else(|| OpError::Column { column: name.into(), message: "missing from the input".into() })?;
+    Ok(cast(col, &DataType::Binary)?)
+}
+
+impl PartitionProcessor for Comparer {
+    fn process(&self, ctx: &ExecContext, input: &RecordBatch) -> Result<PartitionOutput> {
+        let left = binary_column(input, &self.left)?;
+        let right = binary_column(input, &self.right)?;
+        let (left, right) = (left.as_binary::<i32>(), right.as_binary::<i32>());
+        let ids = input
+            .column_by_name(ROW_ID)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| OpError::Column { column: ROW_ID.into(), message: "must be Utf8".into() })?;
+        // Decode both images of every row in parallel; a row fails if either image does.
+        let decoded: Vec<std::result::Result<(DynamicImage, DynamicImage), String>> = (0..input.num_rows())
+            .into_par_iter()
+            .map(|row| {
+                let get = |col: &arrow::array::BinaryArray, name: &str| {
+                    if col.is_null(row) {
+                        Err(format!("`{name}` is null"))
+                    } else {
+                        image_io::decode(col.value(row)).map_err(|e| format!("`{name}`: {e}"))
+                    }
+                };
+                Ok((get(left, &self.left)?, get(right, &self.right)?))
+            })
+            .collect();
+        let mut errors = Vec::new();
+        let mut keep = Vec::with_capacity(decoded.len());
+        let mut pairs = Vec::new();
+        for (row, d) in decoded.into_iter().enumerate() {
+            match d {
+                Ok(pair) => {
+                    keep.push(true);
+                    pairs.push(pair);
+                }
+                Err(message) => {
+                    keep.push(false);
+                    errors.push(RowError { row_id: ids.value(row).to_string(), message });
+                }
+            }
+        }
+        let mut lefts = Vec::with_capacity(pairs.len());
+        let mut rights = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(self.batch_size.max(2) / 2) {
+            if ctx.is_cancelled() {
+                return Err(OpError::Execution("cancelled".into()));
+            }
+            let images: Vec<DynamicImage> = chunk.iter().flat_map(|(l, r)| [l.clone(), r.clone()]).collect();
+            let embeddings = self.encoder.embed(&images)?;
+            for pair in embeddings.chunks(2) {
+                lefts.push(pair[0].clone());
+                rights.push(pair[1].clone());
+            }
+        }
+        let similarity: Float32Array = lefts.iter().zip(&rights).map(|(l, r)| Some(cosine(l, r))).collect();
+        let kept = filter_record_batch(input, &BooleanArray::from(keep))?;
+        let mut columns: Vec<ArrayRef> = self
+            .schema
+            .fields()
+            .iter()
+            .take(self.schema.fields().len() - if self.keep_embeddings { 3 } else { 1 })
+            .map(|f| {
+                kept.column_by_name(f.name()).map(Arc::clone).ok_or_else(|| OpError::Internal(format!("column {} vanished", f.name())))
+            })
+            .collect::<Result<_>>()?;
+        columns.push(Arc::new(similarity));
+        if self.keep_embeddings {
+            for side in [&lefts, &rights] {
+                let mut builder = ListBuilder::new(Float32Builder::new());
+                for e in side.iter() {
+                    builder.values().append_slice(e);
+                    builder.append(true);
+                }
+                columns.push(Arc::new(builder.finish()));
+            }
+        }
+        Ok(PartitionOutput { rows: RecordBatch::try_new(Arc::clone(&self.schema), columns)?, errors })
+    }
+}
