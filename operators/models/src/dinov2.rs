@@ -110,8 +110,7 @@ impl<B: Backend> Embeddings<B> {
         let (h, p) = (c.hidden_size, c.patch_size);
         let grid = c.image_size / p;
         let proj = vb.pp("patch_embeddings").pp("projection");
-        // `mask_token` is only used for masked-image training; read so the key set is complete.
-        let _ = vb.tensor::<2>("mask_token", [1, h])?;
+        vb.skip("mask_token")?; // only for masked-image training
         Ok(Self {
             cls_token: Param::from_tensor(vb.tensor("cls_token", [1, 1, h])?),
             projection_weight: Param::from_tensor(proj.tensor("weight", [h, c.num_channels, p, p])?),

@@ -78,6 +78,15 @@ impl Fixture {
         Ok(Tensor::<B, D>::from_data(data, (device, dtype)).cast(DType::F32))
     }
 
+    /// Token ids `[B][L]` from an integer tensor.
+    pub fn ids(&self, name: &str) -> Result<Vec<Vec<u32>>, CheckError> {
+        let shape = self.data.shape(name).ok_or_else(|| self.error(format!("no tensor `{name}`")))?.to_vec();
+        let [_, l] = shape[..] else { return Err(self.error(format!("`{name}` must be [batch, length]"))) };
+        let data = self.data.read(name, &shape)?;
+        let flat: Vec<i64> = data.iter::<i64>().collect();
+        Ok(flat.chunks(l).map(|row| row.iter().map(|&t| t as u32).collect()).collect())
+    }
+
     /// Resolves a file named in the metadata relative to the fixture.
     pub fn sibling(&self, key: &str) -> Option<PathBuf> {
         self.meta(key).map(|name| self.path.parent().unwrap_or(Path::new(".")).join(name))
@@ -177,7 +186,13 @@ fn check_on<B: Backend>(
     match fixture.kind() {
         "flux" => check_flux::<B>(fixture, weights, lora, device, dtype),
         "dinov2" => no_lora(fixture, lora).and_then(|()| check_dinov2::<B>(fixture, weights, device, dtype)),
-        other => Err(fixture.error(format!("model kind `{other}` is not available in this build (available: flux, dinov2)"))),
+        "dino" => no_lora(fixture, lora).and_then(|()| check_dino::<B>(fixture, weights, device, dtype)),
+        "clip" => no_lora(fixture, lora).and_then(|()| check_clip::<B>(fixture, weights, device, dtype)),
+        "clip_text" => no_lora(fixture, lora).and_then(|()| check_clip_text::<B>(fixture, weights, device, dtype)),
+        other => {
+            Err(fixture
+                .error(format!("model kind `{other}` is not available in this build (available: flux, dinov2, dino, clip, clip_text)")))
+        }
     }
 }
 
@@ -218,6 +233,48 @@ pub fn check_dinov2<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::D
     let model = crate::dinov2::Dinov2::<B>::load(&crate::vb::Vb::new(&ckpt, device, Some(dtype)), &config)?;
     ckpt.check_all_read()?;
     let out = model.forward(fixture.tensor("input.pixel_values", device)?);
+    Ok(worst([
+        against(fixture, "last_hidden_state", out.last_hidden_state, device)?,
+        against(fixture, "pooler_output", out.pooler_output, device)?,
+    ]))
+}
+
+/// Loads a model from `weights` with `load`, checking that every tensor was used.
+fn load_checked<B: Backend, M>(
+    weights: &Path,
+    device: &B::Device,
+    dtype: DType,
+    load: impl FnOnce(&crate::vb::Vb<B>) -> crate::weights::Result<M>,
+) -> Result<M, CheckError> {
+    let ckpt = Checkpoint::open(weights)?;
+    let model = load(&crate::vb::Vb::new(&ckpt, device, Some(dtype)))?;
+    ckpt.check_all_read()?;
+    Ok(model)
+}
+
+/// Runs a DINO v1 fixture (timm layout): the CLS embedding.
+pub fn check_dino<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
+    let config: crate::dino::DinoConfig = fixture.config()?;
+    let model = load_checked(weights, device, dtype, |vb| crate::dino::Dino::<B>::load(vb, &config))?;
+    against(fixture, "cls", model.forward(fixture.tensor("input.pixel_values", device)?), device)
+}
+
+/// Runs a CLIP fixture (transformers `CLIPModel`): normalised image and text embeddings.
+pub fn check_clip<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
+    let config: crate::clip::ClipConfig = fixture.config()?;
+    let model = load_checked(weights, device, dtype, |vb| crate::clip::Clip::<B>::load(vb, &config))?;
+    let ids = fixture.ids("input.input_ids")?;
+    Ok(worst([
+        against(fixture, "image_embeds", model.image_embeds(fixture.tensor("input.pixel_values", device)?), device)?,
+        against(fixture, "text_embeds", model.text_embeds(&ids), device)?,
+    ]))
+}
+
+/// Runs a CLIP text fixture (transformers `CLIPTextModel`, keys under `text_model.`).
+pub fn check_clip_text<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
+    let config: crate::clip::ClipTextConfig = fixture.config()?;
+    let model = load_checked(weights, device, dtype, |vb| crate::clip::ClipText::<B>::load_text_model(vb, &config))?;
+    let out = model.forward(&fixture.ids("input.input_ids")?);
     Ok(worst([
         against(fixture, "last_hidden_state", out.last_hidden_state, device)?,
         against(fixture, "pooler_output", out.pooler_output, device)?,

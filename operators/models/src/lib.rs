@@ -3,7 +3,9 @@
 //! Models mirror their reference implementation's module tree, so checkpoint keys map onto
 //! struct fields plainly ([`vb::Vb`]). This crate knows nothing of DAGs, tables or workspaces.
 
+pub mod clip;
 pub mod device;
+pub mod dino;
 pub mod dinov2;
 pub mod fixture;
 pub mod flux;

@@ -6,7 +6,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{Bool, DType, Tensor};
 
 use crate::vb::Vb;
 use crate::weights::Result;
@@ -59,21 +59,31 @@ pub const SCORE_BYTES: usize = 256 << 20;
 
 /// Scaled dot-product attention, `[B, H, L, D]` in and out, scale `1/sqrt(D)`, no mask.
 pub fn scaled_dot_product<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, kernel: AttentionKernel) -> Tensor<B, 4> {
+    attend(q, k, v, kernel, false)
+}
+
+/// Like [`scaled_dot_product`], with a causal mask (token i sees tokens 0..=i).
+pub fn causal_scaled_dot_product<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, kernel: AttentionKernel) -> Tensor<B, 4> {
+    attend(q, k, v, kernel, true)
+}
+
+fn attend<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, kernel: AttentionKernel, causal: bool) -> Tensor<B, 4> {
     match kernel {
-        AttentionKernel::Fused => attention(q, k, v, None, None, AttentionModuleOptions::default()),
-        AttentionKernel::Matmul => matmul_attention(q, k, v),
+        AttentionKernel::Fused => attention(q, k, v, None, None, AttentionModuleOptions { is_causal: causal, ..Default::default() }),
+        AttentionKernel::Matmul => matmul_attention(q, k, v, causal),
     }
 }
 
-fn matmul_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+fn matmul_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, causal: bool) -> Tensor<B, 4> {
     let [b, h, l, d] = q.dims();
     let lk = k.dims()[2];
     let scale = 1.0 / (d as f64).sqrt();
     let per_head = l * lk * 4;
     // Batch items one at a time when the whole batch's scores would not fit the budget.
     if b > 1 && b * h * per_head > SCORE_BYTES {
-        let outs =
-            (0..b).map(|i| matmul_attention(q.clone().narrow(0, i, 1), k.clone().narrow(0, i, 1), v.clone().narrow(0, i, 1))).collect();
+        let outs = (0..b)
+            .map(|i| matmul_attention(q.clone().narrow(0, i, 1), k.clone().narrow(0, i, 1), v.clone().narrow(0, i, 1), causal))
+            .collect();
         return Tensor::cat(outs, 0);
     }
     let group = (SCORE_BYTES / (b * per_head).max(1)).clamp(1, h);
@@ -82,7 +92,12 @@ fn matmul_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4
         .map(|start| {
             let n = group.min(h - start);
             let (q, k, v) = (q.clone().narrow(1, start, n), k.clone().narrow(1, start, n), v.clone().narrow(1, start, n));
-            let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+            let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
+            if causal {
+                let device = scores.device();
+                let future = Tensor::<B, 2, Bool>::tril_mask([l, lk], 0, &device).unsqueeze::<4>();
+                scores = scores.mask_fill(future, f32::NEG_INFINITY);
+            }
             softmax(scores, 3).matmul(v)
         })
         .collect();

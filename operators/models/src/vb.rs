@@ -117,6 +117,18 @@ impl<'a, B: Backend> Vb<'a, B> {
         }
     }
 
+    /// Marks `name` as used without loading it (tensors a model keeps for training only, such as
+    /// CLIP's `logit_scale` or DINOv2's `mask_token`), so the unused-key check passes.
+    pub fn skip(&self, name: &str) -> Result<()> {
+        if let Origin::Source(s) = self.origin {
+            let key = self.key(name);
+            if let Some(shape) = s.shape(&key) {
+                s.read(&key, &shape)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The tensor `name` under this prefix, with the given shape.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
         match self.origin {

@@ -128,3 +128,28 @@ fn dinov2_matches_the_reference() {
     let err = dinov2_case("interpolated_up", DType::BF16);
     assert!(err < 2e-2, "bf16: rel_err {err:e}");
 }
+
+fn generic_case(kind: &str, dir: &str, case: &str, dtype: DType) -> f64 {
+    let path = fixtures().join(dir).join(format!("{case}.fixture.safetensors"));
+    let fixture = Fixture::open(&path).unwrap();
+    let weights = fixture.sibling("weights").unwrap();
+    let precision = if dtype == DType::F32 { unoflow_models::Precision::F32 } else { unoflow_models::Precision::Bf16 };
+    let c = unoflow_models::fixture::check(kind, &path, &weights, None, unoflow_models::DeviceSpec::Cpu, precision).unwrap();
+    println!("{kind} {case} {dtype:?}: {c}");
+    c.rel_err
+}
+
+#[test]
+fn clip_dino_match_the_reference() {
+    for (kind, dir, case) in [
+        ("clip", "clip", "tiny"),
+        ("clip_text", "clip_text", "tiny"),
+        ("clip_text", "clip_text", "tiny_legacy_eos"),
+        ("dino", "dino", "tiny"),
+    ] {
+        let err = generic_case(kind, dir, case, DType::F32);
+        assert!(err < 1e-4, "{kind} {case}: rel_err {err:e}");
+        let err = generic_case(kind, dir, case, DType::BF16);
+        assert!(err < 2e-2, "{kind} {case} bf16: rel_err {err:e}");
+    }
+}
