@@ -181,3 +181,66 @@ fn quickstart_runs_end_to_end() {
     }
     assert!(ws.join("exports/catalog.parquet").exists());
 }
+
+#[test]
+fn image_similarity_with_each_backbone() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = root.join("operators/models/fixtures");
+    let p = Project::new();
+    p.dag(&format!(
+        r#"[dag]
+name = "sims"
+workspace = "ws"
+
+[nodes.photos]
+op = "read"
+path = "{samples}"
+format = "images"
+
+[nodes.pairs]
+op = "sql"
+inputs = ["photos"]
+query = "SELECT make_array(a.row_id, b.row_id) AS parent_ids, a.path AS left_path, b.path AS right_path, a.image AS ref_image, b.image AS target_image FROM photos a JOIN photos b ON split_part(a.path, '/', 1) = split_part(b.path, '/', 1)"
+
+[nodes.dinov2]
+op = "image_similarity"
+inputs = ["pairs"]
+weights = "{fixtures}/dinov2/tiny"
+pooling = "mean"
+resize = 32
+crop = 32
+
+[nodes.dino]
+op = "image_similarity"
+inputs = ["pairs"]
+backbone = "dino"
+weights = "{fixtures}/dino/tiny"
+
+[nodes.clip]
+op = "image_similarity"
+inputs = ["pairs"]
+backbone = "clip"
+weights = "{fixtures}/clip/tiny"
+embeddings = true
+"#,
+        samples = root.join("datasets/samples").display(),
+        fixtures = fixtures.display()
+    ));
+    let run = p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    assert!(run.stdout.contains("5 computed"), "{}", run.stdout);
+    for node in ["dinov2", "dino", "clip"] {
+        let rows =
+            sql_csv(&p, &format!("SELECT count(*) AS n, min(similarity) >= -1.0001 AND max(similarity) <= 1.0001 AS bounded FROM {node}"));
+        assert_eq!(rows, ["n,bounded", "36,true"], "{node}");
+        let same = sql_csv(&p, &format!("SELECT min(similarity) > 0.9999 AS ok FROM {node} WHERE left_path = right_path"));
+        assert_eq!(same, ["ok", "true"], "{node}: an image is identical to itself");
+    }
+    let dims = sql_csv(&p, "SELECT array_length(similarity_left) AS d FROM clip LIMIT 1");
+    assert_eq!(dims, ["d", "24"], "CLIP's projection dim");
+
+    // A crop the fixed-size model cannot take is a clear error.
+    let dag = std::fs::read_to_string(p.path("dag.toml")).unwrap().replace("embeddings = true", "embeddings = true\ncrop = 64");
+    p.dag(&dag);
+    let run = p.unoflow(&["run", "dag.toml", "-q"]).expect_code(1);
+    assert!(run.stderr.contains("CLIP takes 16×16 images"), "{}", run.stderr);
+}

@@ -11,7 +11,10 @@ use burn::tensor::{Tensor, TensorData};
 use image::DynamicImage;
 use rayon::prelude::*;
 use unoflow_models::DeviceSpec;
+use unoflow_models::clip::{Clip, ClipConfig};
+use unoflow_models::dino::{Dino, DinoConfig};
 use unoflow_models::dinov2::{Dinov2, Dinov2Config};
+use unoflow_models::tokenizer::TextTokenizer;
 use unoflow_models::vb::Vb;
 use unoflow_models::weights::Checkpoint;
 
@@ -31,6 +34,47 @@ pub enum Pooling {
 pub trait ImageEncoder: Send + Sync {
     /// One embedding per image, in order.
     fn embed(&self, images: &[DynamicImage]) -> Result<Vec<Vec<f32>>>;
+}
+
+/// Turns texts into embeddings.
+pub trait TextEncoder: Send + Sync {
+    /// One embedding per text, in order.
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+}
+
+/// Rows of a `[n, dim]` tensor as vectors.
+fn rows<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
+    let dim = t.dims()[1];
+    let flat: Vec<f32> = t.into_data().iter::<f32>().collect();
+    flat.chunks(dim.max(1)).map(<[f32]>::to_vec).collect()
+}
+
+/// Preprocesses images in parallel into one `[n, 3, crop, crop]` tensor.
+fn pixels<B: Backend>(images: &[DynamicImage], preprocess: &Preprocess, device: &B::Device) -> Tensor<B, 4> {
+    let side = preprocess.crop as usize;
+    let flat: Vec<f32> = images.par_iter().map(|img| preprocess.apply(img)).flatten_iter().collect();
+    Tensor::from_data(TensorData::new(flat, [images.len(), 3, side, side]), device)
+}
+
+/// Runs `open` on the backend of `device`.
+macro_rules! on_device {
+    ($device:expr, |$dev:ident: $b:ident| $open:expr) => {
+        match $device {
+            DeviceSpec::Cpu => {
+                type $b = unoflow_models::device::CpuBackend;
+                let $dev = Default::default();
+                $open
+            }
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(n) => {
+                type $b = unoflow_models::device::CudaBackend;
+                let $dev = unoflow_models::device::cuda_device(n);
+                $open
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceSpec::Cuda(_) => Err(load_err(unoflow_models::DeviceError::CudaNotBuilt($device))),
+        }
+    };
 }
 
 /// Cosine similarity; 0 for a zero vector.
@@ -69,20 +113,62 @@ fn load_err(e: impl std::fmt::Display) -> OpError {
     OpError::Execution(e.to_string())
 }
 
-/// Opens a DINOv2 encoder on `device`.
-pub fn open_dinov2(path: &Path, pooling: Pooling, preprocess: Preprocess, device: DeviceSpec) -> Result<Box<dyn ImageEncoder>> {
-    match device {
-        DeviceSpec::Cpu => Ok(Box::new(
-            Dinov2Encoder::<unoflow_models::device::CpuBackend>::open(path, pooling, Default::default())?.with_preprocess(preprocess),
-        )),
-        #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(n) => Ok(Box::new(
-            Dinov2Encoder::<unoflow_models::device::CudaBackend>::open(path, pooling, unoflow_models::device::cuda_device(n))?
-                .with_preprocess(preprocess),
-        )),
-        #[cfg(not(feature = "cuda"))]
-        DeviceSpec::Cuda(_) => Err(load_err(unoflow_models::DeviceError::CudaNotBuilt(device))),
+/// Resize and crop sides that replace an encoder's reference preprocessing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resize {
+    pub resize: u32,
+    pub crop: u32,
+}
+
+impl Preprocess {
+    fn with(self, custom: Option<Resize>) -> Self {
+        match custom {
+            Some(r) => Self { resize: r.resize, crop: r.crop, ..self },
+            None => self,
+        }
     }
+}
+
+fn fixed_size(model: &str, trained: usize, preprocess: &Preprocess) -> Result<()> {
+    if preprocess.crop as usize != trained {
+        return Err(OpError::Param {
+            name: "crop".into(),
+            message: format!(
+                "{model} takes {trained}×{trained} images (its position embeddings are fixed): set crop = {trained} or leave it at 0"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Opens a DINOv2 encoder on `device` (DINO preprocessing unless `custom`).
+pub fn open_dinov2(path: &Path, pooling: Pooling, custom: Option<Resize>, device: DeviceSpec) -> Result<Box<dyn ImageEncoder>> {
+    on_device!(device, |dev: B| {
+        let encoder = Dinov2Encoder::<B>::open(path, pooling, dev)?;
+        let preprocess = encoder.preprocess.with(custom);
+        Ok(Box::new(encoder.with_preprocess(preprocess)) as Box<dyn ImageEncoder>)
+    })
+}
+
+/// Opens a DINO v1 encoder (CLS embedding) on `device`.
+pub fn open_dino(path: &Path, custom: Option<Resize>, device: DeviceSpec) -> Result<Box<dyn ImageEncoder>> {
+    on_device!(device, |dev: B| {
+        let encoder = DinoEncoder::<B>::open(path, dev)?;
+        let preprocess = encoder.preprocess.with(custom);
+        fixed_size("DINO", encoder.model.image_size(), &preprocess)?;
+        Ok(Box::new(encoder.with_preprocess(preprocess)) as Box<dyn ImageEncoder>)
+    })
+}
+
+/// Opens CLIP on `device`: an image encoder and a text encoder sharing the model.
+pub fn open_clip(path: &Path, custom: Option<Resize>, device: DeviceSpec) -> Result<(Box<dyn ImageEncoder>, Box<dyn TextEncoder>)> {
+    on_device!(device, |dev: B| {
+        let encoder = ClipEncoder::<B>::open(path, dev)?;
+        let preprocess = encoder.preprocess.with(custom);
+        fixed_size("CLIP", encoder.preprocess.crop as usize, &preprocess)?;
+        let clip = std::sync::Arc::new(encoder.with_preprocess(preprocess));
+        Ok((Box::new(ClipImages(std::sync::Arc::clone(&clip))) as Box<dyn ImageEncoder>, Box::new(ClipTexts(clip)) as Box<dyn TextEncoder>))
+    })
 }
 
 /// DINOv2 with its DreamBench-style preprocessing.
@@ -120,17 +206,142 @@ where
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let side = self.preprocess.crop as usize;
-        let pixels: Vec<f32> = images.par_iter().map(|img| self.preprocess.apply(img)).flatten_iter().collect();
-        let input = Tensor::<B, 4>::from_data(TensorData::new(pixels, [images.len(), 3, side, side]), &self.device);
-        let out = self.model.forward(input);
-        let pooled = match self.pooling {
+        let out = self.model.forward(pixels::<B>(images, &self.preprocess, &self.device));
+        Ok(rows(match self.pooling {
             Pooling::Cls => out.pooler_output,
             Pooling::MeanPatch => out.mean_patch_tokens(),
+        }))
+    }
+}
+
+/// DINO v1 (timm layout): the CLS embedding, DreamBench's DINO score backbone.
+#[derive(Debug)]
+pub struct DinoEncoder<B: Backend> {
+    model: Dino<B>,
+    device: B::Device,
+    preprocess: Preprocess,
+}
+
+impl<B: Backend> DinoEncoder<B> {
+    /// A folder with `model.safetensors` (timm's `vit_small_patch16_224.dino` layout) and
+    /// optionally a `config.json` with `img_size`, `patch_size`, `embed_dim`, `depth`,
+    /// `num_heads`, `mlp_ratio`; without one, the sizes are read from the tensors (64-dim heads).
+    pub fn open(path: &Path, device: B::Device) -> Result<Self> {
+        let weights = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
+        let ckpt = Checkpoint::open(&weights).map_err(load_err)?;
+        let config_file = weights.with_file_name("config.json");
+        let config: DinoConfig = match std::fs::read(&config_file).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            Some(c) => c,
+            None => infer_dino_config(&ckpt).ok_or_else(|| {
+                load_err(format!(
+                    "{}: not a DINO/timm ViT checkpoint (no cls_token, pos_embed, patch_embed.proj.weight)",
+                    weights.display()
+                ))
+            })?,
         };
-        let dim = pooled.dims()[1];
-        let flat: Vec<f32> = pooled.into_data().iter::<f32>().collect();
-        Ok(flat.chunks(dim).map(<[f32]>::to_vec).collect())
+        let model = Dino::load(&Vb::new(&ckpt, &device, Some(burn::tensor::DType::F32)), &config).map_err(load_err)?;
+        ckpt.check_all_read().map_err(load_err)?;
+        let preprocess = Preprocess { resize: config.img_size as u32 * 8 / 7, crop: config.img_size as u32, ..Preprocess::DINO };
+        Ok(Self { model, device, preprocess })
+    }
+
+    pub fn with_preprocess(mut self, preprocess: Preprocess) -> Self {
+        self.preprocess = preprocess;
+        self
+    }
+}
+
+fn infer_dino_config(ckpt: &Checkpoint) -> Option<DinoConfig> {
+    let dim = *ckpt.shape("cls_token")?.last()?;
+    let positions = ckpt.shape("pos_embed")?[1];
+    let patch = ckpt.shape("patch_embed.proj.weight")?[2];
+    let depth = (0..).take_while(|i| ckpt.contains(&format!("blocks.{i}.attn.qkv.weight"))).count();
+    let mlp = ckpt.shape("blocks.0.mlp.fc1.weight")?[0];
+    let grid = ((positions - 1) as f64).sqrt() as usize;
+    Some(DinoConfig {
+        img_size: grid * patch,
+        patch_size: patch,
+        embed_dim: dim,
+        depth,
+        num_heads: (dim / 64).max(1),
+        mlp_ratio: mlp as f64 / dim as f64,
+    })
+}
+
+impl<B: Backend> ImageEncoder for DinoEncoder<B>
+where
+    B::Device: Send + Sync,
+{
+    fn embed(&self, images: &[DynamicImage]) -> Result<Vec<Vec<f32>>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(rows(self.model.forward(pixels::<B>(images, &self.preprocess, &self.device))))
+    }
+}
+
+/// CLIP with its tokenizer (`tokenizer.json` in the model folder).
+#[derive(Debug)]
+pub struct ClipEncoder<B: Backend> {
+    model: Clip<B>,
+    /// `tokenizer.json` beside the weights; only text embeddings need it.
+    tokenizer: Option<TextTokenizer>,
+    device: B::Device,
+    preprocess: Preprocess,
+}
+
+impl<B: Backend> ClipEncoder<B> {
+    pub fn open(path: &Path, device: B::Device) -> Result<Self> {
+        let (weights, config) = model_files(path)?;
+        let text = std::fs::read(&config).map_err(|e| load_err(format!("{}: {e}", config.display())))?;
+        let config: ClipConfig = serde_json::from_slice(&text).map_err(|e| load_err(format!("{}: {e}", config.display())))?;
+        let ckpt = Checkpoint::open(&weights).map_err(load_err)?;
+        let model = Clip::load(&Vb::new(&ckpt, &device, Some(burn::tensor::DType::F32)), &config).map_err(load_err)?;
+        ckpt.check_all_read().map_err(load_err)?;
+        let tokenizer_file = weights.with_file_name("tokenizer.json");
+        let tokenizer = if tokenizer_file.is_file() {
+            Some(TextTokenizer::from_file(&tokenizer_file, config.text_config.max_position_embeddings, "<|endoftext|>").map_err(load_err)?)
+        } else {
+            None
+        };
+        let size = config.vision_config.image_size as u32;
+        Ok(Self { model, tokenizer, device, preprocess: Preprocess { resize: size, crop: size, ..Preprocess::CLIP } })
+    }
+
+    pub fn with_preprocess(mut self, preprocess: Preprocess) -> Self {
+        self.preprocess = preprocess;
+        self
+    }
+}
+
+struct ClipImages<B: Backend>(std::sync::Arc<ClipEncoder<B>>);
+struct ClipTexts<B: Backend>(std::sync::Arc<ClipEncoder<B>>);
+
+impl<B: Backend> ImageEncoder for ClipImages<B>
+where
+    B::Device: Send + Sync,
+{
+    fn embed(&self, images: &[DynamicImage]) -> Result<Vec<Vec<f32>>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = &self.0;
+        Ok(rows(c.model.image_embeds(pixels::<B>(images, &c.preprocess, &c.device))))
+    }
+}
+
+impl<B: Backend> TextEncoder for ClipTexts<B>
+where
+    B::Device: Send + Sync,
+{
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokenizer =
+            self.0.tokenizer.as_ref().ok_or_else(|| load_err("this CLIP folder has no tokenizer.json: text embeddings need it"))?;
+        let ids = tokenizer.encode(texts).map_err(load_err)?;
+        Ok(rows(self.0.model.text_embeds(&ids)))
     }
 }
 

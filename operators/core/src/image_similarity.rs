@@ -13,10 +13,10 @@ use image::DynamicImage;
 use rayon::prelude::*;
 
 use crate::columns::{ColumnRequirement, ROW_ID};
-use crate::embed::{ImageEncoder, Pooling, cosine, open_dinov2};
+use crate::embed::{ImageEncoder, Pooling, Resize, cosine, open_clip, open_dino, open_dinov2};
 use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError, RowMapping};
 use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
-use crate::preprocess::Preprocess;
+
 use crate::{OpError, Result, image_io};
 
 /// The `image_similarity` operator.
@@ -27,24 +27,30 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "image_similarity",
     version: 1,
     summary: "embed two image columns with a vision backbone and add their cosine similarity",
-    doc: "For each row, both images are preprocessed as the backbone's reference does (DINOv2: \
-          shortest side 256 bicubic, centre crop 224, ImageNet statistics), embedded (CLS token \
+    doc: "For each row, both images are preprocessed as the backbone's reference does (DINO, \
+          DINOv2: shortest side 256 bicubic, centre crop 224, ImageNet statistics; CLIP: 224, \
+          CLIP statistics), embedded (CLS token \
           or mean of patch tokens), and compared. Adds the `output` column (and the embeddings if \
           asked). Rows whose images cannot be read go to the error table.",
     params: vec![
         ParamSpec::optional("left", ParamType::Str, ParamValue::Str("ref_image".into()), "the first image column"),
         ParamSpec::optional("right", ParamType::Str, ParamValue::Str("target_image".into()), "the second image column"),
-        ParamSpec::optional("backbone", ParamType::Choice(&["dinov2"]), ParamValue::Str("dinov2".into()), "the vision model"),
+        ParamSpec::optional(
+            "backbone",
+            ParamType::Choice(&["dinov2", "dino", "clip"]),
+            ParamValue::Str("dinov2".into()),
+            "dinov2 (transformers Dinov2Model), dino (DINO v1 ViT, timm layout), clip (transformers CLIPModel)",
+        ),
         ParamSpec::required(
             "weights",
             ParamType::Path(PathKind::Input),
-            "the model: a transformers folder (config.json, model.safetensors)",
+            "the model folder (model.safetensors, config.json; CLIP also tokenizer.json)",
         ),
         ParamSpec::optional(
             "pooling",
             ParamType::Choice(&["cls", "mean"]),
             ParamValue::Str("cls".into()),
-            "CLS token, or mean of patch tokens",
+            "CLS token, or mean of patch tokens (dinov2 only)",
         ),
         ParamSpec::optional("output", ParamType::Str, ParamValue::Str("similarity".into()), "the name of the similarity column"),
         ParamSpec::optional(
@@ -53,8 +59,18 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
             ParamValue::Bool(false),
             "also keep both embeddings (OUTPUT_left, OUTPUT_right)",
         ),
-        ParamSpec::optional("resize", ParamType::int(1, 4096), ParamValue::Int(256), "shorter side after resizing, before the crop"),
-        ParamSpec::optional("crop", ParamType::int(1, 4096), ParamValue::Int(224), "side of the centre crop fed to the model"),
+        ParamSpec::optional(
+            "resize",
+            ParamType::int(0, 4096),
+            ParamValue::Int(0),
+            "shorter side after resizing (0: the backbone's reference, 256 DINO, 224 CLIP)",
+        ),
+        ParamSpec::optional(
+            "crop",
+            ParamType::int(0, 4096),
+            ParamValue::Int(0),
+            "side of the centre crop fed to the model (0: the backbone's, 224)",
+        ),
         ParamSpec::optional("batch_size", ParamType::int(1, 4096), ParamValue::Int(16), "images per forward pass").not_fingerprinted(),
     ],
     inputs: (1, 1),
@@ -94,9 +110,19 @@ impl Operator for ImageSimilarity {
             _ => Pooling::Cls,
         };
         let weights = std::path::Path::new(params.str("weights")?);
-        let preprocess = Preprocess { resize: params.int("resize")? as u32, crop: params.int("crop")? as u32, ..Preprocess::DINO };
-        let encoder = match params.str("backbone")? {
+        let backbone = params.str("backbone")?;
+        let (resize, crop) = (params.int("resize")? as u32, params.int("crop")? as u32);
+        let preprocess = (resize > 0 || crop > 0).then(|| Resize { resize: resize.max(crop), crop: if crop == 0 { resize } else { crop } });
+        let encoder = match backbone {
             "dinov2" => open_dinov2(weights, pooling, preprocess, env.device)?,
+            "dino" if pooling == Pooling::MeanPatch => {
+                return Err(OpError::Param {
+                    name: "pooling".into(),
+                    message: "DINO v1 gives its CLS embedding: use pooling = \"cls\"".into(),
+                });
+            }
+            "dino" => open_dino(weights, preprocess, env.device)?,
+            "clip" => open_clip(weights, preprocess, env.device)?.0,
             other => return Err(OpError::Param { name: "backbone".into(), message: format!("unknown backbone {other:?}") }),
         };
         Ok(Arc::new(Comparer {

@@ -19,6 +19,7 @@ pub mod embed;
 mod error;
 pub mod image_io;
 pub mod image_similarity;
+pub mod metrics;
 mod operator;
 pub mod params;
 pub mod preprocess;
