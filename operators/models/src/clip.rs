@@ -78,6 +78,64 @@ pub struct ClipConfig {
     pub projection_dim: usize,
 }
 
+impl ClipTextConfig {
+    /// The text tower of OpenAI CLIP (ViT-B/32 and ViT-L/14 differ only in width):
+    /// `openai/clip-vit-large-patch14` has hidden 768, 12 layers, 12 heads (FLUX's CLIP-L).
+    fn openai(hidden_size: usize, heads: usize) -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size,
+            intermediate_size: 4 * hidden_size,
+            num_hidden_layers: 12,
+            num_attention_heads: heads,
+            max_position_embeddings: 77,
+            hidden_act: quick_gelu(),
+            layer_norm_eps: 1e-5,
+            eos_token_id: 2,
+        }
+    }
+}
+
+impl ClipConfig {
+    /// `openai/clip-vit-base-patch32` (DreamBench's CLIP-I and CLIP-T).
+    pub fn vit_b_32() -> Self {
+        Self {
+            text_config: ClipTextConfig::openai(512, 8),
+            vision_config: ClipVisionConfig {
+                hidden_size: 768,
+                intermediate_size: 3072,
+                num_hidden_layers: 12,
+                num_attention_heads: 12,
+                image_size: 224,
+                patch_size: 32,
+                num_channels: 3,
+                hidden_act: quick_gelu(),
+                layer_norm_eps: 1e-5,
+            },
+            projection_dim: 512,
+        }
+    }
+
+    /// `openai/clip-vit-large-patch14` (FLUX's CLIP-L text encoder is its text tower).
+    pub fn vit_l_14() -> Self {
+        Self {
+            text_config: ClipTextConfig::openai(768, 12),
+            vision_config: ClipVisionConfig {
+                hidden_size: 1024,
+                intermediate_size: 4096,
+                num_hidden_layers: 24,
+                num_attention_heads: 16,
+                image_size: 224,
+                patch_size: 14,
+                num_channels: 3,
+                hidden_act: quick_gelu(),
+                layer_norm_eps: 1e-5,
+            },
+            projection_dim: 768,
+        }
+    }
+}
+
 /// The MLP activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Act {
@@ -314,5 +372,31 @@ impl<B: Backend> Clip<B> {
     /// Normalised text embeddings `[B, projection_dim]`.
     pub fn text_embeds(&self, ids: &[Vec<u32>]) -> Tensor<B, 2> {
         normalize(self.text_projection.forward(self.text_model.forward(ids).pooler_output))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+    use burn::tensor::DType;
+
+    use super::*;
+
+    #[test]
+    fn presets_build_with_the_reference_shapes() {
+        // Random weights on the CPU for the smaller preset: every shape of the key tree is
+        // consistent (a wrong intermediate size or patch count would fail to load or to run).
+        let device = Default::default();
+        let config = ClipConfig {
+            vision_config: ClipVisionConfig { num_hidden_layers: 1, ..ClipConfig::vit_b_32().vision_config },
+            ..ClipConfig::vit_b_32()
+        };
+        let config = ClipConfig { text_config: ClipTextConfig { num_hidden_layers: 1, ..config.text_config.clone() }, ..config };
+        let model = Clip::<Flex>::load(&Vb::random(&device, DType::F32), &config).unwrap();
+        let image = model.image_embeds(Tensor::zeros([1, 3, 224, 224], &device));
+        assert_eq!(image.dims(), [1, 512]);
+        let text = model.text_embeds(&[vec![49406, 320, 49407]]);
+        assert_eq!(text.dims(), [1, 512]);
+        assert_eq!(ClipConfig::vit_l_14().text_config.hidden_size, 768);
     }
 }
