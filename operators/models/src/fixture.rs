@@ -189,10 +189,11 @@ fn check_on<B: Backend>(
         "dino" => no_lora(fixture, lora).and_then(|()| check_dino::<B>(fixture, weights, device, dtype)),
         "clip" => no_lora(fixture, lora).and_then(|()| check_clip::<B>(fixture, weights, device, dtype)),
         "clip_text" => no_lora(fixture, lora).and_then(|()| check_clip_text::<B>(fixture, weights, device, dtype)),
-        other => {
-            Err(fixture
-                .error(format!("model kind `{other}` is not available in this build (available: flux, dinov2, dino, clip, clip_text)")))
-        }
+        "ae" => no_lora(fixture, lora).and_then(|()| check_ae::<B>(fixture, weights, device, dtype)),
+        "t5" => no_lora(fixture, lora).and_then(|()| check_t5::<B>(fixture, weights, device, dtype)),
+        other => Err(fixture.error(format!(
+            "model kind `{other}` is not available in this build (available: flux, ae, t5, clip_text, clip, dinov2, dino)"
+        ))),
     }
 }
 
@@ -279,6 +280,24 @@ pub fn check_clip_text<B: Backend>(fixture: &Fixture, weights: &Path, device: &B
         against(fixture, "last_hidden_state", out.last_hidden_state, device)?,
         against(fixture, "pooler_output", out.pooler_output, device)?,
     ]))
+}
+
+/// Runs an autoencoder fixture (BFL `ae.safetensors` layout): encode `input.x` (the mean,
+/// shifted and scaled) and decode `input.z`.
+pub fn check_ae<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
+    let config: crate::flux::autoencoder::AutoEncoderConfig = fixture.config()?;
+    let model = load_checked(weights, device, dtype, |vb| crate::flux::autoencoder::AutoEncoder::<B>::load(vb, &config))?;
+    Ok(worst([
+        against(fixture, "z", model.encode(fixture.tensor("input.x", device)?), device)?,
+        against(fixture, "x", model.decode(fixture.tensor("input.z", device)?), device)?,
+    ]))
+}
+
+/// Runs a T5 encoder fixture (transformers `T5EncoderModel`).
+pub fn check_t5<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
+    let config: crate::t5::T5Config = fixture.config()?;
+    let model = load_checked(weights, device, dtype, |vb| crate::t5::T5Encoder::<B>::load(vb, &config))?;
+    against(fixture, "last_hidden_state", model.forward(&fixture.ids("input.input_ids")?), device)
 }
 
 /// The inputs of a FLUX fixture.

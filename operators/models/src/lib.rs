@@ -10,6 +10,7 @@ pub mod dinov2;
 pub mod fixture;
 pub mod flux;
 pub mod nn;
+pub mod t5;
 pub mod tokenizer;
 pub mod vb;
 pub mod weights;

@@ -84,6 +84,18 @@ mod tests {
     }
 
     #[test]
+    fn t5_ids_match_transformers() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/t5/tokenizer");
+        let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+        let tok = TextTokenizer::t5(&dir.join("tokenizer.json"), expected["max_length"].as_u64().unwrap() as usize).unwrap();
+        let prompts: Vec<&str> = expected["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        for (i, row) in tok.encode(&prompts).unwrap().iter().enumerate() {
+            let want: Vec<u32> = expected["input_ids"][i].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            assert_eq!(row, &want, "prompt {:?}", prompts[i]);
+        }
+    }
+
+    #[test]
     fn missing_file_is_named() {
         let err = TextTokenizer::clip(Path::new("no/tokenizer.json")).unwrap_err().to_string();
         assert!(err.contains("no/tokenizer.json"), "{err}");

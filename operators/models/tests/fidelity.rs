@@ -146,10 +146,15 @@ fn clip_dino_match_the_reference() {
         ("clip_text", "clip_text", "tiny"),
         ("clip_text", "clip_text", "tiny_legacy_eos"),
         ("dino", "dino", "tiny"),
+        ("ae", "ae", "tiny"),
+        ("t5", "t5", "tiny"),
     ] {
         let err = generic_case(kind, dir, case, DType::F32);
         assert!(err < 1e-4, "{kind} {case}: rel_err {err:e}");
         let err = generic_case(kind, dir, case, DType::BF16);
-        assert!(err < 2e-2, "{kind} {case} bf16: rel_err {err:e}");
+        // T5's residual stream grows large across blocks, and bf16 keeps 8 bits of it: its bf16
+        // error is about twice the others' (the reference has the same behaviour in bf16).
+        let tolerance = if kind == "t5" { 5e-2 } else { 2e-2 };
+        assert!(err < tolerance, "{kind} {case} bf16: rel_err {err:e}");
     }
 }

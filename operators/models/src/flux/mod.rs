@@ -9,6 +9,7 @@
 //!   --fixture ref2_sizes.fixture.safetensors` (fixtures in `operators/models/fixtures/flux/`,
 //!   made by `tools/fixtures/make_flux.py`).
 
+pub mod autoencoder;
 pub mod checkpoint;
 pub mod lora;
 pub mod model;
