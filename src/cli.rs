@@ -74,6 +74,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate images with UNO: a prompt and reference images (like the reference inference.py).
+    Generate(GenerateArgs),
     /// Models: check one against its reference implementation's fixture.
     Model {
         #[command(subcommand)]
@@ -90,6 +92,62 @@ pub enum Command {
         #[command(flatten)]
         workspace: WorkspaceArg,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("models").required(true).args(["model_dir", "tiny"])))]
+pub struct GenerateArgs {
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// A reference image (repeat for several subjects).
+    #[arg(long = "ref", value_name = "IMAGE")]
+    pub refs: Vec<PathBuf>,
+    /// Where to write the PNG (with several images: OUT_0.png, OUT_1.png, …).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Width in pixels (rounded down to a multiple of 16).
+    #[arg(long, default_value_t = 512)]
+    pub width: usize,
+    /// Height in pixels (rounded down to a multiple of 16).
+    #[arg(long, default_value_t = 512)]
+    pub height: usize,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub steps: u32,
+    /// Distilled guidance strength (UNO: 4, plain FLUX.1-dev: 3.5).
+    #[arg(long, default_value_t = 4.0)]
+    pub guidance: f32,
+    /// Seed; image j uses seed + j.
+    #[arg(long, default_value_t = 3407)]
+    pub seed: u64,
+    /// Images to generate.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub num_images: u32,
+    /// A model folder (BFL layout or diffusers with ae.safetensors).
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// Use a tiny random model set (no downloads; for trying the pipeline).
+    #[arg(long)]
+    pub tiny: bool,
+    /// UNO LoRA weights (dit_lora.safetensors).
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Where to run: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceSpec,
+    /// Position ids of the references: d (diagonal UnoPE), h, w, o (none).
+    #[arg(long, default_value = "d", value_parser = ["d", "h", "w", "o"])]
+    pub pe: String,
+    /// The references' long side (0: 512 for one reference, 320 for several).
+    #[arg(long, default_value_t = 0)]
+    pub ref_size: u32,
+    /// How the schedule's shift is computed: uno (the released pipeline) or flux (image tokens).
+    #[arg(long, default_value = "uno", value_parser = ["uno", "flux"])]
+    pub shift: String,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +245,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
             let root = workspace_root(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
             runs(&root, json)
         }
+        Command::Generate(args) => crate::generate::run(args).await,
         Command::Model { command: ModelCommand::Check { kind, weights, lora, fixture, tol, dtype, device } } => {
             let dtype = match dtype {
                 Precision::F32 => unoflow_models::Precision::F32,

@@ -24,6 +24,7 @@ pub mod error;
 pub mod exec;
 pub mod fingerprint;
 pub mod format;
+pub mod generate;
 pub mod lineage;
 pub mod ops;
 pub mod plan;

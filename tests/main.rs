@@ -5,6 +5,7 @@ mod support;
 
 mod errors;
 mod execution;
+mod generate;
 mod models;
 mod planning;
 mod queries;

@@ -17,6 +17,7 @@
 pub mod columns;
 pub mod embed;
 mod error;
+pub mod generate;
 pub mod image_io;
 pub mod image_similarity;
 pub mod metrics;

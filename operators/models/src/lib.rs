@@ -15,4 +15,5 @@ pub mod tokenizer;
 pub mod vb;
 pub mod weights;
 
+pub use burn::tensor::backend::Backend;
 pub use device::{DeviceError, DeviceSpec, Precision};

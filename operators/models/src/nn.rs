@@ -166,7 +166,10 @@ fn matmul_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4
     // at high resolution): process the queries in blocks. Exact, only the peak changes.
     if h == 1 && b == 1 && per_head > SCORE_BYTES && !causal {
         let block = (SCORE_BYTES / (lk * 4)).max(1);
-        let outs = (0..l).step_by(block).map(|s| matmul_attention(q.clone().narrow(2, s, block.min(l - s)), k.clone(), v.clone(), false)).collect();
+        let outs = (0..l)
+            .step_by(block)
+            .map(|s| matmul_attention(q.clone().narrow(2, s, block.min(l - s)), k.clone(), v.clone(), false))
+            .collect();
         return Tensor::cat(outs, 2);
     }
     let group = (SCORE_BYTES / (b * per_head).max(1)).clamp(1, h);

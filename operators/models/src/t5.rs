@@ -155,7 +155,9 @@ impl<B: Backend> Block<B> {
         let (q, k, v) = (split(self.q.forward(h.clone())), split(self.k.forward(h.clone())), split(self.v.forward(h)));
         let a = match kernel {
             // T5 does not scale the scores.
-            AttentionKernel::Fused => attention(q, k, v, None, Some(bias.clone()), AttentionModuleOptions { scale: Some(1.0), ..Default::default() }),
+            AttentionKernel::Fused => {
+                attention(q, k, v, None, Some(bias.clone()), AttentionModuleOptions { scale: Some(1.0), ..Default::default() })
+            }
             AttentionKernel::Matmul => softmax(q.matmul(k.swap_dims(2, 3)) + bias.clone(), 3).matmul(v),
         };
         let x = x + self.o.forward(a.swap_dims(1, 2).reshape([b, l, self.heads * self.d_kv]));
@@ -190,7 +192,12 @@ impl<B: Backend> T5Encoder<B> {
         Ok(Self {
             shared: Param::from_tensor(shared),
             relative_attention_bias: Param::from_tensor(
-                enc.pp("block").pp(0).pp("layer").pp(0).pp("SelfAttention").tensor("relative_attention_bias.weight", [c.relative_attention_num_buckets, c.num_heads])?,
+                enc.pp("block")
+                    .pp(0)
+                    .pp("layer")
+                    .pp(0)
+                    .pp("SelfAttention")
+                    .tensor("relative_attention_bias.weight", [c.relative_attention_num_buckets, c.num_heads])?,
             ),
             blocks: (0..c.num_layers).map(|i| Block::load(&enc.pp("block").pp(i), c)).collect::<Result<_>>()?,
             final_layer_norm: T5LayerNorm::load(&enc.pp("final_layer_norm"), c.d_model, c.layer_norm_epsilon)?,

@@ -25,8 +25,20 @@ impl TextTokenizer {
     /// Loads `tokenizer.json`; texts are truncated to `max_length` ids (keeping the special
     /// tokens the post-processor adds) and padded with `pad_token`.
     pub fn from_file(path: &Path, max_length: usize, pad_token: &str) -> Result<Self, TokenizerError> {
-        let mut inner =
+        let inner =
             tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Load { path: path.into(), message: e.to_string() })?;
+        Self::configure(inner, path, max_length, pad_token)
+    }
+
+    /// Like [`from_file`](Self::from_file), from the bytes of a `tokenizer.json`.
+    pub fn from_bytes(bytes: &[u8], max_length: usize, pad_token: &str) -> Result<Self, TokenizerError> {
+        let path = PathBuf::from("<built-in tokenizer>");
+        let inner =
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| TokenizerError::Load { path: path.clone(), message: e.to_string() })?;
+        Self::configure(inner, &path, max_length, pad_token)
+    }
+
+    fn configure(mut inner: tokenizers::Tokenizer, path: &Path, max_length: usize, pad_token: &str) -> Result<Self, TokenizerError> {
         let pad_id =
             inner.token_to_id(pad_token).ok_or_else(|| TokenizerError::NoPadToken { path: path.into(), token: pad_token.into() })?;
         inner
@@ -49,6 +61,16 @@ impl TextTokenizer {
     /// T5's tokenizer as FLUX uses it: 512 ids, padded with `<pad>`.
     pub fn t5(path: &Path, max_length: usize) -> Result<Self, TokenizerError> {
         Self::from_file(path, max_length, "<pad>")
+    }
+
+    /// CLIP's tokenizer from `tokenizer.json` bytes.
+    pub fn clip_from_bytes(bytes: &[u8]) -> Result<Self, TokenizerError> {
+        Self::from_bytes(bytes, 77, "<|endoftext|>")
+    }
+
+    /// T5's tokenizer (512 ids) from `tokenizer.json` bytes.
+    pub fn t5_from_bytes(bytes: &[u8]) -> Result<Self, TokenizerError> {
+        Self::from_bytes(bytes, 512, "<pad>")
     }
 
     pub fn max_length(&self) -> usize {

@@ -11,9 +11,9 @@
 //! 1024² image decodes in about 3 GB on the CPU in f32.
 
 use burn::module::Module;
+use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::nn::{AttentionKernel, Conv2d, GroupNorm, scaled_dot_product};
@@ -99,7 +99,13 @@ pub struct AttnBlock<B: Backend> {
 impl<B: Backend> AttnBlock<B> {
     fn load(vb: &Vb<B>, c: usize) -> Result<Self> {
         let conv = |name: &str| Conv2d::load(&vb.pp(name), c, c, 1, 1, 0, true);
-        Ok(Self { norm: GroupNorm::load(&vb.pp("norm"), GROUPS, c, EPS)?, q: conv("q")?, k: conv("k")?, v: conv("v")?, proj_out: conv("proj_out")? })
+        Ok(Self {
+            norm: GroupNorm::load(&vb.pp("norm"), GROUPS, c, EPS)?,
+            q: conv("q")?,
+            k: conv("k")?,
+            v: conv("v")?,
+            proj_out: conv("proj_out")?,
+        })
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -123,7 +129,11 @@ pub struct Mid<B: Backend> {
 
 impl<B: Backend> Mid<B> {
     fn load(vb: &Vb<B>, c: usize) -> Result<Self> {
-        Ok(Self { block_1: ResnetBlock::load(&vb.pp("block_1"), c, c)?, attn_1: AttnBlock::load(&vb.pp("attn_1"), c)?, block_2: ResnetBlock::load(&vb.pp("block_2"), c, c)? })
+        Ok(Self {
+            block_1: ResnetBlock::load(&vb.pp("block_1"), c, c)?,
+            attn_1: AttnBlock::load(&vb.pp("attn_1"), c)?,
+            block_2: ResnetBlock::load(&vb.pp("block_2"), c, c)?,
+        })
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -162,8 +172,11 @@ impl<B: Backend> Encoder<B> {
                 blocks.push(ResnetBlock::load(&lv.pp("block").pp(j), block_in, block_out)?);
                 block_in = block_out;
             }
-            let resample =
-                if i + 1 != levels { Some(Conv2d::load(&lv.pp("downsample").pp("conv"), block_in, block_in, 3, 2, 0, true)?.with_trailing_pad(1)) } else { None };
+            let resample = if i + 1 != levels {
+                Some(Conv2d::load(&lv.pp("downsample").pp("conv"), block_in, block_in, 3, 2, 0, true)?.with_trailing_pad(1))
+            } else {
+                None
+            };
             down.push(Level { block: blocks, resample });
         }
         Ok(Self {
@@ -221,7 +234,8 @@ impl<B: Backend> Decoder<B> {
                 blocks.push(ResnetBlock::load(&lv.pp("block").pp(j), block_in, block_out)?);
                 block_in = block_out;
             }
-            let resample = if i != 0 { Some(Conv2d::load(&lv.pp("upsample").pp("conv"), block_in, block_in, 3, 1, 1, true)?) } else { None };
+            let resample =
+                if i != 0 { Some(Conv2d::load(&lv.pp("upsample").pp("conv"), block_in, block_in, 3, 1, 1, true)?) } else { None };
             up[i] = Some(Level { block: blocks, resample });
         }
         Ok(Self {

@@ -13,6 +13,7 @@ pub mod autoencoder;
 pub mod checkpoint;
 pub mod lora;
 pub mod model;
+pub mod sampling;
 pub mod unope;
 
 pub use checkpoint::{FluxCheckpoint, load_lora};

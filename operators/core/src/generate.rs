@@ -1,0 +1,428 @@
+//! UNO inference end to end (the reference's `inference.py`): prompt and references in, images
+//! out.
+//!
+//! ```text
+//!  prompt ─► T5 (512 ids) ─► txt ─┐
+//!         └► CLIP-L (77 ids) ─► y ┤   (text encoders dropped once the prompt is encoded)
+//!  refs ─► Lanczos long side 512 (1 ref) / 320 (more), centre crop /16, [-1,1] ─► AE mean ─► pack
+//!        ─► UnoPE ids ────────────┤
+//!  seed ─► noise ─► pack ─► Euler steps of FLUX(img, txt, y, t, guidance, refs) ─► unpack ─► AE decode ─► PNG
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+use image::imageops::FilterType;
+use image::{DynamicImage, RgbImage};
+use unoflow_models::Precision;
+use unoflow_models::clip::{ClipText, ClipTextConfig};
+use unoflow_models::flux::autoencoder::{AutoEncoder, AutoEncoderConfig};
+use unoflow_models::flux::sampling::{ShiftRule, ids_tensor, noise, pack, schedule, unpack};
+use unoflow_models::flux::{Flux, FluxCheckpoint, FluxConfig, FluxInput, PeMode, TokenGrid, load_lora, position_ids};
+use unoflow_models::t5::{T5Config, T5Encoder};
+use unoflow_models::tokenizer::TextTokenizer;
+use unoflow_models::vb::Vb;
+use unoflow_models::weights::Checkpoint;
+
+use crate::{OpError, Result};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    pub refs: Vec<DynamicImage>,
+    /// Multiples of 16 (the caller rounds down, as the reference does).
+    pub width: usize,
+    pub height: usize,
+    pub steps: usize,
+    /// The distilled guidance strength (4.0 for UNO, 3.5 for plain FLUX.1-dev).
+    pub guidance: f32,
+    /// Image `j` uses seed `seed + j`, as `inference.py` does.
+    pub seed: u64,
+    pub num_images: usize,
+    pub pe: PeMode,
+    pub shift: ShiftRule,
+    /// The references' long side; `None`: 512 for one reference, 320 for several.
+    pub ref_long_side: Option<u32>,
+}
+
+fn err(message: impl Into<String>) -> OpError {
+    OpError::Execution(message.into())
+}
+
+/// A cheap identity of a weight file for provenance: blake3 of its size, header and first and
+/// last MiB (hashing 24 GB of FLUX at every start would take longer than generating).
+pub fn weights_fingerprint(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    let len = file.metadata().map_err(|e| err(format!("{}: {e}", path.display())))?.len();
+    let mut h = blake3::Hasher::new();
+    h.update(&len.to_le_bytes());
+    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+    file.read_exact(&mut buf).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    h.update(&buf);
+    if len > (2 << 20) {
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::End(-(1 << 20))).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        file.read_exact(&mut buf).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        h.update(&buf);
+    }
+    Ok(h.finalize().to_hex()[..16].to_string())
+}
+
+/// The models of a UNO pipeline.
+#[derive(Debug)]
+pub struct Models<B: Backend> {
+    pub flux: Flux<B>,
+    pub flux_config: FluxConfig,
+    pub ae: AutoEncoder<B>,
+    t5: Option<(T5Encoder<B>, TextTokenizer)>,
+    clip: Option<(ClipText<B>, TextTokenizer)>,
+    /// Provenance: model name → weights fingerprint.
+    pub digests: BTreeMap<String, String>,
+    device: B::Device,
+}
+
+const TINY_T5_TOKENIZER: &[u8] = include_bytes!("../../models/fixtures/t5/tokenizer/tokenizer.json");
+const TINY_CLIP_TOKENIZER: &[u8] = include_bytes!("../../models/fixtures/clip_text/tokenizer/tokenizer.json");
+
+impl<B: Backend> Models<B> {
+    /// A tiny random model set (fixed seed): the whole pipeline with no downloads.
+    pub fn tiny(device: &B::Device) -> Result<Self> {
+        B::seed(device, 20_250_402);
+        let flux_config = FluxConfig {
+            in_channels: 64,
+            vec_in_dim: 32,
+            context_in_dim: 32,
+            hidden_size: 64,
+            mlp_ratio: 4.0,
+            num_heads: 2,
+            depth: 1,
+            depth_single_blocks: 2,
+            axes_dim: vec![8, 12, 12],
+            theta: 10_000.0,
+            qkv_bias: true,
+            guidance_embed: true,
+        };
+        let ae_config = AutoEncoderConfig { ch: 32, ch_mult: vec![1, 1, 1, 1], num_res_blocks: 1, ..AutoEncoderConfig::flux() };
+        let t5_config = T5Config { vocab_size: 100, d_model: 32, d_kv: 8, d_ff: 64, num_layers: 1, num_heads: 4, ..T5Config::xxl() };
+        let clip_config = ClipTextConfig {
+            vocab_size: 525,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            eos_token_id: 524,
+        };
+        let random = Vb::<B>::random(device, DType::F32);
+        let loaded = |e: unoflow_models::weights::WeightsError| err(e.to_string());
+        let models = Self {
+            flux: Flux::load(&random, &flux_config).map_err(loaded)?,
+            ae: AutoEncoder::load(&random, &ae_config).map_err(loaded)?,
+            t5: Some((T5Encoder::load(&random, &t5_config).map_err(loaded)?, TextTokenizer::t5_from_bytes(TINY_T5_TOKENIZER)?)),
+            clip: Some((ClipText::load(&random, &clip_config).map_err(loaded)?, TextTokenizer::clip_from_bytes(TINY_CLIP_TOKENIZER)?)),
+            flux_config,
+            digests: BTreeMap::from([("models".to_string(), "tiny-random-20250402".to_string())]),
+            device: device.clone(),
+        };
+        Ok(models)
+    }
+
+    /// Loads a model folder in the BFL layout:
+    ///
+    /// ```text
+    /// DIR/flux1-dev.safetensors (or flux1-schnell.safetensors)   the transformer
+    /// DIR/ae.safetensors                                        the autoencoder
+    /// DIR/t5/{config.json, model*.safetensors[.index.json], tokenizer.json}
+    /// DIR/clip/{config.json, model.safetensors, tokenizer.json} (CLIP-L text)
+    /// ```
+    /// or a diffusers pipeline folder (`model_index.json`, `transformer/`) with `ae.safetensors`
+    /// beside it. `lora`: a UNO LoRA (`dit_lora.safetensors`).
+    pub fn load(dir: &Path, lora: Option<&Path>, precision: Precision, device: &B::Device) -> Result<Self> {
+        let layout = Layout::detect(dir)?;
+        let dtype = Some(precision.dtype());
+        let to_err = |e: unoflow_models::weights::WeightsError| err(e.to_string());
+        let mut digests = BTreeMap::new();
+        let transformer = FluxCheckpoint::open(&layout.transformer).map_err(to_err)?;
+        let guidance = match &transformer {
+            FluxCheckpoint::Bfl(c) => c.contains("guidance_in.in_layer.weight"),
+            FluxCheckpoint::Diffusers(c) => c.contains("time_text_embed.guidance_embedder.linear_1.weight"),
+        };
+        let flux_config = if guidance { FluxConfig::dev() } else { FluxConfig::schnell() };
+        let mut flux = transformer.load::<B>(&flux_config, device, dtype).map_err(to_err)?;
+        if layout.transformer.is_file() {
+            digests.insert("flux".into(), weights_fingerprint(&layout.transformer)?);
+        }
+        if let Some(lora) = lora {
+            load_lora(&mut flux, &flux_config, lora, 1.0, device).map_err(to_err)?;
+            digests.insert("lora".into(), weights_fingerprint(lora)?);
+        }
+        let ae_ckpt = Checkpoint::open(&layout.ae).map_err(to_err)?;
+        let ae = AutoEncoder::load(&Vb::new(&ae_ckpt, device, dtype), &AutoEncoderConfig::flux()).map_err(to_err)?;
+        ae_ckpt.check_all_read().map_err(to_err)?;
+        digests.insert("ae".into(), weights_fingerprint(&layout.ae)?);
+        let t5 = load_encoder(&layout.t5, device, dtype, |vb, c: &T5Config| T5Encoder::load(vb, c))?;
+        let clip = load_encoder(&layout.clip, device, dtype, |vb, c: &ClipTextConfig| ClipText::load_text_model(vb, c))?;
+        Ok(Self {
+            flux,
+            flux_config,
+            ae,
+            t5: Some((t5, TextTokenizer::t5(&layout.t5.join("tokenizer.json"), 512)?)),
+            clip: Some((clip, TextTokenizer::clip(&layout.clip.join("tokenizer.json"))?)),
+            digests,
+            device: device.clone(),
+        })
+    }
+
+    /// `txt` `[1, L, ctx]` and `y` `[1, vec]` for a prompt; the text encoders are dropped after.
+    fn encode_prompt(&mut self, prompt: &str) -> Result<(Tensor<B, 3>, Tensor<B, 2>)> {
+        let (t5, t5_tok) = self.t5.take().ok_or_else(|| err("the text encoders were already used and dropped"))?;
+        let (clip, clip_tok) = self.clip.take().ok_or_else(|| err("the text encoders were already used and dropped"))?;
+        let txt = t5.forward(&t5_tok.encode(&[prompt])?);
+        let y = clip.forward(&clip_tok.encode(&[prompt])?).pooler_output;
+        Ok((txt, y))
+    }
+}
+
+impl From<unoflow_models::tokenizer::TokenizerError> for OpError {
+    fn from(e: unoflow_models::tokenizer::TokenizerError) -> Self {
+        OpError::Execution(e.to_string())
+    }
+}
+
+fn load_encoder<B: Backend, C: serde::de::DeserializeOwned, M>(
+    dir: &Path,
+    device: &B::Device,
+    dtype: Option<DType>,
+    load: impl FnOnce(&Vb<B>, &C) -> unoflow_models::weights::Result<M>,
+) -> Result<M> {
+    let config_file = dir.join("config.json");
+    let text = std::fs::read(&config_file).map_err(|e| err(format!("{}: {e}", config_file.display())))?;
+    let config: C = serde_json::from_slice(&text).map_err(|e| err(format!("{}: {e}", config_file.display())))?;
+    let index = dir.join("model.safetensors.index.json");
+    let ckpt = if index.is_file() { Checkpoint::open_index(&index) } else { Checkpoint::open(&dir.join("model.safetensors")) }
+        .map_err(|e| err(e.to_string()))?;
+    let model = load(&Vb::new(&ckpt, device, dtype), &config).map_err(|e| err(e.to_string()))?;
+    ckpt.check_all_read().map_err(|e| err(e.to_string()))?;
+    Ok(model)
+}
+
+/// Where a model folder keeps each model.
+#[derive(Debug)]
+struct Layout {
+    transformer: PathBuf,
+    ae: PathBuf,
+    t5: PathBuf,
+    clip: PathBuf,
+}
+
+impl Layout {
+    fn detect(dir: &Path) -> Result<Self> {
+        let expected = "expected the BFL layout (flux1-dev.safetensors or flux1-schnell.safetensors, ae.safetensors, \
+                        t5/ and clip/ folders with config.json, model.safetensors and tokenizer.json) or a diffusers \
+                        folder (model_index.json, transformer/, text_encoder/, text_encoder_2/) with ae.safetensors";
+        if !dir.is_dir() {
+            return Err(err(format!("{}: not a folder; {expected}", dir.display())));
+        }
+        let bfl = ["flux1-dev.safetensors", "flux1-schnell.safetensors"].iter().map(|f| dir.join(f)).find(|p| p.is_file());
+        let diffusers = dir.join("model_index.json").is_file();
+        let (transformer, t5, clip) = match (bfl, diffusers) {
+            (Some(t), _) => (t, dir.join("t5"), dir.join("clip")),
+            (None, true) => (dir.to_path_buf(), dir.join("text_encoder_2"), dir.join("text_encoder")),
+            (None, false) => return Err(err(format!("{}: no FLUX transformer found; {expected}", dir.display()))),
+        };
+        let ae = dir.join("ae.safetensors");
+        let missing: Vec<String> =
+            [&ae, &t5.join("config.json"), &t5.join("tokenizer.json"), &clip.join("config.json"), &clip.join("tokenizer.json")]
+                .iter()
+                .filter(|p| !p.is_file())
+                .map(|p| p.display().to_string())
+                .collect();
+        if !missing.is_empty() {
+            return Err(err(format!("{}: missing {}; {expected}", dir.display(), missing.join(", "))));
+        }
+        Ok(Self { transformer, ae, t5, clip })
+    }
+}
+
+/// The reference preprocessing of a reference image: Lanczos resize so the long side is
+/// `long_side` (short side floored), centre crop to multiples of 16, RGB.
+pub fn preprocess_ref(image: &DynamicImage, long_side: u32) -> RgbImage {
+    let rgb = image.to_rgb8();
+    let (w, h) = rgb.dimensions();
+    let (nw, nh) = if w >= h {
+        (long_side, (long_side as f64 / w as f64 * h as f64) as u32)
+    } else {
+        ((long_side as f64 / h as f64 * w as f64) as u32, long_side)
+    };
+    let resized = image::imageops::resize(&rgb, nw.max(16), nh.max(16), FilterType::Lanczos3);
+    let (tw, th) = (resized.width() / 16 * 16, resized.height() / 16 * 16);
+    let (left, top) = ((resized.width() - tw) / 2, (resized.height() - th) / 2);
+    image::imageops::crop_imm(&resized, left, top, tw, th).to_image()
+}
+
+/// `[1, 3, H, W]` in [-1, 1].
+fn to_tensor<B: Backend>(image: &RgbImage, device: &B::Device) -> Tensor<B, 4> {
+    let (w, h) = image.dimensions();
+    let plane = (w * h) as usize;
+    let mut data = vec![0f32; 3 * plane];
+    for (i, p) in image.pixels().enumerate() {
+        for c in 0..3 {
+            data[c * plane + i] = p[c] as f32 / 127.5 - 1.0;
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [1, 3, h as usize, w as usize]), (device, DType::F32))
+}
+
+/// `[1, 3, H, W]` in [-1, 1] → RGB, clamped, `uint8(127.5·(x + 1))`.
+fn to_image<B: Backend>(x: Tensor<B, 4>) -> RgbImage {
+    let [_, _, h, w] = x.dims();
+    let data: Vec<f32> = x.cast(DType::F32).clamp(-1.0, 1.0).into_data().iter::<f32>().collect();
+    let plane = h * w;
+    RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        image::Rgb([0, 1, 2].map(|c| (127.5 * (data[c * plane + i] + 1.0)) as u8))
+    })
+}
+
+impl GenerateOptions {
+    /// The references' long side: as given, else 512 for one reference and 320 for several.
+    pub fn ref_long_side(&self) -> u32 {
+        self.ref_long_side.unwrap_or(if self.refs.len() <= 1 { 512 } else { 320 })
+    }
+}
+
+/// The UnoPE ids of a generation: `txt_len` text tokens, the target's grid, and each
+/// preprocessed reference's (8× down in the autoencoder, 2×2 per token).
+pub fn position_plan(opts: &GenerateOptions, prepared_refs: &[RgbImage], txt_len: usize) -> unoflow_models::flux::PositionIds {
+    let target = TokenGrid { rows: opts.height.div_ceil(16), cols: opts.width.div_ceil(16) };
+    let grids: Vec<TokenGrid> =
+        prepared_refs.iter().map(|r| TokenGrid::of_latent(r.height() as usize / 8, r.width() as usize / 8)).collect();
+    position_ids(txt_len, target, &grids, opts.pe)
+}
+
+/// Generates `num_images` images; `progress(image, step)` is called after each step.
+pub fn generate<B: Backend>(
+    models: &mut Models<B>,
+    opts: &GenerateOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<RgbImage>> {
+    if !opts.width.is_multiple_of(16) || !opts.height.is_multiple_of(16) || opts.width == 0 || opts.height == 0 {
+        return Err(err(format!("width and height must be positive multiples of 16, got {}×{}", opts.width, opts.height)));
+    }
+    if opts.steps == 0 {
+        return Err(err("steps must be at least 1"));
+    }
+    let device = models.device.clone();
+    let dtype = models.flux.dtype();
+    let (txt, y) = models.encode_prompt(&opts.prompt)?;
+
+    // References: encoded once, their tokens and UnoPE ids reused at every step.
+    let prepared: Vec<RgbImage> = opts.refs.iter().map(|r| preprocess_ref(r, opts.ref_long_side())).collect();
+    let ref_tokens: Vec<Tensor<B, 3>> =
+        prepared.iter().map(|pre| pack(models.ae.encode(to_tensor::<B>(pre, &device).cast(dtype)))).collect();
+    let ids = position_plan(opts, &prepared, txt.dims()[1]);
+    let (rows, cols) = (opts.height.div_ceil(16), opts.width.div_ceil(16));
+    let timesteps = schedule(opts.steps, opts.shift.seq_len(opts.width, opts.height), true);
+    let guidance = models
+        .flux_config
+        .guidance_embed
+        .then(|| Tensor::<B, 1>::from_data(TensorData::new(vec![opts.guidance], [1]), (&device, DType::F32)));
+
+    let mut images = Vec::with_capacity(opts.num_images);
+    for j in 0..opts.num_images {
+        let (data, shape) = noise(opts.seed + j as u64, opts.height, opts.width);
+        let latent = Tensor::<B, 4>::from_data(TensorData::new(data, [1, shape[0], shape[1], shape[2]]), (&device, DType::F32));
+        let mut img = pack(latent).cast(dtype);
+        for (step, pair) in timesteps.windows(2).enumerate() {
+            let (t_curr, t_prev) = (pair[0], pair[1]);
+            let input = FluxInput {
+                img: img.clone(),
+                img_ids: ids_tensor(&ids.target, 1, &device),
+                txt: txt.clone(),
+                txt_ids: ids_tensor(&ids.txt, 1, &device),
+                y: y.clone(),
+                timesteps: Tensor::from_data(TensorData::new(vec![t_curr], [1]), (&device, DType::F32)),
+                guidance: guidance.clone(),
+                refs: ref_tokens.iter().zip(&ids.refs).map(|(r, i)| (r.clone(), ids_tensor(i, 1, &device))).collect(),
+            };
+            let pred = models.flux.forward(input).map_err(|e| err(e.to_string()))?;
+            img = img + pred * (t_prev - t_curr);
+            progress(j, step + 1);
+        }
+        let decoded = models.ae.decode(unpack(img, rows, cols));
+        images.push(to_image(decoded));
+    }
+    Ok(images)
+}
+
+/// PNG bytes with `tEXt` chunks (generation parameters, model fingerprints).
+pub fn png_with_text(image: &RgbImage, text: &[(String, String)]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, image.width(), image.height());
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        for (k, v) in text {
+            encoder.add_text_chunk(k.clone(), v.clone()).map_err(|e| err(format!("PNG text chunk {k}: {e}")))?;
+        }
+        let mut writer = encoder.write_header().map_err(|e| err(format!("PNG: {e}")))?;
+        writer.write_image_data(image.as_raw()).map_err(|e| err(format!("PNG: {e}")))?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(refs: Vec<DynamicImage>) -> GenerateOptions {
+        GenerateOptions {
+            prompt: "p".into(),
+            refs,
+            width: 512,
+            height: 512,
+            steps: 1,
+            guidance: 4.0,
+            seed: 0,
+            num_images: 1,
+            pe: PeMode::Diagonal,
+            shift: ShiftRule::UnoLatentArea,
+            ref_long_side: None,
+        }
+    }
+
+    #[test]
+    fn references_are_resized_and_cropped_like_the_reference() {
+        let img = DynamicImage::new_rgb8(600, 400);
+        let r = preprocess_ref(&img, 512);
+        // 512 × int(512/600·400) = 512 × 341 → centre crop to multiples of 16: 512 × 336.
+        assert_eq!(r.dimensions(), (512, 336));
+        assert_eq!(preprocess_ref(&DynamicImage::new_rgb8(300, 500), 320).dimensions(), (192, 320));
+    }
+
+    #[test]
+    fn unope_ids_through_the_pipeline() {
+        // One 512² reference: rows/cols 32..63 after a 512² target.
+        let one = options(vec![DynamicImage::new_rgb8(512, 512)]);
+        let prepared: Vec<RgbImage> = one.refs.iter().map(|r| preprocess_ref(r, one.ref_long_side())).collect();
+        let ids = position_plan(&one, &prepared, 512);
+        assert_eq!(ids.target.len(), 1024);
+        assert_eq!((ids.refs[0].first().unwrap()[1], ids.refs[0].last().unwrap()[1]), (32.0, 63.0));
+        // Two references of different sizes, at 320: 320×213→320×208 (20×13 tokens) and
+        // 192×320 (12×20 tokens), chained on both axes.
+        let two = options(vec![DynamicImage::new_rgb8(600, 400), DynamicImage::new_rgb8(300, 500)]);
+        let prepared: Vec<RgbImage> = two.refs.iter().map(|r| preprocess_ref(r, two.ref_long_side())).collect();
+        assert_eq!(prepared[0].dimensions(), (320, 208));
+        let ids = position_plan(&two, &prepared, 512);
+        let (first, last) = (ids.refs[0][0], *ids.refs[0].last().unwrap());
+        assert_eq!((first[1], first[2], last[1], last[2]), (32.0, 32.0, 44.0, 51.0));
+        let (first, last) = (ids.refs[1][0], *ids.refs[1].last().unwrap());
+        assert_eq!((first[1], first[2], last[1], last[2]), (45.0, 52.0, 64.0, 63.0));
+    }
+}
