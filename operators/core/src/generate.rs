@@ -19,7 +19,7 @@ use image::imageops::FilterType;
 use image::{DynamicImage, RgbImage};
 use unoflow_models::Precision;
 use unoflow_models::clip::{ClipText, ClipTextConfig};
-use unoflow_models::flux::autoencoder::{AutoEncoder, AutoEncoderConfig};
+use unoflow_models::flux::autoencoder::{self, AutoEncoder, AutoEncoderConfig};
 use unoflow_models::flux::sampling::{ShiftRule, ids_tensor, noise, pack, schedule, unpack};
 use unoflow_models::flux::{Flux, FluxCheckpoint, FluxConfig, FluxInput, PeMode, TokenGrid, load_lora, position_ids};
 use unoflow_models::t5::{T5Config, T5Encoder};
@@ -141,8 +141,9 @@ impl<B: Backend> Models<B> {
     /// DIR/t5/{config.json, model*.safetensors[.index.json], tokenizer.json}
     /// DIR/clip/{config.json, model.safetensors, tokenizer.json} (CLIP-L text)
     /// ```
-    /// or a diffusers pipeline folder (`model_index.json`, `transformer/`) with `ae.safetensors`
-    /// beside it. `lora`: a UNO LoRA (`dit_lora.safetensors`).
+    /// or a diffusers pipeline folder (`model_index.json`, `transformer/`, `vae/`,
+    /// `text_encoder{,_2}/`, `tokenizer{,_2}/tokenizer.json`); an `ae.safetensors` beside
+    /// `model_index.json` is preferred over `vae/`. `lora`: a UNO LoRA (`dit_lora.safetensors`).
     pub fn load(dir: &Path, lora: Option<&Path>, precision: Precision, device: &B::Device) -> Result<Self> {
         let layout = Layout::detect(dir)?;
         let dtype = Some(precision.dtype());
@@ -162,18 +163,16 @@ impl<B: Backend> Models<B> {
             load_lora(&mut flux, &flux_config, lora, 1.0, device).map_err(to_err)?;
             digests.insert("lora".into(), weights_fingerprint(lora)?);
         }
-        let ae_ckpt = Checkpoint::open(&layout.ae).map_err(to_err)?;
-        let ae = AutoEncoder::load(&Vb::new(&ae_ckpt, device, dtype), &AutoEncoderConfig::flux()).map_err(to_err)?;
-        ae_ckpt.check_all_read().map_err(to_err)?;
-        digests.insert("ae".into(), weights_fingerprint(&layout.ae)?);
+        let ae = AutoEncoder::open(&layout.ae, &AutoEncoderConfig::flux(), device, dtype).map_err(to_err)?;
+        digests.insert("ae".into(), weights_fingerprint(&autoencoder::weights_file(&layout.ae))?);
         let t5 = load_encoder(&layout.t5, device, dtype, |vb, c: &T5Config| T5Encoder::load(vb, c))?;
         let clip = load_encoder(&layout.clip, device, dtype, |vb, c: &ClipTextConfig| ClipText::load_text_model(vb, c))?;
         Ok(Self {
             flux,
             flux_config,
             ae,
-            t5: Some((t5, TextTokenizer::t5(&layout.t5.join("tokenizer.json"), 512)?)),
-            clip: Some((clip, TextTokenizer::clip(&layout.clip.join("tokenizer.json"))?)),
+            t5: Some((t5, TextTokenizer::t5(&layout.t5_tokenizer, 512)?)),
+            clip: Some((clip, TextTokenizer::clip(&layout.clip_tokenizer)?)),
             digests,
             device: device.clone(),
         })
@@ -216,37 +215,60 @@ fn load_encoder<B: Backend, C: serde::de::DeserializeOwned, M>(
 #[derive(Debug)]
 struct Layout {
     transformer: PathBuf,
+    /// `ae.safetensors`, or a diffusers `vae/` folder.
     ae: PathBuf,
     t5: PathBuf,
+    t5_tokenizer: PathBuf,
     clip: PathBuf,
+    clip_tokenizer: PathBuf,
 }
 
 impl Layout {
     fn detect(dir: &Path) -> Result<Self> {
         let expected = "expected the BFL layout (flux1-dev.safetensors or flux1-schnell.safetensors, ae.safetensors, \
                         t5/ and clip/ folders with config.json, model.safetensors and tokenizer.json) or a diffusers \
-                        folder (model_index.json, transformer/, text_encoder/, text_encoder_2/) with ae.safetensors";
+                        folder (model_index.json, transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/)";
         if !dir.is_dir() {
             return Err(err(format!("{}: not a folder; {expected}", dir.display())));
         }
         let bfl = ["flux1-dev.safetensors", "flux1-schnell.safetensors"].iter().map(|f| dir.join(f)).find(|p| p.is_file());
         let diffusers = dir.join("model_index.json").is_file();
-        let (transformer, t5, clip) = match (bfl, diffusers) {
-            (Some(t), _) => (t, dir.join("t5"), dir.join("clip")),
-            (None, true) => (dir.to_path_buf(), dir.join("text_encoder_2"), dir.join("text_encoder")),
+        let layout = match (bfl, diffusers) {
+            (Some(transformer), _) => Self {
+                transformer,
+                ae: dir.join("ae.safetensors"),
+                t5: dir.join("t5"),
+                t5_tokenizer: dir.join("t5/tokenizer.json"),
+                clip: dir.join("clip"),
+                clip_tokenizer: dir.join("clip/tokenizer.json"),
+            },
+            (None, true) => Self {
+                transformer: dir.to_path_buf(),
+                ae: if dir.join("ae.safetensors").is_file() { dir.join("ae.safetensors") } else { dir.join("vae") },
+                t5: dir.join("text_encoder_2"),
+                t5_tokenizer: dir.join("tokenizer_2/tokenizer.json"),
+                clip: dir.join("text_encoder"),
+                clip_tokenizer: dir.join("tokenizer/tokenizer.json"),
+            },
             (None, false) => return Err(err(format!("{}: no FLUX transformer found; {expected}", dir.display()))),
         };
-        let ae = dir.join("ae.safetensors");
-        let missing: Vec<String> =
-            [&ae, &t5.join("config.json"), &t5.join("tokenizer.json"), &clip.join("config.json"), &clip.join("tokenizer.json")]
-                .iter()
-                .filter(|p| !p.is_file())
-                .map(|p| p.display().to_string())
-                .collect();
+        let needed = [
+            autoencoder::weights_file(&layout.ae),
+            layout.t5.join("config.json"),
+            layout.t5_tokenizer.clone(),
+            layout.clip.join("config.json"),
+            layout.clip_tokenizer.clone(),
+        ];
+        let missing: Vec<String> = needed.iter().filter(|p| !p.is_file()).map(|p| p.display().to_string()).collect();
         if !missing.is_empty() {
-            return Err(err(format!("{}: missing {}; {expected}", dir.display(), missing.join(", "))));
+            let hint = if missing.iter().any(|m| m.ends_with("tokenizer/tokenizer.json")) {
+                " (diffusers' FLUX.1 repositories ship CLIP's tokenizer as vocab.json + merges.txt: save it as tokenizer.json with transformers' CLIPTokenizerFast)"
+            } else {
+                ""
+            };
+            return Err(err(format!("{}: missing {}{hint}; {expected}", dir.display(), missing.join(", "))));
         }
-        Ok(Self { transformer, ae, t5, clip })
+        Ok(layout)
     }
 }
 

@@ -286,7 +286,7 @@ pub fn check_clip_text<B: Backend>(fixture: &Fixture, weights: &Path, device: &B
 /// shifted and scaled) and decode `input.z`.
 pub fn check_ae<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
     let config: crate::flux::autoencoder::AutoEncoderConfig = fixture.config()?;
-    let model = load_checked(weights, device, dtype, |vb| crate::flux::autoencoder::AutoEncoder::<B>::load(vb, &config))?;
+    let model = crate::flux::autoencoder::AutoEncoder::<B>::open(weights, &config, device, Some(dtype))?;
     Ok(worst([
         against(fixture, "z", model.encode(fixture.tensor("input.x", device)?), device)?,
         against(fixture, "x", model.decode(fixture.tensor("input.z", device)?), device)?,

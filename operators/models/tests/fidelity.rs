@@ -158,3 +158,19 @@ fn clip_dino_match_the_reference() {
         assert!(err < tolerance, "{kind} {case} bf16: rel_err {err:e}");
     }
 }
+
+#[test]
+fn ae_diffusers_layout_loads_into_the_same_model() {
+    let dir = fixtures().join("ae");
+    let path = dir.join("tiny.fixture.safetensors");
+    let c = unoflow_models::fixture::check(
+        "ae",
+        &path,
+        &dir.join("tiny_diffusers"),
+        None,
+        unoflow_models::DeviceSpec::Cpu,
+        unoflow_models::Precision::F32,
+    )
+    .unwrap();
+    assert!(c.rel_err < 1e-4, "{c}");
+}

@@ -17,8 +17,8 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::nn::{AttentionKernel, Conv2d, GroupNorm, scaled_dot_product};
-use crate::vb::Vb;
-use crate::weights::Result;
+use crate::vb::{TensorSource, Vb};
+use crate::weights::{Checkpoint, Result, WeightsError};
 
 /// `AutoEncoderParams`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -292,5 +292,116 @@ impl<B: Backend> AutoEncoder<B> {
     /// Latents → images (not clamped).
     pub fn decode(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
         self.decoder.forward(z / self.scale_factor + self.shift_factor)
+    }
+}
+
+impl<B: Backend> AutoEncoder<B> {
+    /// Loads `ae.safetensors` (BFL layout) or a diffusers `vae/` folder
+    /// (`diffusion_pytorch_model.safetensors`), checking every tensor is used.
+    pub fn open(path: &std::path::Path, c: &AutoEncoderConfig, device: &B::Device, dtype: Option<burn::tensor::DType>) -> Result<Self> {
+        let ckpt = Checkpoint::open(&weights_file(path))?;
+        let model = if path.is_dir() {
+            let view = DiffusersAutoEncoder { checkpoint: &ckpt, levels: c.ch_mult.len() };
+            Self::load(&Vb::new(&view, device, dtype), c)?
+        } else {
+            Self::load(&Vb::new(&ckpt, device, dtype), c)?
+        };
+        ckpt.check_all_read()?;
+        Ok(model)
+    }
+}
+
+/// The safetensors file behind an autoencoder path: the path itself, or
+/// `diffusion_pytorch_model.safetensors` inside a diffusers `vae/` folder.
+pub fn weights_file(path: &std::path::Path) -> std::path::PathBuf {
+    if path.is_dir() { path.join("diffusion_pytorch_model.safetensors") } else { path.to_path_buf() }
+}
+
+/// A diffusers `AutoencoderKL` checkpoint (`vae/diffusion_pytorch_model.safetensors`) read
+/// through BFL key names: `down.N.block.M` ← `down_blocks.N.resnets.M`, `up.N` ←
+/// `up_blocks.(levels − 1 − N)`, `mid.attn_1.q` ← `mid_block.attentions.0.to_q` (a linear
+/// weight `[c, c]` read as a 1×1 convolution `[c, c, 1, 1]`), and so on.
+#[derive(Debug)]
+pub struct DiffusersAutoEncoder<'a> {
+    pub checkpoint: &'a Checkpoint,
+    pub levels: usize,
+}
+
+impl DiffusersAutoEncoder<'_> {
+    fn translate(&self, key: &str) -> Option<String> {
+        let (stem, part) = key.rsplit_once('.')?;
+        let f: Vec<&str> = stem.split('.').collect();
+        let mapped = match f.as_slice() {
+            [side, "conv_in"] | [side, "conv_out"] => format!("{side}.{}", f[1]),
+            [side, "norm_out"] => format!("{side}.conv_norm_out"),
+            ["encoder", "down", i, "block", j, rest @ ..] => format!("encoder.down_blocks.{i}.resnets.{j}.{}", resnet_part(rest)?),
+            ["encoder", "down", i, "downsample", "conv"] => format!("encoder.down_blocks.{i}.downsamplers.0.conv"),
+            ["decoder", "up", i, "block", j, rest @ ..] => {
+                let k = self.levels - 1 - i.parse::<usize>().ok()?;
+                format!("decoder.up_blocks.{k}.resnets.{j}.{}", resnet_part(rest)?)
+            }
+            ["decoder", "up", i, "upsample", "conv"] => {
+                let k = self.levels - 1 - i.parse::<usize>().ok()?;
+                format!("decoder.up_blocks.{k}.upsamplers.0.conv")
+            }
+            [side, "mid", block @ ("block_1" | "block_2"), rest @ ..] => {
+                let n = if *block == "block_1" { 0 } else { 1 };
+                format!("{side}.mid_block.resnets.{n}.{}", resnet_part(rest)?)
+            }
+            [side, "mid", "attn_1", layer] => {
+                let name = match *layer {
+                    "norm" => "group_norm",
+                    "q" => "to_q",
+                    "k" => "to_k",
+                    "v" => "to_v",
+                    "proj_out" => "to_out.0",
+                    _ => return None,
+                };
+                format!("{side}.mid_block.attentions.0.{name}")
+            }
+            _ => return None,
+        };
+        Some(format!("{mapped}.{part}"))
+    }
+}
+
+fn resnet_part(rest: &[&str]) -> Option<&'static str> {
+    Some(match rest {
+        ["norm1"] => "norm1",
+        ["conv1"] => "conv1",
+        ["norm2"] => "norm2",
+        ["conv2"] => "conv2",
+        ["nin_shortcut"] => "conv_shortcut",
+        _ => return None,
+    })
+}
+
+impl TensorSource for DiffusersAutoEncoder<'_> {
+    fn read(&self, key: &str, shape: &[usize]) -> Result<burn::tensor::TensorData> {
+        let missing = || WeightsError::Missing {
+            path: self.checkpoint.path().to_path_buf(),
+            key: key.into(),
+            hint: " (no diffusers equivalent)".into(),
+        };
+        let name = self.translate(key).ok_or_else(missing)?;
+        let found = self.checkpoint.shape(&name).ok_or_else(missing)?.to_vec();
+        let data = self.checkpoint.read(&name, &found)?;
+        // Attention projections are linear layers in diffusers, 1×1 convolutions in BFL.
+        if found.iter().product::<usize>() == shape.iter().product::<usize>() && found != shape {
+            return Ok(burn::tensor::TensorData::from_bytes_vec(data.as_bytes().to_vec(), shape.to_vec(), data.dtype));
+        }
+        Ok(data)
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.translate(key).is_some_and(|k| self.checkpoint.contains(&k))
+    }
+
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        self.checkpoint.shape(&self.translate(key)?).map(<[usize]>::to_vec)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.checkpoint.path()
     }
 }
