@@ -131,6 +131,7 @@ fn components(dag: &Dag, node: &Node, inputs: Vec<InputRef>) -> Result<Component
     }
     let source = match node.op {
         OpKind::Read => Some(read::source_digest(Path::new(node.params.str("path")?), read::Format::of(&node.params)?)?),
+        OpKind::Map(_) => input_files_digest(node)?,
         _ => None,
     };
     Ok(Components {
@@ -142,6 +143,55 @@ fn components(dag: &Dag, node: &Node, inputs: Vec<InputRef>) -> Result<Component
         inputs,
         written: redacted_params(node),
     })
+}
+
+/// Files above this size are identified by size, modification time and their first and last
+/// MiB instead of their whole content: hashing FLUX.1-dev's 24 GB at every `plan` would cost
+/// seconds to minutes, and a checkpoint that changes keeps neither its size, its time nor its
+/// head and tail.
+const FULL_HASH_LIMIT: u64 = 256 << 20;
+
+/// The digest of what a compute operator reads from disk: every file under each of its
+/// `Path(Input)` parameters (model folders, word lists). `None` when it reads none.
+fn input_files_digest(node: &Node) -> Result<Option<String>> {
+    let spec = node.op.spec();
+    let mut hasher = blake3::Hasher::new();
+    let mut any = false;
+    for param in spec.params.iter().filter(|p| p.ty == unoflow_operators::ParamType::Path(unoflow_operators::params::PathKind::Input)) {
+        let Ok(path) = node.params.str(param.name) else { continue };
+        if path.is_empty() {
+            continue;
+        }
+        any = true;
+        hasher.update(param.name.as_bytes()).update(&[0]);
+        for file in read::files_under(Path::new(path), &|_| true)? {
+            hasher.update(file.relative.as_bytes()).update(&[0]).update(file_digest(&file.path)?.as_bytes());
+        }
+    }
+    Ok(any.then(|| hasher.finalize().to_hex()[..32].to_string()))
+}
+
+/// The content digest of a file, or for a file above [`FULL_HASH_LIMIT`] the digest of its
+/// size, modification time and first and last MiB.
+fn file_digest(path: &Path) -> Result<blake3::Hash> {
+    use crate::error::IoContext;
+    use std::io::{Read, Seek, SeekFrom};
+    let meta = std::fs::metadata(path).at(path)?;
+    let mut hasher = blake3::Hasher::new();
+    if meta.len() <= FULL_HASH_LIMIT {
+        hasher.update_mmap_rayon(path).at(path)?;
+        return Ok(hasher.finalize());
+    }
+    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    hasher.update(&meta.len().to_le_bytes()).update(&modified.to_le_bytes());
+    let mut file = std::fs::File::open(path).at(path)?;
+    let mut chunk = vec![0u8; 1 << 20];
+    file.read_exact(&mut chunk).at(path)?;
+    hasher.update(&chunk);
+    file.seek(SeekFrom::End(-(1 << 20))).at(path)?;
+    file.read_exact(&mut chunk).at(path)?;
+    hasher.update(&chunk);
+    Ok(hasher.finalize())
 }
 
 /// A node's parameters for records and lineage: all of them, secrets replaced by `<redacted>`.

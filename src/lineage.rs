@@ -2,7 +2,6 @@
 //! that made it, and, recursively, the rows it was made from.
 
 use std::fmt::Write;
-use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
@@ -107,16 +106,20 @@ fn write_row(out: &mut String, indent: &str, batch: &RecordBatch, row: usize) ->
     Ok(())
 }
 
-/// The rows a row came from: its `parent_ids` if it has them, else itself (same id upstream).
+/// The ids to look for upstream: the row's own id (operators that keep rows keep their ids)
+/// and its `parent_ids` (operators that make rows name their sources). Both are needed: a kept
+/// row may carry `parent_ids` from an operator further up, which name rows two steps away.
+/// Ids are digests in per-operator domains, so neither can match an unrelated row.
 fn parent_ids(batch: &RecordBatch, row: usize) -> Vec<String> {
+    let mut out = Vec::new();
     if let Some(list) = batch.column_by_name(PARENT_IDS).and_then(|c| c.as_list_opt::<i32>())
         && !list.is_null(row)
-    {
         // Queries may build the list with any string type (`make_array` gives Utf8View).
-        if let Ok(values) = datafusion::arrow::compute::cast(&list.value(row), &DataType::Utf8) {
-            return values.as_string::<i32>().iter().flatten().map(str::to_string).collect();
-        }
+        && let Ok(values) = datafusion::arrow::compute::cast(&list.value(row), &DataType::Utf8)
+    {
+        out.extend(values.as_string::<i32>().iter().flatten().map(str::to_string));
     }
-    let ids = batch.column_by_name(ROW_ID).map(Arc::clone);
-    ids.and_then(|c| c.as_string_opt::<i32>().map(|s| vec![s.value(row).to_string()])).unwrap_or_default()
+    let ids = batch.column_by_name(ROW_ID).and_then(|c| c.as_string_opt::<i32>().map(|s| s.value(row).to_string()));
+    out.extend(ids);
+    out
 }

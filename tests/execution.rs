@@ -152,11 +152,11 @@ fn runs_are_recorded() {
 }
 
 #[test]
-fn quickstart_runs_end_to_end() {
+fn photo_pairs_runs_end_to_end() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let p = Project::new();
     let ws = p.path("ws");
-    let dag = root.join("dags/quickstart.toml");
+    let dag = root.join("dags/photo_pairs.toml");
     let run = p.unoflow(&["run", dag.to_str().unwrap(), "-q", "--workspace", ws.to_str().unwrap()]).ok();
     assert!(run.stdout.contains("8 computed"), "{}", run.stdout);
     // 4 subjects × 3 scenes; each subject gives 3 × 2 ordered pairs.

@@ -1,8 +1,10 @@
 //! Integration tests: the `unoflow` binary driven the way a user drives it. One test binary
 //! (each would link the whole dependency tree), one module per area.
 
+mod chat_server;
 mod support;
 
+mod curation;
 mod errors;
 mod execution;
 mod generate;

@@ -81,3 +81,32 @@ fn salt_and_source_changes_are_explained() {
     assert_eq!((plan[0].1.as_str(), plan[0].2.clone()), ("stale", vec!["source files changed".to_string()]));
     assert_eq!(plan[1].2, ["input `photos` changed"]);
 }
+
+#[test]
+fn a_changed_word_list_or_model_file_stales_the_node_that_reads_it() {
+    let p = Project::new();
+    p.write("subjects.jsonl", "{\"subject\": \"a red mug\", \"scenes\": [\"a kitchen\", \"a garden\"]}\n");
+    p.write("companions.txt", "cat\ndog\n");
+    p.dag(
+        r#"[dag]
+name = "d"
+workspace = "ws"
+
+[nodes.subjects]
+op = "read"
+path = "subjects.jsonl"
+format = "jsonl"
+
+[nodes.prompts]
+op = "diptych_prompts"
+inputs = ["subjects"]
+companions = "companions.txt"
+"#,
+    );
+    p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    assert!(states(&p).iter().all(|(_, s, _)| s == "cached"));
+    p.write("companions.txt", "cat\nbird\n");
+    let plan = states(&p);
+    assert_eq!(plan[1].1, "stale");
+    assert_eq!(plan[1].2, ["source files changed"]);
+}

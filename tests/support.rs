@@ -71,6 +71,11 @@ impl Project {
         Run::from(self.command(args).output().expect("unoflow runs"))
     }
 
+    /// Runs `unoflow ARGS` with extra environment variables.
+    pub fn unoflow_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        Run::from(self.command(args).envs(env.iter().copied()).output().expect("unoflow runs"))
+    }
+
     /// Starts `unoflow ARGS` without waiting.
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("unoflow starts")

@@ -137,6 +137,7 @@ pub async fn run(dag: Arc<Dag>, opts: RunOptions, command: Vec<String>) -> Resul
 
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let ctx = Arc::new(RunCtx {
+        env: Environment { device: opts.device, seed: dag.seed, cache_dir: Some(ws.cache_dir()) },
         index: Mutex::new(Index::load(ws.root())),
         dag: Arc::clone(&dag),
         ws,
@@ -148,7 +149,6 @@ pub async fn run(dag: Arc<Dag>, opts: RunOptions, command: Vec<String>) -> Resul
         progress,
         cpu: Arc::new(Semaphore::new(threads)),
         gpu: tokio::sync::Mutex::new(()),
-        env: Environment { device: opts.device, seed: dag.seed },
     });
 
     let mut record = RunRecord {

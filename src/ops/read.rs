@@ -100,13 +100,23 @@ pub fn source_files(root: &Path, format: Format) -> Result<Vec<SourceFile>> {
         let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         return Ok(vec![SourceFile { path: root.to_path_buf(), relative: name }]);
     }
+    files_under(root, &|name| has_extension(name, format.extensions()))
+}
+
+/// The files under `root` whose names `keep` accepts (hidden files and folders skipped), sorted
+/// by relative path; `root` itself when it is a file.
+pub fn files_under(root: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Vec<SourceFile>> {
+    if std::fs::metadata(root).at(root)?.is_file() {
+        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        return Ok(vec![SourceFile { path: root.to_path_buf(), relative: name }]);
+    }
     let mut out = Vec::new();
-    walk(root, root, format.extensions(), &mut out)?;
+    walk(root, root, keep, &mut out)?;
     out.sort_by(|a, b| a.relative.cmp(&b.relative));
     Ok(out)
 }
 
-fn walk(root: &Path, dir: &Path, extensions: &[&str], out: &mut Vec<SourceFile>) -> Result<()> {
+fn walk(root: &Path, dir: &Path, keep: &dyn Fn(&str) -> bool, out: &mut Vec<SourceFile>) -> Result<()> {
     for entry in std::fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;
         let path = entry.path();
@@ -116,8 +126,8 @@ fn walk(root: &Path, dir: &Path, extensions: &[&str], out: &mut Vec<SourceFile>)
             continue;
         }
         if file_type.is_dir() {
-            walk(root, &path, extensions, out)?;
-        } else if has_extension(&name, extensions) {
+            walk(root, &path, keep, out)?;
+        } else if keep(&name) {
             let relative = path
                 .strip_prefix(root)
                 .unwrap_or(&path)

@@ -71,6 +71,11 @@ impl Workspace {
         self.root.join("tmp")
     }
 
+    /// Caches operators keep across runs (the VLM response cache), keyed by content.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
     pub fn runs_dir(&self) -> PathBuf {
         self.root.join("runs")
     }

@@ -28,6 +28,8 @@ pub enum Pooling {
     Cls,
     /// The mean of the patch tokens.
     MeanPatch,
+    /// Both from one forward pass: the CLS embedding, then the patch mean (`2·dim` values).
+    ClsThenMean,
 }
 
 /// Turns images into embeddings.
@@ -56,26 +58,28 @@ fn pixels<B: Backend>(images: &[DynamicImage], preprocess: &Preprocess, device: 
     Tensor::from_data(TensorData::new(flat, [images.len(), 3, side, side]), device)
 }
 
-/// Runs `open` on the backend of `device`.
+/// Runs `open` on the backend of `device`, with `$b` naming the backend type.
 macro_rules! on_device {
     ($device:expr, |$dev:ident: $b:ident| $open:expr) => {
         match $device {
-            DeviceSpec::Cpu => {
+            unoflow_models::DeviceSpec::Cpu => {
                 type $b = unoflow_models::device::CpuBackend;
                 let $dev = Default::default();
                 $open
             }
             #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(n) => {
+            unoflow_models::DeviceSpec::Cuda(n) => {
                 type $b = unoflow_models::device::CudaBackend;
                 let $dev = unoflow_models::device::cuda_device(n);
                 $open
             }
             #[cfg(not(feature = "cuda"))]
-            DeviceSpec::Cuda(_) => Err(load_err(unoflow_models::DeviceError::CudaNotBuilt($device))),
+            unoflow_models::DeviceSpec::Cuda(_) => Err($crate::embed::load_err(unoflow_models::DeviceError::CudaNotBuilt($device))),
         }
     };
 }
+
+pub(crate) use on_device;
 
 /// Cosine similarity; 0 for a zero vector.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -109,7 +113,7 @@ fn model_files(path: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((weights, config))
 }
 
-fn load_err(e: impl std::fmt::Display) -> OpError {
+pub(crate) fn load_err(e: impl std::fmt::Display) -> OpError {
     OpError::Execution(e.to_string())
 }
 
@@ -118,6 +122,13 @@ fn load_err(e: impl std::fmt::Display) -> OpError {
 pub struct Resize {
     pub resize: u32,
     pub crop: u32,
+}
+
+impl Resize {
+    /// The `resize`/`crop` parameters of a node (0: the backbone's own); `None` when both are 0.
+    pub fn from_params(resize: u32, crop: u32) -> Option<Self> {
+        (resize > 0 || crop > 0).then(|| Self { resize: resize.max(crop), crop: if crop == 0 { resize } else { crop } })
+    }
 }
 
 impl Preprocess {
@@ -210,6 +221,10 @@ where
         Ok(rows(match self.pooling {
             Pooling::Cls => out.pooler_output,
             Pooling::MeanPatch => out.mean_patch_tokens(),
+            Pooling::ClsThenMean => {
+                let mean = out.mean_patch_tokens();
+                Tensor::cat(vec![out.pooler_output, mean], 1)
+            }
         }))
     }
 }

@@ -178,14 +178,29 @@ impl<B: Backend> Models<B> {
         })
     }
 
-    /// `txt` `[1, L, ctx]` and `y` `[1, vec]` for a prompt; the text encoders are dropped after.
-    fn encode_prompt(&mut self, prompt: &str) -> Result<(Tensor<B, 3>, Tensor<B, 2>)> {
-        let (t5, t5_tok) = self.t5.take().ok_or_else(|| err("the text encoders were already used and dropped"))?;
-        let (clip, clip_tok) = self.clip.take().ok_or_else(|| err("the text encoders were already used and dropped"))?;
+    /// The prompt's conditioning: T5 tokens `txt` `[1, L, ctx]` and the pooled CLIP vector
+    /// `y` `[1, vec]`.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<PromptEmbedding<B>> {
+        let dropped = || err("the text encoders were dropped (Models::drop_text_encoders) before this prompt");
+        let (t5, t5_tok) = self.t5.as_ref().ok_or_else(dropped)?;
+        let (clip, clip_tok) = self.clip.as_ref().ok_or_else(dropped)?;
         let txt = t5.forward(&t5_tok.encode(&[prompt])?);
         let y = clip.forward(&clip_tok.encode(&[prompt])?).pooler_output;
-        Ok((txt, y))
+        Ok(PromptEmbedding { txt, y })
     }
+
+    /// Frees the text encoders (T5-XXL alone is 9 GB in bf16) once every prompt is encoded.
+    pub fn drop_text_encoders(&mut self) {
+        self.t5 = None;
+        self.clip = None;
+    }
+}
+
+/// A prompt encoded by T5 and CLIP.
+#[derive(Debug, Clone)]
+pub struct PromptEmbedding<B: Backend> {
+    pub txt: Tensor<B, 3>,
+    pub y: Tensor<B, 2>,
 }
 
 impl From<unoflow_models::tokenizer::TokenizerError> for OpError {
@@ -328,9 +343,22 @@ pub fn position_plan(opts: &GenerateOptions, prepared_refs: &[RgbImage], txt_len
     position_ids(txt_len, target, &grids, opts.pe)
 }
 
-/// Generates `num_images` images; `progress(image, step)` is called after each step.
+/// Generates `num_images` images for `opts.prompt`, dropping the text encoders as soon as the
+/// prompt is encoded; `progress(image, step)` is called after each step.
 pub fn generate<B: Backend>(
     models: &mut Models<B>,
+    opts: &GenerateOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<RgbImage>> {
+    let prompt = models.encode_prompt(&opts.prompt)?;
+    models.drop_text_encoders();
+    sample(models, &prompt, opts, progress)
+}
+
+/// Generates `num_images` images from an encoded prompt (`opts.prompt` is not read).
+pub fn sample<B: Backend>(
+    models: &Models<B>,
+    prompt: &PromptEmbedding<B>,
     opts: &GenerateOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<RgbImage>> {
@@ -342,7 +370,7 @@ pub fn generate<B: Backend>(
     }
     let device = models.device.clone();
     let dtype = models.flux.dtype();
-    let (txt, y) = models.encode_prompt(&opts.prompt)?;
+    let PromptEmbedding { txt, y } = prompt.clone();
 
     // References: encoded once, their tokens and UnoPE ids reused at every step.
     let prepared: Vec<RgbImage> = opts.refs.iter().map(|r| preprocess_ref(r, opts.ref_long_side())).collect();

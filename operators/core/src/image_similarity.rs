@@ -5,17 +5,17 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float32Array, Float32Builder, ListBuilder};
-use arrow::compute::{cast, filter_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{ArrayRef, Float32Array, Float32Builder, ListBuilder};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use image::DynamicImage;
 use rayon::prelude::*;
 
-use crate::columns::{ColumnRequirement, ROW_ID};
+use crate::columns::ColumnRequirement;
 use crate::embed::{ImageEncoder, Pooling, Resize, cosine, open_clip, open_dino, open_dinov2};
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError, RowMapping};
+use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
 use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
+use crate::rows::{RowResults, binary, bytes_at, extend_schema, row_ids, with_added};
 
 use crate::{OpError, Result, image_io};
 
@@ -90,18 +90,17 @@ impl Operator for ImageSimilarity {
 
     fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
         let output = params.str("output")?;
-        let mut names = vec![output.to_string()];
+        let mut added = vec![Field::new(output, DataType::Float32, false)];
         if params.bool("embeddings")? {
-            names.extend([format!("{output}_left"), format!("{output}_right")]);
-        }
-        let mut fields: Vec<Field> = inputs[0].fields().iter().filter(|f| !names.contains(f.name())).map(|f| f.as_ref().clone()).collect();
-        fields.push(Field::new(output, DataType::Float32, false));
-        if params.bool("embeddings")? {
-            for name in &names[1..] {
-                fields.push(Field::new(name, DataType::List(Arc::new(Field::new("item", DataType::Float32, true))), false));
+            for side in ["left", "right"] {
+                added.push(Field::new(
+                    format!("{output}_{side}"),
+                    DataType::List(Arc::new(Field::new("item", DataType::Float32, true))),
+                    false,
+                ));
             }
         }
-        Ok(Arc::new(Schema::new(fields)))
+        Ok(extend_schema(&inputs[0], added))
     }
 
     fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
@@ -112,7 +111,7 @@ impl Operator for ImageSimilarity {
         let weights = std::path::Path::new(params.str("weights")?);
         let backbone = params.str("backbone")?;
         let (resize, crop) = (params.int("resize")? as u32, params.int("crop")? as u32);
-        let preprocess = (resize > 0 || crop > 0).then(|| Resize { resize: resize.max(crop), crop: if crop == 0 { resize } else { crop } });
+        let preprocess = Resize::from_params(resize, crop);
         let encoder = match backbone {
             "dinov2" => open_dinov2(weights, pooling, preprocess, env.device)?,
             "dino" if pooling == Pooling::MeanPatch => {
@@ -146,75 +145,54 @@ struct Comparer {
     schema: SchemaRef,
 }
 
-fn binary_column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
-    let col =
-        batch.column_by_name(name).ok_or_else(|| OpError::Column { column: name.into(), message: "missing from the input".into() })?;
-    Ok(cast(col, &DataType::Binary)?)
+/// Decodes both images of every row in parallel; a row fails if either image does.
+pub(crate) fn decode_pairs(input: &RecordBatch, left: &str, right: &str) -> Result<RowResults<(DynamicImage, DynamicImage)>> {
+    let ids = row_ids(input)?;
+    let (lefts, rights) = (binary(input, left)?, binary(input, right)?);
+    let decoded: Vec<std::result::Result<(DynamicImage, DynamicImage), String>> = (0..input.num_rows())
+        .into_par_iter()
+        .map(|row| {
+            let get = |col: &arrow::array::BinaryArray, name: &str| {
+                image_io::decode(bytes_at(col, name, row)?).map_err(|e| format!("`{name}`: {e}"))
+            };
+            Ok((get(&lefts, left)?, get(&rights, right)?))
+        })
+        .collect();
+    Ok(RowResults::split(ids, decoded))
+}
+
+/// The left and the right embeddings of a list of pairs.
+pub(crate) type PairEmbeddings = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+/// The embeddings of both images of each pair, `batch_size` images per forward pass.
+pub(crate) fn embed_pairs(
+    encoder: &dyn ImageEncoder,
+    pairs: &[(DynamicImage, DynamicImage)],
+    batch_size: usize,
+    ctx: &ExecContext,
+) -> Result<PairEmbeddings> {
+    let mut lefts = Vec::with_capacity(pairs.len());
+    let mut rights = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch_size.max(2) / 2) {
+        if ctx.is_cancelled() {
+            return Err(OpError::Execution("cancelled".into()));
+        }
+        let images: Vec<DynamicImage> = chunk.iter().flat_map(|(l, r)| [l.clone(), r.clone()]).collect();
+        let embeddings = encoder.embed(&images)?;
+        for pair in embeddings.chunks(2) {
+            lefts.push(pair[0].clone());
+            rights.push(pair[1].clone());
+        }
+    }
+    Ok((lefts, rights))
 }
 
 impl PartitionProcessor for Comparer {
     fn process(&self, ctx: &ExecContext, input: &RecordBatch) -> Result<PartitionOutput> {
-        let left = binary_column(input, &self.left)?;
-        let right = binary_column(input, &self.right)?;
-        let (left, right) = (left.as_binary::<i32>(), right.as_binary::<i32>());
-        let ids = input
-            .column_by_name(ROW_ID)
-            .and_then(|c| c.as_string_opt::<i32>())
-            .ok_or_else(|| OpError::Column { column: ROW_ID.into(), message: "must be Utf8".into() })?;
-        // Decode both images of every row in parallel; a row fails if either image does.
-        let decoded: Vec<std::result::Result<(DynamicImage, DynamicImage), String>> = (0..input.num_rows())
-            .into_par_iter()
-            .map(|row| {
-                let get = |col: &arrow::array::BinaryArray, name: &str| {
-                    if col.is_null(row) {
-                        Err(format!("`{name}` is null"))
-                    } else {
-                        image_io::decode(col.value(row)).map_err(|e| format!("`{name}`: {e}"))
-                    }
-                };
-                Ok((get(left, &self.left)?, get(right, &self.right)?))
-            })
-            .collect();
-        let mut errors = Vec::new();
-        let mut keep = Vec::with_capacity(decoded.len());
-        let mut pairs = Vec::new();
-        for (row, d) in decoded.into_iter().enumerate() {
-            match d {
-                Ok(pair) => {
-                    keep.push(true);
-                    pairs.push(pair);
-                }
-                Err(message) => {
-                    keep.push(false);
-                    errors.push(RowError { row_id: ids.value(row).to_string(), message });
-                }
-            }
-        }
-        let mut lefts = Vec::with_capacity(pairs.len());
-        let mut rights = Vec::with_capacity(pairs.len());
-        for chunk in pairs.chunks(self.batch_size.max(2) / 2) {
-            if ctx.is_cancelled() {
-                return Err(OpError::Execution("cancelled".into()));
-            }
-            let images: Vec<DynamicImage> = chunk.iter().flat_map(|(l, r)| [l.clone(), r.clone()]).collect();
-            let embeddings = self.encoder.embed(&images)?;
-            for pair in embeddings.chunks(2) {
-                lefts.push(pair[0].clone());
-                rights.push(pair[1].clone());
-            }
-        }
+        let pairs = decode_pairs(input, &self.left, &self.right)?;
+        let (lefts, rights) = embed_pairs(self.encoder.as_ref(), &pairs.values, self.batch_size, ctx)?;
         let similarity: Float32Array = lefts.iter().zip(&rights).map(|(l, r)| Some(cosine(l, r))).collect();
-        let kept = filter_record_batch(input, &BooleanArray::from(keep))?;
-        let mut columns: Vec<ArrayRef> = self
-            .schema
-            .fields()
-            .iter()
-            .take(self.schema.fields().len() - if self.keep_embeddings { 3 } else { 1 })
-            .map(|f| {
-                kept.column_by_name(f.name()).map(Arc::clone).ok_or_else(|| OpError::Internal(format!("column {} vanished", f.name())))
-            })
-            .collect::<Result<_>>()?;
-        columns.push(Arc::new(similarity));
+        let mut added: Vec<ArrayRef> = vec![Arc::new(similarity)];
         if self.keep_embeddings {
             for side in [&lefts, &rights] {
                 let mut builder = ListBuilder::new(Float32Builder::new());
@@ -222,9 +200,9 @@ impl PartitionProcessor for Comparer {
                     builder.values().append_slice(e);
                     builder.append(true);
                 }
-                columns.push(Arc::new(builder.finish()));
+                added.push(Arc::new(builder.finish()));
             }
         }
-        Ok(PartitionOutput { rows: RecordBatch::try_new(Arc::clone(&self.schema), columns)?, errors })
+        Ok(PartitionOutput { rows: with_added(&self.schema, &pairs.kept(input)?, added)?, errors: pairs.errors })
     }
 }

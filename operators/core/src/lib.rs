@@ -15,6 +15,8 @@
 //! [`RecordBatch`]: arrow::record_batch::RecordBatch
 
 pub mod columns;
+pub mod curation;
+pub mod draws;
 pub mod embed;
 mod error;
 pub mod generate;
@@ -25,6 +27,7 @@ mod operator;
 pub mod params;
 pub mod preprocess;
 pub mod rowid;
+pub mod rows;
 pub mod thumbnail;
 
 pub use error::{OpError, Result};
@@ -33,5 +36,15 @@ pub use params::{ParamSpec, ParamType, ParamValue, Params};
 
 /// Every operator this crate provides, in the order `unoflow ops` lists them.
 pub fn builtin_operators() -> Vec<std::sync::Arc<dyn Operator>> {
-    vec![std::sync::Arc::new(thumbnail::Thumbnail), std::sync::Arc::new(image_similarity::ImageSimilarity)]
+    use std::sync::Arc;
+    vec![
+        Arc::new(thumbnail::Thumbnail),
+        Arc::new(image_similarity::ImageSimilarity),
+        Arc::new(curation::diptych_prompts::DiptychPrompts),
+        Arc::new(curation::incontext_generate::IncontextGenerate),
+        Arc::new(curation::split_diptych::SplitDiptych),
+        Arc::new(curation::dino_filter::DinoFilter),
+        Arc::new(curation::vlm::score::VlmScore),
+        Arc::new(curation::vlm::detect::VlmDetect),
+    ]
 }

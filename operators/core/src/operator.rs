@@ -96,12 +96,15 @@ impl ExecContext {
 }
 
 /// Where and how a node runs, as the engine resolved it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Environment {
     /// The device named by `run --device`.
     pub device: unoflow_models::DeviceSpec,
     /// The DAG's seed.
     pub seed: u64,
+    /// A folder operators may keep caches in that outlive a run (the VLM response cache); `None`
+    /// when there is no workspace.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 /// The per-node state of an operator (parsed parameters, loaded models), shared by all the
