@@ -25,16 +25,35 @@ type Scenario = dyn Fn(&Value, usize) -> Reply + Send + Sync;
 /// A running server; it stops with the test process.
 pub struct ChatServer {
     pub url: String,
-    requests: Arc<Mutex<Vec<Value>>>,
+    requests: Arc<Mutex<Log>>,
+}
+
+/// What the server keeps of the requests it saw.
+#[derive(Default)]
+struct Log {
+    /// Whether to keep bodies (tests) or not (benchmarks, where they would pile up).
+    keep: bool,
+    bodies: Vec<Value>,
+    /// How often each body (as text) was seen.
+    seen: std::collections::HashMap<String, usize>,
 }
 
 impl ChatServer {
     /// Starts a server; `scenario(body, n)` decides the answer to a request whose body is
     /// `body` and whose identical body was seen `n` times before.
     pub fn start(scenario: impl Fn(&Value, usize) -> Reply + Send + Sync + 'static) -> Self {
+        Self::serve_with(scenario, true)
+    }
+
+    /// A server that keeps no request bodies (`seen` is always 0), for benchmarks.
+    pub fn start_unlogged(scenario: impl Fn(&Value, usize) -> Reply + Send + Sync + 'static) -> Self {
+        Self::serve_with(scenario, false)
+    }
+
+    fn serve_with(scenario: impl Fn(&Value, usize) -> Reply + Send + Sync + 'static, keep: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
-        let requests: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let requests = Arc::new(Mutex::new(Log { keep, ..Log::default() }));
         let scenario: Arc<Scenario> = Arc::new(scenario);
         let log = Arc::clone(&requests);
         std::thread::spawn(move || {
@@ -48,11 +67,11 @@ impl ChatServer {
 
     /// Every request body received so far.
     pub fn requests(&self) -> Vec<Value> {
-        self.requests.lock().unwrap().clone()
+        self.requests.lock().unwrap().bodies.clone()
     }
 }
 
-fn serve(stream: TcpStream, log: &Mutex<Vec<Value>>, scenario: &Scenario) {
+fn serve(stream: TcpStream, log: &Mutex<Log>, scenario: &Scenario) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -78,12 +97,18 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<Value>>, scenario: &Scenario) {
         let _ = respond(&mut stream, 404, &[], "{\"error\": \"not found\"}");
         return;
     }
-    let body: Value = serde_json::from_slice(&body).expect("the request body is JSON");
+    let text = String::from_utf8(body).expect("the request body is UTF-8");
+    let body: Value = serde_json::from_str(&text).expect("the request body is JSON");
     let seen = {
         let mut log = log.lock().unwrap();
-        let seen = log.iter().filter(|b| **b == body).count();
-        log.push(body.clone());
-        seen
+        if log.keep {
+            log.bodies.push(body.clone());
+            let count = log.seen.entry(text).or_default();
+            *count += 1;
+            *count - 1
+        } else {
+            0
+        }
     };
     let _ = match scenario(&body, seen) {
         Reply::Content(text) => {
