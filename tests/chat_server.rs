@@ -46,6 +46,7 @@ impl ChatServer {
     }
 
     /// A server that keeps no request bodies (`seen` is always 0), for benchmarks.
+    #[allow(dead_code)] // used by benches/curation.rs, which includes this file
     pub fn start_unlogged(scenario: impl Fn(&Value, usize) -> Reply + Send + Sync + 'static) -> Self {
         Self::serve_with(scenario, false)
     }

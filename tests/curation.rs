@@ -215,3 +215,61 @@ fn vlm_detect_reads_grounding_boxes_and_crops() {
     let crop = p.unoflow_env(&["sql", "--dag", "dag.toml", "SELECT subject_crop FROM boxes LIMIT 1"], &env).ok().stdout;
     assert!(crop.contains("<png 8x9"), "{crop}");
 }
+
+#[test]
+fn llm_subjects_makes_subjects_in_three_styles_with_scenes() {
+    let server = ChatServer::start(|body, _| {
+        let prompt = first_user_text(body);
+        let text = body["messages"][0]["content"].as_str().unwrap_or(&prompt).to_string();
+        if text.contains("brief subject prompts for the category \"Cup\"") {
+            Reply::Content("Here are the subjects:\n1. a red mug\n2. a tin cup".into())
+        } else if text.contains("brief subject prompts") {
+            Reply::Content("I would rather not invent subjects for a category I do not know well enough, sorry about that.".into())
+        } else {
+            Reply::Content("- a sunlit kitchen, close-up\n- a mossy garden, wide shot".into())
+        }
+    });
+    let p = Project::new();
+    p.write("categories.csv", "category\nCup\nSpaceship\n");
+    p.dag(
+        r#"[dag]
+name = "tax"
+workspace = "ws"
+
+[nodes.categories]
+op = "read"
+path = "categories.csv"
+format = "csv"
+
+[nodes.subjects]
+op = "llm_subjects"
+inputs = ["categories"]
+endpoint = "${env:VLM_ENDPOINT}"
+model = "test-llm"
+subjects_per_style = 5
+backoff_s = 0.01
+
+[nodes.prompts]
+op = "diptych_prompts"
+inputs = ["subjects"]
+companions = "categories.csv"
+"#,
+    );
+    let run = p.unoflow_env(&["run", "dag.toml", "-q"], &[("VLM_ENDPOINT", server.url.as_str())]).ok();
+    assert!(run.stdout.contains("1 row error"), "{}", run.stdout);
+    assert_eq!(
+        sql_env(&p, &server, "SELECT style, subject, array_length(scenes, 1) AS n FROM subjects ORDER BY style, subject"),
+        [
+            "style,subject,n",
+            "creative,a red mug,3",
+            "creative,a tin cup,3",
+            "realistic,a red mug,3",
+            "realistic,a tin cup,3",
+            "text_decorated,a red mug,3",
+            "text_decorated,a tin cup,3"
+        ]
+    );
+    let errors = sql_env(&p, &server, "SELECT message FROM errors.subjects");
+    assert!(errors[1].contains("no creative subjects") || errors[1].contains("subjects in the answer"), "{errors:?}");
+    assert_eq!(sql_env(&p, &server, "SELECT count(*) AS n FROM prompts"), ["n", "6"]);
+}

@@ -40,6 +40,7 @@ pub fn builtin_operators() -> Vec<std::sync::Arc<dyn Operator>> {
     vec![
         Arc::new(thumbnail::Thumbnail),
         Arc::new(image_similarity::ImageSimilarity),
+        Arc::new(curation::vlm::subjects::LlmSubjects),
         Arc::new(curation::diptych_prompts::DiptychPrompts),
         Arc::new(curation::incontext_generate::IncontextGenerate),
         Arc::new(curation::split_diptych::SplitDiptych),

@@ -1,10 +1,12 @@
-//! Operators that ask a vision-language model through the OpenAI-compatible chat API:
-//! [`score`] (UNO's chain-of-thought consistency score) and [`detect`] (grounding boxes).
+//! Operators that ask a (vision-)language model through the OpenAI-compatible chat API:
+//! [`score`] (UNO's chain-of-thought consistency score), [`detect`] (grounding boxes) and
+//! [`subjects`] (the taxonomy: subjects in three styles and their scenes).
 
 pub mod client;
 pub mod detect;
 pub mod parse;
 pub mod score;
+pub mod subjects;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
