@@ -355,12 +355,29 @@ pub fn generate<B: Backend>(
     sample(models, &prompt, opts, progress)
 }
 
-/// Generates `num_images` images from an encoded prompt (`opts.prompt` is not read).
+/// Generates `num_images` images from an encoded prompt (`opts.prompt` is not read), one at a
+/// time: image `j` uses seed `opts.seed + j`.
 pub fn sample<B: Backend>(
     models: &Models<B>,
     prompt: &PromptEmbedding<B>,
     opts: &GenerateOptions,
     progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<RgbImage>> {
+    let mut images = Vec::with_capacity(opts.num_images);
+    for j in 0..opts.num_images {
+        images.extend(sample_batch(models, &[prompt], &[opts.seed + j as u64], opts, &mut |step| progress(j, step))?);
+    }
+    Ok(images)
+}
+
+/// Generates one image per `(prompts[i], seeds[i])` in one batch (the same size, steps,
+/// guidance and references for all); `progress(step)` is called after each step.
+pub fn sample_batch<B: Backend>(
+    models: &Models<B>,
+    prompts: &[&PromptEmbedding<B>],
+    seeds: &[u64],
+    opts: &GenerateOptions,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<RgbImage>> {
     if !opts.width.is_multiple_of(16) || !opts.height.is_multiple_of(16) || opts.width == 0 || opts.height == 0 {
         return Err(err(format!("width and height must be positive multiples of 16, got {}×{}", opts.width, opts.height)));
@@ -368,47 +385,53 @@ pub fn sample<B: Backend>(
     if opts.steps == 0 {
         return Err(err("steps must be at least 1"));
     }
+    if prompts.len() != seeds.len() || prompts.is_empty() {
+        return Err(OpError::Internal(format!("{} prompts for {} seeds", prompts.len(), seeds.len())));
+    }
+    let batch = seeds.len();
     let device = models.device.clone();
     let dtype = models.flux.dtype();
-    let PromptEmbedding { txt, y } = prompt.clone();
+    let txt = Tensor::cat(prompts.iter().map(|p| p.txt.clone()).collect(), 0);
+    let y = Tensor::cat(prompts.iter().map(|p| p.y.clone()).collect(), 0);
 
     // References: encoded once, their tokens and UnoPE ids reused at every step.
     let prepared: Vec<RgbImage> = opts.refs.iter().map(|r| preprocess_ref(r, opts.ref_long_side())).collect();
     let ref_tokens: Vec<Tensor<B, 3>> =
-        prepared.iter().map(|pre| pack(models.ae.encode(to_tensor::<B>(pre, &device).cast(dtype)))).collect();
+        prepared.iter().map(|pre| pack(models.ae.encode(to_tensor::<B>(pre, &device).cast(dtype))).repeat_dim(0, batch)).collect();
     let ids = position_plan(opts, &prepared, txt.dims()[1]);
     let (rows, cols) = (opts.height.div_ceil(16), opts.width.div_ceil(16));
     let timesteps = schedule(opts.steps, opts.shift.seq_len(opts.width, opts.height), true);
     let guidance = models
         .flux_config
         .guidance_embed
-        .then(|| Tensor::<B, 1>::from_data(TensorData::new(vec![opts.guidance], [1]), (&device, DType::F32)));
+        .then(|| Tensor::<B, 1>::from_data(TensorData::new(vec![opts.guidance; batch], [batch]), (&device, DType::F32)));
 
-    let mut images = Vec::with_capacity(opts.num_images);
-    for j in 0..opts.num_images {
-        let (data, shape) = noise(opts.seed + j as u64, opts.height, opts.width);
-        let latent = Tensor::<B, 4>::from_data(TensorData::new(data, [1, shape[0], shape[1], shape[2]]), (&device, DType::F32));
-        let mut img = pack(latent).cast(dtype);
-        for (step, pair) in timesteps.windows(2).enumerate() {
-            let (t_curr, t_prev) = (pair[0], pair[1]);
-            let input = FluxInput {
-                img: img.clone(),
-                img_ids: ids_tensor(&ids.target, 1, &device),
-                txt: txt.clone(),
-                txt_ids: ids_tensor(&ids.txt, 1, &device),
-                y: y.clone(),
-                timesteps: Tensor::from_data(TensorData::new(vec![t_curr], [1]), (&device, DType::F32)),
-                guidance: guidance.clone(),
-                refs: ref_tokens.iter().zip(&ids.refs).map(|(r, i)| (r.clone(), ids_tensor(i, 1, &device))).collect(),
-            };
-            let pred = models.flux.forward(input).map_err(|e| err(e.to_string()))?;
-            img = img + pred * (t_prev - t_curr);
-            progress(j, step + 1);
-        }
-        let decoded = models.ae.decode(unpack(img, rows, cols));
-        images.push(to_image(decoded));
+    let latents: Vec<Tensor<B, 4>> = seeds
+        .iter()
+        .map(|&seed| {
+            let (data, shape) = noise(seed, opts.height, opts.width);
+            Tensor::from_data(TensorData::new(data, [1, shape[0], shape[1], shape[2]]), (&device, DType::F32))
+        })
+        .collect();
+    let mut img = pack(Tensor::cat(latents, 0)).cast(dtype);
+    for (step, pair) in timesteps.windows(2).enumerate() {
+        let (t_curr, t_prev) = (pair[0], pair[1]);
+        let input = FluxInput {
+            img: img.clone(),
+            img_ids: ids_tensor(&ids.target, batch, &device),
+            txt: txt.clone(),
+            txt_ids: ids_tensor(&ids.txt, batch, &device),
+            y: y.clone(),
+            timesteps: Tensor::from_data(TensorData::new(vec![t_curr; batch], [batch]), (&device, DType::F32)),
+            guidance: guidance.clone(),
+            refs: ref_tokens.iter().zip(&ids.refs).map(|(r, i)| (r.clone(), ids_tensor(i, batch, &device))).collect(),
+        };
+        let pred = models.flux.forward(input).map_err(|e| err(e.to_string()))?;
+        img = img + pred * (t_prev - t_curr);
+        progress(step + 1);
     }
-    Ok(images)
+    let decoded = models.ae.decode(unpack(img, rows, cols));
+    Ok(decoded.chunk(batch, 0).into_iter().map(to_image).collect())
 }
 
 /// PNG bytes with `tEXt` chunks (generation parameters, model fingerprints).

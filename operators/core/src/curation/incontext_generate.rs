@@ -17,7 +17,7 @@ use unoflow_models::flux::sampling::ShiftRule;
 use crate::columns::{ColumnRequirement, HEIGHT, WIDTH};
 use crate::draws::Draws;
 use crate::embed::{load_err, on_device};
-use crate::generate::{GenerateOptions, Models, png_with_text, sample};
+use crate::generate::{GenerateOptions, Models, PromptEmbedding, png_with_text, sample_batch};
 use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
 use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
 use crate::rowid::RowIdHasher;
@@ -56,6 +56,12 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
             "distilled guidance (3.5 for FLUX.1-dev text-to-image)",
         ),
         ParamSpec::optional(
+            "batch_size",
+            ParamType::int(1, 1024),
+            ParamValue::Int(4),
+            "images per forward pass (same size only); a batch that runs out of GPU memory is halved and retried",
+        ),
+        ParamSpec::optional(
             "shift",
             ParamType::Choice(&["flux", "uno"]),
             ParamValue::Str("flux".into()),
@@ -80,8 +86,8 @@ fn added_fields() -> Vec<Field> {
 
 /// A text-to-image model on some backend.
 trait TextToImage: Send + Sync {
-    /// One image per seed.
-    fn generate(&self, prompt: &str, opts: &GenerateOptions, seeds: &[u64]) -> Result<Vec<RgbImage>>;
+    /// One image per `(prompt, seed)`, generated as one batch at `opts`' size.
+    fn generate(&self, jobs: &[(&str, u64)], opts: &GenerateOptions) -> Result<Vec<RgbImage>>;
     /// The weights' identity, for provenance.
     fn digest(&self) -> String;
 }
@@ -93,20 +99,56 @@ impl<B: Backend> TextToImage for Pipeline<B>
 where
     B::Device: Send + Sync,
 {
-    fn generate(&self, prompt: &str, opts: &GenerateOptions, seeds: &[u64]) -> Result<Vec<RgbImage>> {
-        let models = self.0.lock().map_err(|_| OpError::Internal("a generation panicked".into()))?;
-        let embedding = models.encode_prompt(prompt)?;
-        let mut images = Vec::with_capacity(seeds.len());
-        for &seed in seeds {
-            let opts = GenerateOptions { seed, num_images: 1, ..opts.clone() };
-            images.extend(sample(&models, &embedding, &opts, &mut |_, _| {})?);
+    fn generate(&self, jobs: &[(&str, u64)], opts: &GenerateOptions) -> Result<Vec<RgbImage>> {
+        // A generation that panicked (a GPU out of memory) leaves the models as they were.
+        let models = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut encoded: Vec<(&str, PromptEmbedding<B>)> = Vec::new();
+        for (prompt, _) in jobs {
+            if !encoded.iter().any(|(p, _)| p == prompt) {
+                encoded.push((prompt, models.encode_prompt(prompt)?));
+            }
         }
-        Ok(images)
+        let prompts: Vec<&PromptEmbedding<B>> =
+            jobs.iter().map(|(prompt, _)| encoded.iter().find(|(p, _)| p == prompt).map(|(_, e)| e).expect("encoded above")).collect();
+        let seeds: Vec<u64> = jobs.iter().map(|(_, seed)| *seed).collect();
+        sample_batch(&models, &prompts, &seeds, opts, &mut |_| {})
     }
 
     fn digest(&self) -> String {
-        self.0.lock().map(|m| serde_json::to_string(&m.digests).unwrap_or_default()).unwrap_or_default()
+        let models = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        serde_json::to_string(&models.digests).unwrap_or_default()
     }
+}
+
+/// Whether a failure is the device running out of memory (worth retrying with a smaller batch).
+fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("outofmemory")
+}
+
+/// Runs `run` over `items` in batches of `size`; a batch that runs out of memory is halved and
+/// retried, down to single items. Results in item order; a batch's other errors are returned
+/// for each of its items.
+fn in_batches<J, T>(
+    items: &[J],
+    size: usize,
+    run: &mut dyn FnMut(&[J]) -> std::result::Result<Vec<T>, String>,
+) -> Vec<std::result::Result<T, String>> {
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(size.max(1)) {
+        // Panics cross the models' FFI boundary as out-of-memory reports on some backends.
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(chunk))).unwrap_or_else(|panic| {
+            Err(panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())
+        });
+        match attempt {
+            Ok(results) => out.extend(results.into_iter().map(Ok)),
+            Err(message) if chunk.len() > 1 && is_out_of_memory(&message) => {
+                out.extend(in_batches(chunk, chunk.len().div_ceil(2), run));
+            }
+            Err(message) => out.extend(chunk.iter().map(|_| Err(message.clone()))),
+        }
+    }
+    out
 }
 
 fn open_models(model_dir: &str, env: &Environment) -> Result<Box<dyn TextToImage>> {
@@ -159,6 +201,7 @@ impl Operator for IncontextGenerate {
             options,
             prompt: params.str("prompt")?.into(),
             seeds_per_prompt: params.int("seeds_per_prompt")? as usize,
+            batch_size: params.int("batch_size")? as usize,
             seed: env.seed,
             schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
         }))
@@ -171,6 +214,7 @@ struct Generator {
     options: GenerateOptions,
     prompt: String,
     seeds_per_prompt: usize,
+    batch_size: usize,
     seed: u64,
     schema: SchemaRef,
 }
@@ -180,30 +224,29 @@ fn sizes(input: &RecordBatch, name: &str) -> Result<UInt32Array> {
     col.as_any().downcast_ref::<UInt32Array>().cloned().ok_or_else(|| OpError::Internal("cast to UInt32".into()))
 }
 
+/// One image to make: the row it is for, its index among the row's images, prompt, size, seed.
+struct Job<'a> {
+    row: usize,
+    prompt: &'a str,
+    size: (u32, u32),
+    seed: u64,
+}
+
 impl Generator {
-    /// The images of one prompt row, PNG-encoded with their parameters.
-    fn row(&self, row_id: &str, prompt: &str, width: u32, height: u32) -> std::result::Result<Vec<(u64, Vec<u8>)>, String> {
-        if width == 0 || height == 0 || !width.is_multiple_of(16) || !height.is_multiple_of(16) {
-            return Err(format!("{width}×{height}: width and height must be positive multiples of 16"));
-        }
+    /// The seeds of a prompt row: drawn from the DAG seed and the row id, below 2⁵³ so they
+    /// survive JSON and PyTorch's generators unchanged.
+    fn seeds(&self, row_id: &str) -> Vec<u64> {
         let mut draws = Draws::new(self.seed, "incontext_generate", &[row_id.as_bytes()]);
-        // Seeds stay below 2⁵³ so they survive JSON and PyTorch's generators unchanged.
-        let seeds: Vec<u64> = (0..self.seeds_per_prompt).map(|_| draws.next_u64() >> 11).collect();
-        let opts = GenerateOptions { prompt: prompt.into(), width: width as usize, height: height as usize, ..self.options.clone() };
-        let images = self.model.generate(prompt, &opts, &seeds).map_err(|e| e.to_string())?;
-        seeds
-            .iter()
-            .zip(images)
-            .map(|(&seed, image)| {
-                let meta = serde_json::json!({
-                    "prompt": prompt, "width": width, "height": height, "seed": seed, "steps": opts.steps,
-                    "guidance": opts.guidance, "models": self.digest, "unoflow": env!("CARGO_PKG_VERSION"),
-                });
-                let png = png_with_text(&image, &[("parameters".into(), meta.to_string()), ("Software".into(), "unoflow".into())])
-                    .map_err(|e| e.to_string())?;
-                Ok((seed, png))
-            })
-            .collect()
+        (0..self.seeds_per_prompt).map(|_| draws.next_u64() >> 11).collect()
+    }
+
+    /// PNG bytes with the generation parameters as text chunks.
+    fn png(&self, job: &Job<'_>, image: &RgbImage) -> std::result::Result<Vec<u8>, String> {
+        let meta = serde_json::json!({
+            "prompt": job.prompt, "width": job.size.0, "height": job.size.1, "seed": job.seed, "steps": self.options.steps,
+            "guidance": self.options.guidance, "models": self.digest, "unoflow": env!("CARGO_PKG_VERSION"),
+        });
+        png_with_text(image, &[("parameters".into(), meta.to_string()), ("Software".into(), "unoflow".into())]).map_err(|e| e.to_string())
     }
 }
 
@@ -212,24 +255,61 @@ impl PartitionProcessor for Generator {
         let ids = row_ids(input)?;
         let prompts = text(input, &self.prompt)?;
         let (widths, heights) = (sizes(input, WIDTH)?, sizes(input, HEIGHT)?);
-        let mut results = Vec::with_capacity(input.num_rows());
+        // Rows with a bad size fail alone; the others become one job per image.
+        let mut row_failures: Vec<Option<String>> = vec![None; input.num_rows()];
+        let mut jobs = Vec::new();
         for row in 0..input.num_rows() {
+            let (w, h) = (widths.value(row), heights.value(row));
+            if w == 0 || h == 0 || !w.is_multiple_of(16) || !h.is_multiple_of(16) {
+                row_failures[row] = Some(format!("{w}×{h}: width and height must be positive multiples of 16"));
+                continue;
+            }
+            for seed in self.seeds(ids.value(row)) {
+                jobs.push(Job { row, prompt: prompts.value(row), size: (w, h), seed });
+            }
+        }
+        // Batches hold one size; jobs keep their order within a size.
+        jobs.sort_by_key(|j| j.size);
+        let mut images: Vec<Option<std::result::Result<Vec<u8>, String>>> = (0..jobs.len()).map(|_| None).collect();
+        let mut start = 0;
+        while start < jobs.len() {
             if ctx.is_cancelled() {
                 return Err(OpError::Execution("cancelled".into()));
             }
-            results.push(self.row(ids.value(row), prompts.value(row), widths.value(row), heights.value(row)));
-        }
-        let results = RowResults::split(ids, results);
-        let (mut sources, mut new_ids, mut pngs, mut seeds) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (row, images) in results.kept_rows().zip(&results.values) {
-            for (k, (seed, png)) in images.iter().enumerate() {
-                sources.push(row as u32);
-                new_ids.push(
-                    RowIdHasher::new("incontext_generate").field(ids.value(row).as_bytes()).field(&(k as u64).to_le_bytes()).finish(),
-                );
-                pngs.push(png.as_slice());
-                seeds.push(*seed);
+            let end = start + jobs[start..].iter().take_while(|j| j.size == jobs[start].size).count();
+            let (w, h) = jobs[start].size;
+            let opts = GenerateOptions { width: w as usize, height: h as usize, ..self.options.clone() };
+            let made = in_batches(&jobs[start..end], self.batch_size, &mut |batch| {
+                let pairs: Vec<(&str, u64)> = batch.iter().map(|j| (j.prompt, j.seed)).collect();
+                let images = self.model.generate(&pairs, &opts).map_err(|e| e.to_string())?;
+                batch.iter().zip(&images).map(|(job, image)| self.png(job, image)).collect()
+            });
+            for (slot, result) in images[start..end].iter_mut().zip(made) {
+                *slot = Some(result);
             }
+            start = end;
+        }
+        for (job, image) in jobs.iter().zip(&images) {
+            if let Some(Err(message)) = image {
+                row_failures[job.row].get_or_insert_with(|| message.clone());
+            }
+        }
+        let results = RowResults::split(ids, row_failures.into_iter().map(|f| f.map_or(Ok(()), Err)));
+        // Output rows in input order, a row's images in seed order.
+        let mut order: Vec<usize> =
+            (0..jobs.len()).filter(|&i| results.errors.iter().all(|e| e.row_id != ids.value(jobs[i].row))).collect();
+        order.sort_by_key(|&i| jobs[i].row);
+        let (mut sources, mut new_ids, mut pngs, mut seeds) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut k = 0;
+        for (n, &i) in order.iter().enumerate() {
+            let job = &jobs[i];
+            k = if n > 0 && jobs[order[n - 1]].row == job.row { k + 1 } else { 0 };
+            sources.push(job.row as u32);
+            new_ids.push(
+                RowIdHasher::new("incontext_generate").field(ids.value(job.row).as_bytes()).field(&(k as u64).to_le_bytes()).finish(),
+            );
+            pngs.push(images[i].as_ref().and_then(|r| r.as_ref().ok()).map(Vec::as_slice).unwrap_or_default());
+            seeds.push(job.seed);
         }
         let n = pngs.len();
         let added: Vec<ArrayRef> = vec![
@@ -240,5 +320,29 @@ impl PartitionProcessor for Generator {
             Arc::new(StringArray::from(vec![self.digest.clone(); n])),
         ];
         Ok(PartitionOutput { rows: derived(&self.schema, input, &sources, new_ids, added)?, errors: results.errors })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_batches_are_halved_down_to_single_items() {
+        let mut calls = Vec::new();
+        let results = in_batches(&[1, 2, 3, 4, 5], 4, &mut |batch: &[i32]| {
+            calls.push(batch.len());
+            if batch.len() > 1 { Err("CUDA error: out of memory".into()) } else { Ok(vec![batch[0] * 10]) }
+        });
+        assert_eq!(results, vec![Ok(10), Ok(20), Ok(30), Ok(40), Ok(50)]);
+        assert_eq!(calls, [4, 2, 1, 1, 2, 1, 1, 1]);
+    }
+
+    #[test]
+    fn other_failures_fail_the_batch_and_panics_are_caught() {
+        let results = in_batches::<i32, i32>(&[1, 2, 3], 2, &mut |batch: &[i32]| {
+            if batch[0] == 1 { Err("bad prompt".into()) } else { panic!("out of memory") }
+        });
+        assert_eq!(results, vec![Err("bad prompt".to_string()), Err("bad prompt".to_string()), Err("out of memory".to_string())]);
     }
 }
