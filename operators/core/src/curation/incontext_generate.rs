@@ -126,14 +126,13 @@ fn is_out_of_memory(message: &str) -> bool {
     m.contains("out of memory") || m.contains("outofmemory")
 }
 
+/// A batch's work: one result per item, or why the batch failed.
+type BatchFn<'a, J, T> = dyn FnMut(&[J]) -> std::result::Result<Vec<T>, String> + 'a;
+
 /// Runs `run` over `items` in batches of `size`; a batch that runs out of memory is halved and
 /// retried, down to single items. Results in item order; a batch's other errors are returned
 /// for each of its items.
-fn in_batches<J, T>(
-    items: &[J],
-    size: usize,
-    run: &mut dyn FnMut(&[J]) -> std::result::Result<Vec<T>, String>,
-) -> Vec<std::result::Result<T, String>> {
+fn in_batches<J, T>(items: &[J], size: usize, run: &mut BatchFn<'_, J, T>) -> Vec<std::result::Result<T, String>> {
     let mut out = Vec::with_capacity(items.len());
     for chunk in items.chunks(size.max(1)) {
         // Panics cross the models' FFI boundary as out-of-memory reports on some backends.
@@ -258,10 +257,10 @@ impl PartitionProcessor for Generator {
         // Rows with a bad size fail alone; the others become one job per image.
         let mut row_failures: Vec<Option<String>> = vec![None; input.num_rows()];
         let mut jobs = Vec::new();
-        for row in 0..input.num_rows() {
+        for (row, failure) in row_failures.iter_mut().enumerate() {
             let (w, h) = (widths.value(row), heights.value(row));
             if w == 0 || h == 0 || !w.is_multiple_of(16) || !h.is_multiple_of(16) {
-                row_failures[row] = Some(format!("{w}×{h}: width and height must be positive multiples of 16"));
+                *failure = Some(format!("{w}×{h}: width and height must be positive multiples of 16"));
                 continue;
             }
             for seed in self.seeds(ids.value(row)) {
