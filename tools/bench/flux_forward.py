@@ -19,7 +19,7 @@ import torch
 def main():
     p = argparse.ArgumentParser()
     for name, default in [("hidden", 256), ("heads", 4), ("double", 4), ("single", 4), ("txt", 256), ("img", 1024), ("ref", 1024),
-                          ("threads", 2), ("repeats", 5), ("context", 4096), ("vec", 768)]:
+                          ("threads", 2), ("repeats", 5), ("warmup", 1), ("context", 4096), ("vec", 768)]:
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
@@ -32,11 +32,18 @@ def main():
     rope = head_dim // 8 * 2
     axes = (head_dim - 2 * rope, rope, rope) if head_dim == 128 else (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    model = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=args.double, num_single_layers=args.single,
-        attention_head_dim=head_dim, num_attention_heads=args.heads, joint_attention_dim=args.context,
-        pooled_projection_dim=args.vec, guidance_embeds=True, axes_dims_rope=axes,
-    ).to(device=args.device, dtype=dtype).eval()
+    # Built on the meta device, cast, then allocated where it runs: a FLUX.1-dev-sized model
+    # (12 B parameters) never exists in f32 or on the host.
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=args.double, num_single_layers=args.single,
+            attention_head_dim=head_dim, num_attention_heads=args.heads, joint_attention_dim=args.context,
+            pooled_projection_dim=args.vec, guidance_embeds=True, axes_dims_rope=axes,
+        )
+    model = model.to(dtype=dtype).to_empty(device=args.device).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.02)
 
     n_img = args.img + args.ref
     side = int(round(args.img ** 0.5))
@@ -60,7 +67,8 @@ def main():
         torch.cuda.reset_peak_memory_stats()
     times = []
     with torch.no_grad():
-        model(**inputs)
+        for _ in range(args.warmup):
+            model(**inputs)
         sync()
         for _ in range(args.repeats):
             start = time.perf_counter()
