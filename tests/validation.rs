@@ -166,3 +166,13 @@ fn usage_errors_exit_2() {
     let run = p.unoflow(&["ops", "thumbnial"]).expect_code(2);
     assert!(run.stderr.contains("did you mean `thumbnail`?"), "{}", run.stderr);
 }
+
+#[test]
+fn operator_parameter_values_are_checked_before_running() {
+    let pairs = "[nodes.pairs]\nop = \"sql\"\ninputs = [\"photos\"]\nquery = \"SELECT row_id, image AS ref_image, image AS target_image, 'x' AS subject, 64 AS width, 64 AS height, layout FROM photos CROSS JOIN (SELECT 'left_right' AS layout)\"\n";
+    let bad_endpoint = "[nodes.vlm]\nop = \"vlm_score\"\ninputs = [\"pairs\"]\nendpoint = \"localhost:8000\"\nmodel = \"m\"\n";
+    fails_with(validate(&format!("{READ}{pairs}{bad_endpoint}")), &["dag.toml:", "parameter `endpoint`", "http://localhost:8000/v1"]);
+    let bad_size = "[nodes.subjects]\nop = \"sql\"\ninputs = [\"photos\"]\nquery = \"SELECT row_id, 'a mug' AS subject, make_array('a', 'b') AS scenes FROM photos\"\n\
+                    [nodes.prompts]\nop = \"diptych_prompts\"\ninputs = [\"subjects\"]\ncompanions = \"dag.toml\"\nresolutions = [\"1000x768\"]\n";
+    fails_with(validate(&format!("{READ}{bad_size}")), &["dag.toml:", "resolutions = [\"1000x768\"]", "multiples of 32"]);
+}

@@ -65,7 +65,7 @@ impl OpKind {
         match self {
             Self::Read | Self::Sql => Ok(Vec::new()),
             Self::Export => export::required_columns(params),
-            Self::Map(op) => op.required_columns(params).map_err(|e| SchemaError { param: None, message: e.to_string(), help: None }),
+            Self::Map(op) => op.required_columns(params).map_err(|e| operator_error(op.as_ref(), e)),
         }
     }
 
@@ -78,9 +78,22 @@ impl OpKind {
             Self::Export => Ok(export::output_schema()),
             Self::Map(op) => {
                 let schemas: Vec<SchemaRef> = inputs.iter().map(|(_, s)| Arc::clone(s)).collect();
-                op.output_schema(params, &schemas).map_err(|e| SchemaError { param: None, message: e.to_string(), help: None })
+                op.output_schema(params, &schemas).map_err(|e| operator_error(op.as_ref(), e))
             }
         }
+    }
+}
+
+/// An operator's complaint about its parameters, pointing at the parameter when it names one.
+fn operator_error(op: &dyn Operator, e: unoflow_operators::OpError) -> SchemaError {
+    match e {
+        unoflow_operators::OpError::Param { name, message } => match op.spec().param(&name) {
+            Some(param) => {
+                SchemaError { param: Some(param.name), message: format!("parameter `{name}`: {message}"), help: Some(param.doc.into()) }
+            }
+            None => SchemaError { param: None, message: format!("parameter `{name}`: {message}"), help: None },
+        },
+        other => SchemaError { param: None, message: other.to_string(), help: None },
     }
 }
 

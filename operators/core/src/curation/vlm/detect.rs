@@ -73,6 +73,7 @@ impl Operator for VlmDetect {
     }
 
     fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        super::endpoint(params)?;
         let mut added: Vec<Field> =
             ["box_x1", "box_y1", "box_x2", "box_y2"].iter().map(|n| Field::new(*n, DataType::UInt32, false)).collect();
         added.push(Field::new(params.str("crop")?, DataType::Binary, false));

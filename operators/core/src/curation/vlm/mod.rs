@@ -49,12 +49,21 @@ pub fn connection_params() -> Vec<ParamSpec> {
     ]
 }
 
-/// The client a node's parameters describe.
-pub fn client(params: &Params, env: &Environment) -> Result<ChatClient> {
+/// The endpoint, checked: an `http://` or `https://` URL (validation calls this too).
+pub fn endpoint(params: &Params) -> Result<String> {
     let endpoint = params.str("endpoint")?.trim().to_string();
     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        return Err(OpError::Param { name: "endpoint".into(), message: format!("{endpoint:?} is not an http:// or https:// URL") });
+        return Err(OpError::Param {
+            name: "endpoint".into(),
+            message: format!("{endpoint:?} is not an http:// or https:// URL (e.g. \"http://{endpoint}/v1\")"),
+        });
     }
+    Ok(endpoint)
+}
+
+/// The client a node's parameters describe.
+pub fn client(params: &Params, env: &Environment) -> Result<ChatClient> {
+    let endpoint = endpoint(params)?;
     let api_key = std::env::var(params.str("api_key_env")?).ok().filter(|k| !k.is_empty());
     Ok(ChatClient::new(ClientConfig {
         endpoint,

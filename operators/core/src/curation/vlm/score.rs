@@ -121,7 +121,8 @@ impl Operator for VlmScore {
         Ok(vec![needed])
     }
 
-    fn output_schema(&self, _params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        super::endpoint(params)?;
         Ok(extend_schema(&inputs[0], added_fields()))
     }
 

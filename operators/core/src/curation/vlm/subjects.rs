@@ -130,7 +130,8 @@ impl Operator for LlmSubjects {
         Ok(vec![vec![ColumnRequirement::text(params.str("category")?)]])
     }
 
-    fn output_schema(&self, _params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        super::endpoint(params)?;
         Ok(derived_schema(&inputs[0], &[], added_fields()))
     }
 
