@@ -47,6 +47,11 @@ impl<B: Backend> LoraLinear<B> {
         self.down.val().dims()[1]
     }
 
+    /// The branch with both matrices tracked by autodiff.
+    pub fn trainable(self) -> Self {
+        Self { down: self.down.set_require_grad(true), up: self.up.set_require_grad(true), weight: self.weight }
+    }
+
     /// `x·down·up·weight` in the branch's dtype, returned in `x`'s.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
@@ -199,23 +204,23 @@ impl<B: Backend> Flux<B> {
         self
     }
 
+    /// Every LoRA branch with its key prefix in UNO's layout
+    /// (`double_blocks.0.processor.qkv_lora1`, …), blocks in order.
+    pub fn lora_branches(&self) -> Vec<(String, &LoraLinear<B>)> {
+        let double = self.double_blocks.iter().enumerate().flat_map(|(i, block)| {
+            block.processor.iter().flat_map(|p| p.branches()).map(move |(name, b)| (format!("double_blocks.{i}.processor.{name}"), b))
+        });
+        let single = self.single_blocks.iter().enumerate().flat_map(|(i, block)| {
+            block.processor.iter().flat_map(|p| p.branches()).map(move |(name, b)| (format!("single_blocks.{i}.processor.{name}"), b))
+        });
+        double.chain(single).collect()
+    }
+
     /// The LoRA tensors in UNO's key layout, for saving.
     pub fn lora_tensors(&self) -> Vec<(String, TensorData)> {
-        let mut out = Vec::new();
-        for (i, block) in self.double_blocks.iter().enumerate() {
-            for (name, branch) in block.processor.iter().flat_map(|p| p.branches()) {
-                for (part, data) in branch.to_checkpoint() {
-                    out.push((format!("double_blocks.{i}.processor.{name}.{part}"), data));
-                }
-            }
-        }
-        for (i, block) in self.single_blocks.iter().enumerate() {
-            for (name, branch) in block.processor.iter().flat_map(|p| p.branches()) {
-                for (part, data) in branch.to_checkpoint() {
-                    out.push((format!("single_blocks.{i}.processor.{name}.{part}"), data));
-                }
-            }
-        }
-        out
+        self.lora_branches()
+            .into_iter()
+            .flat_map(|(prefix, branch)| branch.to_checkpoint().map(|(part, data)| (format!("{prefix}.{part}"), data)))
+            .collect()
     }
 }

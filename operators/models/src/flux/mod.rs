@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod lora;
 pub mod model;
 pub mod sampling;
+pub mod train;
 pub mod unope;
 
 pub use checkpoint::{FluxCheckpoint, load_lora};
