@@ -13,4 +13,5 @@ mod planning;
 mod queries;
 mod real_weights;
 mod resume;
+mod training;
 mod validation;

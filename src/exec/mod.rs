@@ -137,7 +137,7 @@ pub async fn run(dag: Arc<Dag>, opts: RunOptions, command: Vec<String>) -> Resul
 
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let ctx = Arc::new(RunCtx {
-        env: Environment { device: opts.device, seed: dag.seed, cache_dir: Some(ws.cache_dir()) },
+        env: Environment { device: opts.device, seed: dag.seed, cache_dir: Some(ws.cache_dir()), artifacts_dir: None },
         index: Mutex::new(Index::load(ws.root())),
         dag: Arc::clone(&dag),
         ws,
@@ -439,7 +439,10 @@ async fn run_parallel(
             let prepared = tokio::task::spawn_blocking(move || {
                 let node = ctx2.node(i);
                 let input_schema = &ctx2.dag.nodes[node.inputs[0]].schema;
-                op.prepare(&node.params, &ctx2.env, input_schema)
+                // Artifacts (checkpoints) live under the node's fingerprint, so a resumed node
+                // finds its own and an edited one starts afresh.
+                let env = Environment { artifacts_dir: Some(ctx2.ws.artifacts_dir().join(&ctx2.fingerprints[i])), ..ctx2.env.clone() };
+                op.prepare(&node.params, &env, input_schema)
             })
             .await
             .map_err(|e| Error::Internal(format!("preparing node `{}` panicked: {e}", ctx.node(i).name)))??;

@@ -71,6 +71,12 @@ impl Workspace {
         self.root.join("tmp")
     }
 
+    /// Files operators make that outlive a run (training checkpoints), one folder per node
+    /// fingerprint.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.root.join("artifacts")
+    }
+
     /// Caches operators keep across runs (the VLM response cache), keyed by content.
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")

@@ -26,6 +26,11 @@ impl Draws {
         u64::from_le_bytes(b)
     }
 
+    /// A uniform number in [0, 1) with 53 random bits.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// A uniform index in `0..n` (`n > 0`); Lemire's widening multiply, bias below 2⁻⁶⁴·n.
     pub fn below(&mut self, n: usize) -> usize {
         ((self.next_u64() as u128 * n as u128) >> 64) as usize

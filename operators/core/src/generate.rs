@@ -303,8 +303,8 @@ pub fn preprocess_ref(image: &DynamicImage, long_side: u32) -> RgbImage {
     image::imageops::crop_imm(&resized, left, top, tw, th).to_image()
 }
 
-/// `[1, 3, H, W]` in [-1, 1].
-fn to_tensor<B: Backend>(image: &RgbImage, device: &B::Device) -> Tensor<B, 4> {
+/// An RGB image as `[1, 3, H, W]` in [-1, 1] (the autoencoder's input).
+pub(crate) fn to_tensor<B: Backend>(image: &RgbImage, device: &B::Device) -> Tensor<B, 4> {
     let (w, h) = image.dimensions();
     let plane = (w * h) as usize;
     let mut data = vec![0f32; 3 * plane];

@@ -29,6 +29,7 @@ pub mod preprocess;
 pub mod rowid;
 pub mod rows;
 pub mod thumbnail;
+pub mod training;
 
 pub use error::{OpError, Result};
 pub use operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError, RowMapping};
@@ -47,5 +48,6 @@ pub fn builtin_operators() -> Vec<std::sync::Arc<dyn Operator>> {
         Arc::new(curation::dino_filter::DinoFilter),
         Arc::new(curation::vlm::score::VlmScore),
         Arc::new(curation::vlm::detect::VlmDetect),
+        Arc::new(training::train_lora::TrainLora),
     ]
 }

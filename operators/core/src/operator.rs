@@ -105,6 +105,9 @@ pub struct Environment {
     /// A folder operators may keep caches in that outlive a run (the VLM response cache); `None`
     /// when there is no workspace.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// This node's own folder for files that outlive a run (training checkpoints), keyed by
+    /// the node's fingerprint; `None` when there is no workspace.
+    pub artifacts_dir: Option<std::path::PathBuf>,
 }
 
 /// The per-node state of an operator (parsed parameters, loaded models), shared by all the

@@ -216,6 +216,28 @@ impl<B: Backend> Flux<B> {
         double.chain(single).collect()
     }
 
+    /// The model with each LoRA branch replaced by `f(key prefix, branch)`.
+    pub fn map_lora_branches(mut self, mut f: impl FnMut(&str, LoraLinear<B>) -> LoraLinear<B>) -> Self {
+        for (i, block) in self.double_blocks.iter_mut().enumerate() {
+            block.processor = block.processor.take().map(|p| {
+                let key = |name: &str| format!("double_blocks.{i}.processor.{name}");
+                DoubleStreamLora {
+                    qkv_lora1: f(&key("qkv_lora1"), p.qkv_lora1),
+                    proj_lora1: f(&key("proj_lora1"), p.proj_lora1),
+                    qkv_lora2: f(&key("qkv_lora2"), p.qkv_lora2),
+                    proj_lora2: f(&key("proj_lora2"), p.proj_lora2),
+                }
+            });
+        }
+        for (i, block) in self.single_blocks.iter_mut().enumerate() {
+            block.processor = block.processor.take().map(|p| {
+                let key = |name: &str| format!("single_blocks.{i}.processor.{name}");
+                SingleStreamLora { qkv_lora: f(&key("qkv_lora"), p.qkv_lora), proj_lora: f(&key("proj_lora"), p.proj_lora) }
+            });
+        }
+        self
+    }
+
     /// The LoRA tensors in UNO's key layout, for saving.
     pub fn lora_tensors(&self) -> Vec<(String, TensorData)> {
         self.lora_branches()

@@ -1,0 +1,512 @@
+//! `train_lora`: UNO's LoRA training (uno-method §4.2–§4.3) as a node: the pairs or triplets of
+//! its input table are the dataset, the output is one row per optimisation step, and the LoRA
+//! checkpoints are files in the node's artifact folder.
+//!
+//! Determinism and resume: which examples a step uses, which prompts are dropped, t and the
+//! noise are functions of the DAG seed and the step number only. A checkpoint holds the LoRA,
+//! AdamW's moments and the rows so far; a killed training restarts from its last checkpoint
+//! and continues with the very same steps.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use arrow::array::{Array, ArrayRef, Float64Array, ListBuilder, StringArray, StringBuilder, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Tensor, TensorData};
+use image::imageops::FilterType;
+use image::{DynamicImage, RgbImage};
+use serde::{Deserialize, Serialize};
+use unoflow_models::flux::sampling::ids_tensor;
+use unoflow_models::flux::sampling::{noise, pack};
+use unoflow_models::flux::train::{
+    CHECKPOINT_LORA, FlowBatch, LoraGrads, LoraTrainer, OptimSettings, load_optimizer, lora_gradients, save_checkpoint, training_timesteps,
+};
+use unoflow_models::flux::{Flux, PeMode, TokenGrid, load_lora, position_ids};
+
+use super::buckets::bucket_for;
+use crate::columns::{ColumnRequirement, PARENT_IDS};
+use crate::draws::Draws;
+use crate::embed::load_err;
+use crate::generate::{Models, PromptEmbedding, to_tensor};
+use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
+use crate::rowid::RowIdHasher;
+use crate::rows::{binary, bytes_at, row_ids, text};
+use crate::{OpError, Result, image_io};
+
+/// The `train_lora` operator.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainLora;
+
+static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
+    name: "train_lora",
+    version: 1,
+    summary: "UNO LoRA training (rectified flow, UnoPE references, AdamW) on the input pairs; one row per step, checkpoints as artifacts",
+    doc: "Trains a LoRA on every block of FLUX as UNO's train.py: target and references encoded by \
+          the frozen autoencoder (targets resized without cropping to the bucket closest to the \
+          batch's mean aspect ratio, references bucketed per index at `resolution_ref`), prompts by \
+          the frozen T5 and CLIP with `text_dropout` of them emptied, t drawn uniformly from the \
+          1000-point shifted schedule of the training resolution, x_t = (1−t)·x_1 + t·noise, \
+          target noise − x_1, MSE on the target tokens, guidance 1, references clean with UnoPE. \
+          AdamW (β 0.9/0.999, ε 1e-8, weight decay 0.01), global gradient clipping, constant \
+          learning rate, gradient accumulation. Checkpoints (LoRA in UNO's layout, loadable by \
+          `generate --lora`, and AdamW's state) every `checkpoint_every` steps and at the end, in \
+          the node's artifact folder; the `checkpoint` column names them. `init_lora`: a column \
+          holding a LoRA file to continue from (stage II continues stage I's: select its last \
+          checkpoint into the data with a `sql` node, so editing stage I makes stage II stale).",
+    params: vec![
+        ParamSpec::optional(
+            "model_dir",
+            ParamType::Path(PathKind::Input),
+            ParamValue::Str(String::new()),
+            "FLUX model folder (BFL or diffusers layout); empty: the tiny random models",
+        ),
+        ParamSpec::optional("prompt", ParamType::Str, ParamValue::Str("prompt".into()), "the prompt column"),
+        ParamSpec::optional("target", ParamType::Str, ParamValue::Str("target_image".into()), "the target image column"),
+        ParamSpec::optional(
+            "refs",
+            ParamType::StrList,
+            ParamValue::List(vec![ParamValue::Str("ref_image".into())]),
+            "the reference image columns, in order",
+        ),
+        ParamSpec::optional(
+            "init_lora",
+            ParamType::Str,
+            ParamValue::Str(String::new()),
+            "a column with a LoRA file to start from (stage II)",
+        ),
+        ParamSpec::optional("rank", ParamType::int(1, 4096), ParamValue::Int(512), "LoRA rank of a fresh LoRA (paper: 512)"),
+        ParamSpec::optional("steps", ParamType::int(1, 10_000_000), ParamValue::Int(5000), "optimisation steps (paper: 5000 per stage)"),
+        ParamSpec::optional("learning_rate", ParamType::float(0.0, 1.0), ParamValue::Float(1e-5), "constant learning rate (paper: 1e-5)"),
+        ParamSpec::optional("batch_size", ParamType::int(1, 4096), ParamValue::Int(1), "examples per micro-batch"),
+        ParamSpec::optional("gradient_accumulation", ParamType::int(1, 4096), ParamValue::Int(1), "micro-batches per step"),
+        ParamSpec::optional("max_grad_norm", ParamType::float(0.0, 1e6), ParamValue::Float(1.0), "global gradient clipping"),
+        ParamSpec::optional("weight_decay", ParamType::float(0.0, 10.0), ParamValue::Float(0.01), "AdamW weight decay"),
+        ParamSpec::optional("text_dropout", ParamType::float(0.0, 1.0), ParamValue::Float(0.1), "fraction of prompts emptied"),
+        ParamSpec::optional("resolution", ParamType::int(16, 4096), ParamValue::Int(512), "training resolution (buckets and t schedule)"),
+        ParamSpec::optional("resolution_ref", ParamType::int(0, 4096), ParamValue::Int(0), "references' resolution (0: `resolution`)"),
+        ParamSpec::optional("pe", ParamType::Choice(&["d", "h", "w", "o"]), ParamValue::Str("d".into()), "UnoPE mode"),
+        ParamSpec::optional("checkpoint_every", ParamType::int(1, 10_000_000), ParamValue::Int(1000), "steps between checkpoints")
+            .not_fingerprinted(),
+    ],
+    inputs: (1, 1),
+    resource: Resource::Gpu,
+    mapping: RowMapping::Derive,
+    // The whole dataset is one unit: training is one sequential computation; checkpoints, not
+    // partitions, make it resumable.
+    partition_rows: 1 << 30,
+});
+
+fn output_fields() -> Vec<Field> {
+    vec![
+        crate::columns::row_id_field(),
+        Field::new(PARENT_IDS, DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), false),
+        Field::new("step", DataType::UInt64, false),
+        Field::new("loss", DataType::Float64, false),
+        Field::new("learning_rate", DataType::Float64, false),
+        Field::new("grad_norm", DataType::Float64, false),
+        Field::new("examples_seen", DataType::UInt64, false),
+        Field::new("checkpoint", DataType::Utf8, true),
+    ]
+}
+
+impl Operator for TrainLora {
+    fn spec(&self) -> &OpSpec {
+        &SPEC
+    }
+
+    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
+        let mut needed = vec![ColumnRequirement::text(params.str("prompt")?), ColumnRequirement::image(params.str("target")?)];
+        needed.extend(params.str_list("refs")?.into_iter().map(ColumnRequirement::image));
+        if !params.str("init_lora")?.is_empty() {
+            needed.push(ColumnRequirement::text(params.str("init_lora")?));
+        }
+        Ok(vec![needed])
+    }
+
+    fn output_schema(&self, _params: &Params, _inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        Ok(Arc::new(Schema::new(output_fields())))
+    }
+
+    fn prepare(&self, params: &Params, env: &Environment, _input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+        let settings = Settings {
+            prompt: params.str("prompt")?.into(),
+            target: params.str("target")?.into(),
+            refs: params.str_list("refs")?.into_iter().map(str::to_string).collect(),
+            init_lora: Some(params.str("init_lora")?.to_string()).filter(|s| !s.is_empty()),
+            rank: params.int("rank")? as usize,
+            steps: params.int("steps")? as u64,
+            batch_size: params.int("batch_size")? as usize,
+            accumulation: params.int("gradient_accumulation")? as usize,
+            text_dropout: params.float("text_dropout")?,
+            resolution: params.int("resolution")? as u32,
+            resolution_ref: match params.int("resolution_ref")? as u32 {
+                0 => params.int("resolution")? as u32,
+                r => r,
+            },
+            pe: params.str("pe")?.parse().map_err(|message| OpError::Param { name: "pe".into(), message })?,
+            checkpoint_every: params.int("checkpoint_every")? as u64,
+            optim: OptimSettings {
+                lr: params.float("learning_rate")?,
+                weight_decay: params.float("weight_decay")?,
+                max_grad_norm: params.float("max_grad_norm")?,
+                ..OptimSettings::default()
+            },
+            seed: env.seed,
+            artifacts: env
+                .artifacts_dir
+                .clone()
+                .ok_or_else(|| OpError::Execution("train_lora needs a workspace for its checkpoints".into()))?,
+        };
+        let model_dir = params.str("model_dir")?.to_string();
+        let trainer: Box<dyn Train> = match env.device {
+            unoflow_models::DeviceSpec::Cpu => Box::new(Trainer::<burn::backend::Autodiff<unoflow_models::device::CpuBackend>>::new(
+                settings,
+                &model_dir,
+                Default::default(),
+            )?),
+            #[cfg(feature = "cuda")]
+            unoflow_models::DeviceSpec::Cuda(n) => Box::new(Trainer::<burn::backend::Autodiff<unoflow_models::device::CudaBackend>>::new(
+                settings,
+                &model_dir,
+                unoflow_models::device::cuda_device(n),
+            )?),
+            #[cfg(not(feature = "cuda"))]
+            unoflow_models::DeviceSpec::Cuda(_) => return Err(load_err(unoflow_models::DeviceError::CudaNotBuilt(env.device))),
+        };
+        Ok(Arc::new(Node(Mutex::new(trainer))))
+    }
+}
+
+/// The node's settings.
+#[derive(Debug, Clone)]
+struct Settings {
+    prompt: String,
+    target: String,
+    refs: Vec<String>,
+    init_lora: Option<String>,
+    rank: usize,
+    steps: u64,
+    batch_size: usize,
+    accumulation: usize,
+    text_dropout: f64,
+    resolution: u32,
+    resolution_ref: u32,
+    pe: PeMode,
+    checkpoint_every: u64,
+    optim: OptimSettings,
+    seed: u64,
+    artifacts: PathBuf,
+}
+
+/// One row of the output: what a step measured (also kept in checkpoints for resume).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StepRow {
+    step: u64,
+    loss: f64,
+    grad_norm: f64,
+    examples_seen: u64,
+    /// Row ids of the examples the step used.
+    examples: Vec<String>,
+    checkpoint: Option<String>,
+}
+
+/// A training on some backend.
+trait Train: Send {
+    /// Trains on `input` (resuming from the last checkpoint if there is one) and returns every
+    /// step's row.
+    fn run(&mut self, ctx: &ExecContext, input: &RecordBatch) -> Result<Vec<StepRow>>;
+    /// The (constant) learning rate.
+    fn learning_rate(&self) -> f64;
+}
+
+/// The prepared node: the models, loaded once; the training runs on its single partition.
+struct Node(Mutex<Box<dyn Train>>);
+
+impl PartitionProcessor for Node {
+    fn process(&self, ctx: &ExecContext, input: &RecordBatch) -> Result<PartitionOutput> {
+        let mut trainer = self.0.lock().map_err(|_| OpError::Internal("a training panicked".into()))?;
+        let rows = trainer.run(ctx, input)?;
+        Ok(PartitionOutput { rows: step_table(&rows, trainer.learning_rate())?, errors: Vec::new() })
+    }
+}
+
+/// The output table of the steps.
+fn step_table(rows: &[StepRow], lr: f64) -> Result<RecordBatch> {
+    let mut parents = ListBuilder::new(StringBuilder::new());
+    for row in rows {
+        for id in &row.examples {
+            parents.values().append_value(id);
+        }
+        parents.append(true);
+    }
+    let ids: Vec<String> = rows.iter().map(|r| RowIdHasher::new("train_lora").field(&r.step.to_le_bytes()).finish()).collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(ids)),
+        Arc::new(parents.finish()),
+        Arc::new(UInt64Array::from(rows.iter().map(|r| r.step).collect::<Vec<_>>())),
+        Arc::new(Float64Array::from(rows.iter().map(|r| r.loss).collect::<Vec<_>>())),
+        Arc::new(Float64Array::from(vec![lr; rows.len()])),
+        Arc::new(Float64Array::from(rows.iter().map(|r| r.grad_norm).collect::<Vec<_>>())),
+        Arc::new(UInt64Array::from(rows.iter().map(|r| r.examples_seen).collect::<Vec<_>>())),
+        Arc::new(rows.iter().map(|r| r.checkpoint.as_deref()).collect::<StringArray>()),
+    ];
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(output_fields())), columns)?)
+}
+
+/// One training example, decoded.
+struct Example {
+    id: String,
+    prompt: String,
+    target: DynamicImage,
+    refs: Vec<DynamicImage>,
+}
+
+/// A training on backend `B`: the frozen models and the LoRA being trained.
+struct Trainer<B: AutodiffBackend> {
+    settings: Settings,
+    models: Models<B>,
+    device: B::Device,
+    prompts: HashMap<String, PromptEmbedding<B>>,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    fn new(settings: Settings, model_dir: &str, device: B::Device) -> Result<Self> {
+        let models = if model_dir.is_empty() {
+            Models::<B>::tiny(&device)?
+        } else {
+            let precision =
+                if B::name(&device).contains("flex") { unoflow_models::Precision::F32 } else { unoflow_models::Precision::Bf16 };
+            Models::<B>::load(Path::new(model_dir), None, precision, &device)?
+        };
+        Ok(Self { settings, models, device, prompts: HashMap::new() })
+    }
+
+    /// The decoded examples of the input, and the LoRA file to start from, if any.
+    fn examples(&self, input: &RecordBatch) -> Result<(Vec<Example>, Option<String>)> {
+        let s = &self.settings;
+        let ids = row_ids(input)?;
+        let prompts = text(input, &s.prompt)?;
+        let target = binary(input, &s.target)?;
+        let refs = s.refs.iter().map(|c| binary(input, c)).collect::<Result<Vec<_>>>()?;
+        let image = |col: &arrow::array::BinaryArray, name: &str, row: usize| -> Result<DynamicImage> {
+            let bytes = bytes_at(col, name, row).map_err(|e| OpError::Execution(format!("row {}: {e}", ids.value(row))))?;
+            image_io::decode(bytes).map_err(|e| OpError::Execution(format!("row {}: `{name}`: {e}", ids.value(row))))
+        };
+        let mut examples = Vec::with_capacity(input.num_rows());
+        for row in 0..input.num_rows() {
+            examples.push(Example {
+                id: ids.value(row).to_string(),
+                prompt: if prompts.is_null(row) { String::new() } else { prompts.value(row).to_string() },
+                target: image(&target, &s.target, row)?,
+                refs: refs.iter().zip(&s.refs).map(|(col, name)| image(col, name, row)).collect::<Result<_>>()?,
+            });
+        }
+        if examples.is_empty() {
+            return Err(OpError::Execution("no training examples: the input table is empty".into()));
+        }
+        let init = match &s.init_lora {
+            Some(column) => {
+                let files = text(input, column)?;
+                let first = files.iter().flatten().next().map(str::to_string);
+                if files.iter().flatten().any(|f| Some(f) != first.as_deref()) {
+                    return Err(OpError::Column {
+                        column: column.clone(),
+                        message: "rows name different LoRA files; one node continues one LoRA".into(),
+                    });
+                }
+                Some(first.ok_or_else(|| OpError::Column { column: column.clone(), message: "is null in every row".into() })?)
+            }
+            None => None,
+        };
+        Ok((examples, init))
+    }
+
+    fn embed(&mut self, prompt: &str) -> Result<PromptEmbedding<B>> {
+        if let Some(e) = self.prompts.get(prompt) {
+            return Ok(e.clone());
+        }
+        let e = self.models.encode_prompt(prompt)?;
+        self.prompts.insert(prompt.to_string(), e.clone());
+        Ok(e)
+    }
+
+    /// The examples micro-batch `micro` of step `step` uses: epoch-wise seeded permutations of
+    /// the dataset, so the order is a function of the seed and the step alone.
+    fn picks(&self, step: u64, micro: usize, n: usize) -> Vec<usize> {
+        let s = &self.settings;
+        let per_step = (s.batch_size * s.accumulation) as u64;
+        (0..s.batch_size)
+            .map(|j| {
+                let index = (step - 1) * per_step + (micro * s.batch_size + j) as u64;
+                let (epoch, position) = (index / n as u64, (index % n as u64) as usize);
+                let mut order: Vec<usize> = (0..n).collect();
+                let mut draws = Draws::new(s.seed, "train_lora.order", &[&epoch.to_le_bytes()]);
+                for i in (1..n).rev() {
+                    order.swap(i, draws.below(i + 1));
+                }
+                order[position]
+            })
+            .collect()
+    }
+
+    /// Images resized (no crop) to the bucket of their mean aspect ratio, encoded, packed:
+    /// `[B, L, 64]` and the token grid.
+    fn encode(&self, images: &[&DynamicImage], resolution: u32) -> (Tensor<B, 3>, TokenGrid) {
+        let ratios: Vec<f64> = images.iter().map(|i| i.width() as f64 / i.height() as f64).collect();
+        let (h, w) = bucket_for(&ratios, resolution);
+        let dtype = self.models.flux.dtype();
+        let latents: Vec<Tensor<B, 4>> = images
+            .iter()
+            .map(|img| {
+                let rgb: RgbImage = image::imageops::resize(&img.to_rgb8(), w, h, FilterType::Triangle);
+                self.models.ae.encode(to_tensor::<B>(&rgb, &self.device).cast(dtype))
+            })
+            .collect();
+        (pack(Tensor::cat(latents, 0)), TokenGrid { rows: h as usize / 16, cols: w as usize / 16 })
+    }
+
+    /// Micro-batch `micro` of step `step`.
+    fn batch(&mut self, step: u64, micro: usize, examples: &[Example]) -> Result<(FlowBatch<B>, Vec<String>)> {
+        let picks: Vec<&Example> = self.picks(step, micro, examples.len()).into_iter().map(|i| &examples[i]).collect();
+        let mut draws = Draws::new(self.settings.seed, "train_lora.batch", &[&step.to_le_bytes(), &(micro as u64).to_le_bytes()]);
+        let (x_1, grid) = self.encode(&picks.iter().map(|e| &e.target).collect::<Vec<_>>(), self.settings.resolution);
+        let mut refs = Vec::new();
+        let mut ref_grids = Vec::new();
+        for k in 0..self.settings.refs.len() {
+            let (tokens, g) = self.encode(&picks.iter().map(|e| &e.refs[k]).collect::<Vec<_>>(), self.settings.resolution_ref);
+            refs.push(tokens);
+            ref_grids.push(g);
+        }
+        let mut txt = Vec::new();
+        let mut y = Vec::new();
+        for e in &picks {
+            let prompt = if draws.unit() < self.settings.text_dropout { "" } else { e.prompt.as_str() };
+            let embedding = self.embed(prompt)?;
+            txt.push(embedding.txt);
+            y.push(embedding.y);
+        }
+        let n = picks.len();
+        let (h, w) = (grid.rows * 16, grid.cols * 16);
+        let noises: Vec<Tensor<B, 4>> = (0..n)
+            .map(|_| {
+                let (data, shape) = noise(draws.next_u64(), h, w);
+                Tensor::from_data(TensorData::new(data, [1, shape[0], shape[1], shape[2]]), (&self.device, DType::F32))
+            })
+            .collect();
+        let schedule = training_timesteps((self.settings.resolution as usize / 16).pow(2));
+        let t: Vec<f32> = (0..n).map(|_| schedule[draws.below(schedule.len())]).collect();
+        let txt = Tensor::cat(txt, 0);
+        let ids = position_ids(txt.dims()[1], grid, &ref_grids, self.settings.pe);
+        let batch = FlowBatch {
+            x_1,
+            x_0: pack(Tensor::cat(noises, 0)),
+            t: Tensor::from_data(TensorData::new(t, [n]), (&self.device, DType::F32)),
+            img_ids: ids_tensor(&ids.target, n, &self.device),
+            txt,
+            txt_ids: ids_tensor(&ids.txt, n, &self.device),
+            y: Tensor::cat(y, 0),
+            refs: refs.into_iter().zip(&ids.refs).map(|(r, i)| (r, ids_tensor(i, n, &self.device))).collect(),
+        };
+        Ok((batch, picks.iter().map(|e| e.id.clone()).collect()))
+    }
+
+    /// The newest complete checkpoint folder (`step-NNNNNNNNN`), if any.
+    fn last_checkpoint(&self) -> Option<(u64, PathBuf)> {
+        let entries = std::fs::read_dir(&self.settings.artifacts).ok()?;
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+                e.path().join("rows.json").is_file().then(|| (step, e.path()))
+            })
+            .filter(|(step, _)| *step <= self.settings.steps)
+            .max_by_key(|(step, _)| *step)
+    }
+
+    /// Writes a checkpoint next to its final place and renames it in, so a folder that exists is
+    /// complete.
+    fn checkpoint(&self, step: u64, flux: &Flux<B>, trainer: &LoraTrainer<B>, rows: &[StepRow]) -> Result<PathBuf> {
+        let dir = self.settings.artifacts.join(format!("step-{step:09}"));
+        let tmp = self.settings.artifacts.join(format!(".tmp-step-{step:09}"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        save_checkpoint(&tmp, flux, trainer).map_err(load_err)?;
+        let rows_json = serde_json::to_vec(rows).map_err(|e| OpError::Internal(e.to_string()))?;
+        std::fs::write(tmp.join("rows.json"), rows_json).map_err(|e| OpError::Execution(format!("{}: {e}", tmp.display())))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(|e| OpError::Execution(format!("{}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+}
+
+impl<B: AutodiffBackend> Train for Trainer<B> {
+    fn learning_rate(&self) -> f64 {
+        self.settings.optim.lr
+    }
+
+    fn run(&mut self, ctx: &ExecContext, input: &RecordBatch) -> Result<Vec<StepRow>> {
+        let (examples, init) = self.examples(input)?;
+        let config = self.models.flux_config.clone();
+        if let Some(r) = examples.iter().find(|e| e.refs.len() != self.settings.refs.len()) {
+            return Err(OpError::Internal(format!("row {} has {} references", r.id, r.refs.len())));
+        }
+        let mut flux = self.models.flux.clone();
+        match &init {
+            Some(file) => {
+                load_lora(&mut flux, &config, Path::new(file), 1.0, &self.device).map_err(load_err)?;
+            }
+            None => {
+                B::seed(&self.device, self.settings.seed);
+                flux.init_lora(&config, self.settings.rank, &self.device);
+            }
+        }
+        let mut trainer = LoraTrainer::<B>::new(self.settings.optim);
+        let mut rows: Vec<StepRow> = Vec::new();
+        if let Some((step, dir)) = self.last_checkpoint() {
+            load_lora(&mut flux, &config, &dir.join(CHECKPOINT_LORA), 1.0, &self.device).map_err(load_err)?;
+            load_optimizer(&dir, &mut trainer, &self.device).map_err(load_err)?;
+            let text = std::fs::read(dir.join("rows.json")).map_err(|e| OpError::Execution(format!("{}: {e}", dir.display())))?;
+            rows = serde_json::from_slice(&text).map_err(|e| OpError::Execution(format!("{}: {e}", dir.display())))?;
+            debug_assert_eq!(rows.len() as u64, step);
+        }
+        let mut flux = flux.with_trainable_lora();
+        let per_step = (self.settings.batch_size * self.settings.accumulation) as u64;
+        for step in rows.len() as u64 + 1..=self.settings.steps {
+            if ctx.is_cancelled() {
+                return Err(OpError::Execution("cancelled".into()));
+            }
+            let mut total: Option<LoraGrads<B::InnerBackend>> = None;
+            let (mut loss, mut used) = (0.0, Vec::new());
+            for micro in 0..self.settings.accumulation {
+                let (batch, ids) = self.batch(step, micro, &examples)?;
+                let (grads, l) = lora_gradients(&flux, batch).map_err(|e| OpError::Execution(e.to_string()))?;
+                loss += l / self.settings.accumulation as f64;
+                used.extend(ids);
+                let scale = 1.0 / self.settings.accumulation as f64;
+                let grads = LoraGrads(grads.0.into_iter().map(|(k, g)| (k, g * scale)).collect());
+                total = Some(match total {
+                    None => grads,
+                    Some(sum) => LoraGrads(sum.0.into_iter().zip(grads.0).map(|((k, a), (_, b))| (k, a + b)).collect()),
+                });
+            }
+            let mut grads = total.ok_or_else(|| OpError::Internal("no micro-batch".into()))?;
+            let grad_norm = grads.clip(self.settings.optim.max_grad_norm);
+            flux = trainer.apply(flux, &grads);
+            rows.push(StepRow { step, loss, grad_norm, examples_seen: step * per_step, examples: used, checkpoint: None });
+            if step % self.settings.checkpoint_every == 0 || step == self.settings.steps {
+                let dir = self.checkpoint(step, &flux, &trainer, &rows)?;
+                if let Some(last) = rows.last_mut() {
+                    last.checkpoint = Some(dir.join(CHECKPOINT_LORA).to_string_lossy().into_owned());
+                }
+                // The rows file of the checkpoint names its own LoRA too.
+                let rows_json = serde_json::to_vec(&rows).map_err(|e| OpError::Internal(e.to_string()))?;
+                std::fs::write(dir.join("rows.json"), rows_json).map_err(|e| OpError::Execution(format!("{}: {e}", dir.display())))?;
+            }
+        }
+        Ok(rows)
+    }
+}
