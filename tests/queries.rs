@@ -77,3 +77,22 @@ fn lineage_walks_back_to_the_photos() {
     let missing = p.unoflow(&["lineage", "pairs", "nope", "--dag", "dag.toml"]).expect_code(2);
     assert!(missing.stderr.contains("no row `nope` in node `pairs`"), "{}", missing.stderr);
 }
+
+#[test]
+fn a_json_array_file_reads_as_a_table() {
+    // UNO's and DreamBench's prompt lists are JSON arrays, not JSON lines.
+    let p = Project::new();
+    p.write(
+        "list.json",
+        r#"[
+  {"prompt": "a backpack in the jungle", "image_paths": ["./dreambooth/dataset/backpack/02.jpg"]},
+  {"prompt": "a cat and a dog", "image_paths": ["./dreambooth/dataset/cat/04.jpg", "./dreambooth/dataset/dog/02.jpg"]}
+]"#,
+    );
+    p.dag("[dag]\nname = \"j\"\nworkspace = \"ws\"\n\n[nodes.list]\nop = \"read\"\npath = \"list.json\"\nformat = \"jsonl\"\n");
+    p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    assert_eq!(
+        sql_csv(&p, "SELECT prompt, array_length(image_paths, 1) AS refs FROM list ORDER BY prompt"),
+        ["prompt,refs", "a backpack in the jungle,1", "a cat and a dog,2"]
+    );
+}

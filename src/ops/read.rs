@@ -30,7 +30,7 @@ pub static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "read",
     version: 1,
     summary: "read files (Parquet, CSV, JSON lines, or a folder of images) into a table",
-    doc: "`images` reads a folder recursively (PNG, JPEG, WebP) into `path`, `image` (PNG bytes), \
+    doc: "`jsonl` also reads a file holding one JSON array of objects (UNO's and DreamBench's lists). `images` reads a folder recursively (PNG, JPEG, WebP) into `path`, `image` (PNG bytes), \
           `width`, `height`; unreadable files go to the error table. `parquet`, `csv` (with a header) \
           and `jsonl` read one file or a folder of them. Rows get a `row_id` from their content \
           unless the data has one.",
@@ -188,6 +188,28 @@ pub fn with_row_id(schema: Schema) -> Result<SchemaRef, String> {
 }
 
 /// A DataFrame over tabular source files.
+/// Whether a file's first non-blank byte opens a JSON array (`[{…}, …]`, as UNO's and
+/// DreamBench's lists are written) rather than JSON lines.
+fn starts_with_array(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    head[..n].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// A file holding one JSON array of objects, as a table (schema inferred from the objects).
+fn json_array(ctx: &SessionContext, path: &Path) -> datafusion::error::Result<DataFrame> {
+    use datafusion::error::DataFusionError;
+    let fail = |e: String| DataFusionError::Execution(format!("{}: {e}", path.display()));
+    let text = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let values: Vec<serde_json::Value> = serde_json::from_slice(&text).map_err(|e| fail(format!("not a JSON array of objects: {e}")))?;
+    let schema = datafusion::arrow::json::reader::infer_json_schema_from_iterator(values.iter().map(Ok))?;
+    let mut decoder = datafusion::arrow::json::ReaderBuilder::new(Arc::new(schema.clone())).build_decoder()?;
+    decoder.serialize(&values)?;
+    let batch = decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(Arc::new(schema)));
+    ctx.read_batch(batch)
+}
+
 pub async fn tabular(ctx: &SessionContext, path: &Path, format: Format) -> datafusion::error::Result<DataFrame> {
     let location = path.to_string_lossy();
     // A single file is read whatever its extension; a folder keeps the files with the format's.
@@ -199,6 +221,7 @@ pub async fn tabular(ctx: &SessionContext, path: &Path, format: Format) -> dataf
     match format {
         Format::Parquet => ctx.read_parquet(location.as_ref(), ParquetReadOptions::default().file_extension(&ext)).await,
         Format::Csv => ctx.read_csv(location.as_ref(), CsvReadOptions::new().has_header(true).file_extension(&ext)).await,
+        Format::Jsonl if path.is_file() && starts_with_array(path) => json_array(ctx, path),
         Format::Jsonl => ctx.read_json(location.as_ref(), JsonReadOptions::default().file_extension(&ext)).await,
         Format::Images => Err(datafusion::error::DataFusionError::Internal("images are not tabular".into())),
     }
