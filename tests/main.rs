@@ -6,6 +6,7 @@ mod support;
 
 mod curation;
 mod errors;
+mod evaluation;
 mod execution;
 mod generate;
 mod models;

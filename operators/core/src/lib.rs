@@ -19,6 +19,7 @@ pub mod curation;
 pub mod draws;
 pub mod embed;
 mod error;
+pub mod evaluate;
 pub mod generate;
 pub mod image_io;
 pub mod image_similarity;
@@ -49,5 +50,6 @@ pub fn builtin_operators() -> Vec<std::sync::Arc<dyn Operator>> {
         Arc::new(curation::vlm::score::VlmScore),
         Arc::new(curation::vlm::detect::VlmDetect),
         Arc::new(training::train_lora::TrainLora),
+        Arc::new(evaluate::Evaluate),
     ]
 }

@@ -1,0 +1,372 @@
+//! `evaluate`: the DreamBench protocol (uno-method §6.1). For each prompt row (UNO's
+//! `uno_singleip.json` / `uno_multiip.json` format: `prompt`, `image_paths`), generate
+//! `images_per_prompt` images with UNO from the row's references, and score each with DINO
+//! (ViT-S/16, CLS), CLIP-I and CLIP-T (ViT-B/32): one output row per image. Per-subject and
+//! overall means are `sql` views over it (`GROUP BY subject`), so two evaluation nodes compare
+//! side by side in one query.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Float32Array, StringArray, UInt32Array, UInt64Array};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use burn::tensor::backend::Backend;
+use image::{DynamicImage, RgbImage};
+use unoflow_models::Precision;
+use unoflow_models::flux::sampling::ShiftRule;
+use unoflow_models::flux::{PeMode, load_lora};
+
+use crate::columns::ColumnRequirement;
+use crate::draws::Draws;
+use crate::embed::{ImageEncoder, Resize, TextEncoder, load_err, on_device, open_clip, open_dino};
+use crate::generate::{GenerateOptions, Models, png_with_text, sample};
+use crate::metrics::{Sample, Scorer};
+use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
+use crate::rowid::RowIdHasher;
+use crate::rows::{RowResults, column, derived, derived_schema, row_ids, text};
+use crate::{OpError, Result, image_io};
+
+/// The `evaluate` operator.
+#[derive(Debug, Clone, Copy)]
+pub struct Evaluate;
+
+static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
+    name: "evaluate",
+    version: 1,
+    summary: "DreamBench evaluation: generate each prompt from its references with UNO, score DINO, CLIP-I, CLIP-T per image",
+    doc: "Input rows are the protocol's prompts (`prompt`, `image_paths` relative to `dataset`, \
+          UNO's `./dreambooth/dataset/SUBJECT/NN.jpg` form accepted; read `uno_singleip.json` or \
+          `uno_multiip.json` with `read format = \"jsonl\"`). For each row, `images_per_prompt` \
+          images (seeds drawn from the DAG seed and the row id) are generated with the UNO \
+          pipeline of `unoflow generate` and scored: DINO (cosine of DINO ViT-S/16 CLS \
+          embeddings, generated vs each reference, mean over references), CLIP-I (same with \
+          CLIP image embeddings) and CLIP-T (CLIP image vs prompt; not ×100). `lora` names a \
+          column holding the LoRA to evaluate (e.g. a training node's last checkpoint joined in \
+          with `sql`). Output: one row per image with subject (the reference folders joined by \
+          `+`), image_index, seed, image, dino, clip_i, clip_t.",
+    params: vec![
+        ParamSpec::required("dataset", ParamType::Path(PathKind::Input), "a DreamBench-layout folder (SUBJECT/NN.jpg)"),
+        ParamSpec::required("dino_weights", ParamType::Path(PathKind::Input), "DINO ViT-S/16 folder (timm layout)"),
+        ParamSpec::required(
+            "clip_weights",
+            ParamType::Path(PathKind::Input),
+            "CLIP ViT-B/32 folder (transformers CLIPModel, with tokenizer.json)",
+        ),
+        ParamSpec::optional(
+            "model_dir",
+            ParamType::Path(PathKind::Input),
+            ParamValue::Str(String::new()),
+            "FLUX model folder; empty: the tiny random models",
+        ),
+        ParamSpec::optional("lora", ParamType::Str, ParamValue::Str(String::new()), "a column with the LoRA file to evaluate"),
+        ParamSpec::optional("prompt", ParamType::Str, ParamValue::Str("prompt".into()), "the prompt column"),
+        ParamSpec::optional("image_paths", ParamType::Str, ParamValue::Str("image_paths".into()), "the reference paths column"),
+        ParamSpec::optional(
+            "images_per_prompt",
+            ParamType::int(1, 1000),
+            ParamValue::Int(1),
+            "images per prompt (paper: 6 for multi-subject)",
+        ),
+        ParamSpec::optional("width", ParamType::int(16, 4096), ParamValue::Int(512), "generated width (multiple of 16)"),
+        ParamSpec::optional("height", ParamType::int(16, 4096), ParamValue::Int(512), "generated height (multiple of 16)"),
+        ParamSpec::optional("steps", ParamType::int(1, 1000), ParamValue::Int(25), "sampling steps"),
+        ParamSpec::optional("guidance", ParamType::float(0.0, 100.0), ParamValue::Float(4.0), "distilled guidance (UNO: 4)"),
+        ParamSpec::optional("pe", ParamType::Choice(&["d", "h", "w", "o"]), ParamValue::Str("d".into()), "UnoPE mode"),
+        ParamSpec::optional("dino_crop", ParamType::int(0, 4096), ParamValue::Int(0), "DINO input side (0: 224 after 256)"),
+        ParamSpec::optional("clip_crop", ParamType::int(0, 4096), ParamValue::Int(0), "CLIP input side (0: 224)"),
+    ],
+    inputs: (1, 1),
+    resource: Resource::Gpu,
+    mapping: RowMapping::Derive,
+    partition_rows: 4,
+});
+
+fn added_fields() -> Vec<Field> {
+    vec![
+        Field::new("subject", DataType::Utf8, false),
+        Field::new("image_index", DataType::UInt32, false),
+        Field::new("seed", DataType::UInt64, false),
+        Field::new("image", DataType::Binary, false),
+        Field::new("dino", DataType::Float32, false),
+        Field::new("clip_i", DataType::Float32, false),
+        Field::new("clip_t", DataType::Float32, false),
+    ]
+}
+
+/// The UNO pipeline on some backend, with the LoRA it currently carries.
+trait SubjectGenerator: Send + Sync {
+    /// One image per seed from `refs` and `prompt`, with the LoRA `lora` loaded (once).
+    fn generate(&self, lora: Option<&str>, opts: &GenerateOptions, seeds: &[u64]) -> Result<Vec<RgbImage>>;
+}
+
+/// Models and the LoRA file merged into them, if any.
+struct Pipeline<B: Backend> {
+    models: Mutex<(Models<B>, Option<String>)>,
+    model_dir: String,
+    precision: Precision,
+    device: B::Device,
+}
+
+impl<B: Backend> Pipeline<B> {
+    fn base(model_dir: &str, precision: Precision, device: &B::Device) -> Result<Models<B>> {
+        if model_dir.is_empty() { Models::tiny(device) } else { Models::load(Path::new(model_dir), None, precision, device) }
+    }
+}
+
+impl<B: Backend> SubjectGenerator for Pipeline<B>
+where
+    B::Device: Send + Sync,
+{
+    fn generate(&self, lora: Option<&str>, opts: &GenerateOptions, seeds: &[u64]) -> Result<Vec<RgbImage>> {
+        let mut guard = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.1.as_deref() != lora {
+            // Another LoRA: start again from the base weights.
+            let mut models = Self::base(&self.model_dir, self.precision, &self.device)?;
+            if let Some(file) = lora {
+                let config = models.flux_config.clone();
+                load_lora(&mut models.flux, &config, Path::new(file), 1.0, &self.device).map_err(load_err)?;
+            }
+            *guard = (models, lora.map(str::to_string));
+        }
+        let models = &guard.0;
+        let prompt = models.encode_prompt(&opts.prompt)?;
+        let mut images = Vec::with_capacity(seeds.len());
+        for &seed in seeds {
+            images.extend(sample(models, &prompt, &GenerateOptions { seed, num_images: 1, ..opts.clone() }, &mut |_, _| {})?);
+        }
+        Ok(images)
+    }
+}
+
+fn open_generator(model_dir: &str, env: &Environment) -> Result<Box<dyn SubjectGenerator>> {
+    on_device!(env.device, |device: B| {
+        let precision = if matches!(env.device, unoflow_models::DeviceSpec::Cpu) { Precision::F32 } else { Precision::Bf16 };
+        let models = Pipeline::<B>::base(model_dir, precision, &device)?;
+        Ok(Box::new(Pipeline::<B> { models: Mutex::new((models, None)), model_dir: model_dir.to_string(), precision, device })
+            as Box<dyn SubjectGenerator>)
+    })
+}
+
+impl Operator for Evaluate {
+    fn spec(&self) -> &OpSpec {
+        &SPEC
+    }
+
+    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
+        let paths = params.str("image_paths")?;
+        let mut needed = vec![
+            ColumnRequirement::text(params.str("prompt")?),
+            ColumnRequirement {
+                name: paths.into(),
+                types: vec![
+                    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+                    DataType::List(Arc::new(Field::new("item", DataType::Utf8View, true))),
+                    DataType::List(Arc::new(Field::new("item", DataType::LargeUtf8, true))),
+                ],
+            },
+        ];
+        if !params.str("lora")?.is_empty() {
+            needed.push(ColumnRequirement::text(params.str("lora")?));
+        }
+        Ok(vec![needed])
+    }
+
+    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        for side in ["width", "height"] {
+            if params.int(side)? % 16 != 0 {
+                return Err(OpError::Param { name: side.into(), message: format!("{} is not a multiple of 16", params.int(side)?) });
+            }
+        }
+        Ok(derived_schema(&inputs[0], &[], added_fields()))
+    }
+
+    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+        let crop = |name: &str| -> Result<Option<Resize>> {
+            let side = params.int(name)? as u32;
+            // DINO's reference resizes to 256 and crops 224; a custom crop keeps that ratio.
+            Ok((side > 0).then(|| Resize { resize: if name == "dino_crop" { side * 256 / 224 } else { side }, crop: side }))
+        };
+        let dino = open_dino(Path::new(params.str("dino_weights")?), crop("dino_crop")?, env.device)?;
+        let (clip_image, clip_text) = open_clip(Path::new(params.str("clip_weights")?), crop("clip_crop")?, env.device)?;
+        let options = GenerateOptions {
+            prompt: String::new(),
+            refs: Vec::new(),
+            width: params.int("width")? as usize,
+            height: params.int("height")? as usize,
+            steps: params.int("steps")? as usize,
+            guidance: params.float("guidance")? as f32,
+            seed: 0,
+            num_images: 1,
+            pe: params.str("pe")?.parse::<PeMode>().map_err(|message| OpError::Param { name: "pe".into(), message })?,
+            shift: ShiftRule::UnoLatentArea,
+            ref_long_side: None,
+        };
+        Ok(Arc::new(Evaluator {
+            generator: open_generator(params.str("model_dir")?, env)?,
+            dino,
+            clip_image,
+            clip_text,
+            dataset: PathBuf::from(params.str("dataset")?),
+            options,
+            prompt: params.str("prompt")?.into(),
+            image_paths: params.str("image_paths")?.into(),
+            lora: Some(params.str("lora")?.to_string()).filter(|s| !s.is_empty()),
+            images_per_prompt: params.int("images_per_prompt")? as usize,
+            seed: env.seed,
+            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+        }))
+    }
+}
+
+struct Evaluator {
+    generator: Box<dyn SubjectGenerator>,
+    dino: Box<dyn ImageEncoder>,
+    clip_image: Box<dyn ImageEncoder>,
+    clip_text: Box<dyn TextEncoder>,
+    dataset: PathBuf,
+    options: GenerateOptions,
+    prompt: String,
+    image_paths: String,
+    lora: Option<String>,
+    images_per_prompt: usize,
+    seed: u64,
+    schema: SchemaRef,
+}
+
+/// A reference path of the protocol inside `dataset`: as given, or with UNO's
+/// `./dreambooth/dataset/` prefix (everything up to `dataset/`) removed.
+pub fn resolve_reference(dataset: &Path, path: &str) -> std::result::Result<PathBuf, String> {
+    let direct = dataset.join(path.trim_start_matches("./"));
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let stripped = path.rsplit_once("dataset/").map(|(_, rest)| dataset.join(rest));
+    stripped.filter(|p| p.is_file()).ok_or_else(|| format!("reference {path:?} is not in {}", dataset.display()))
+}
+
+/// The subject name of a reference path: its folder (`backpack` for `…/backpack/02.jpg`).
+fn subject_of(path: &str) -> String {
+    Path::new(path).parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// One evaluated image.
+struct Scored {
+    index: u32,
+    seed: u64,
+    png: Vec<u8>,
+    scores: crate::metrics::Scores,
+}
+
+impl Evaluator {
+    fn row(&self, row_id: &str, prompt: &str, paths: &[String], lora: Option<&str>) -> std::result::Result<(String, Vec<Scored>), String> {
+        if paths.is_empty() {
+            return Err("no reference images".into());
+        }
+        let refs: Vec<DynamicImage> = paths
+            .iter()
+            .map(|p| {
+                let file = resolve_reference(&self.dataset, p)?;
+                let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                image_io::decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))
+            })
+            .collect::<std::result::Result<_, String>>()?;
+        let mut draws = Draws::new(self.seed, "evaluate", &[row_id.as_bytes()]);
+        let seeds: Vec<u64> = (0..self.images_per_prompt).map(|_| draws.next_u64() >> 11).collect();
+        let opts = GenerateOptions { prompt: prompt.into(), refs: refs.clone(), ..self.options.clone() };
+        let images = self.generator.generate(lora, &opts, &seeds).map_err(|e| e.to_string())?;
+        let generated: Vec<DynamicImage> = images.iter().map(|i| DynamicImage::ImageRgb8(i.clone())).collect();
+        let samples: Vec<Sample<'_>> =
+            generated.iter().map(|g| Sample { generated: g, references: refs.iter().collect(), prompt }).collect();
+        let scorer =
+            Scorer { dino: self.dino.as_ref(), clip_image: self.clip_image.as_ref(), clip_text: self.clip_text.as_ref(), batch_size: 8 };
+        let scores = scorer.score(&samples).map_err(|e| e.to_string())?;
+        let subject = paths.iter().map(|p| subject_of(p)).collect::<Vec<_>>().join("+");
+        let scored = images
+            .iter()
+            .zip(seeds)
+            .zip(scores)
+            .enumerate()
+            .map(|(k, ((image, seed), scores))| {
+                let meta = serde_json::json!({"prompt": prompt, "refs": paths, "seed": seed, "steps": opts.steps, "guidance": opts.guidance, "lora": lora});
+                let png = png_with_text(image, &[("parameters".into(), meta.to_string())]).map_err(|e| e.to_string())?;
+                Ok(Scored { index: k as u32, seed, png, scores })
+            })
+            .collect::<std::result::Result<_, String>>()?;
+        Ok((subject, scored))
+    }
+}
+
+impl PartitionProcessor for Evaluator {
+    fn process(&self, ctx: &ExecContext, input: &RecordBatch) -> Result<PartitionOutput> {
+        let ids = row_ids(input)?;
+        let prompts = text(input, &self.prompt)?;
+        let lists = cast(column(input, &self.image_paths)?, &DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))))?;
+        let lists = lists.as_list::<i32>();
+        let loras = self.lora.as_deref().map(|c| text(input, c)).transpose()?;
+        let mut results = Vec::with_capacity(input.num_rows());
+        for row in 0..input.num_rows() {
+            if ctx.is_cancelled() {
+                return Err(OpError::Execution("cancelled".into()));
+            }
+            let paths: Vec<String> = if lists.is_null(row) {
+                Vec::new()
+            } else {
+                lists.value(row).as_string::<i32>().iter().flatten().map(str::to_string).collect()
+            };
+            let lora = loras.as_ref().filter(|l| l.is_valid(row)).map(|l| l.value(row));
+            results.push(self.row(ids.value(row), prompts.value(row), &paths, lora));
+        }
+        let results = RowResults::split(ids, results);
+        let (mut sources, mut new_ids, mut subjects, mut index, mut seeds, mut pngs) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut dino, mut clip_i, mut clip_t) = (vec![], vec![], vec![]);
+        for (row, (subject, scored)) in results.kept_rows().zip(&results.values) {
+            for s in scored {
+                sources.push(row as u32);
+                new_ids.push(RowIdHasher::new("evaluate").field(ids.value(row).as_bytes()).field(&s.index.to_le_bytes()).finish());
+                subjects.push(subject.clone());
+                index.push(s.index);
+                seeds.push(s.seed);
+                pngs.push(s.png.as_slice());
+                dino.push(s.scores.dino);
+                clip_i.push(s.scores.clip_i);
+                clip_t.push(s.scores.clip_t);
+            }
+        }
+        let added: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(subjects)),
+            Arc::new(UInt32Array::from(index)),
+            Arc::new(UInt64Array::from(seeds)),
+            Arc::new(BinaryArray::from(pngs)),
+            Arc::new(Float32Array::from(dino)),
+            Arc::new(Float32Array::from(clip_i)),
+            Arc::new(Float32Array::from(clip_t)),
+        ];
+        Ok(PartitionOutput { rows: derived(&self.schema, input, &sources, new_ids, added)?, errors: results.errors })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uno_reference_paths_resolve_in_a_dreambench_folder() {
+        let dir = tempfile_dir();
+        std::fs::create_dir_all(dir.join("backpack")).unwrap();
+        std::fs::write(dir.join("backpack/02.jpg"), b"x").unwrap();
+        assert_eq!(resolve_reference(&dir, "./dreambooth/dataset/backpack/02.jpg").unwrap(), dir.join("backpack/02.jpg"));
+        assert_eq!(resolve_reference(&dir, "backpack/02.jpg").unwrap(), dir.join("backpack/02.jpg"));
+        assert!(resolve_reference(&dir, "./dreambooth/dataset/cat/00.jpg").unwrap_err().contains("cat/00.jpg"));
+        assert_eq!(subject_of("./dreambooth/dataset/backpack/02.jpg"), "backpack");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("unoflow-evaluate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

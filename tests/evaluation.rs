@@ -1,0 +1,83 @@
+//! `evaluate`: the DreamBench protocol on tiny models, per image, then per subject with SQL.
+
+use std::path::Path;
+
+use crate::support::{Project, sql_csv};
+
+/// A word-level tokenizer within the tiny CLIP's 64-token vocabulary (its fixture ships none).
+fn tiny_clip_tokenizer() -> String {
+    let words = ["a", "backpack", "in", "the", "jungle", "cat", "and", "dog", "snow"];
+    let mut vocab: Vec<String> = vec!["\"<unk>\": 0".into()];
+    vocab.extend(words.iter().enumerate().map(|(i, w)| format!("\"{w}\": {}", i + 1)));
+    vocab.push("\"<|endoftext|>\": 63".into());
+    format!(
+        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+"pre_tokenizer": {{"type": "Whitespace"}}, "post_processor": null, "decoder": null,
+"model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "<unk>"}}}}"#,
+        vocab.join(", ")
+    )
+}
+
+#[test]
+fn evaluates_single_and_multi_subject_prompts() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = root.join("operators/models/fixtures");
+    let p = Project::new();
+    for (subject, rgb) in [("backpack", [200, 40, 40]), ("cat", [40, 200, 40]), ("dog", [40, 40, 200])] {
+        p.solid_png(&format!("dreambench/{subject}/02.png"), 48, 40, rgb);
+    }
+    // The tiny CLIP with a tokenizer beside it.
+    std::fs::create_dir_all(p.path("clip")).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join("clip/tiny").join(f), p.path("clip").join(f)).unwrap();
+    }
+    p.write("clip/tokenizer.json", &tiny_clip_tokenizer());
+    p.write(
+        "protocol.json",
+        r#"[
+  {"prompt": "a backpack in the jungle", "image_paths": ["./dreambooth/dataset/backpack/02.png"]},
+  {"prompt": "a cat and a dog in the snow", "image_paths": ["./dreambooth/dataset/cat/02.png", "./dreambooth/dataset/dog/02.png"]},
+  {"prompt": "a missing subject", "image_paths": ["./dreambooth/dataset/bear/00.png"]}
+]"#,
+    );
+    p.dag(&format!(
+        r#"[dag]
+name = "eval"
+workspace = "ws"
+
+[nodes.protocol]
+op = "read"
+path = "protocol.json"
+format = "jsonl"
+
+[nodes.eval]
+op = "evaluate"
+inputs = ["protocol"]
+dataset = "dreambench"
+dino_weights = "{dino}"
+clip_weights = "clip"
+images_per_prompt = 2
+width = 32
+height = 32
+steps = 2
+dino_crop = 32
+clip_crop = 16
+
+[nodes.per_subject]
+op = "sql"
+inputs = ["eval"]
+query = "SELECT subject, count(*) AS images, avg(dino) AS dino, avg(clip_i) AS clip_i, avg(clip_t) AS clip_t FROM eval GROUP BY subject"
+"#,
+        dino = fixtures.join("dino/tiny").display()
+    ));
+    let run = p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    assert!(run.stdout.contains("1 row error"), "{}", run.stdout);
+    assert_eq!(sql_csv(&p, "SELECT subject, images FROM per_subject ORDER BY subject"), ["subject,images", "backpack,2", "cat+dog,2"]);
+    let scores =
+        sql_csv(&p, "SELECT count(*) AS n FROM eval WHERE dino BETWEEN -1 AND 1 AND clip_i BETWEEN -1 AND 1 AND clip_t BETWEEN -1 AND 1");
+    assert_eq!(scores, ["n", "4"]);
+    // Two images of a prompt differ (their own seeds).
+    assert_eq!(sql_csv(&p, "SELECT count(DISTINCT md5(image)) AS n FROM eval"), ["n", "4"]);
+    let errors = sql_csv(&p, "SELECT message FROM errors.eval");
+    assert!(errors[1].contains("bear/00.png"), "{errors:?}");
+}
