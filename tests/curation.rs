@@ -17,7 +17,7 @@ fn quickstart_runs_end_to_end() {
     let dag = root.join("dags/quickstart.toml");
     let (dag, ws) = (dag.to_str().unwrap(), ws.to_str().unwrap());
     let run = p.unoflow(&["run", dag, "-q", "--workspace", ws]).ok();
-    assert!(run.stdout.contains("9 computed"), "{}", run.stdout);
+    assert!(run.stdout.contains("18 computed"), "{}", run.stdout);
     let q = |sql: &str| p.unoflow(&["sql", "--dag", dag, "--workspace", ws, "--format", "csv", sql]).ok().stdout;
     // 6 subjects × 2 prompts × 2 seeds.
     assert_eq!(q("SELECT count(*) AS n FROM prompts"), "n\n12\n");
@@ -40,7 +40,15 @@ fn quickstart_runs_end_to_end() {
         assert!(lineage.contains(node), "{lineage}");
     }
     // Rerunning recomputes nothing; generating again elsewhere gives bit-identical images.
-    assert!(p.unoflow(&["run", dag, "-q", "--workspace", ws]).ok().stdout.contains("9 cached"));
+    // Training, regeneration, stage II and evaluation follow on the curated pairs.
+    assert_eq!(q("SELECT count(*) AS n, count(checkpoint) AS saved FROM stage1"), "n,saved\n4,2\n");
+    assert_eq!(q("SELECT count(*) AS n FROM regenerated"), format!("n\n{curated}\n"));
+    let triplets: usize = q("SELECT count(*) AS n FROM triplets").lines().nth(1).unwrap().parse().unwrap();
+    assert!(triplets > 0, "no triplets");
+    assert_eq!(q("SELECT count(*) AS n FROM stage2"), "n\n4\n");
+    assert_eq!(q("SELECT count(*) AS n FROM evaluation"), "n\n10\n");
+    assert_eq!(q("SELECT count(*) AS n FROM scores"), "n\n6\n");
+    assert!(p.unoflow(&["run", dag, "-q", "--workspace", ws]).ok().stdout.contains("18 cached"));
     let other = p.path("ws2");
     let other = other.to_str().unwrap();
     p.unoflow(&["run", dag, "-q", "--workspace", other, "--only", "diptychs"]).ok();
@@ -58,7 +66,21 @@ fn the_full_recipe_validates() {
     let flux = fixtures.join("flux");
     let dinov2 = fixtures.join("dinov2/tiny");
     let dag = root.join("dags/uno.toml");
-    let env = [("FLUX_DIR", flux.to_str().unwrap()), ("DINOV2_DIR", dinov2.to_str().unwrap()), ("VLM_ENDPOINT", "http://127.0.0.1:9/v1")];
+    // A DreamBench folder with UNO's lists: the project's sample copy stands in.
+    let bench = p.path("dreambench");
+    std::fs::create_dir_all(&bench).unwrap();
+    for list in ["uno_singleip.json", "uno_multiip.json"] {
+        std::fs::copy(root.join("datasets/dreambench_sample.json"), bench.join(list)).unwrap();
+    }
+    let (dino, clip) = (fixtures.join("dino/tiny"), fixtures.join("clip/tiny"));
+    let env = [
+        ("FLUX_DIR", flux.to_str().unwrap()),
+        ("DINOV2_DIR", dinov2.to_str().unwrap()),
+        ("VLM_ENDPOINT", "http://127.0.0.1:9/v1"),
+        ("DINO_DIR", dino.to_str().unwrap()),
+        ("CLIP_DIR", clip.to_str().unwrap()),
+        ("DREAMBENCH_DIR", bench.to_str().unwrap()),
+    ];
     p.unoflow_env(&["validate", dag.to_str().unwrap()], &env).ok();
     // Without the environment, the error names the variable.
     let missing = p.unoflow(&["validate", dag.to_str().unwrap()]).expect_code(2);

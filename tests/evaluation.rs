@@ -4,20 +4,6 @@ use std::path::Path;
 
 use crate::support::{Project, sql_csv};
 
-/// A word-level tokenizer within the tiny CLIP's 64-token vocabulary (its fixture ships none).
-fn tiny_clip_tokenizer() -> String {
-    let words = ["a", "backpack", "in", "the", "jungle", "cat", "and", "dog", "snow"];
-    let mut vocab: Vec<String> = vec!["\"<unk>\": 0".into()];
-    vocab.extend(words.iter().enumerate().map(|(i, w)| format!("\"{w}\": {}", i + 1)));
-    vocab.push("\"<|endoftext|>\": 63".into());
-    format!(
-        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-"pre_tokenizer": {{"type": "Whitespace"}}, "post_processor": null, "decoder": null,
-"model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "<unk>"}}}}"#,
-        vocab.join(", ")
-    )
-}
-
 #[test]
 fn evaluates_single_and_multi_subject_prompts() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -26,12 +12,6 @@ fn evaluates_single_and_multi_subject_prompts() {
     for (subject, rgb) in [("backpack", [200, 40, 40]), ("cat", [40, 200, 40]), ("dog", [40, 40, 200])] {
         p.solid_png(&format!("dreambench/{subject}/02.png"), 48, 40, rgb);
     }
-    // The tiny CLIP with a tokenizer beside it.
-    std::fs::create_dir_all(p.path("clip")).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixtures.join("clip/tiny").join(f), p.path("clip").join(f)).unwrap();
-    }
-    p.write("clip/tokenizer.json", &tiny_clip_tokenizer());
     p.write(
         "protocol.json",
         r#"[
@@ -55,7 +35,7 @@ op = "evaluate"
 inputs = ["protocol"]
 dataset = "dreambench"
 dino_weights = "{dino}"
-clip_weights = "clip"
+clip_weights = "{clip}"
 images_per_prompt = 2
 width = 32
 height = 32
@@ -68,7 +48,8 @@ op = "sql"
 inputs = ["eval"]
 query = "SELECT subject, count(*) AS images, avg(dino) AS dino, avg(clip_i) AS clip_i, avg(clip_t) AS clip_t FROM eval GROUP BY subject"
 "#,
-        dino = fixtures.join("dino/tiny").display()
+        dino = fixtures.join("dino/tiny").display(),
+        clip = fixtures.join("clip/tiny").display()
     ));
     let run = p.unoflow(&["run", "dag.toml", "-q"]).ok();
     assert!(run.stdout.contains("1 row error"), "{}", run.stdout);

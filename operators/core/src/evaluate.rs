@@ -6,22 +6,20 @@
 //! side by side in one query.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Float32Array, StringArray, UInt32Array, UInt64Array};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use burn::tensor::backend::Backend;
-use image::{DynamicImage, RgbImage};
-use unoflow_models::Precision;
+use image::DynamicImage;
+use unoflow_models::flux::PeMode;
 use unoflow_models::flux::sampling::ShiftRule;
-use unoflow_models::flux::{PeMode, load_lora};
 
 use crate::columns::ColumnRequirement;
 use crate::draws::Draws;
-use crate::embed::{ImageEncoder, Resize, TextEncoder, load_err, on_device, open_clip, open_dino};
-use crate::generate::{GenerateOptions, Models, png_with_text, sample};
+use crate::embed::{ImageEncoder, Resize, TextEncoder, open_clip, open_dino};
+use crate::generate::{GenerateOptions, SubjectGenerator, open_generator, png_with_text};
 use crate::metrics::{Sample, Scorer};
 use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
 use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
@@ -94,60 +92,6 @@ fn added_fields() -> Vec<Field> {
         Field::new("clip_i", DataType::Float32, false),
         Field::new("clip_t", DataType::Float32, false),
     ]
-}
-
-/// The UNO pipeline on some backend, with the LoRA it currently carries.
-trait SubjectGenerator: Send + Sync {
-    /// One image per seed from `refs` and `prompt`, with the LoRA `lora` loaded (once).
-    fn generate(&self, lora: Option<&str>, opts: &GenerateOptions, seeds: &[u64]) -> Result<Vec<RgbImage>>;
-}
-
-/// Models and the LoRA file merged into them, if any.
-struct Pipeline<B: Backend> {
-    models: Mutex<(Models<B>, Option<String>)>,
-    model_dir: String,
-    precision: Precision,
-    device: B::Device,
-}
-
-impl<B: Backend> Pipeline<B> {
-    fn base(model_dir: &str, precision: Precision, device: &B::Device) -> Result<Models<B>> {
-        if model_dir.is_empty() { Models::tiny(device) } else { Models::load(Path::new(model_dir), None, precision, device) }
-    }
-}
-
-impl<B: Backend> SubjectGenerator for Pipeline<B>
-where
-    B::Device: Send + Sync,
-{
-    fn generate(&self, lora: Option<&str>, opts: &GenerateOptions, seeds: &[u64]) -> Result<Vec<RgbImage>> {
-        let mut guard = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if guard.1.as_deref() != lora {
-            // Another LoRA: start again from the base weights.
-            let mut models = Self::base(&self.model_dir, self.precision, &self.device)?;
-            if let Some(file) = lora {
-                let config = models.flux_config.clone();
-                load_lora(&mut models.flux, &config, Path::new(file), 1.0, &self.device).map_err(load_err)?;
-            }
-            *guard = (models, lora.map(str::to_string));
-        }
-        let models = &guard.0;
-        let prompt = models.encode_prompt(&opts.prompt)?;
-        let mut images = Vec::with_capacity(seeds.len());
-        for &seed in seeds {
-            images.extend(sample(models, &prompt, &GenerateOptions { seed, num_images: 1, ..opts.clone() }, &mut |_, _| {})?);
-        }
-        Ok(images)
-    }
-}
-
-fn open_generator(model_dir: &str, env: &Environment) -> Result<Box<dyn SubjectGenerator>> {
-    on_device!(env.device, |device: B| {
-        let precision = if matches!(env.device, unoflow_models::DeviceSpec::Cpu) { Precision::F32 } else { Precision::Bf16 };
-        let models = Pipeline::<B>::base(model_dir, precision, &device)?;
-        Ok(Box::new(Pipeline::<B> { models: Mutex::new((models, None)), model_dir: model_dir.to_string(), precision, device })
-            as Box<dyn SubjectGenerator>)
-    })
 }
 
 impl Operator for Evaluate {

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
@@ -432,6 +433,61 @@ pub fn sample_batch<B: Backend>(
     }
     let decoded = models.ae.decode(unpack(img, rows, cols));
     Ok(decoded.chunk(batch, 0).into_iter().map(to_image).collect())
+}
+
+/// The UNO pipeline on some backend, with the LoRA it currently carries.
+pub trait SubjectGenerator: Send + Sync {
+    /// One image per seed from `refs` and `prompt`, with the LoRA `lora` loaded (once).
+    fn generate(&self, lora: Option<&str>, opts: &GenerateOptions, seeds: &[u64]) -> Result<Vec<RgbImage>>;
+}
+
+/// Models and the LoRA file merged into them, if any.
+struct Pipeline<B: Backend> {
+    models: Mutex<(Models<B>, Option<String>)>,
+    model_dir: String,
+    precision: Precision,
+    device: B::Device,
+}
+
+impl<B: Backend> Pipeline<B> {
+    fn base(model_dir: &str, precision: Precision, device: &B::Device) -> Result<Models<B>> {
+        if model_dir.is_empty() { Models::tiny(device) } else { Models::load(Path::new(model_dir), None, precision, device) }
+    }
+}
+
+impl<B: Backend> SubjectGenerator for Pipeline<B>
+where
+    B::Device: Send + Sync,
+{
+    fn generate(&self, lora: Option<&str>, opts: &GenerateOptions, seeds: &[u64]) -> Result<Vec<RgbImage>> {
+        let mut guard = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.1.as_deref() != lora {
+            // Another LoRA: start again from the base weights.
+            let mut models = Self::base(&self.model_dir, self.precision, &self.device)?;
+            if let Some(file) = lora {
+                let config = models.flux_config.clone();
+                load_lora(&mut models.flux, &config, Path::new(file), 1.0, &self.device).map_err(|e| err(e.to_string()))?;
+            }
+            *guard = (models, lora.map(str::to_string));
+        }
+        let models = &guard.0;
+        let prompt = models.encode_prompt(&opts.prompt)?;
+        let mut images = Vec::with_capacity(seeds.len());
+        for &seed in seeds {
+            images.extend(sample(models, &prompt, &GenerateOptions { seed, num_images: 1, ..opts.clone() }, &mut |_, _| {})?);
+        }
+        Ok(images)
+    }
+}
+
+/// The UNO pipeline (tiny random models when `model_dir` is empty) on `env`'s device.
+pub fn open_generator(model_dir: &str, env: &crate::operator::Environment) -> Result<Box<dyn SubjectGenerator>> {
+    crate::embed::on_device!(env.device, |device: B| {
+        let precision = if matches!(env.device, unoflow_models::DeviceSpec::Cpu) { Precision::F32 } else { Precision::Bf16 };
+        let models = Pipeline::<B>::base(model_dir, precision, &device)?;
+        Ok(Box::new(Pipeline::<B> { models: Mutex::new((models, None)), model_dir: model_dir.to_string(), precision, device })
+            as Box<dyn SubjectGenerator>)
+    })
 }
 
 /// PNG bytes with `tEXt` chunks (generation parameters, model fingerprints).

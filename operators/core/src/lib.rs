@@ -50,6 +50,7 @@ pub fn builtin_operators() -> Vec<std::sync::Arc<dyn Operator>> {
         Arc::new(curation::vlm::score::VlmScore),
         Arc::new(curation::vlm::detect::VlmDetect),
         Arc::new(training::train_lora::TrainLora),
+        Arc::new(training::regenerate_ref::RegenerateRef),
         Arc::new(evaluate::Evaluate),
     ]
 }
