@@ -28,6 +28,18 @@ learning_rate = 0.001
 resolution = 64
 text_dropout = 0.5
 
+# The same training with recomputation: less memory, the same numbers.
+[nodes.stage1_recompute]
+op = "train_lora"
+inputs = ["pairs"]
+rank = 4
+steps = 6
+checkpoint_every = 3
+learning_rate = 0.001
+resolution = 64
+text_dropout = 0.5
+recompute = true
+
 [nodes.triplets]
 op = "sql"
 inputs = ["pairs", "stage1"]
@@ -76,6 +88,10 @@ fn trains_checkpoints_resumes_and_continues_in_stage_two() {
     p.unoflow(&["run", "dag.toml", "-q", "--force", "stage1", "--only", "stage1"]).ok();
     let resumed = sql_csv(&p, "SELECT step, loss, grad_norm, examples_seen, checkpoint IS NOT NULL AS saved FROM stage1 ORDER BY step");
     assert_eq!(resumed, steps);
+
+    let recomputed =
+        sql_csv(&p, "SELECT step, loss, grad_norm, examples_seen, checkpoint IS NOT NULL AS saved FROM stage1_recompute ORDER BY step");
+    assert_eq!(recomputed, steps, "recomputation changes memory, not results");
 
     // Stage II starts from stage I's last LoRA and depends on it.
     assert_eq!(sql_csv(&p, "SELECT count(*) AS n FROM stage2"), ["n", "2"]);

@@ -4,6 +4,7 @@
 //!
 //! ```sh
 //! cargo bench -p unoflow-models --profile dev --bench train_cpu
+//! cargo bench -p unoflow-models --profile dev --bench train_cpu -- --recompute
 //! ```
 //!
 //! Hidden 256, 4 heads, 4 double + 4 single blocks, LoRA rank 16 on every block, 256 text +
@@ -13,13 +14,12 @@
 use std::process::Command;
 use std::time::Instant;
 
+use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use unoflow_models::flux::train::{FlowBatch, LoraTrainer, OptimSettings};
 use unoflow_models::flux::{Flux, FluxConfig, PeMode, TokenGrid, position_ids};
-
-type A = Autodiff<Flex>;
 
 const REPEATS: usize = 3;
 const THREADS: usize = 2;
@@ -49,21 +49,22 @@ fn status_mib(field: &str) -> f64 {
     kib.map_or(f64::NAN, |k| k / 1024.0)
 }
 
-fn ids(ids: &[[f32; 3]], device: &burn::backend::flex::FlexDevice) -> Tensor<A, 3> {
+fn ids<A: Backend>(ids: &[[f32; 3]], device: &A::Device) -> Tensor<A, 3> {
     let flat: Vec<f32> = ids.iter().flatten().copied().collect();
     Tensor::from_data(TensorData::new(flat, [1, ids.len(), 3]), (device, DType::F32))
 }
 
-fn ours() -> (f64, f64) {
+fn ours<C: CheckpointStrategy>() -> (f64, f64) {
+    type A<C> = Autodiff<Flex, C>;
     let device = Default::default();
-    A::seed(&device, 0);
+    A::<C>::seed(&device, 0);
     let config = config();
-    let mut model = Flux::<A>::random(&config, &device, DType::F32);
+    let mut model = Flux::<A<C>>::random(&config, &device, DType::F32);
     model.init_lora(&config, RANK, &device);
     let mut model = model.with_trainable_lora();
     let grid = TokenGrid { rows: 32, cols: 32 };
     let pos = position_ids(256, grid, &[grid], PeMode::Diagonal);
-    let normal = |shape: [usize; 3]| Tensor::<A, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let normal = |shape: [usize; 3]| Tensor::<A<C>, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
     let batch = FlowBatch {
         x_1: normal([1, 1024, 64]),
         x_0: normal([1, 1024, 64]),
@@ -74,7 +75,7 @@ fn ours() -> (f64, f64) {
         y: Tensor::random([1, 768], Distribution::Normal(0.0, 1.0), &device),
         refs: vec![(normal([1, 1024, 64]), ids(&pos.refs[0], &device))],
     };
-    let mut trainer = LoraTrainer::<A>::new(OptimSettings::default());
+    let mut trainer = LoraTrainer::<A<C>>::new(OptimSettings::default());
     let mut times = Vec::new();
     for i in 0..=REPEATS {
         let started = Instant::now();
@@ -105,8 +106,12 @@ fn theirs() -> Result<(f64, f64), String> {
 fn main() {
     let _ = rayon::ThreadPoolBuilder::new().num_threads(THREADS).build_global();
     println!("UNO LoRA training step, CPU, f32: hidden 256, 4+4 blocks, rank {RANK}, 256 txt + 1024 target + 1024 ref, {THREADS} threads");
-    let (ours, our_peak) = ours();
-    println!("unoflow (burn Flex + Autodiff)  median {ours:.3} s  peak RSS {our_peak:.0} MiB");
+    // `--recompute`: burn's balanced checkpointing (the `recompute` option of train_lora). Run
+    // it as its own process: the peak RSS is a high-water mark.
+    let recompute = std::env::args().any(|a| a == "--recompute");
+    let (ours, our_peak) = if recompute { ours::<BalancedCheckpointing>() } else { ours::<NoCheckpointing>() };
+    let label = if recompute { "unoflow (Autodiff, recompute)  " } else { "unoflow (burn Flex + Autodiff)  " };
+    println!("{label}median {ours:.3} s  peak RSS {our_peak:.0} MiB");
     match theirs() {
         Ok((t, peak)) => {
             println!("PyTorch (UNO reference)         median {t:.3} s  peak RSS {peak:.0} MiB");

@@ -14,6 +14,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 use arrow::array::{Array, ArrayRef, Float64Array, ListBuilder, StringArray, StringBuilder, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor, TensorData};
 use image::imageops::FilterType;
@@ -89,6 +91,12 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
         ParamSpec::optional("resolution", ParamType::int(16, 4096), ParamValue::Int(512), "training resolution (buckets and t schedule)"),
         ParamSpec::optional("resolution_ref", ParamType::int(0, 4096), ParamValue::Int(0), "references' resolution (0: `resolution`)"),
         ParamSpec::optional("pe", ParamType::Choice(&["d", "h", "w", "o"]), ParamValue::Str("d".into()), "UnoPE mode"),
+        ParamSpec::optional(
+            "recompute",
+            ParamType::Bool,
+            ParamValue::Bool(false),
+            "trade compute for memory: burn's balanced checkpointing recomputes cheap activations in the backward pass",
+        ),
         ParamSpec::optional("checkpoint_every", ParamType::int(1, 10_000_000), ParamValue::Int(1000), "steps between checkpoints")
             .not_fingerprinted(),
     ],
@@ -162,23 +170,30 @@ impl Operator for TrainLora {
                 .ok_or_else(|| OpError::Execution("train_lora needs a workspace for its checkpoints".into()))?,
         };
         let model_dir = params.str("model_dir")?.to_string();
-        let trainer: Box<dyn Train> = match env.device {
-            unoflow_models::DeviceSpec::Cpu => Box::new(Trainer::<burn::backend::Autodiff<unoflow_models::device::CpuBackend>>::new(
-                settings,
-                &model_dir,
-                Default::default(),
-            )?),
-            #[cfg(feature = "cuda")]
-            unoflow_models::DeviceSpec::Cuda(n) => Box::new(Trainer::<burn::backend::Autodiff<unoflow_models::device::CudaBackend>>::new(
-                settings,
-                &model_dir,
-                unoflow_models::device::cuda_device(n),
-            )?),
-            #[cfg(not(feature = "cuda"))]
-            unoflow_models::DeviceSpec::Cuda(_) => return Err(load_err(unoflow_models::DeviceError::CudaNotBuilt(env.device))),
+        let trainer: Box<dyn Train> = if params.bool("recompute")? {
+            trainer_on::<BalancedCheckpointing>(settings, &model_dir, env)?
+        } else {
+            trainer_on::<NoCheckpointing>(settings, &model_dir, env)?
         };
         Ok(Arc::new(Node(Mutex::new(trainer))))
     }
+}
+
+/// A trainer on `env`'s device with autodiff checkpointing strategy `C`.
+fn trainer_on<C: CheckpointStrategy>(settings: Settings, model_dir: &str, env: &Environment) -> Result<Box<dyn Train>> {
+    Ok(match env.device {
+        unoflow_models::DeviceSpec::Cpu => {
+            Box::new(Trainer::<Autodiff<unoflow_models::device::CpuBackend, C>>::new(settings, model_dir, Default::default())?)
+        }
+        #[cfg(feature = "cuda")]
+        unoflow_models::DeviceSpec::Cuda(n) => Box::new(Trainer::<Autodiff<unoflow_models::device::CudaBackend, C>>::new(
+            settings,
+            model_dir,
+            unoflow_models::device::cuda_device(n),
+        )?),
+        #[cfg(not(feature = "cuda"))]
+        unoflow_models::DeviceSpec::Cuda(_) => return Err(load_err(unoflow_models::DeviceError::CudaNotBuilt(env.device))),
+    })
 }
 
 /// The node's settings.
