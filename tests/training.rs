@@ -99,3 +99,40 @@ fn trains_checkpoints_resumes_and_continues_in_stage_two() {
     let plan = p.unoflow(&["plan", "dag.toml"]).ok().stdout;
     assert!(plan.lines().any(|l| l.contains("stage2") && l.contains("stale")), "{plan}");
 }
+
+#[test]
+fn a_training_killed_mid_way_resumes_from_its_checkpoint_with_the_same_steps() {
+    let dag = |steps: u32| {
+        format!(
+            "[dag]\nname = \"k\"\nseed = 3\nworkspace = \"ws\"\n\n[nodes.photos]\nop = \"read\"\npath = \"images\"\nformat = \"images\"\n\n\
+             [nodes.pairs]\nop = \"sql\"\ninputs = [\"photos\"]\nquery = \"SELECT row_id, image AS ref_image, image AS target_image, path AS prompt FROM photos\"\n\n\
+             [nodes.train]\nop = \"train_lora\"\ninputs = [\"pairs\"]\nrank = 4\nsteps = {steps}\ncheckpoint_every = 5\nlearning_rate = 0.001\nresolution = 64\n"
+        )
+    };
+    // The uninterrupted run, in another project.
+    let clean = project();
+    clean.dag(&dag(30));
+    clean.unoflow(&["run", "dag.toml", "-q"]).ok();
+    let expected = sql_csv(&clean, "SELECT step, loss, grad_norm FROM train ORDER BY step");
+
+    let p = project();
+    p.dag(&dag(30));
+    let mut child = p.spawn(&["run", "dag.toml", "-q"]);
+    // Kill (SIGKILL) once the first checkpoints are on disk and the training is under way.
+    let started = std::time::Instant::now();
+    let mut checkpoints = 0;
+    while started.elapsed() < std::time::Duration::from_secs(120) {
+        checkpoints = p.files_under("ws/artifacts").iter().filter(|f| f.ends_with("rows.json")).count();
+        if checkpoints >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(checkpoints >= 2, "no checkpoint appeared");
+    let rerun = p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    // The kill landed in the training (the node was not finished), and the rerun resumed it.
+    assert!(rerun.stdout.lines().any(|l| l.starts_with("train ") && l.contains("computed")), "{}", rerun.stdout);
+    assert_eq!(sql_csv(&p, "SELECT step, loss, grad_norm FROM train ORDER BY step"), expected);
+}
