@@ -131,8 +131,12 @@ fn a_training_killed_mid_way_resumes_from_its_checkpoint_with_the_same_steps() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(checkpoints >= 2, "no checkpoint appeared");
+    let first = p.files_under("ws/artifacts").into_iter().find(|f| f.ends_with("step-000000005/rows.json")).unwrap();
+    let written = std::fs::metadata(&first).unwrap().modified().unwrap();
     let rerun = p.unoflow(&["run", "dag.toml", "-q"]).ok();
     // The kill landed in the training (the node was not finished), and the rerun resumed it.
     assert!(rerun.stdout.lines().any(|l| l.starts_with("train ") && l.contains("computed")), "{}", rerun.stdout);
     assert_eq!(sql_csv(&p, "SELECT step, loss, grad_norm FROM train ORDER BY step"), expected);
+    // Steps up to the last checkpoint were not trained again: their checkpoint is untouched.
+    assert_eq!(std::fs::metadata(&first).unwrap().modified().unwrap(), written);
 }
