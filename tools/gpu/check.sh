@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 [ -x "$BIN" ] || { echo "missing $BIN: cargo build --release --features cuda"; exit 1; }
 
 # ---------------------------------------------------------------------------------------------
-echo "== 1. fixtures on CUDA (f32 within 1e-4, bf16 within 2e-2; T5 bf16 within 5e-2, see README)"
+echo "== 1. fixtures on CUDA (f32 within 1e-4, bf16 within 2e-2; T5 bf16 within 5e-2: its residual stream grows large and bf16 keeps 8 bits of it)"
 check() { # KIND WEIGHTS FIXTURE [extra args]
     local kind=$1 weights=$2 fixture=$3
     shift 3
