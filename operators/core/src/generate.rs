@@ -441,18 +441,12 @@ pub trait SubjectGenerator: Send + Sync {
     fn generate(&self, lora: Option<&str>, opts: &GenerateOptions, seeds: &[u64]) -> Result<Vec<RgbImage>>;
 }
 
-/// Models and the LoRA file merged into them, if any.
+/// The models, the transformer without LoRA (to attach another LoRA to), and the LoRA file
+/// the models carry now.
 struct Pipeline<B: Backend> {
-    models: Mutex<(Models<B>, Option<String>)>,
-    model_dir: String,
-    precision: Precision,
+    state: Mutex<(Models<B>, Option<String>)>,
+    base: Flux<B>,
     device: B::Device,
-}
-
-impl<B: Backend> Pipeline<B> {
-    fn base(model_dir: &str, precision: Precision, device: &B::Device) -> Result<Models<B>> {
-        if model_dir.is_empty() { Models::tiny(device) } else { Models::load(Path::new(model_dir), None, precision, device) }
-    }
 }
 
 impl<B: Backend> SubjectGenerator for Pipeline<B>
@@ -460,15 +454,16 @@ where
     B::Device: Send + Sync,
 {
     fn generate(&self, lora: Option<&str>, opts: &GenerateOptions, seeds: &[u64]) -> Result<Vec<RgbImage>> {
-        let mut guard = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if guard.1.as_deref() != lora {
-            // Another LoRA: start again from the base weights.
-            let mut models = Self::base(&self.model_dir, self.precision, &self.device)?;
+            // Another LoRA: attach it to the base transformer (a cheap clone: tensors are shared).
+            let mut flux = self.base.clone();
             if let Some(file) = lora {
-                let config = models.flux_config.clone();
-                load_lora(&mut models.flux, &config, Path::new(file), 1.0, &self.device).map_err(|e| err(e.to_string()))?;
+                let config = guard.0.flux_config.clone();
+                load_lora(&mut flux, &config, Path::new(file), 1.0, &self.device).map_err(|e| err(e.to_string()))?;
             }
-            *guard = (models, lora.map(str::to_string));
+            guard.0.flux = flux;
+            guard.1 = lora.map(str::to_string);
         }
         let models = &guard.0;
         let prompt = models.encode_prompt(&opts.prompt)?;
@@ -484,9 +479,12 @@ where
 pub fn open_generator(model_dir: &str, env: &crate::operator::Environment) -> Result<Box<dyn SubjectGenerator>> {
     crate::embed::on_device!(env.device, |device: B| {
         let precision = if matches!(env.device, unoflow_models::DeviceSpec::Cpu) { Precision::F32 } else { Precision::Bf16 };
-        let models = Pipeline::<B>::base(model_dir, precision, &device)?;
-        Ok(Box::new(Pipeline::<B> { models: Mutex::new((models, None)), model_dir: model_dir.to_string(), precision, device })
-            as Box<dyn SubjectGenerator>)
+        let models = if model_dir.is_empty() {
+            Models::<B>::tiny(&device)?
+        } else {
+            Models::<B>::load(Path::new(model_dir), None, precision, &device)?
+        };
+        Ok(Box::new(Pipeline::<B> { base: models.flux.clone(), state: Mutex::new((models, None)), device }) as Box<dyn SubjectGenerator>)
     })
 }
 
