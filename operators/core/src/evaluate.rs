@@ -14,12 +14,11 @@ use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use image::DynamicImage;
 use unoflow_models::flux::PeMode;
-use unoflow_models::flux::sampling::ShiftRule;
 
 use crate::columns::ColumnRequirement;
 use crate::draws::Draws;
 use crate::embed::{ImageEncoder, Resize, TextEncoder, open_clip, open_dino};
-use crate::generate::{GenerateOptions, SubjectGenerator, open_generator, png_with_text};
+use crate::generate::{GenerateOptions, SubjectGenerator, open_generator, png_with_text, sampling_options, sampling_params};
 use crate::metrics::{Sample, Scorer};
 use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
 use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
@@ -45,37 +44,37 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           column holding the LoRA to evaluate (e.g. a training node's last checkpoint joined in \
           with `sql`). Output: one row per image with subject (the reference folders joined by \
           `+`), image_index, seed, image, dino, clip_i, clip_t.",
-    params: vec![
-        ParamSpec::required("dataset", ParamType::Path(PathKind::Input), "a DreamBench-layout folder (SUBJECT/NN.jpg)"),
-        ParamSpec::required("dino_weights", ParamType::Path(PathKind::Input), "DINO ViT-S/16 folder (timm layout)"),
-        ParamSpec::required(
-            "clip_weights",
-            ParamType::Path(PathKind::Input),
-            "CLIP ViT-B/32 folder (transformers CLIPModel, with tokenizer.json)",
-        ),
-        ParamSpec::optional(
-            "model_dir",
-            ParamType::Path(PathKind::Input),
-            ParamValue::Str(String::new()),
-            "FLUX model folder; empty: the tiny random models",
-        ),
-        ParamSpec::optional("lora", ParamType::Str, ParamValue::Str(String::new()), "a column with the LoRA file to evaluate"),
-        ParamSpec::optional("prompt", ParamType::Str, ParamValue::Str("prompt".into()), "the prompt column"),
-        ParamSpec::optional("image_paths", ParamType::Str, ParamValue::Str("image_paths".into()), "the reference paths column"),
-        ParamSpec::optional(
-            "images_per_prompt",
-            ParamType::int(1, 1000),
-            ParamValue::Int(1),
-            "images per prompt (paper: 6 for multi-subject)",
-        ),
-        ParamSpec::optional("width", ParamType::int(16, 4096), ParamValue::Int(512), "generated width (multiple of 16)"),
-        ParamSpec::optional("height", ParamType::int(16, 4096), ParamValue::Int(512), "generated height (multiple of 16)"),
-        ParamSpec::optional("steps", ParamType::int(1, 1000), ParamValue::Int(25), "sampling steps"),
-        ParamSpec::optional("guidance", ParamType::float(0.0, 100.0), ParamValue::Float(4.0), "distilled guidance (UNO: 4)"),
-        ParamSpec::optional("pe", ParamType::Choice(&["d", "h", "w", "o"]), ParamValue::Str("d".into()), "UnoPE mode"),
-        ParamSpec::optional("dino_crop", ParamType::int(0, 4096), ParamValue::Int(0), "DINO input side (0: 224 after 256)"),
-        ParamSpec::optional("clip_crop", ParamType::int(0, 4096), ParamValue::Int(0), "CLIP input side (0: 224)"),
-    ],
+    params: [
+        vec![
+            ParamSpec::required("dataset", ParamType::Path(PathKind::Input), "a DreamBench-layout folder (SUBJECT/NN.jpg)"),
+            ParamSpec::required("dino_weights", ParamType::Path(PathKind::Input), "DINO ViT-S/16 folder (timm layout)"),
+            ParamSpec::required(
+                "clip_weights",
+                ParamType::Path(PathKind::Input),
+                "CLIP ViT-B/32 folder (transformers CLIPModel, with tokenizer.json)",
+            ),
+            ParamSpec::optional(
+                "model_dir",
+                ParamType::Path(PathKind::Input),
+                ParamValue::Str(String::new()),
+                "FLUX model folder; empty: the tiny random models",
+            ),
+            ParamSpec::optional("lora", ParamType::Str, ParamValue::Str(String::new()), "a column with the LoRA file to evaluate"),
+            ParamSpec::optional("prompt", ParamType::Str, ParamValue::Str("prompt".into()), "the prompt column"),
+            ParamSpec::optional("image_paths", ParamType::Str, ParamValue::Str("image_paths".into()), "the reference paths column"),
+            ParamSpec::optional(
+                "images_per_prompt",
+                ParamType::int(1, 1000),
+                ParamValue::Int(1),
+                "images per prompt (paper: 6 for multi-subject)",
+            ),
+            ParamSpec::optional("pe", ParamType::Choice(&["d", "h", "w", "o"]), ParamValue::Str("d".into()), "UnoPE mode"),
+            ParamSpec::optional("dino_crop", ParamType::int(0, 4096), ParamValue::Int(0), "DINO input side (0: 224 after 256)"),
+            ParamSpec::optional("clip_crop", ParamType::int(0, 4096), ParamValue::Int(0), "CLIP input side (0: 224)"),
+        ],
+        sampling_params(),
+    ]
+    .concat(),
     inputs: (1, 1),
     resource: Resource::Gpu,
     mapping: RowMapping::Derive,
@@ -119,11 +118,7 @@ impl Operator for Evaluate {
     }
 
     fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
-        for side in ["width", "height"] {
-            if params.int(side)? % 16 != 0 {
-                return Err(OpError::Param { name: side.into(), message: format!("{} is not a multiple of 16", params.int(side)?) });
-            }
-        }
+        sampling_options(params, PeMode::Diagonal)?;
         Ok(derived_schema(&inputs[0], &[], added_fields()))
     }
 
@@ -135,19 +130,8 @@ impl Operator for Evaluate {
         };
         let dino = open_dino(Path::new(params.str("dino_weights")?), crop("dino_crop")?, env.device)?;
         let (clip_image, clip_text) = open_clip(Path::new(params.str("clip_weights")?), crop("clip_crop")?, env.device)?;
-        let options = GenerateOptions {
-            prompt: String::new(),
-            refs: Vec::new(),
-            width: params.int("width")? as usize,
-            height: params.int("height")? as usize,
-            steps: params.int("steps")? as usize,
-            guidance: params.float("guidance")? as f32,
-            seed: 0,
-            num_images: 1,
-            pe: params.str("pe")?.parse::<PeMode>().map_err(|message| OpError::Param { name: "pe".into(), message })?,
-            shift: ShiftRule::UnoLatentArea,
-            ref_long_side: None,
-        };
+        let pe = params.str("pe")?.parse::<PeMode>().map_err(|message| OpError::Param { name: "pe".into(), message })?;
+        let options = sampling_options(params, pe)?;
         Ok(Arc::new(Evaluator {
             generator: open_generator(params.str("model_dir")?, env)?,
             dino,

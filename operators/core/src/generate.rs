@@ -441,6 +441,43 @@ pub trait SubjectGenerator: Send + Sync {
     fn generate(&self, lora: Option<&str>, opts: &GenerateOptions, seeds: &[u64]) -> Result<Vec<RgbImage>>;
 }
 
+/// The sampling parameters of the operators that generate with UNO from references
+/// (`evaluate`, `regenerate_ref`): image size, steps, guidance.
+pub fn sampling_params() -> Vec<crate::params::ParamSpec> {
+    use crate::params::{ParamSpec, ParamType, ParamValue};
+    vec![
+        ParamSpec::optional("width", ParamType::int(16, 4096), ParamValue::Int(512), "generated width (multiple of 16)"),
+        ParamSpec::optional("height", ParamType::int(16, 4096), ParamValue::Int(512), "generated height (multiple of 16)"),
+        ParamSpec::optional("steps", ParamType::int(1, 1000), ParamValue::Int(25), "sampling steps"),
+        ParamSpec::optional("guidance", ParamType::float(0.0, 100.0), ParamValue::Float(4.0), "distilled guidance (UNO: 4)"),
+    ]
+}
+
+/// The options [`sampling_params`] describe (no prompt, no references yet; UNO's shift rule).
+/// An error names a size that is not a multiple of 16, so validation reports it.
+pub fn sampling_options(params: &crate::params::Params, pe: PeMode) -> Result<GenerateOptions> {
+    let size = |side: &str| -> Result<usize> {
+        let value = params.int(side)?;
+        if value % 16 != 0 {
+            return Err(OpError::Param { name: side.into(), message: format!("{value} is not a multiple of 16") });
+        }
+        Ok(value as usize)
+    };
+    Ok(GenerateOptions {
+        prompt: String::new(),
+        refs: Vec::new(),
+        width: size("width")?,
+        height: size("height")?,
+        steps: params.int("steps")? as usize,
+        guidance: params.float("guidance")? as f32,
+        seed: 0,
+        num_images: 1,
+        pe,
+        shift: ShiftRule::UnoLatentArea,
+        ref_long_side: None,
+    })
+}
+
 /// The models, the transformer without LoRA (to attach another LoRA to), and the LoRA file
 /// the models carry now.
 struct Pipeline<B: Backend> {

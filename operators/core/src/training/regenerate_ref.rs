@@ -13,12 +13,11 @@ use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use image::DynamicImage;
 use unoflow_models::flux::PeMode;
-use unoflow_models::flux::sampling::ShiftRule;
 
 use crate::columns::ColumnRequirement;
 use crate::draws::Draws;
 use crate::embed::{ImageEncoder, Pooling, Resize, cosine, open_dinov2};
-use crate::generate::{GenerateOptions, SubjectGenerator, open_generator, png_with_text};
+use crate::generate::{GenerateOptions, SubjectGenerator, open_generator, png_with_text, sampling_options, sampling_params};
 use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
 use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
 use crate::rows::{RowResults, binary, bytes_at, column, extend_schema, row_ids, text, with_added};
@@ -41,26 +40,26 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           with the crop (DINOv2, mean of patch tokens). Adds subject2_crop, ref2_image, \
           ref2_prompt, ref2_seed, ref2_similarity and ref2_pass (≥ `threshold`). Keep triplets \
           with `WHERE ref2_pass`.",
-    params: vec![
-        ParamSpec::required("dinov2_weights", ParamType::Path(PathKind::Input), "DINOv2 folder for the check"),
-        ParamSpec::optional(
-            "model_dir",
-            ParamType::Path(PathKind::Input),
-            ParamValue::Str(String::new()),
-            "FLUX folder; empty: tiny models",
-        ),
-        ParamSpec::optional("lora", ParamType::Str, ParamValue::Str(String::new()), "a column with the stage-I LoRA file"),
-        ParamSpec::optional("target", ParamType::Str, ParamValue::Str("target_image".into()), "the target image column"),
-        ParamSpec::optional("subject", ParamType::Str, ParamValue::Str("subject2".into()), "the column naming subject 2"),
-        ParamSpec::optional("scene", ParamType::Str, ParamValue::Str("scene1".into()), "the column with the new scene"),
-        ParamSpec::optional("threshold", ParamType::float(-1.0, 1.0), ParamValue::Float(0.85), "DINOv2 similarity to the crop needed"),
-        ParamSpec::optional("width", ParamType::int(16, 4096), ParamValue::Int(512), "new reference width (multiple of 16)"),
-        ParamSpec::optional("height", ParamType::int(16, 4096), ParamValue::Int(512), "new reference height (multiple of 16)"),
-        ParamSpec::optional("steps", ParamType::int(1, 1000), ParamValue::Int(25), "sampling steps"),
-        ParamSpec::optional("guidance", ParamType::float(0.0, 100.0), ParamValue::Float(4.0), "distilled guidance"),
-        ParamSpec::optional("resize", ParamType::int(0, 4096), ParamValue::Int(0), "DINOv2 resize (0: 256)"),
-        ParamSpec::optional("crop", ParamType::int(0, 4096), ParamValue::Int(0), "DINOv2 crop (0: 224)"),
-    ],
+    params: [
+        vec![
+            ParamSpec::required("dinov2_weights", ParamType::Path(PathKind::Input), "DINOv2 folder for the check"),
+            ParamSpec::optional(
+                "model_dir",
+                ParamType::Path(PathKind::Input),
+                ParamValue::Str(String::new()),
+                "FLUX folder; empty: tiny models",
+            ),
+            ParamSpec::optional("lora", ParamType::Str, ParamValue::Str(String::new()), "a column with the stage-I LoRA file"),
+            ParamSpec::optional("target", ParamType::Str, ParamValue::Str("target_image".into()), "the target image column"),
+            ParamSpec::optional("subject", ParamType::Str, ParamValue::Str("subject2".into()), "the column naming subject 2"),
+            ParamSpec::optional("scene", ParamType::Str, ParamValue::Str("scene1".into()), "the column with the new scene"),
+            ParamSpec::optional("threshold", ParamType::float(-1.0, 1.0), ParamValue::Float(0.85), "DINOv2 similarity to the crop needed"),
+            ParamSpec::optional("resize", ParamType::int(0, 4096), ParamValue::Int(0), "DINOv2 resize (0: 256)"),
+            ParamSpec::optional("crop", ParamType::int(0, 4096), ParamValue::Int(0), "DINOv2 crop (0: 224)"),
+        ],
+        sampling_params(),
+    ]
+    .concat(),
     inputs: (1, 1),
     resource: Resource::Gpu,
     mapping: RowMapping::Preserve,
@@ -101,11 +100,7 @@ impl Operator for RegenerateRef {
     }
 
     fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
-        for side in ["width", "height"] {
-            if params.int(side)? % 16 != 0 {
-                return Err(OpError::Param { name: side.into(), message: format!("{} is not a multiple of 16", params.int(side)?) });
-            }
-        }
+        sampling_options(params, PeMode::Diagonal)?;
         Ok(extend_schema(&inputs[0], added_fields()))
     }
 
@@ -114,19 +109,7 @@ impl Operator for RegenerateRef {
         Ok(Arc::new(Regenerator {
             generator: open_generator(params.str("model_dir")?, env)?,
             dinov2: open_dinov2(Path::new(params.str("dinov2_weights")?), Pooling::MeanPatch, preprocess, env.device)?,
-            options: GenerateOptions {
-                prompt: String::new(),
-                refs: Vec::new(),
-                width: params.int("width")? as usize,
-                height: params.int("height")? as usize,
-                steps: params.int("steps")? as usize,
-                guidance: params.float("guidance")? as f32,
-                seed: 0,
-                num_images: 1,
-                pe: PeMode::Diagonal,
-                shift: ShiftRule::UnoLatentArea,
-                ref_long_side: None,
-            },
+            options: sampling_options(params, PeMode::Diagonal)?,
             lora: Some(params.str("lora")?.to_string()).filter(|s| !s.is_empty()),
             target: params.str("target")?.into(),
             subject: params.str("subject")?.into(),

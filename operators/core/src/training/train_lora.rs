@@ -286,6 +286,10 @@ struct Trainer<B: AutodiffBackend> {
     models: Models<B>,
     device: B::Device,
     prompts: HashMap<String, PromptEmbedding<B>>,
+    /// The shuffled dataset order of one epoch (the last one asked for).
+    epoch_order: Option<(u64, Vec<usize>)>,
+    /// The 1000-point shifted schedule t is drawn from.
+    timesteps: Vec<f32>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -297,7 +301,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 if B::name(&device).contains("flex") { unoflow_models::Precision::F32 } else { unoflow_models::Precision::Bf16 };
             Models::<B>::load(Path::new(model_dir), None, precision, &device)?
         };
-        Ok(Self { settings, models, device, prompts: HashMap::new() })
+        let timesteps = training_timesteps((settings.resolution as usize / 16).pow(2));
+        Ok(Self { settings, models, device, prompts: HashMap::new(), epoch_order: None, timesteps })
     }
 
     /// The decoded examples of the input, and the LoRA file to start from, if any.
@@ -351,19 +356,23 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The examples micro-batch `micro` of step `step` uses: epoch-wise seeded permutations of
     /// the dataset, so the order is a function of the seed and the step alone.
-    fn picks(&self, step: u64, micro: usize, n: usize) -> Vec<usize> {
-        let s = &self.settings;
-        let per_step = (s.batch_size * s.accumulation) as u64;
-        (0..s.batch_size)
+    fn picks(&mut self, step: u64, micro: usize, n: usize) -> Vec<usize> {
+        let (batch_size, accumulation, seed) = (self.settings.batch_size, self.settings.accumulation, self.settings.seed);
+        let per_step = (batch_size * accumulation) as u64;
+        (0..batch_size)
             .map(|j| {
-                let index = (step - 1) * per_step + (micro * s.batch_size + j) as u64;
+                let index = (step - 1) * per_step + (micro * batch_size + j) as u64;
                 let (epoch, position) = (index / n as u64, (index % n as u64) as usize);
-                let mut order: Vec<usize> = (0..n).collect();
-                let mut draws = Draws::new(s.seed, "train_lora.order", &[&epoch.to_le_bytes()]);
-                for i in (1..n).rev() {
-                    order.swap(i, draws.below(i + 1));
+                if self.epoch_order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    // Fisher–Yates, seeded by the epoch: shuffled once per epoch, not per pick.
+                    let mut order: Vec<usize> = (0..n).collect();
+                    let mut draws = Draws::new(seed, "train_lora.order", &[&epoch.to_le_bytes()]);
+                    for i in (1..n).rev() {
+                        order.swap(i, draws.below(i + 1));
+                    }
+                    self.epoch_order = Some((epoch, order));
                 }
-                order[position]
+                self.epoch_order.as_ref().map_or(position, |(_, order)| order[position])
             })
             .collect()
     }
@@ -412,8 +421,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 Tensor::from_data(TensorData::new(data, [1, shape[0], shape[1], shape[2]]), (&self.device, DType::F32))
             })
             .collect();
-        let schedule = training_timesteps((self.settings.resolution as usize / 16).pow(2));
-        let t: Vec<f32> = (0..n).map(|_| schedule[draws.below(schedule.len())]).collect();
+        let t: Vec<f32> = (0..n).map(|_| self.timesteps[draws.below(self.timesteps.len())]).collect();
         let txt = Tensor::cat(txt, 0);
         let ids = position_ids(txt.dims()[1], grid, &ref_grids, self.settings.pe);
         let batch = FlowBatch {
