@@ -172,10 +172,9 @@ fn input_files_digest(node: &Node) -> Result<Option<String>> {
 }
 
 /// The content digest of a file, or for a file above [`FULL_HASH_LIMIT`] the digest of its
-/// size, modification time and first and last MiB.
+/// modification time and its sampled digest (size, first and last MiB).
 fn file_digest(path: &Path) -> Result<blake3::Hash> {
     use crate::error::IoContext;
-    use std::io::{Read, Seek, SeekFrom};
     let meta = std::fs::metadata(path).at(path)?;
     let mut hasher = blake3::Hasher::new();
     if meta.len() <= FULL_HASH_LIMIT {
@@ -183,14 +182,7 @@ fn file_digest(path: &Path) -> Result<blake3::Hash> {
         return Ok(hasher.finalize());
     }
     let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    hasher.update(&meta.len().to_le_bytes()).update(&modified.to_le_bytes());
-    let mut file = std::fs::File::open(path).at(path)?;
-    let mut chunk = vec![0u8; 1 << 20];
-    file.read_exact(&mut chunk).at(path)?;
-    hasher.update(&chunk);
-    file.seek(SeekFrom::End(-(1 << 20))).at(path)?;
-    file.read_exact(&mut chunk).at(path)?;
-    hasher.update(&chunk);
+    hasher.update(&modified.to_le_bytes()).update(unoflow_operators::generate::sampled_digest(path).at(path)?.as_bytes());
     Ok(hasher.finalize())
 }
 

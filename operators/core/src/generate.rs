@@ -57,20 +57,27 @@ fn err(message: impl Into<String>) -> OpError {
 /// A cheap identity of a weight file for provenance: blake3 of its size, header and first and
 /// last MiB (hashing 24 GB of FLUX at every start would take longer than generating).
 pub fn weights_fingerprint(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
-    let len = file.metadata().map_err(|e| err(format!("{}: {e}", path.display())))?.len();
+    let digest = sampled_digest(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    Ok(digest.to_hex()[..16].to_string())
+}
+
+/// blake3 of a file's size and its first and last MiB: an identity for files too large to hash
+/// whole (model weights), shared by provenance and the engine's fingerprints.
+pub fn sampled_digest(path: &Path) -> std::io::Result<blake3::Hash> {
+    use std::io::Seek;
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
     let mut h = blake3::Hasher::new();
     h.update(&len.to_le_bytes());
     let mut buf = vec![0u8; (1 << 20).min(len as usize)];
-    file.read_exact(&mut buf).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    file.read_exact(&mut buf)?;
     h.update(&buf);
     if len > (2 << 20) {
-        use std::io::Seek;
-        file.seek(std::io::SeekFrom::End(-(1 << 20))).map_err(|e| err(format!("{}: {e}", path.display())))?;
-        file.read_exact(&mut buf).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        file.seek(std::io::SeekFrom::End(-(1 << 20)))?;
+        file.read_exact(&mut buf)?;
         h.update(&buf);
     }
-    Ok(h.finalize().to_hex()[..16].to_string())
+    Ok(h.finalize())
 }
 
 /// The models of a UNO pipeline.
