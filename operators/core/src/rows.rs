@@ -80,12 +80,19 @@ pub fn extend_schema(input: &Schema, added: Vec<Field>) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// Column `field` of `batch`, in the field's type: a query's literals may come out wider at
+/// run time than its plan said (`UNION` of `INT` and an integer literal), and the output
+/// must match the schema validation promised.
+fn carried_column(batch: &RecordBatch, field: &Field) -> Result<ArrayRef> {
+    let col = column(batch, field.name())?;
+    if col.data_type() == field.data_type() { Ok(Arc::clone(col)) } else { Ok(cast(col, field.data_type())?) }
+}
+
 /// The output batch of an operator that adds columns: `schema`'s leading fields come from `kept`,
 /// its last `added.len()` fields are `added`.
 pub fn with_added(schema: &SchemaRef, kept: &RecordBatch, added: Vec<ArrayRef>) -> Result<RecordBatch> {
     let carried = schema.fields().len() - added.len();
-    let mut columns: Vec<ArrayRef> =
-        schema.fields().iter().take(carried).map(|f| column(kept, f.name()).map(Arc::clone)).collect::<Result<_>>()?;
+    let mut columns: Vec<ArrayRef> = schema.fields().iter().take(carried).map(|f| carried_column(kept, f)).collect::<Result<_>>()?;
     columns.extend(added);
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
@@ -107,7 +114,7 @@ pub fn derived(schema: &SchemaRef, input: &RecordBatch, sources: &[u32], ids: Ve
         columns.push(match field.name().as_str() {
             ROW_ID => Arc::new(StringArray::from(ids.clone())),
             PARENT_IDS => Arc::new(parent_ids.finish()),
-            name => take(column(input, name)?, &indices, None)?,
+            _ => take(&carried_column(input, field)?, &indices, None)?,
         });
     }
     columns.extend(added);
