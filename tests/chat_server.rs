@@ -16,6 +16,8 @@ pub enum Reply {
     Content(String),
     /// This status with a short error body and, for 429, `Retry-After: 0`.
     Status(u16),
+    /// 400 with this error message (a request the server does not accept).
+    BadRequest(&'static str),
     /// Wait this long, then answer `Content("late")` (the client will have given up).
     Stall(Duration),
 }
@@ -121,6 +123,7 @@ fn serve(stream: TcpStream, log: &Mutex<Log>, scenario: &Scenario) {
         }
         Reply::Status(429) => respond(&mut stream, 429, &[("Retry-After", "0")], "{\"error\": \"rate limited\"}"),
         Reply::Status(code) => respond(&mut stream, code, &[], "{\"error\": \"server error\"}"),
+        Reply::BadRequest(message) => respond(&mut stream, 400, &[], &serde_json::json!({ "error": message }).to_string()),
         Reply::Stall(d) => {
             std::thread::sleep(d);
             respond(&mut stream, 200, &[], "{}")

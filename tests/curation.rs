@@ -295,3 +295,67 @@ companions = "categories.csv"
     assert!(errors[1].contains("no creative subjects") || errors[1].contains("subjects in the answer"), "{errors:?}");
     assert_eq!(sql_env(&p, &server, "SELECT count(*) AS n FROM prompts"), ["n", "6"]);
 }
+
+#[test]
+fn a_server_without_structured_output_gets_plain_requests() {
+    // Round 3 asks for JSON-schema output; this server refuses it as llama.cpp builds do, and
+    // the operator asks again without it and parses the paper-style lines.
+    let server = ChatServer::start(|body, _| {
+        if body.get("response_format").is_some() {
+            return Reply::BadRequest("response_format is not supported by this server");
+        }
+        match body["messages"].as_array().map_or(0, Vec::len) / 2 {
+            3 => Reply::Content("[Part 1] Body: [3]".into()),
+            _ => Reply::Content("a description".into()),
+        }
+    });
+    let p = vlm_project();
+    let env = [("VLM_ENDPOINT", server.url.as_str())];
+    p.unoflow_env(&["run", "dag.toml", "-q", "--only", "vlm"], &env).ok();
+    assert_eq!(sql_env(&p, &server, "SELECT count(*) AS n, min(vlm_score) AS s FROM vlm"), ["n,s", "8,3.0"]);
+    let refused = server.requests().iter().filter(|b| b.get("response_format").is_some()).count();
+    assert!(refused >= 1, "the first round-3 request asked for structured output");
+}
+
+#[test]
+fn bad_generation_sizes_and_scene_lists_fail_their_rows_only() {
+    let p = Project::new();
+    p.write("companions.txt", "cat\n");
+    p.write(
+        "subjects.jsonl",
+        "{\"subject\": \"a mug\", \"scenes\": [\"a kitchen\", \"a garden\"]}\n{\"subject\": \"a lamp\", \"scenes\": [\"a desk\"]}\n",
+    );
+    p.dag(
+        r#"[dag]
+name = "bad"
+workspace = "ws"
+
+[nodes.subjects]
+op = "read"
+path = "subjects.jsonl"
+format = "jsonl"
+
+[nodes.prompts]
+op = "diptych_prompts"
+inputs = ["subjects"]
+companions = "companions.txt"
+resolutions = ["64x64"]
+
+[nodes.sized]
+op = "sql"
+inputs = ["prompts"]
+query = "SELECT row_id, prompt, CAST(100 AS INT) AS width, CAST(64 AS INT) AS height FROM prompts UNION ALL SELECT row_id || 'b', prompt, 32, 32 FROM prompts"
+
+[nodes.diptychs]
+op = "incontext_generate"
+inputs = ["sized"]
+steps = 1
+"#,
+    );
+    p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    let prompts = crate::support::sql_csv(&p, "SELECT message FROM errors.prompts");
+    assert!(prompts[1].contains("a lamp") && prompts[1].contains("has 1 scene(s)"), "{prompts:?}");
+    let sizes = crate::support::sql_csv(&p, "SELECT message FROM errors.diptychs");
+    assert!(sizes[1].contains("100×64") && sizes[1].contains("multiples of 16"), "{sizes:?}");
+    assert_eq!(crate::support::sql_csv(&p, "SELECT count(*) AS n FROM diptychs"), ["n", "1"]);
+}

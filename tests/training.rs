@@ -140,3 +140,35 @@ fn a_training_killed_mid_way_resumes_from_its_checkpoint_with_the_same_steps() {
     // Steps up to the last checkpoint were not trained again: their checkpoint is untouched.
     assert_eq!(std::fs::metadata(&first).unwrap().modified().unwrap(), written);
 }
+
+#[test]
+fn rows_naming_different_loras_fail_the_training_with_the_column_named() {
+    let p = project();
+    p.write("a.safetensors", "x");
+    p.dag(
+        r#"[dag]
+name = "two"
+workspace = "ws"
+
+[nodes.photos]
+op = "read"
+path = "images"
+format = "images"
+
+[nodes.pairs]
+op = "sql"
+inputs = ["photos"]
+query = "SELECT row_id, image AS ref_image, image AS target_image, path AS prompt, 'lora_' || path AS init FROM photos"
+
+[nodes.stage2]
+op = "train_lora"
+inputs = ["pairs"]
+init_lora = "init"
+steps = 1
+resolution = 64
+"#,
+    );
+    let run = p.unoflow(&["run", "dag.toml", "-q"]).expect_code(1);
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains("`init`") && all.contains("different LoRA files"), "{all}");
+}
