@@ -131,7 +131,8 @@ async fn engine_pipeline(dir: &Path, i: usize) -> (Duration, Vec<f64>) {
     .expect("dag");
     let started = Instant::now();
     let dag = Arc::new(unoflow::dag::load(&dag_path, None, &Registry::default()).await.expect("valid DAG"));
-    let report = unoflow::exec::run(dag, RunOptions { quiet: true, ..RunOptions::default() }, Vec::new()).await.expect("run");
+    let report =
+        unoflow::exec::run(dag, RunOptions { quiet: true, ..RunOptions::default() }, Vec::new(), Default::default()).await.expect("run");
     let elapsed = started.elapsed();
     assert!(report.outcomes.iter().all(|o| o.status == Status::Computed), "{:?}", report.outcomes);
     (elapsed, report.outcomes.iter().map(|o| o.seconds).collect())

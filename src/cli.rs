@@ -12,10 +12,10 @@ use crate::dag::{self, Dag};
 use crate::error::{Error, Result};
 use crate::exec::{self, RunOptions, Status};
 use crate::format::{self, OutputFormat};
+use crate::interrupt::Interrupt;
 use crate::ops::Registry;
 use crate::plan::{self, State};
 use crate::tables::Catalog;
-use crate::workspace::RunRecord;
 
 /// Declarative, cached, resumable dataflow for UNO subject-driven image generation.
 #[derive(Debug, Parser)]
@@ -58,6 +58,9 @@ pub enum Command {
         /// Write the result to this file instead of standard output.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// The most rows the `table` format prints (the data formats print every row).
+        #[arg(long, default_value_t = format::TABLE_ROWS)]
+        max_rows: usize,
     },
     /// List the operators, or show one in full.
     Ops {
@@ -106,17 +109,17 @@ pub struct GenerateArgs {
     /// Where to write the PNG (with several images: OUT_0.png, OUT_1.png, …).
     #[arg(long)]
     pub out: PathBuf,
-    /// Width in pixels (rounded down to a multiple of 16).
-    #[arg(long, default_value_t = 512)]
-    pub width: usize,
-    /// Height in pixels (rounded down to a multiple of 16).
-    #[arg(long, default_value_t = 512)]
-    pub height: usize,
+    /// Width in pixels, 16 to 4096 (rounded down to a multiple of 16).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..=MAX_SIDE))]
+    pub width: u32,
+    /// Height in pixels, 16 to 4096 (rounded down to a multiple of 16).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..=MAX_SIDE))]
+    pub height: u32,
     /// Denoising steps.
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub steps: u32,
-    /// Distilled guidance strength (UNO: 4, plain FLUX.1-dev: 3.5).
-    #[arg(long, default_value_t = 4.0)]
+    /// Distilled guidance strength, 0 to 100 (UNO: 4, plain FLUX.1-dev: 3.5).
+    #[arg(long, default_value_t = 4.0, value_parser = parse_guidance)]
     pub guidance: f32,
     /// Seed; image j uses seed + j.
     #[arg(long, default_value_t = 3407)]
@@ -139,9 +142,12 @@ pub struct GenerateArgs {
     /// Position ids of the references: d (diagonal UnoPE), h, w, o (none).
     #[arg(long, default_value = "d", value_parser = ["d", "h", "w", "o"])]
     pub pe: String,
-    /// The references' long side (0: 512 for one reference, 320 for several).
-    #[arg(long, default_value_t = 0)]
+    /// The references' long side, up to 4096 (0: 512 for one reference, 320 for several).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=MAX_SIDE))]
     pub ref_size: u32,
+    /// Refuse reference images with more pixels than this (decompression bombs).
+    #[arg(long, default_value_t = unoflow_operators::image_io::DEFAULT_MAX_PIXELS)]
+    pub max_image_pixels: u64,
     /// How the schedule's shift is computed: uno (the released pipeline) or flux (image tokens).
     #[arg(long, default_value = "uno", value_parser = ["uno", "flux"])]
     pub shift: String,
@@ -218,16 +224,28 @@ pub struct RunArgs {
     pub wait: bool,
 }
 
+/// The largest image side `generate` makes: 16 megapixels, a 256 MB f32 latent working set per
+/// image at this size already.
+pub const MAX_SIDE: i64 = 4096;
+
+fn parse_guidance(s: &str) -> std::result::Result<f32, String> {
+    let g: f32 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if !g.is_finite() || !(0.0..=100.0).contains(&g) {
+        return Err(format!("{s} is not a guidance strength: use a finite number from 0 to 100 (UNO uses 4)"));
+    }
+    Ok(g)
+}
+
 fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
     s.parse::<DeviceSpec>().and_then(DeviceSpec::check_available).map_err(|e| e.to_string())
 }
 
 /// Runs a parsed command line; returns the process exit code.
-pub async fn main(cli: Cli) -> Result<i32> {
+pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
     let registry = Registry::default();
     match cli.command {
         Command::Validate { dag } => {
-            let d = dag::load(&dag, None, &registry).await?;
+            let d = dag::load_with(&dag, None, &registry, dag::Depth::EveryRecord).await?;
             println!("{}: ok ({} nodes)", dag.display(), d.nodes.len());
             Ok(0)
         }
@@ -235,17 +253,17 @@ pub async fn main(cli: Cli) -> Result<i32> {
             let d = dag::load(&dag, workspace.workspace.as_deref(), &registry).await?;
             print_plan(&d, json)
         }
-        Command::Run(args) => run(args, &registry).await,
-        Command::Sql { query, dag, workspace, format, output } => {
+        Command::Run(args) => run(args, &registry, interrupt).await,
+        Command::Sql { query, dag, workspace, format, output, max_rows } => {
             let catalog = catalog(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
-            sql(&catalog, &query, format, output.as_deref()).await
+            sql(&catalog, &query, format, output.as_deref(), max_rows).await
         }
         Command::Ops { name } => ops(&registry, name.as_deref()),
         Command::Runs { dag, workspace, json } => {
             let root = workspace_root(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
             runs(&root, json)
         }
-        Command::Generate(args) => crate::generate::run(args).await,
+        Command::Generate(args) => crate::generate::run(args, interrupt).await,
         Command::Model { command: ModelCommand::Check { kind, weights, lora, fixture, tol, dtype, device } } => {
             let dtype = match dtype {
                 Precision::F32 => unoflow_models::Precision::F32,
@@ -302,7 +320,8 @@ fn print_plan(dag: &Dag, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-async fn run(args: RunArgs, registry: &Registry) -> Result<i32> {
+async fn run(args: RunArgs, registry: &Registry, interrupt: Interrupt) -> Result<i32> {
+    let workspace_arg = args.workspace.workspace.clone();
     let dag = Arc::new(dag::load(&args.dag, args.workspace.workspace.as_deref(), registry).await?);
     let opts = RunOptions {
         only: args.only,
@@ -313,7 +332,7 @@ async fn run(args: RunArgs, registry: &Registry) -> Result<i32> {
         device: args.device,
     };
     let command: Vec<String> = std::env::args().collect();
-    let report = exec::run(Arc::clone(&dag), opts, command).await?;
+    let report = exec::run(Arc::clone(&dag), opts, command, interrupt).await?;
 
     let width = report.outcomes.iter().map(|o| o.name.len()).max().unwrap_or(4).max(4);
     let op_width = report.outcomes.iter().map(|o| o.op.len()).max().unwrap_or(2).max(2);
@@ -341,38 +360,85 @@ async fn run(args: RunArgs, registry: &Registry) -> Result<i32> {
         println!("failed rows: unoflow sql --dag {} \"SELECT * FROM errors.NODE\"", args.dag.display());
     }
     if report.interrupted {
-        return Err(Error::Interrupted(format!("committed work is kept; run `unoflow run {}` again to resume", args.dag.display())));
+        let workspace = workspace_arg.map(|w| format!(" --workspace {}", shell_word(&w.display().to_string()))).unwrap_or_default();
+        return Err(Error::Interrupted(format!(
+            "committed work is kept; run `unoflow run {}{workspace}` again to resume",
+            shell_word(&args.dag.display().to_string())
+        )));
     }
     Ok(if report.failed() || count(Status::Interrupted) > 0 { 1 } else { 0 })
 }
 
-async fn sql(catalog: &Catalog, query: &str, format: OutputFormat, output: Option<&Path>) -> Result<i32> {
-    let ctx = crate::query::session();
-    for located in &catalog.tables {
-        crate::query::register(&ctx, &located.table, crate::query::Verify::Digests).await?;
-    }
+async fn sql(catalog: &Catalog, query: &str, format: OutputFormat, output: Option<&Path>, max_rows: usize) -> Result<i32> {
+    let ctx = catalog.session_for(query).await?;
     let df = crate::ops::sql::plan(&ctx, query).await.map_err(|e| {
         let mut names: Vec<&str> = catalog.tables.iter().map(|t| t.table.name.as_str()).collect();
         names.sort();
         Error::Usage(format!("{}\ntables: {}", e.strip_backtrace(), names.join(", ")))
     })?;
     let schema = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await?;
+    let stream = df.execute_stream().await.map_err(query_error)?;
     match output {
         Some(path) => {
-            let mut file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-            format::write(&mut file, format, &batches, &schema)?;
+            if path.is_dir() {
+                return Err(Error::Usage(format!("--output {}: is a folder; name a file", path.display())));
+            }
+            // Written beside the destination and renamed into place, so a query that fails
+            // halfway leaves no half-written file (and an existing one untouched).
+            let tmp = path.with_file_name(format!(".{}.unoflow-tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+            let file = std::fs::File::create(&tmp).map_err(|e| Error::Usage(format!("--output {}: {e}", path.display())))?;
+            let written = write_results(std::io::BufWriter::new(file), format, &schema, stream, max_rows).await;
+            if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
         }
         None => {
             if format == OutputFormat::Parquet && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                 return Err(Error::Usage("Parquet is binary: pass --output FILE or redirect standard output".into()));
             }
-            let stdout = std::io::stdout();
-            let mut lock = stdout.lock();
-            format::write(&mut lock, format, &batches, &schema)?;
+            write_results(std::io::BufWriter::new(std::io::stdout()), format, &schema, stream, max_rows).await?;
         }
     }
     Ok(0)
+}
+
+/// Streams a query's batches into the output format; nothing holds the whole result.
+async fn write_results<W: Write + Send>(
+    out: W,
+    format: OutputFormat,
+    schema: &Arc<datafusion::arrow::datatypes::Schema>,
+    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    max_rows: usize,
+) -> Result<()> {
+    use futures::StreamExt;
+    let mut writer = format::ResultWriter::new(out, format, schema, max_rows)?;
+    while let Some(batch) = stream.next().await {
+        writer.write(&batch.map_err(query_error)?)?;
+        if writer.is_full() {
+            break;
+        }
+    }
+    writer.finish()
+}
+
+/// An error while running the user's query: the query's fault (exit 2) unless it is the
+/// storage's (exit 1).
+fn query_error(e: datafusion::error::DataFusionError) -> Error {
+    use datafusion::error::DataFusionError as E;
+    match e.find_root() {
+        E::IoError(_) | E::ObjectStore(_) | E::ParquetError(_) | E::ResourcesExhausted(_) | E::External(_) => Error::DataFusion(e),
+        _ => Error::Usage(format!("the query failed: {}", e.strip_backtrace())),
+    }
+}
+
+/// `word` quoted for a POSIX shell when it needs it, so printed commands can be pasted.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c)) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 fn ops(registry: &Registry, name: Option<&str>) -> Result<i32> {
@@ -415,36 +481,45 @@ fn ops(registry: &Registry, name: Option<&str>) -> Result<i32> {
 }
 
 fn runs(root: &Path, json: bool) -> Result<i32> {
-    let dir = root.join("runs");
-    let mut records: Vec<RunRecord> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::Usage(format!("no runs in {}: {e}", root.display())))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-        .filter_map(|e| std::fs::read(e.path()).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
-        .collect();
-    records.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+    let list = crate::workspace::list_runs(&root.join("runs")).map_err(|e| Error::Usage(format!("no runs in {}: {e}", root.display())))?;
+    // A record still saying `running` while no run holds the workspace belongs to a process
+    // that was killed before it could finish the record.
+    let live = crate::workspace::RunLock::is_held(root);
     let mut stdout = std::io::stdout().lock();
     if json {
-        let text = serde_json::to_string_pretty(&records).map_err(|e| Error::Internal(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&list.records).map_err(|e| Error::Internal(e.to_string()))?;
         writeln!(stdout, "{text}").map_err(|e| Error::io("<stdout>", e))?;
-        return Ok(0);
+    } else {
+        let _ =
+            writeln!(stdout, "{:22}  {:11}  {:19}  {:>8}  {:>8}  {:>6}  dag", "run", "status", "started", "computed", "cached", "failed");
+        let mut killed = false;
+        for r in &list.records {
+            let count = |s: &str| r.nodes.iter().filter(|n| n.status == s).count();
+            let started = r.started_at.get(..19).unwrap_or(&r.started_at).replace('T', " ");
+            let status = if r.status == "running" && !live {
+                killed = true;
+                "killed*"
+            } else {
+                r.status.as_str()
+            };
+            let _ = writeln!(
+                stdout,
+                "{:22}  {:11}  {:19}  {:>8}  {:>8}  {:>6}  {}",
+                r.id,
+                status,
+                started,
+                count("computed") + count("resumed"),
+                count("cached"),
+                count("failed"),
+                r.dag_path
+            );
+        }
+        if killed {
+            let _ = writeln!(stdout, "* the process ended without finishing its record (killed); a rerun resumes from its commits");
+        }
     }
-    let _ = writeln!(stdout, "{:22}  {:11}  {:19}  {:>8}  {:>8}  {:>6}  dag", "run", "status", "started", "computed", "cached", "failed");
-    for r in &records {
-        let count = |s: &str| r.nodes.iter().filter(|n| n.status == s).count();
-        let started = r.started_at.get(..19).unwrap_or(&r.started_at).replace('T', " ");
-        let _ = writeln!(
-            stdout,
-            "{:22}  {:11}  {:19}  {:>8}  {:>8}  {:>6}  {}",
-            r.id,
-            r.status,
-            started,
-            count("computed") + count("resumed"),
-            count("cached"),
-            count("failed"),
-            r.dag_path
-        );
+    for (path, why) in &list.damaged {
+        eprintln!("warning: damaged run record {}: {why}", path.display());
     }
     Ok(0)
 }

@@ -90,12 +90,13 @@ fn render(f: &mut fmt::Formatter<'_>, file: &SourceFile, d: &Diagnostic) -> fmt:
             writeln!(f, "{:gutter$}--> {}:{line}:{col}", "", file.path.display())?;
             writeln!(f, "{:gutter$} |", "")?;
             let text = file.line(line);
-            writeln!(f, "{line} | {text}")?;
             // Underline the span's part on its first line.
             let (end_line, end_col) = file.location(span.end.max(span.start + 1));
             let width =
                 if end_line == line { end_col.saturating_sub(col).max(1) } else { text.chars().count().saturating_sub(col - 1).max(1) };
-            write!(f, "{:gutter$} | {:pad$}{}", "", "", "^".repeat(width), pad = col - 1)?;
+            let (shown, pad, width) = window(text, col - 1, width);
+            writeln!(f, "{line} | {shown}")?;
+            write!(f, "{:gutter$} | {:pad$}{}", "", "", "^".repeat(width), pad = pad)?;
         }
         None => write!(f, "  --> {}", file.path.display())?,
     }
@@ -103,6 +104,31 @@ fn render(f: &mut fmt::Formatter<'_>, file: &SourceFile, d: &Diagnostic) -> fmt:
         write!(f, "\n  = help: {help}")?;
     }
     Ok(())
+}
+
+/// The widest source line shown; longer lines (a minified or generated file) are cut to a
+/// window around the error, so a message never echoes a whole file.
+const MAX_SHOWN: usize = 120;
+
+/// The part of `text` to show for an error at character `start` spanning `width` characters:
+/// the text, the caret's offset in it and the caret's width.
+fn window(text: &str, start: usize, width: usize) -> (String, usize, usize) {
+    let len = text.chars().count();
+    if len <= MAX_SHOWN {
+        return (text.to_string(), start, width);
+    }
+    let first = start.saturating_sub(MAX_SHOWN / 3).min(len.saturating_sub(MAX_SHOWN));
+    let last = (first + MAX_SHOWN).min(len);
+    let mut shown: String = text.chars().skip(first).take(last - first).collect();
+    let mut pad = start - first;
+    if first > 0 {
+        shown.insert(0, '…');
+        pad += 1;
+    }
+    if last < len {
+        shown.push('…');
+    }
+    (shown, pad, width.min(last.saturating_sub(start)).max(1))
 }
 
 /// The closest of `candidates` to `name`, if close enough to be a likely typo.
@@ -140,6 +166,16 @@ mod tests {
         assert!(text.contains("2 | max_sid = 3"), "{text}");
         assert!(text.contains("  | ^^^^^^^"), "{text}");
         assert!(text.contains("= help: did you mean `max_side`?"), "{text}");
+    }
+
+    #[test]
+    fn long_lines_are_cut_around_the_error() {
+        let line = format!("x = {}", "[".repeat(100_000));
+        let file = Arc::new(SourceFile::new("d.toml", line));
+        let d = Diagnostics { file, items: vec![Diagnostic::new("too deep", Some(50_000..50_001))] };
+        let text = d.to_string();
+        assert!(text.len() < 1000, "{} bytes", text.len());
+        assert!(text.contains("…["), "{text}");
     }
 
     #[test]

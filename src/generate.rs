@@ -1,5 +1,6 @@
 //! `unoflow generate`: one-shot UNO inference from the command line.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -10,6 +11,7 @@ use unoflow_operators::generate::{GenerateOptions, Models, generate, png_with_te
 
 use crate::cli::GenerateArgs;
 use crate::error::{Error, Result};
+use crate::interrupt::Interrupt;
 
 /// Reads a reference image; a missing or undecodable file is a usage error naming it.
 fn read_ref(path: &Path) -> Result<image::DynamicImage> {
@@ -17,7 +19,8 @@ fn read_ref(path: &Path) -> Result<image::DynamicImage> {
     unoflow_operators::image_io::decode(&bytes).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
 }
 
-fn round_down_16(name: &str, value: usize) -> Result<usize> {
+fn round_down_16(name: &str, value: u32) -> Result<usize> {
+    let value = value as usize;
     let rounded = value / 16 * 16;
     if rounded == 0 {
         return Err(Error::Usage(format!("--{name} {value} is below 16 pixels")));
@@ -37,7 +40,8 @@ fn output_path(out: &Path, j: usize, n: usize) -> PathBuf {
     out.with_file_name(format!("{stem}_{j}.png"))
 }
 
-pub async fn run(args: GenerateArgs) -> Result<i32> {
+pub async fn run(args: GenerateArgs, interrupt: Interrupt) -> Result<i32> {
+    unoflow_operators::image_io::set_max_pixels(args.max_image_pixels);
     let options = GenerateOptions {
         prompt: args.prompt.clone(),
         refs: args.refs.iter().map(|p| read_ref(p)).collect::<Result<_>>()?,
@@ -58,11 +62,15 @@ pub async fn run(args: GenerateArgs) -> Result<i32> {
     }
     // Models compute on the blocking pool; CPU inference runs f32, CUDA bf16 (as the reference).
     tokio::task::spawn_blocking(move || match args.device {
-        DeviceSpec::Cpu => run_on::<unoflow_models::device::CpuBackend>(&args, &options, Default::default(), Precision::F32),
+        DeviceSpec::Cpu => run_on::<unoflow_models::device::CpuBackend>(&args, &options, Default::default(), Precision::F32, &interrupt),
         #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(n) => {
-            run_on::<unoflow_models::device::CudaBackend>(&args, &options, unoflow_models::device::cuda_device(n), Precision::Bf16)
-        }
+        DeviceSpec::Cuda(n) => run_on::<unoflow_models::device::CudaBackend>(
+            &args,
+            &options,
+            unoflow_models::device::cuda_device(n),
+            Precision::Bf16,
+            &interrupt,
+        ),
         #[cfg(not(feature = "cuda"))]
         DeviceSpec::Cuda(_) => Err(Error::Usage(unoflow_models::DeviceError::CudaNotBuilt(args.device).to_string())),
     })
@@ -75,6 +83,7 @@ fn run_on<B: unoflow_models::Backend>(
     options: &GenerateOptions,
     device: B::Device,
     precision: Precision,
+    interrupt: &Interrupt,
 ) -> Result<i32> {
     let mut models = match (&args.model_dir, args.tiny) {
         // A folder that is not a model folder, or is missing files, is the user's to fix.
@@ -94,7 +103,14 @@ fn run_on<B: unoflow_models::Backend>(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_prefix("generating");
-    let images = generate(&mut models, options, &mut |_, _| bar.inc(1))?;
+    let mut progress = |_, _| {
+        bar.inc(1);
+        if interrupt.stop_requested() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    };
+    let images = match generate(&mut models, options, &mut progress) {
+        Err(unoflow_operators::OpError::Cancelled) => return Err(Error::Interrupted("no image was written".into())),
+        other => other?,
+    };
     bar.finish_and_clear();
     let parameters = serde_json::json!({
         "prompt": options.prompt,

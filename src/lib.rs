@@ -25,6 +25,7 @@ pub mod exec;
 pub mod fingerprint;
 pub mod format;
 pub mod generate;
+pub mod interrupt;
 pub mod lineage;
 pub mod ops;
 pub mod plan;

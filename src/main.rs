@@ -1,10 +1,13 @@
-//! The `unoflow` binary: parses the command line, runs the command, and maps errors to exit
-//! codes (2: fix the DAG file or the arguments; 130: interrupted; 1: anything else).
+//! The `unoflow` binary: parses the command line, turns signals into an [`Interrupt`] for the
+//! commands that stop gracefully, runs the command, and maps errors to exit codes (2: fix the
+//! DAG file or the arguments; 130: interrupted; 1: anything else).
 
 use clap::Parser;
+use unoflow::cli::{Cli, Command};
+use unoflow::interrupt::Interrupt;
 
 fn main() {
-    let cli = unoflow::cli::Cli::parse();
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -12,17 +15,53 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = match runtime.block_on(unoflow::cli::main(cli)) {
-        Ok(code) => code,
-        Err(err) => {
-            match &err {
-                unoflow::Error::Spec(_) => eprintln!("{err}"),
-                _ => eprintln!("error: {err}"),
-            }
-            err.exit_code()
+    let interrupt = Interrupt::new();
+    // Commands that commit work as they go stop gracefully; the others keep the default
+    // disposition of SIGINT (the process ends at once), which is what a user expects of a query.
+    let graceful = matches!(cli.command, Command::Run(_) | Command::Generate(_));
+    let code = runtime.block_on(async {
+        if graceful {
+            tokio::spawn(watch_signals(interrupt.clone()));
         }
-    };
-    // Exit without waiting for background tasks (the signal watcher).
+        match unoflow::cli::main(cli, interrupt).await {
+            Ok(code) => code,
+            Err(err) => {
+                match &err {
+                    unoflow::Error::Spec(_) => eprintln!("{err}"),
+                    _ => eprintln!("error: {err}"),
+                }
+                err.exit_code()
+            }
+        }
+    });
+    // Exit without waiting for blocking work a second signal abandoned (it holds no commit).
     runtime.shutdown_background();
     std::process::exit(code);
+}
+
+/// Raises the interrupt's level at each SIGINT or SIGTERM and says what it means.
+async fn watch_signals(interrupt: Interrupt) {
+    #[cfg(unix)]
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warning: cannot watch SIGTERM: {e}");
+            return;
+        }
+    };
+    loop {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        match interrupt.raise() {
+            1 => eprintln!("\nstopping: work in progress finishes and is kept; signal again to stop at once"),
+            _ => eprintln!("\nstopping now; committed work is kept"),
+        }
+    }
 }

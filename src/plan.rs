@@ -52,14 +52,24 @@ pub struct Plan {
 /// Plans `dag` against its workspace. Reads only: works while a run is in progress.
 pub fn plan(dag: &Dag) -> Result<Plan> {
     let components = fingerprint::compute(dag)?;
-    let ws = Workspace::create(&dag.workspace)?;
-    let index = Index::load(ws.root());
+    let ws = Workspace::open_existing(&dag.workspace)?;
+    // A damaged index only loses the explanations of what changed.
+    let index = ws.as_ref().and_then(|ws| Index::load(ws.root()).ok()).unwrap_or_default();
     let mut nodes = Vec::with_capacity(dag.nodes.len());
     for (node, comps) in dag.nodes.iter().zip(&components) {
         let fp = comps.fingerprint();
+        let Some(ws) = &ws else {
+            nodes.push(NodePlan {
+                node: node.name.clone(),
+                fingerprint: fp,
+                state: State::Missing,
+                reasons: vec!["never computed".into()],
+            });
+            continue;
+        };
         let node_dir = ws.node_dir(&fp);
         let (state, reasons) = match ws.manifest(&fp) {
-            Ok(Some(manifest)) => match damage(&node_dir, &manifest, &node.op) {
+            Ok(Some(manifest)) => match damage(&node_dir, &manifest, &node.op, &node.params) {
                 None => (State::Cached, Vec::new()),
                 Some(why) => (State::Stale, vec![why]),
             },
@@ -82,19 +92,16 @@ pub fn plan(dag: &Dag) -> Result<Plan> {
     Ok(Plan { nodes, components })
 }
 
-/// A quick check that a complete output is still whole (sizes only; `run` checks digests), and
-/// that an export's files are still where it wrote them.
-fn damage(node_dir: &Path, manifest: &Manifest, op: &OpKind) -> Option<String> {
+/// Whether a complete output is still whole (every file against its committed size and
+/// digest, as `run` checks before reusing it), and an export's files still where it wrote them.
+fn damage(node_dir: &Path, manifest: &Manifest, op: &OpKind, params: &unoflow_operators::Params) -> Option<String> {
     for f in manifest.files() {
-        let path = node_dir.join(&f.name);
-        match std::fs::metadata(&path) {
-            Ok(m) if m.len() == f.bytes => {}
-            Ok(_) => return Some(format!("output damaged: {} changed size; it will be recomputed", f.name)),
-            Err(_) => return Some(format!("output damaged: {} is missing; it will be recomputed", f.name)),
+        if let Err(why) = crate::workspace::verify_file(node_dir, f) {
+            return Some(format!("output damaged: {why}; it will be recomputed"));
         }
     }
     if matches!(op, OpKind::Export) {
-        return export::missing_output(node_dir, manifest).map(|p| format!("exported file {p} is missing"));
+        return export::missing_output(node_dir, manifest, params).map(|p| format!("exported file {p} is missing"));
     }
     None
 }

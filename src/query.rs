@@ -26,8 +26,15 @@ pub struct NodeTable {
 /// A session configured for unoflow: the `errors` schema exists, and Parquet strings and
 /// binaries read back as the `Utf8`/`Binary` they were written as (not view types), so the
 /// schemas validation derived are the schemas queries see.
+///
+/// # Determinism
+/// Plans run in one partition: files are read in commit order and no operator merges
+/// partitions as they happen to finish, so a query without `ORDER BY` returns its rows in the
+/// same order on every run (input position; joins in probe order, groups in first-seen order).
+/// The price is one core per query; the engine overlaps it with encoding and hashing, which
+/// take the other cores.
 pub fn session() -> SessionContext {
-    let mut config = SessionConfig::new().with_information_schema(true);
+    let mut config = SessionConfig::new().with_information_schema(true).with_target_partitions(1);
     config.options_mut().execution.parquet.schema_force_view_types = false;
     let ctx = SessionContext::new_with_config(config);
     if let Some(catalog) = ctx.catalog("datafusion") {

@@ -14,5 +14,6 @@ mod planning;
 mod queries;
 mod real_weights;
 mod resume;
+mod safety;
 mod training;
 mod validation;

@@ -20,13 +20,28 @@ use crate::ops::{OpKind, Registry};
 /// Keys of a `[nodes.NAME]` table that are not operator parameters.
 const NODE_KEYS: &[&str] = &["op", "inputs", "salt", "description"];
 
+/// How much of the data validation reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Schemas from the head of each source (what `run`, `plan` and `sql` need).
+    Schemas,
+    /// Also every record of CSV and JSON-lines sources, so a bad line deep in a file is
+    /// reported before anything runs (`unoflow validate`).
+    EveryRecord,
+}
+
 /// Reads, parses and validates the DAG file at `path`. `workspace` overrides `[dag] workspace`.
 pub async fn load(path: &Path, workspace: Option<&Path>, registry: &Registry) -> Result<Dag> {
+    load_with(path, workspace, registry, Depth::Schemas).await
+}
+
+/// [`load`], reading the data to `depth`.
+pub async fn load_with(path: &Path, workspace: Option<&Path>, registry: &Registry, depth: Depth) -> Result<Dag> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Usage(format!("cannot read DAG file {}: {e}", path.display())))?;
     let dag_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let dag_dir = std::path::absolute(&dag_dir).map_err(|e| Error::io(&dag_dir, e))?;
     let file = Arc::new(SourceFile::new(path, text));
-    let builder = Builder { file: Arc::clone(&file), registry, dag_dir, errors: Vec::new() };
+    let builder = Builder { file: Arc::clone(&file), registry, dag_dir, errors: Vec::new(), depth };
     let raw = raw::parse(&file.text).map_err(|d| builder.fail(vec![d]))?;
     builder.build(raw, workspace).await
 }
@@ -36,6 +51,7 @@ struct Builder<'a> {
     registry: &'a Registry,
     dag_dir: PathBuf,
     errors: Vec<Diagnostic>,
+    depth: Depth,
 }
 
 /// A node after its own checks, before graph and schema checks.
@@ -49,6 +65,8 @@ struct Draft {
     param_spans: HashMap<String, Range<usize>>,
     secret_params: BTreeSet<String>,
     salt: Option<String>,
+    /// Whether the node's own checks passed (its schema is derived only then).
+    sound: bool,
 }
 
 impl Builder<'_> {
@@ -74,35 +92,23 @@ impl Builder<'_> {
             None => 0,
         };
 
+        let max_image_pixels = match &header.max_image_pixels {
+            Some(n) if *n.get_ref() < 1 => {
+                self.error(
+                    "`max_image_pixels` must be at least 1",
+                    n.span(),
+                    Some("e.g. max_image_pixels = 67108864 (8192 × 8192)".into()),
+                );
+                unoflow_operators::image_io::DEFAULT_MAX_PIXELS
+            }
+            Some(n) => *n.get_ref() as u64,
+            None => unoflow_operators::image_io::DEFAULT_MAX_PIXELS,
+        };
+
         let mut interp = Interpolator::new();
         interp.define("dag_dir", self.dag_dir.to_string_lossy());
         interp.define("dag_name", &name);
-        for (key, value) in &raw.vars {
-            match value.get_ref() {
-                toml::Value::String(s) => match interp.apply(s) {
-                    Ok(v) => interp.define(key.get_ref(), v.value),
-                    Err((m, h)) => self.error(m, value.span(), Some(h)),
-                },
-                other => self.error(
-                    format!("variable `{}` must be a string, found {}", key.get_ref(), other.type_str()),
-                    value.span(),
-                    Some(format!("write it in quotes: {} = \"…\"", key.get_ref())),
-                ),
-            }
-        }
-
-        let workspace = match (workspace_override, &header.workspace) {
-            (Some(w), _) => normalize(&std::path::absolute(w).map_err(|e| Error::io(w, e))?),
-            (None, Some(w)) => match interp.apply(w.get_ref()) {
-                Ok(v) => normalize(&self.dag_dir.join(v.value)),
-                Err((m, h)) => {
-                    self.error(m, w.span(), Some(h));
-                    PathBuf::new()
-                }
-            },
-            (None, None) => self.dag_dir.join(".unoflow").join(&name),
-        };
-        interp.define("workspace", workspace.to_string_lossy());
+        let workspace = self.resolve_vars(&raw, &name, workspace_override, &mut interp)?;
 
         for model in &raw.models {
             self.error(
@@ -114,16 +120,75 @@ impl Builder<'_> {
 
         let drafts: Vec<Draft> = raw.nodes.iter().map(|t| self.node(t, &interp)).collect();
         let order = self.graph(&drafts);
-        if !self.errors.is_empty() {
-            let errors = std::mem::take(&mut self.errors);
-            return Err(self.fail(errors));
-        }
+        // Schemas are checked even after other errors, for every node whose own table and
+        // inputs are sound, so one run of `validate` reports every problem.
         let nodes = self.schemas(drafts, &order).await;
         if !self.errors.is_empty() {
             let errors = std::mem::take(&mut self.errors);
             return Err(self.fail(errors));
         }
-        Ok(Dag { file: self.file, name, seed, dag_dir: self.dag_dir, workspace, nodes })
+        Ok(Dag { file: self.file, name, seed, dag_dir: self.dag_dir, workspace, nodes, max_image_pixels })
+    }
+
+    /// Defines every `[vars]` entry and the `workspace` built-in, in the order their references
+    /// need (a variable may use one defined below it, or `${workspace}`, whose value may use
+    /// variables); returns the workspace. A cycle of references is an error naming it.
+    fn resolve_vars(
+        &mut self,
+        raw: &RawDag,
+        dag_name: &str,
+        workspace_override: Option<&Path>,
+        interp: &mut Interpolator,
+    ) -> Result<PathBuf> {
+        const WORKSPACE: &str = "workspace";
+        let header = raw.header.get_ref();
+        // (name, text, span): the templates still to resolve.
+        let mut pending: Vec<(&str, &str, Range<usize>)> = Vec::new();
+        for (key, value) in &raw.vars {
+            match value.get_ref() {
+                toml::Value::String(s) => pending.push((key.get_ref().as_str(), s.as_str(), value.span())),
+                other => self.error(
+                    format!("variable `{}` must be a string, found {}", key.get_ref(), other.type_str()),
+                    value.span(),
+                    Some(format!("write it in quotes: {} = \"…\"", key.get_ref())),
+                ),
+            }
+        }
+        match (workspace_override, &header.workspace) {
+            (Some(w), _) => interp.define(WORKSPACE, normalize(&std::path::absolute(w).map_err(|e| Error::io(w, e))?).to_string_lossy()),
+            (None, Some(w)) => pending.push((WORKSPACE, w.get_ref().as_str(), w.span())),
+            (None, None) => interp.define(WORKSPACE, self.dag_dir.join(".unoflow").join(dag_name).to_string_lossy()),
+        }
+        loop {
+            let waiting: Vec<&str> = pending.iter().map(|(n, ..)| *n).collect();
+            let ready = pending.iter().position(|(name, text, _)| {
+                Interpolator::references(text).iter().all(|r| r == name || !waiting.contains(r) || interp.is_defined(r))
+            });
+            let Some(k) = ready else { break };
+            let (name, text, span) = pending.remove(k);
+            if Interpolator::references(text).contains(&name) {
+                self.error(
+                    format!("variable `{name}` refers to itself"),
+                    span,
+                    Some("a variable cannot be defined in terms of itself".into()),
+                );
+                continue;
+            }
+            match interp.apply(text) {
+                Ok(v) if name == WORKSPACE => interp.define(WORKSPACE, normalize(&self.dag_dir.join(v.value)).to_string_lossy()),
+                Ok(v) => interp.define(name, v.value),
+                Err((m, h)) => self.error(m, span, Some(h)),
+            }
+        }
+        if let Some((_, _, span)) = pending.first() {
+            let names: Vec<String> = pending.iter().map(|(n, ..)| format!("`{n}`")).collect();
+            self.error(
+                format!("variables {} refer to each other in a cycle", names.join(", ")),
+                span.clone(),
+                Some("break the cycle: one of them must not depend on the others".into()),
+            );
+        }
+        Ok(PathBuf::from(interp.value(WORKSPACE).unwrap_or_default()))
     }
 
     /// Checks one node's own table: name, op, parameters, files.
@@ -138,7 +203,9 @@ impl Builder<'_> {
             param_spans: HashMap::new(),
             secret_params: BTreeSet::new(),
             salt: None,
+            sound: false,
         };
+        let errors_before = self.errors.len();
         if !is_identifier(&table.name) {
             self.error(
                 format!("node name `{}` is not a valid table name", table.name),
@@ -284,7 +351,18 @@ impl Builder<'_> {
                 None => {}
             }
         }
+        let mut seen = BTreeSet::new();
+        for (input, span) in &draft.inputs {
+            if !seen.insert(input.as_str()) {
+                self.error(
+                    format!("node `{}` lists input `{input}` twice", table.name),
+                    span.clone(),
+                    Some(format!("list each input once; to read `{input}` twice, join it with itself in the query (`FROM {input} a JOIN {input} b …`)")),
+                );
+            }
+        }
         draft.op = Some(op);
+        draft.sound = self.errors.len() == errors_before;
         draft
     }
 
@@ -361,9 +439,15 @@ impl Builder<'_> {
         let mut failed: BTreeSet<usize> = BTreeSet::new();
         for &i in order {
             let Some(draft) = slots[i].take() else { continue };
-            let Some(op) = draft.op.clone() else { continue };
-            let input_ids: Vec<usize> = draft.inputs.iter().map(|(n, _)| index[n]).collect();
-            if input_ids.iter().any(|j| failed.contains(j)) {
+            let Some(op) = draft.op.clone() else {
+                failed.insert(i);
+                continue;
+            };
+            let Some(input_ids) = draft.inputs.iter().map(|(n, _)| index.get(n).copied()).collect::<Option<Vec<usize>>>() else {
+                failed.insert(i);
+                continue;
+            };
+            if !draft.sound || input_ids.iter().any(|j| failed.contains(j) || !built.contains_key(j)) {
                 failed.insert(i);
                 continue;
             }
@@ -374,7 +458,15 @@ impl Builder<'_> {
                 failed.insert(i);
                 continue;
             }
-            match op.output_schema(&draft.params, &inputs, &self.dag_dir).await {
+            let mut derived = op.output_schema(&draft.params, &inputs, &self.dag_dir).await;
+            if self.depth == Depth::EveryRecord
+                && matches!(op, OpKind::Read)
+                && let Ok(schema) = &derived
+                && let Err(e) = crate::ops::read::check_every_record(&draft.params, schema).await
+            {
+                derived = Err(e);
+            }
+            match derived {
                 Ok(schema) => {
                     built.insert(i, nodes.len());
                     nodes.push(Node {

@@ -45,6 +45,38 @@ impl Interpolator {
         self.vars.keys().map(String::as_str)
     }
 
+    /// The value of `${name}`, if defined.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// Whether `${name}` is defined.
+    pub fn is_defined(&self, name: &str) -> bool {
+        self.vars.contains_key(name)
+    }
+
+    /// The variables `text` refers to (`${name}`; not `${env:…}`, not `$${` escapes).
+    pub fn references(text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(pos) = rest.find('$') {
+            let after = &rest[pos..];
+            if let Some(tail) = after.strip_prefix("$${") {
+                rest = tail;
+            } else if let Some(tail) = after.strip_prefix("${") {
+                let Some(end) = tail.find('}') else { break };
+                let reference = &tail[..end];
+                if !reference.starts_with("env:") {
+                    out.push(reference);
+                }
+                rest = &tail[end + 1..];
+            } else {
+                rest = &after[1..];
+            }
+        }
+        out
+    }
+
     /// Interpolates `text`. The error is `(message, help)`.
     pub fn apply(&self, text: &str) -> Result<Interpolated, (String, String)> {
         let mut out = String::with_capacity(text.len());
@@ -134,6 +166,11 @@ mod tests {
         assert!(!i.apply("${env:PATH}").unwrap().secret);
         assert!(is_secret_name("OPENAI_API_KEY"));
         assert!(!is_secret_name("HOME"));
+    }
+
+    #[test]
+    fn references_skip_env_and_escapes() {
+        assert_eq!(Interpolator::references("${a}/$${b}/${env:C}/${d}"), ["a", "d"]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use unoflow_operators::Params;
 
-pub use build::load;
+pub use build::{Depth, load, load_with};
 
 use crate::diagnostic::SourceFile;
 use crate::ops::OpKind;
@@ -38,6 +38,8 @@ pub struct Dag {
     pub workspace: PathBuf,
     /// Nodes in topological order (ties in file order).
     pub nodes: Vec<Node>,
+    /// Images with more pixels are refused when decoded (a row error), not allocated.
+    pub max_image_pixels: u64,
 }
 
 /// One node of a DAG.

@@ -20,6 +20,8 @@ pub struct RawHeader {
     pub workspace: Option<Spanned<String>>,
     #[serde(default)]
     pub description: Option<String>,
+    #[serde(default)]
+    pub max_image_pixels: Option<Spanned<i64>>,
 }
 
 /// A key with its span.

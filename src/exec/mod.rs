@@ -5,9 +5,9 @@
 //! Blocking work runs on tokio's blocking pool, never on the async workers.
 //!
 //! # Cancellation
-//! The first SIGINT/SIGTERM stops new units from starting; units in progress finish and commit,
-//! and the run ends with [`Error::Interrupted`]. A second signal exits at once: whatever was
-//! committed is kept either way.
+//! The caller's [`Interrupt`] at level 1 stops new units from starting; units in progress finish
+//! and commit, and the run ends with [`Error::Interrupted`]. At level 2 the run records itself as
+//! interrupted and returns at once: whatever was committed is kept either way.
 
 mod ids;
 mod progress;
@@ -15,7 +15,6 @@ mod units;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -32,6 +31,7 @@ use units::{Target, Unit, Work};
 use crate::dag::{Dag, Node};
 use crate::error::{Error, Result};
 use crate::fingerprint::{self, Components};
+use crate::interrupt::Interrupt;
 use crate::ops::{OpKind, export, read, sql};
 use crate::query::{self, NodeTable};
 use crate::workspace::{self, Commit, Index, IndexEntry, Manifest, NodeRecord, RunLock, RunRecord, Workspace};
@@ -111,7 +111,7 @@ struct RunCtx {
     fingerprints: Vec<String>,
     force: Vec<bool>,
     fail_fast: bool,
-    cancel: Arc<AtomicBool>,
+    interrupt: Interrupt,
     progress: Progress,
     cpu: Arc<Semaphore>,
     gpu: tokio::sync::Mutex<()>,
@@ -122,30 +122,37 @@ struct RunCtx {
 type NodeFuture = Shared<BoxFuture<'static, Option<Arc<Manifest>>>>;
 
 /// Runs `dag`.
-pub async fn run(dag: Arc<Dag>, opts: RunOptions, command: Vec<String>) -> Result<RunReport> {
+pub async fn run(dag: Arc<Dag>, opts: RunOptions, command: Vec<String>, interrupt: Interrupt) -> Result<RunReport> {
     let selected = select(&dag, &opts)?;
     let force = dag.nodes.iter().map(|n| opts.force.contains(&n.name)).collect();
     let ws = Workspace::create(&dag.workspace)?;
     let _lock = RunLock::acquire(ws.root(), opts.wait)?;
+    unoflow_operators::image_io::set_max_pixels(dag.max_image_pixels);
     ws.clear_tmp()?;
     let components = fingerprint::compute(&dag)?;
     let fingerprints = components.iter().map(Components::fingerprint).collect();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let signalled = Arc::new(AtomicBool::new(false));
     let progress = Progress::new(opts.quiet);
-    watch_signals(Arc::clone(&cancel), Arc::clone(&signalled), progress.clone());
 
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let ctx = Arc::new(RunCtx {
-        env: Environment { device: opts.device, seed: dag.seed, cache_dir: Some(ws.cache_dir()), artifacts_dir: None },
-        index: Mutex::new(Index::load(ws.root())),
+        env: Environment {
+            device: opts.device,
+            seed: dag.seed,
+            cache_dir: Some(ws.cache_dir()),
+            artifacts_dir: None,
+            workspace_dir: Some(ws.root().to_path_buf()),
+        },
+        index: Mutex::new(Index::load(ws.root()).unwrap_or_else(|e| {
+            progress.warn(format!("{e}; it is rewritten as nodes finish"));
+            Index::default()
+        })),
         dag: Arc::clone(&dag),
         ws,
         components,
         fingerprints,
         force,
         fail_fast: opts.fail_fast,
-        cancel,
+        interrupt: interrupt.clone(),
         progress,
         cpu: Arc::new(Semaphore::new(threads)),
         gpu: tokio::sync::Mutex::new(()),
@@ -168,10 +175,35 @@ pub async fn run(dag: Arc<Dag>, opts: RunOptions, command: Vec<String>) -> Resul
 
     let outcomes: Arc<Mutex<BTreeMap<usize, NodeOutcome>>> = Arc::default();
     let mut futures: Vec<Option<NodeFuture>> = vec![None; dag.nodes.len()];
+    // Nodes with the same fingerprint (same op, parameters and inputs) are one output: the
+    // first computes it, the others wait for it instead of racing it for the same files.
+    let mut first_of: BTreeMap<String, usize> = BTreeMap::new();
     for &i in &selected {
-        let inputs: Vec<NodeFuture> = dag.nodes[i].inputs.iter().filter_map(|&j| futures[j].clone()).collect();
         let ctx = Arc::clone(&ctx);
         let outcomes = Arc::clone(&outcomes);
+        let fp = ctx.fingerprints[i].clone();
+        if let Some(&twin) = first_of.get(&fp)
+            && let Some(same) = futures[twin].clone()
+        {
+            let task = tokio::spawn(async move {
+                let started = Instant::now();
+                let manifest = same.await;
+                let (status, message) = match &manifest {
+                    Some(_) => (Status::Cached, format!("the same output as node `{}`", ctx.node(twin).name)),
+                    None => (Status::Skipped, format!("node `{}`, which makes the same output, did not complete", ctx.node(twin).name)),
+                };
+                let outcome = ctx.outcome(i, status, manifest.as_deref(), started.elapsed().as_secs_f64(), Some(message));
+                if manifest.is_some() {
+                    ctx.remember(i);
+                }
+                outcomes.lock().expect("outcomes lock").insert(i, outcome);
+                manifest
+            });
+            futures[i] = Some(task.map(|r| r.ok().flatten()).boxed().shared());
+            continue;
+        }
+        first_of.insert(fp, i);
+        let inputs: Vec<NodeFuture> = dag.nodes[i].inputs.iter().filter_map(|&j| futures[j].clone()).collect();
         let task = tokio::spawn(async move {
             let mut manifests = Vec::with_capacity(inputs.len());
             for input in inputs {
@@ -186,12 +218,23 @@ pub async fn run(dag: Arc<Dag>, opts: RunOptions, command: Vec<String>) -> Resul
         });
         futures[i] = Some(task.map(|r| r.ok().flatten()).boxed().shared());
     }
-    for f in futures.into_iter().flatten() {
-        f.await;
-    }
+    let all_done = futures::future::join_all(futures.into_iter().flatten());
+    let aborted = tokio::select! {
+        _ = all_done => false,
+        _ = interrupt.aborted() => true,
+    };
 
-    let outcomes: Vec<NodeOutcome> = std::mem::take(&mut *outcomes.lock().expect("outcomes lock")).into_values().collect();
-    let interrupted = signalled.load(Ordering::SeqCst);
+    let mut outcomes: BTreeMap<usize, NodeOutcome> = std::mem::take(&mut *outcomes.lock().expect("outcomes lock"));
+    if aborted {
+        // Nodes still at work when the second signal came are recorded as interrupted.
+        for &i in &selected {
+            outcomes
+                .entry(i)
+                .or_insert_with(|| ctx.outcome(i, Status::Interrupted, None, 0.0, Some("stopped at once by a second signal".into())));
+        }
+    }
+    let outcomes: Vec<NodeOutcome> = outcomes.into_values().collect();
+    let interrupted = interrupt.signalled();
     record.finished_at = Some(now());
     record.status = if interrupted {
         "interrupted"
@@ -259,7 +302,7 @@ impl RunCtx {
     }
 
     fn stop_requested(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst)
+        self.interrupt.stop_requested()
     }
 }
 
@@ -324,7 +367,7 @@ fn reusable(ctx: &RunCtx, i: usize, node_dir: &Path) -> Option<Manifest> {
     }
     if damaged.is_empty() {
         if matches!(ctx.node(i).op, OpKind::Export)
-            && let Some(missing) = export::missing_output(node_dir, &manifest)
+            && let Some(missing) = export::missing_output(node_dir, &manifest, &ctx.node(i).params)
         {
             ctx.progress.warn(format!("node `{name}`: exported file {missing} is missing; exporting again"));
             let _ = std::fs::remove_file(node_dir.join("manifest.json"));
@@ -471,7 +514,7 @@ async fn run_parallel(
             let _permit = permit;
             let started = Instant::now();
             let node = ctx2.node(i);
-            let exec = ExecContext::new(ctx2.dag.seed, unit.index, Arc::clone(&ctx2.cancel));
+            let exec = ExecContext::new(ctx2.dag.seed, unit.index, ctx2.interrupt.stop_flag());
             let output = units::run_blocking(node, processor.as_deref(), input_dir.as_deref(), &unit, &exec)?;
             let tmp = ctx2.ws.tmp_dir();
             units::commit(&Target { tmp_dir: &tmp, node_dir: &node_dir, input_digest: &input_digest }, &unit, output, started)
@@ -503,7 +546,7 @@ fn collect(
                     ctx.node(i).name,
                     ctx.node(i).name
                 )));
-                ctx.cancel.store(true, Ordering::SeqCst);
+                ctx.interrupt.request_stop();
             }
             commits.push(commit);
         }
@@ -540,9 +583,26 @@ async fn run_whole(
     };
     match &node.op {
         OpKind::Read => {
-            let session = query::session();
-            let df = read::tabular(&session, Path::new(node.params.str("path")?), read::Format::of(&node.params)?).await?;
-            units::stream_into(target, unit, node, df.execute_stream().await?, bar, started).await
+            let path = Path::new(node.params.str("path")?);
+            let format = read::Format::of(&node.params)?;
+            let Some(text) = read::text_format(format, path) else {
+                let session = query::session();
+                let df = read::tabular(&session, path, format).await?;
+                return units::stream_into(target, unit, node, df.execute_stream().await?, bar, started).await;
+            };
+            // CSV and JSON lines: decoded record by record on the blocking pool, bad records
+            // becoming row errors with their lines.
+            let schema = Arc::new(read::text_schema(path, format, text)?);
+            let files = read::source_files(path, format)?;
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<datafusion::arrow::record_batch::RecordBatch>>(4);
+            let decoding = tokio::task::spawn_blocking(move || {
+                read::decode_text(&files, text, &schema, &mut |batch| {
+                    tx.blocking_send(Ok(batch)).map_err(|_| Error::Internal("the part writer stopped".into()))
+                })
+            });
+            let rows = units::stream_rows(target, unit, node, tokio_stream_of(rx), bar).await;
+            let errors = decoding.await.map_err(|e| Error::Internal(format!("decoding panicked: {e}")))??;
+            units::commit_streamed(target, unit, rows?, &errors, started)
         }
         OpKind::Sql => {
             let session = query::session();
@@ -581,31 +641,9 @@ async fn run_whole(
     }
 }
 
-fn watch_signals(cancel: Arc<AtomicBool>, signalled: Arc<AtomicBool>, progress: Progress) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        loop {
-            #[cfg(unix)]
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            #[cfg(not(unix))]
-            if tokio::signal::ctrl_c().await.is_err() {
-                return;
-            }
-            if signalled.swap(true, Ordering::SeqCst) {
-                eprintln!("stopped; committed work is kept");
-                std::process::exit(130);
-            }
-            cancel.store(true, Ordering::SeqCst);
-            progress.warn("stopping: units in progress finish and commit; signal again to stop at once");
-        }
-    });
+/// The batches sent through `rx`, as a stream.
+fn tokio_stream_of<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Unpin + Send {
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
 }
 
 fn save_record(ws: &Workspace, record: &RunRecord) -> Result<()> {

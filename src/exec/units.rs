@@ -151,16 +151,34 @@ pub fn run_blocking(
     }
 }
 
-/// Streams a query's batches into the unit's part file, giving rows their ids. Ids and
-/// encoding run on a blocking thread fed through a small queue, so they overlap with the query.
+/// Streams a query's batches into the unit's part file, giving rows their ids, and commits it.
 pub async fn stream_into(
     target: &Target<'_>,
     unit: &Unit,
     node: &Node,
-    mut stream: SendableRecordBatchStream,
+    stream: SendableRecordBatchStream,
     bar: &ProgressBar,
     started: Instant,
 ) -> Result<Commit> {
+    let rows = stream_rows(target, unit, node, stream.map(|b| b.map_err(Error::from)), bar).await?;
+    finish_commit(target, unit, rows, None, started)
+}
+
+/// Commits a unit whose rows [`stream_rows`] wrote, with its failed rows.
+pub fn commit_streamed(target: &Target<'_>, unit: &Unit, rows: FileDigest, errors: &[RowError], started: Instant) -> Result<Commit> {
+    let errors = write_errors(target, unit, errors)?;
+    finish_commit(target, unit, rows, errors, started)
+}
+
+/// Streams batches into the unit's part file, giving rows their ids. Ids and encoding run on a
+/// blocking thread fed through a small queue, so they overlap with the producer.
+pub async fn stream_rows(
+    target: &Target<'_>,
+    unit: &Unit,
+    node: &Node,
+    mut stream: impl futures::Stream<Item = Result<RecordBatch>> + Unpin + Send,
+    bar: &ProgressBar,
+) -> Result<FileDigest> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(4);
     let (tmp_dir, node_dir, name) = (target.tmp_dir.to_path_buf(), target.node_dir.to_path_buf(), unit.file_name(""));
     let (schema, bar_w) = (Arc::clone(&node.schema), bar.clone());
@@ -194,7 +212,7 @@ pub async fn stream_into(
                 }
             }
             Err(e) => {
-                failure = Some(Error::from(e));
+                failure = Some(e);
                 break;
             }
         }
@@ -204,5 +222,5 @@ pub async fn stream_into(
     if let Some(e) = failure {
         return Err(e);
     }
-    finish_commit(target, unit, written?, None, started)
+    written
 }

@@ -105,7 +105,7 @@ pub fn required_columns(params: &Params) -> Result<Vec<Vec<ColumnRequirement>>, 
     Ok(vec![cols])
 }
 
-/// One row per file written.
+/// One row per file written: its name relative to `path` (a file export: the file's name).
 pub fn output_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         row_id_field(),
@@ -158,11 +158,12 @@ pub fn write(params: &Params, schema: &SchemaRef, batches: Batches<'_>) -> Resul
         Format::Images => write_folder(&dest, |dir| write_images(params, batches, dir, &mut files))?,
         Format::Uno => write_folder(&dest, |dir| write_uno(params, batches, dir, &mut files))?,
     }
+    // Files are named relative to `path` (a file export names its own file), so the table does
+    // not depend on where the DAG or workspace lives.
     if files.names.is_empty() {
         let bytes = std::fs::metadata(&dest).at(&dest)?.len();
-        files.push(dest.to_string_lossy().into_owned(), bytes, None);
-    } else {
-        files.prefix(&dest);
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        files.push(name, bytes, None);
     }
     files.finish()
 }
@@ -181,12 +182,6 @@ impl FileList {
         self.sources.push(source);
     }
 
-    fn prefix(&mut self, dir: &Path) {
-        for n in &mut self.names {
-            *n = dir.join(&*n).to_string_lossy().into_owned();
-        }
-    }
-
     fn finish(self) -> Result<RecordBatch> {
         let (mut ids, mut names, mut bytes, mut sources) =
             (StringBuilder::new(), StringBuilder::new(), UInt64Builder::new(), StringBuilder::new());
@@ -202,19 +197,46 @@ impl FileList {
     }
 }
 
-/// Writes a file through a temporary sibling and renames it into place.
+/// Writes a file through a temporary sibling and renames it into place. An existing file is
+/// replaced only if an export wrote it and it has not changed since (its marker beside it holds
+/// the digest written); a failed write leaves nothing behind.
 fn write_file(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).at(parent)?;
     }
+    let marker = sibling(dest, "unoflow-export");
+    if dest.exists() {
+        let ours = std::fs::read_to_string(&marker).ok().is_some_and(|recorded| file_digest(dest).is_ok_and(|d| d == recorded.trim()));
+        if !ours {
+            return Err(Error::Execution(format!(
+                "refusing to replace {}: it exists and was not written by unoflow's export (or changed since); choose another `path` or remove it",
+                dest.display()
+            )));
+        }
+    }
     let tmp = sibling(dest, "unoflow-tmp");
-    write(&tmp)?;
-    File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
+    let written = write(&tmp).and_then(|()| File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)).and_then(|()| file_digest(&tmp));
+    let digest = match written {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    // The marker first: a crash between the two leaves a marker that does not match the old
+    // file, which is then refused, never silently replaced.
+    std::fs::write(&marker, format!("{digest}\n")).at(&marker)?;
     std::fs::rename(&tmp, dest).at(dest)
 }
 
+fn file_digest(path: &Path) -> Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap_rayon(path).at(path)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
 /// Writes a folder next to `dest`, then swaps it in; refuses to replace a folder unoflow did not
-/// write.
+/// write. A failed write removes its temporary folder.
 fn write_folder(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if dest.exists() && !dest.join(MARKER).exists() {
         return Err(Error::Execution(format!(
@@ -230,8 +252,10 @@ fn write_folder(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
         }
     }
     std::fs::create_dir_all(&tmp).at(&tmp)?;
-    write(&tmp)?;
-    std::fs::write(tmp.join(MARKER), b"written by unoflow export\n").at(&tmp)?;
+    if let Err(e) = write(&tmp).and_then(|()| std::fs::write(tmp.join(MARKER), b"written by unoflow export\n").at(&tmp)) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     if dest.exists() {
         std::fs::rename(dest, &old).at(dest)?;
     }
@@ -362,13 +386,18 @@ fn write_uno(params: &Params, batches: Batches<'_>, dir: &Path, files: &mut File
 }
 
 /// The first file an export wrote that is no longer there, if any.
-pub fn missing_output(node_dir: &Path, manifest: &crate::workspace::Manifest) -> Option<String> {
+pub fn missing_output(node_dir: &Path, manifest: &crate::workspace::Manifest, params: &Params) -> Option<String> {
+    let dest = PathBuf::from(params.str("path").ok()?);
+    let folder = matches!(Format::of(params).ok()?, Format::Images | Format::Uno);
     for f in manifest.row_files() {
         let batches = crate::workspace::read_file(node_dir, f, None).ok()?;
         for b in &batches {
             let files = Columns { batch: b }.text("file").ok()?;
-            if let Some(missing) = files.iter().flatten().find(|p| !Path::new(p).exists()) {
-                return Some(missing.to_string());
+            for name in files.iter().flatten() {
+                let path = if folder { dest.join(name) } else { dest.clone() };
+                if !path.exists() {
+                    return Some(path.display().to_string());
+                }
             }
         }
     }

@@ -3,6 +3,7 @@
 //! partitions of rows.
 
 pub mod export;
+pub mod lines;
 pub mod read;
 pub mod sql;
 

@@ -21,6 +21,7 @@ use unoflow_operators::rowid::RowIdHasher;
 use unoflow_operators::{OpSpec, ParamSpec, ParamType, ParamValue, Params, PartitionOutput, Resource, RowError, RowMapping, image_io};
 
 use super::SchemaError;
+use super::lines::TextFormat;
 use crate::error::{Error, IoContext, Result};
 
 const FORMATS: &[&str] = &["parquet", "csv", "jsonl", "images"];
@@ -164,12 +165,44 @@ pub async fn output_schema(params: &Params, _dag_dir: &Path) -> Result<SchemaRef
         return Ok(image_schema());
     }
     let path = Path::new(params.str("path").map_err(|e| SchemaError::at("path", e.to_string()))?);
+    if let Some(text) = text_format(format, path) {
+        let schema = text_schema(path, format, text).map_err(|e| SchemaError::at("path", e.to_string()))?;
+        return with_row_id(schema).map_err(|m| SchemaError::at("path", m));
+    }
     let ctx = crate::query::session();
     let df = tabular(&ctx, path, format)
         .await
         .map_err(|e| SchemaError::at("path", format!("cannot read {} as {}: {e}", path.display(), params.str("format").unwrap_or("?"))))?;
     let schema: Schema = df.schema().as_arrow().clone();
     with_row_id(schema).map_err(|m| SchemaError::at("path", m))
+}
+
+/// Decodes every record of a CSV or JSON-lines source (for `unoflow validate`); the error
+/// lists the first bad lines with their files.
+pub async fn check_every_record(params: &Params, _schema: &SchemaRef) -> Result<(), SchemaError> {
+    let format = Format::of(params).map_err(|e| SchemaError::at("format", e.to_string()))?;
+    let path = Path::new(params.str("path").map_err(|e| SchemaError::at("path", e.to_string()))?);
+    let Some(text) = text_format(format, path) else { return Ok(()) };
+    let schema = Arc::new(text_schema(path, format, text).map_err(|e| SchemaError::at("path", e.to_string()))?);
+    let files = source_files(path, format).map_err(|e| SchemaError::at("path", e.to_string()))?;
+    let errors = decode_text(&files, text, &schema, &mut |_| Ok(())).map_err(|e| SchemaError::at("path", e.to_string()))?;
+    if errors.is_empty() {
+        return Ok(());
+    }
+    const SHOWN: usize = 5;
+    let mut message = format!(
+        "{} record{} cannot be read as the columns inferred from the first records:",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    for e in errors.iter().take(SHOWN) {
+        message.push_str(&format!("\n    {}", e.message));
+    }
+    if errors.len() > SHOWN {
+        message.push_str(&format!("\n    … and {} more", errors.len() - SHOWN));
+    }
+    Err(SchemaError::at("path", message)
+        .with_help("fix the records, or let `run` keep going without them: bad records become rows of `errors.NODE`"))
 }
 
 /// Puts `row_id` first, adding it when the data has none.
@@ -225,6 +258,48 @@ pub async fn tabular(ctx: &SessionContext, path: &Path, format: Format) -> dataf
         Format::Jsonl => ctx.read_json(location.as_ref(), JsonReadOptions::default().file_extension(&ext)).await,
         Format::Images => Err(datafusion::error::DataFusionError::Internal("images are not tabular".into())),
     }
+}
+
+/// The line-by-line format of a `read` node, if it has one: CSV and JSON lines are decoded
+/// record by record so a bad record becomes a row error with its line; Parquet and a JSON
+/// array file are read whole.
+pub fn text_format(format: Format, path: &Path) -> Option<TextFormat> {
+    match format {
+        Format::Csv => Some(TextFormat::Csv),
+        Format::Jsonl if !(path.is_file() && starts_with_array(path)) => Some(TextFormat::JsonLines),
+        _ => None,
+    }
+}
+
+/// The columns of a CSV or JSON-lines source (its own, without `row_id` unless it has one).
+pub fn text_schema(path: &Path, format: Format, text: TextFormat) -> Result<Schema> {
+    let files = source_files(path, format)?;
+    let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+    if paths.is_empty() {
+        return Err(Error::Execution(format!("{}: no {} files", path.display(), format.extensions()[0])));
+    }
+    super::lines::infer_schema(&paths, text)
+}
+
+/// Decodes every file of a CSV or JSON-lines `read` in order into batches of `schema` (the
+/// files' own columns), handing each to `emit`; bad records come back as row errors naming
+/// their file and line.
+pub fn decode_text(
+    files: &[SourceFile],
+    format: TextFormat,
+    schema: &SchemaRef,
+    emit: &mut dyn FnMut(RecordBatch) -> Result<()>,
+) -> Result<Vec<RowError>> {
+    let mut errors = Vec::new();
+    for file in files {
+        for bad in super::lines::decode(&file.path, format, schema, emit)? {
+            errors.push(RowError {
+                row_id: RowIdHasher::new("read.line").field(file.relative.as_bytes()).field(&bad.line.to_le_bytes()).finish(),
+                message: format!("{}:{}: {}", file.relative, bad.line, bad.message),
+            });
+        }
+    }
+    Ok(errors)
 }
 
 /// Reads one partition of image files.

@@ -22,9 +22,17 @@ pub struct Index {
 }
 
 impl Index {
-    /// Reads the index; a missing or unreadable one is empty (it only feeds explanations).
-    pub fn load(workspace: &Path) -> Self {
-        std::fs::read(workspace.join("index.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    /// Reads the index; a missing one is empty, a damaged one an error naming it.
+    pub fn load(workspace: &Path) -> Result<Self> {
+        let path = workspace.join("index.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Workspace {
+                path: path.clone(),
+                message: format!("damaged ({e}); `unoflow run` with the DAG rewrites it, or pass --dag to use the DAG's nodes"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(Error::io(path, e)),
+        }
     }
 
     pub fn save(&self, workspace: &Path) -> Result<()> {

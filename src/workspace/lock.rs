@@ -14,6 +14,20 @@ pub struct RunLock {
 }
 
 impl RunLock {
+    /// Whether a run holds the lock of `workspace` now. Reads only: the lock file is opened
+    /// read-only and a shared lock tried and released.
+    pub fn is_held(workspace: &Path) -> bool {
+        let Ok(file) = File::open(workspace.join("lock")) else { return false };
+        match file.try_lock_shared() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(TryLockError::WouldBlock) => true,
+            Err(TryLockError::Error(_)) => false,
+        }
+    }
+
     /// Takes the lock. With `wait`, blocks until the other run finishes; otherwise fails at
     /// once, naming the process that holds it.
     pub fn acquire(workspace: &Path, wait: bool) -> Result<Self> {

@@ -38,3 +38,34 @@ pub struct RunRecord {
     pub command: Vec<String>,
     pub nodes: Vec<NodeRecord>,
 }
+
+/// The run records of a workspace, oldest first, and the files that could not be read as one.
+#[derive(Debug, Default)]
+pub struct RunList {
+    pub records: Vec<RunRecord>,
+    /// Damaged records: the file and why.
+    pub damaged: Vec<(std::path::PathBuf, String)>,
+}
+
+/// Reads every record under `runs_dir`; reads only.
+pub fn list(runs_dir: &std::path::Path) -> std::io::Result<RunList> {
+    let mut list = RunList::default();
+    for entry in std::fs::read_dir(runs_dir)? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // `.NAME.tmp` files are records being written.
+        if !name.ends_with(".json") || name.starts_with('.') {
+            continue;
+        }
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<RunRecord>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(record) => list.records.push(record),
+            Err(why) => list.damaged.push((path, why)),
+        }
+    }
+    list.records.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+    list.damaged.sort();
+    Ok(list)
+}

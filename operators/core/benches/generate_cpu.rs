@@ -39,7 +39,7 @@ fn main() {
         // Models are made per run: generation drops the text encoders after use.
         let mut models = Models::<CpuBackend>::tiny(&device).expect("tiny models");
         let started = Instant::now();
-        generate(&mut models, &options, &mut |_, _| {}).expect("generation");
+        generate(&mut models, &options, &mut |_, _| std::ops::ControlFlow::Continue(())).expect("generation");
         started.elapsed().as_secs_f64()
     };
     run();

@@ -16,6 +16,9 @@ pub enum OpError {
     /// The partition as a whole could not be processed.
     #[error("{0}")]
     Execution(String),
+    /// The run is stopping (a signal); nothing of the partition is kept.
+    #[error("cancelled")]
+    Cancelled,
     /// An Arrow kernel failed.
     #[error(transparent)]
     Arrow(#[from] ArrowError),

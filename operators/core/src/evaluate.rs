@@ -142,6 +142,7 @@ impl Operator for Evaluate {
             prompt: params.str("prompt")?.into(),
             image_paths: params.str("image_paths")?.into(),
             lora: Some(params.str("lora")?.to_string()).filter(|s| !s.is_empty()),
+            env: env.clone(),
             images_per_prompt: params.int("images_per_prompt")? as usize,
             seed: env.seed,
             schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
@@ -150,6 +151,8 @@ impl Operator for Evaluate {
 }
 
 struct Evaluator {
+    /// Resolves the files the `lora` column names (workspace-relative checkpoints).
+    env: Environment,
     generator: Box<dyn SubjectGenerator>,
     dino: Box<dyn ImageEncoder>,
     clip_image: Box<dyn ImageEncoder>,
@@ -204,7 +207,9 @@ impl Evaluator {
         let mut draws = Draws::new(self.seed, "evaluate", &[row_id.as_bytes()]);
         let seeds: Vec<u64> = (0..self.images_per_prompt).map(|_| draws.next_u64() >> 11).collect();
         let opts = GenerateOptions { prompt: prompt.into(), refs: refs.clone(), ..self.options.clone() };
-        let images = self.generator.generate(lora, &opts, &seeds).map_err(|e| e.to_string())?;
+        // The row names the LoRA (workspace-relative for a checkpoint); the file is resolved here.
+        let file = lora.map(|l| self.env.resolve(l).to_string_lossy().into_owned());
+        let images = self.generator.generate(file.as_deref(), &opts, &seeds).map_err(|e| e.to_string())?;
         let generated: Vec<DynamicImage> = images.iter().map(|i| DynamicImage::ImageRgb8(i.clone())).collect();
         let samples: Vec<Sample<'_>> =
             generated.iter().map(|g| Sample { generated: g, references: refs.iter().collect(), prompt }).collect();

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -352,11 +353,12 @@ pub fn position_plan(opts: &GenerateOptions, prepared_refs: &[RgbImage], txt_len
 }
 
 /// Generates `num_images` images for `opts.prompt`, dropping the text encoders as soon as the
-/// prompt is encoded; `progress(image, step)` is called after each step.
+/// prompt is encoded; `progress(image, step)` is called after each step, and generation stops
+/// with [`OpError::Cancelled`] when it breaks.
 pub fn generate<B: Backend>(
     models: &mut Models<B>,
     opts: &GenerateOptions,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
 ) -> Result<Vec<RgbImage>> {
     let prompt = models.encode_prompt(&opts.prompt)?;
     models.drop_text_encoders();
@@ -369,7 +371,7 @@ pub fn sample<B: Backend>(
     models: &Models<B>,
     prompt: &PromptEmbedding<B>,
     opts: &GenerateOptions,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
 ) -> Result<Vec<RgbImage>> {
     let mut images = Vec::with_capacity(opts.num_images);
     for j in 0..opts.num_images {
@@ -379,13 +381,14 @@ pub fn sample<B: Backend>(
 }
 
 /// Generates one image per `(prompts[i], seeds[i])` in one batch (the same size, steps,
-/// guidance and references for all); `progress(step)` is called after each step.
+/// guidance and references for all); `progress(step)` is called after each step, and sampling
+/// stops with [`OpError::Cancelled`] when it breaks.
 pub fn sample_batch<B: Backend>(
     models: &Models<B>,
     prompts: &[&PromptEmbedding<B>],
     seeds: &[u64],
     opts: &GenerateOptions,
-    progress: &mut dyn FnMut(usize),
+    progress: &mut dyn FnMut(usize) -> ControlFlow<()>,
 ) -> Result<Vec<RgbImage>> {
     if !opts.width.is_multiple_of(16) || !opts.height.is_multiple_of(16) || opts.width == 0 || opts.height == 0 {
         return Err(err(format!("width and height must be positive multiples of 16, got {}×{}", opts.width, opts.height)));
@@ -436,7 +439,9 @@ pub fn sample_batch<B: Backend>(
         };
         let pred = models.flux.forward(input).map_err(|e| err(e.to_string()))?;
         img = img + pred * (t_prev - t_curr);
-        progress(step + 1);
+        if progress(step + 1).is_break() {
+            return Err(OpError::Cancelled);
+        }
     }
     let decoded = models.ae.decode(unpack(img, rows, cols));
     Ok(decoded.chunk(batch, 0).into_iter().map(to_image).collect())
@@ -513,7 +518,9 @@ where
         let prompt = models.encode_prompt(&opts.prompt)?;
         let mut images = Vec::with_capacity(seeds.len());
         for &seed in seeds {
-            images.extend(sample(models, &prompt, &GenerateOptions { seed, num_images: 1, ..opts.clone() }, &mut |_, _| {})?);
+            images.extend(sample(models, &prompt, &GenerateOptions { seed, num_images: 1, ..opts.clone() }, &mut |_, _| {
+                ControlFlow::Continue(())
+            })?);
         }
         Ok(images)
     }

@@ -1,10 +1,35 @@
 //! Image decoding and encoding shared by the operators: every image column holds PNG bytes.
+//!
+//! Decoding is bounded: an image whose header claims more than [`max_pixels`] pixels (a
+//! decompression bomb: a few KB of PNG that would inflate to gigabytes) is refused before any
+//! pixel buffer is allocated, so a hostile file becomes a row error, never an abort.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+
+/// The default pixel limit: 8192 × 8192, far above the paper's sizes (1024² panels, 2048×1024
+/// diptychs) and a 50-megapixel camera's photos.
+pub const DEFAULT_MAX_PIXELS: u64 = 8192 * 8192;
+
+static MAX_PIXELS: AtomicU64 = AtomicU64::new(DEFAULT_MAX_PIXELS);
+
+/// Bytes a decoder may allocate per pixel at most (RGBA with 32-bit float channels).
+const MAX_BYTES_PER_PIXEL: u64 = 16;
+
+/// The largest image (width × height) [`decode`] accepts.
+pub fn max_pixels() -> u64 {
+    MAX_PIXELS.load(Ordering::Relaxed)
+}
+
+/// Sets the pixel limit for the whole process (the engine sets it from the DAG's
+/// `max_image_pixels` before any operator runs).
+pub fn set_max_pixels(pixels: u64) {
+    MAX_PIXELS.store(pixels.max(1), Ordering::Relaxed);
+}
 
 /// Decodes PNG, JPEG or WebP bytes, with the EXIF orientation applied so that the pixels are the
 /// way a viewer shows them. The error is a sentence for a row's error message.
@@ -23,11 +48,28 @@ pub struct Decoded {
 
 /// Like [`decode`], also telling the format and whether the orientation changed the pixels.
 pub fn decode_detailed(bytes: &[u8]) -> Result<Decoded, String> {
-    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read image: {e}"))?;
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read image: {e}"))?;
     let format = reader.format().ok_or_else(|| {
         format!("not an image in a known format (PNG, JPEG or WebP); the data starts with {:02x?}", &bytes[..bytes.len().min(8)])
     })?;
+    let limit = max_pixels();
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(limit.saturating_mul(MAX_BYTES_PER_PIXEL));
+    reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| format!("cannot decode {format:?} image: {e}"))?;
+    // The header's claim is checked before anything is allocated: not every decoder applies
+    // `max_alloc` to its output buffer.
+    let (w, h) = decoder.dimensions();
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > limit {
+        return Err(format!(
+            "{format:?} image of {w}×{h} = {pixels} pixels is above the limit of {limit} pixels \
+             (raise `max_image_pixels` under [dag] if such images are expected)"
+        ));
+    }
+    if decoder.total_bytes() > limit.saturating_mul(MAX_BYTES_PER_PIXEL) {
+        return Err(format!("{format:?} image of {w}×{h} needs {} bytes to decode, above the limit", decoder.total_bytes()));
+    }
     let orientation = decoder.orientation().map_err(|e| format!("cannot read {format:?} orientation: {e}"))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode {format:?} image: {e}"))?;
     img.apply_orientation(orientation);
@@ -83,6 +125,28 @@ mod tests {
     fn garbage_is_a_clear_error() {
         let err = decode(b"hello world").unwrap_err();
         assert!(err.contains("not an image"), "{err}");
+    }
+
+    /// A PNG whose header claims `w × h` pixels, with almost no data behind it.
+    fn bomb(w: u32, h: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, w, h);
+        encoder.set_color(png::ColorType::Rgb);
+        let mut writer = encoder.write_header().unwrap();
+        // One compressed row: the decoder would allocate the whole image before finding out.
+        writer.write_chunk(png::chunk::IDAT, &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]).unwrap();
+        drop(writer);
+        out
+    }
+
+    #[test]
+    fn bombs_are_refused_before_allocating() {
+        let err = decode(&bomb(1_000_000, 1_000_000)).unwrap_err();
+        assert!(err.contains("above the limit"), "{err}");
+        assert!(err.contains("max_image_pixels"), "{err}");
+        // Just above the default limit is refused too; far below it decodes (or fails on data).
+        let err = decode(&bomb(8193, 8192)).unwrap_err();
+        assert!(err.contains("above the limit"), "{err}");
     }
 
     #[test]

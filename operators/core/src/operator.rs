@@ -108,6 +108,26 @@ pub struct Environment {
     /// This node's own folder for files that outlive a run (training checkpoints), keyed by
     /// the node's fingerprint; `None` when there is no workspace.
     pub artifacts_dir: Option<std::path::PathBuf>,
+    /// The workspace folder. Files an operator makes are named in its rows relative to it, so
+    /// the same run in two workspaces gives the same rows, and a moved workspace keeps working.
+    pub workspace_dir: Option<std::path::PathBuf>,
+}
+
+impl Environment {
+    /// How a row names a file the operator made: relative to the workspace when it lies in it.
+    pub fn reference(&self, path: &std::path::Path) -> String {
+        let relative = self.workspace_dir.as_deref().and_then(|root| path.strip_prefix(root).ok());
+        relative.unwrap_or(path).to_string_lossy().into_owned()
+    }
+
+    /// The file a row names: a relative name is in the workspace, an absolute one is itself.
+    pub fn resolve(&self, reference: &str) -> std::path::PathBuf {
+        let path = std::path::Path::new(reference);
+        match &self.workspace_dir {
+            Some(root) if path.is_relative() => root.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
 }
 
 /// The per-node state of an operator (parsed parameters, loaded models), shared by all the

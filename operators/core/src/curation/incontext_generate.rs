@@ -111,7 +111,7 @@ where
         let prompts: Vec<&PromptEmbedding<B>> =
             jobs.iter().map(|(prompt, _)| encoded.iter().find(|(p, _)| p == prompt).map(|(_, e)| e).expect("encoded above")).collect();
         let seeds: Vec<u64> = jobs.iter().map(|(_, seed)| *seed).collect();
-        sample_batch(&models, &prompts, &seeds, opts, &mut |_| {})
+        sample_batch(&models, &prompts, &seeds, opts, &mut |_| std::ops::ControlFlow::Continue(()))
     }
 
     fn digest(&self) -> String {

@@ -111,6 +111,7 @@ impl Operator for RegenerateRef {
             dinov2: open_dinov2(Path::new(params.str("dinov2_weights")?), Pooling::MeanPatch, preprocess, env.device)?,
             options: sampling_options(params, PeMode::Diagonal)?,
             lora: Some(params.str("lora")?.to_string()).filter(|s| !s.is_empty()),
+            env: env.clone(),
             target: params.str("target")?.into(),
             subject: params.str("subject")?.into(),
             scene: params.str("scene")?.into(),
@@ -122,6 +123,8 @@ impl Operator for RegenerateRef {
 }
 
 struct Regenerator {
+    /// Resolves the files the `lora` column names (workspace-relative checkpoints).
+    env: Environment,
     generator: Box<dyn SubjectGenerator>,
     dinov2: Box<dyn ImageEncoder>,
     options: GenerateOptions,
@@ -164,7 +167,9 @@ impl Regenerator {
         let prompt = format!("{subject} in {scene}");
         let seed = Draws::new(self.seed, "regenerate_ref", &[row_id.as_bytes()]).next_u64() >> 11;
         let opts = GenerateOptions { prompt: prompt.clone(), refs: vec![crop.clone()], ..self.options.clone() };
-        let image = self.generator.generate(lora, &opts, &[seed]).map_err(|e| e.to_string())?.remove(0);
+        // The row names the LoRA (workspace-relative for a checkpoint); the file is resolved here.
+        let file = lora.map(|l| self.env.resolve(l).to_string_lossy().into_owned());
+        let image = self.generator.generate(file.as_deref(), &opts, &[seed]).map_err(|e| e.to_string())?.remove(0);
         let generated = DynamicImage::ImageRgb8(image.clone());
         let embeddings = self.dinov2.embed(&[generated, crop.clone()]).map_err(|e| e.to_string())?;
         let meta = serde_json::json!({"prompt": prompt, "seed": seed, "steps": opts.steps, "guidance": opts.guidance, "lora": lora});

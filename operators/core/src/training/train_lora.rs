@@ -168,6 +168,7 @@ impl Operator for TrainLora {
                 .artifacts_dir
                 .clone()
                 .ok_or_else(|| OpError::Execution("train_lora needs a workspace for its checkpoints".into()))?,
+            env: env.clone(),
         };
         let model_dir = params.str("model_dir")?.to_string();
         let trainer: Box<dyn Train> = if params.bool("recompute")? {
@@ -215,6 +216,8 @@ struct Settings {
     optim: OptimSettings,
     seed: u64,
     artifacts: PathBuf,
+    /// Resolves the `init_lora` column and names checkpoints in rows (workspace-relative).
+    env: Environment,
 }
 
 /// One row of the output: what a step measured (also kept in checkpoints for resume).
@@ -480,7 +483,7 @@ impl<B: AutodiffBackend> Train for Trainer<B> {
         let mut flux = self.models.flux.clone();
         match &init {
             Some(file) => {
-                load_lora(&mut flux, &config, Path::new(file), 1.0, &self.device).map_err(load_err)?;
+                load_lora(&mut flux, &config, &self.settings.env.resolve(file), 1.0, &self.device).map_err(load_err)?;
             }
             None => {
                 B::seed(&self.device, self.settings.seed);
@@ -523,7 +526,7 @@ impl<B: AutodiffBackend> Train for Trainer<B> {
             if step % self.settings.checkpoint_every == 0 || step == self.settings.steps {
                 let dir = self.checkpoint(step, &flux, &trainer, &rows)?;
                 if let Some(last) = rows.last_mut() {
-                    last.checkpoint = Some(dir.join(CHECKPOINT_LORA).to_string_lossy().into_owned());
+                    last.checkpoint = Some(self.settings.env.reference(&dir.join(CHECKPOINT_LORA)));
                 }
                 // The rows file of the checkpoint names its own LoRA too.
                 let rows_json = serde_json::to_vec(&rows).map_err(|e| OpError::Internal(e.to_string()))?;
