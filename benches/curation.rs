@@ -97,7 +97,8 @@ fn dino_filter() {
     overrides.extend(extra);
     let params = params(&op, &overrides);
     let batch = pairs(64, 512);
-    let processor = op.prepare(&params, &Environment::default(), &batch.schema()).expect("dino_filter prepares");
+    let configured = op.configure(&params).expect("dino_filter configures");
+    let processor = configured.prepare(&Environment::default(), &batch.schema()).expect("dino_filter prepares");
     let run = || {
         let started = Instant::now();
         let out = processor.process(&ctx(), &batch).expect("dino_filter runs");
@@ -130,7 +131,8 @@ fn vlm_overhead() {
                 ("concurrency", ParamValue::Int(concurrency)),
             ],
         );
-        let processor = op.prepare(&params, &Environment::default(), &batch.schema()).expect("vlm_score prepares");
+        let configured = op.configure(&params).expect("vlm_score configures");
+        let processor = configured.prepare(&Environment::default(), &batch.schema()).expect("vlm_score prepares");
         let requests = batch.num_rows() * 3;
         let ours = median(
             (0..REPEATS)

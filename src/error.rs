@@ -29,7 +29,7 @@ pub enum Error {
     #[error("{0}")]
     Execution(String),
     #[error(transparent)]
-    Op(#[from] unoflow_operators::OpError),
+    Op(#[from] unoflow_api::OpError),
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]

@@ -7,14 +7,11 @@
 //! enter.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use unoflow_operators::ParamValue;
 
 use crate::dag::{Dag, Node};
 use crate::error::Result;
-use crate::ops::{OpKind, read, sql};
 
 /// The named input of a fingerprint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -123,67 +120,17 @@ fn components(dag: &Dag, node: &Node, inputs: Vec<InputRef>) -> Result<Component
         if !param.fingerprinted || node.secret_params.contains(name) {
             continue;
         }
-        let value = match (&node.op, name, value) {
-            (OpKind::Sql, "query", ParamValue::Str(q)) => serde_json::Value::String(sql::canonical_query(q, &input_names)),
-            _ => value.to_json(),
-        };
-        params.insert(name.to_string(), value);
+        params.insert(name.to_string(), node.op.fingerprint_value(name, value, &input_names));
     }
-    let source = match node.op {
-        OpKind::Read => Some(read::source_digest(Path::new(node.params.str("path")?), read::Format::of(&node.params)?)?),
-        OpKind::Map(_) => input_files_digest(node)?,
-        _ => None,
-    };
     Ok(Components {
         op: spec.name.to_string(),
         version: spec.version,
         params,
-        source,
+        source: node.op.source_digest()?,
         salt: node.salt.clone(),
         inputs,
         written: redacted_params(node),
     })
-}
-
-/// Files above this size are identified by size, modification time and their first and last
-/// MiB instead of their whole content: hashing FLUX.1-dev's 24 GB at every `plan` would cost
-/// seconds to minutes, and a checkpoint that changes keeps neither its size, its time nor its
-/// head and tail.
-const FULL_HASH_LIMIT: u64 = 256 << 20;
-
-/// The digest of what a compute operator reads from disk: every file under each of its
-/// `Path(Input)` parameters (model folders, word lists). `None` when it reads none.
-fn input_files_digest(node: &Node) -> Result<Option<String>> {
-    let spec = node.op.spec();
-    let mut hasher = blake3::Hasher::new();
-    let mut any = false;
-    for param in spec.params.iter().filter(|p| p.ty == unoflow_operators::ParamType::Path(unoflow_operators::params::PathKind::Input)) {
-        let Ok(path) = node.params.str(param.name) else { continue };
-        if path.is_empty() {
-            continue;
-        }
-        any = true;
-        hasher.update(param.name.as_bytes()).update(&[0]);
-        for file in read::files_under(Path::new(path), &|_| true)? {
-            hasher.update(file.relative.as_bytes()).update(&[0]).update(file_digest(&file.path)?.as_bytes());
-        }
-    }
-    Ok(any.then(|| hasher.finalize().to_hex()[..32].to_string()))
-}
-
-/// The content digest of a file, or for a file above [`FULL_HASH_LIMIT`] the digest of its
-/// modification time and its sampled digest (size, first and last MiB).
-fn file_digest(path: &Path) -> Result<blake3::Hash> {
-    use crate::error::IoContext;
-    let meta = std::fs::metadata(path).at(path)?;
-    let mut hasher = blake3::Hasher::new();
-    if meta.len() <= FULL_HASH_LIMIT {
-        hasher.update_mmap_rayon(path).at(path)?;
-        return Ok(hasher.finalize());
-    }
-    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    hasher.update(&modified.to_le_bytes()).update(unoflow_operators::generate::sampled_digest(path).at(path)?.as_bytes());
-    Ok(hasher.finalize())
 }
 
 /// A node's parameters for records and lineage: all of them, secrets replaced by `<redacted>`.

@@ -4,9 +4,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use unoflow_models::flux::PeMode;
-use unoflow_models::flux::sampling::ShiftRule;
-use unoflow_models::{DeviceSpec, Precision};
+use unoflow_models::{Device, Precision};
 use unoflow_operators::generate::{GenerateOptions, Models, generate, png_with_text};
 
 use crate::cli::GenerateArgs;
@@ -51,8 +49,8 @@ pub async fn run(args: GenerateArgs, interrupt: Interrupt) -> Result<i32> {
         guidance: args.guidance,
         seed: args.seed,
         num_images: args.num_images as usize,
-        pe: args.pe.parse::<PeMode>().map_err(Error::Usage)?,
-        shift: if args.shift == "flux" { ShiftRule::ImageTokens } else { ShiftRule::UnoLatentArea },
+        pe: args.pe.into(),
+        shift: args.shift.into(),
         ref_long_side: (args.ref_size > 0).then_some(args.ref_size),
     };
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty())
@@ -62,9 +60,9 @@ pub async fn run(args: GenerateArgs, interrupt: Interrupt) -> Result<i32> {
     }
     // Models compute on the blocking pool; CPU inference runs f32, CUDA bf16 (as the reference).
     tokio::task::spawn_blocking(move || match args.device {
-        DeviceSpec::Cpu => run_on::<unoflow_models::device::CpuBackend>(&args, &options, Default::default(), Precision::F32, &interrupt),
+        Device::Cpu => run_on::<unoflow_models::device::CpuBackend>(&args, &options, Default::default(), Precision::F32, &interrupt),
         #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(n) => run_on::<unoflow_models::device::CudaBackend>(
+        Device::Cuda(n) => run_on::<unoflow_models::device::CudaBackend>(
             &args,
             &options,
             unoflow_models::device::cuda_device(n),
@@ -72,7 +70,7 @@ pub async fn run(args: GenerateArgs, interrupt: Interrupt) -> Result<i32> {
             &interrupt,
         ),
         #[cfg(not(feature = "cuda"))]
-        DeviceSpec::Cuda(_) => Err(Error::Usage(unoflow_models::DeviceError::CudaNotBuilt(args.device).to_string())),
+        Device::Cuda(_) => Err(Error::Usage(unoflow_models::DeviceError::CudaNotBuilt(args.device).to_string())),
     })
     .await
     .map_err(|e| Error::Internal(format!("generation panicked: {e}")))?
@@ -108,7 +106,7 @@ fn run_on<B: unoflow_models::Backend>(
         if interrupt.stop_requested() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
     };
     let images = match generate(&mut models, options, &mut progress) {
-        Err(unoflow_operators::OpError::Cancelled) => return Err(Error::Interrupted("no image was written".into())),
+        Err(unoflow_api::OpError::Cancelled) => return Err(Error::Interrupted("no image was written".into())),
         other => other?,
     };
     bar.finish_and_clear();
@@ -120,7 +118,7 @@ fn run_on<B: unoflow_models::Backend>(
         "steps": options.steps,
         "guidance": options.guidance,
         "pe": options.pe.to_string(),
-        "shift": args.shift,
+        "shift": args.shift.to_string(),
         "models": models.digests,
         "unoflow": env!("CARGO_PKG_VERSION"),
     });

@@ -2,35 +2,41 @@
 //! exactly-once resume, lineage and SQL.
 //!
 //! ```text
-//!  dags/*.toml ──dag::load──► Dag (validated: ops, params, inputs, cycles, files, schemas)
-//!       │                        │
-//!       │                 fingerprint::compute ──► plan::plan (cached / stale / missing, why)
-//!       ▼                        │
-//!  exec::run ── units ──► operators (unoflow_operators::Operator, read, sql, export)
-//!       │                        │
-//!       └──► workspace: parts + commit records + manifests, run records, index
-//!                                │
-//!                 query (DataFusion over verified parts) ──► sql, lineage
+//!  dags/*.toml ──dag::load──► Dag: nodes bound to their ops (ops::OpKind::bind, typed
+//!       │                     parameters), schemas and storage (table | view), graph (petgraph)
+//!       │
+//!       ├── fingerprint::compute ──► plan::plan (cached / stale / missing / view, and why)
+//!       ▼
+//!  exec::run ── per node: a view ──► handed to its readers (NodeData::View)
+//!       │               stored ──► Op::units ──► UnitRunner::run ──► ids, parts, commit
+//!       ▼
+//!  workspace (the layout's one owner): nodes/FP/{attempts,commits,manifest}, index, runs,
+//!       │                              tables/NAME for other engines
+//!       ▼
+//!  query: DataFusion over verified parts and views ──► catalog ──► sql, lineage
 //! ```
 //!
-//! Extension point: a compute operator implements [`unoflow_operators::Operator`] and is
-//! listed in `unoflow_operators::builtin_operators`; the engine validates, plans, partitions,
-//! commits and queries it with no further code.
+//! Extension points: a compute operator implements `unoflow_api::Operator` (the burn-free
+//! contract crate) and is listed in `unoflow_operators::builtin_operators`; the engine
+//! validates, plans, partitions, commits and queries it with no further code. A run reports to
+//! an [`exec::RunObserver`].
 
+pub mod catalog;
 pub mod cli;
 pub mod dag;
+pub mod data;
 pub mod diagnostic;
 pub mod error;
 pub mod exec;
 pub mod fingerprint;
 pub mod format;
 pub mod generate;
+pub mod graph;
 pub mod interrupt;
 pub mod lineage;
 pub mod ops;
 pub mod plan;
 pub mod query;
-pub mod tables;
 pub mod workspace;
 
 pub use error::{Error, Result};

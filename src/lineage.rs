@@ -7,12 +7,12 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{col, lit};
-use unoflow_operators::columns::{PARENT_IDS, ROW_ID};
+use unoflow_api::columns::{PARENT_IDS, ROW_ID};
 
+use crate::catalog::{Catalog, Located};
 use crate::error::{Error, Result};
 use crate::format::describe_binary;
 use crate::query;
-use crate::tables::{Catalog, Located};
 
 /// Deepest ancestry printed; DAGs are shallow, this only guards against surprises.
 const MAX_DEPTH: usize = 32;
@@ -37,16 +37,17 @@ fn trace<'a>(
 ) -> futures::future::BoxFuture<'a, Result<bool>> {
     Box::pin(async move {
         let indent = "    ".repeat(depth);
-        let table = &located.table;
+        let data = &located.data;
         let comps = &located.components;
         let ctx = query::session();
-        query::register(&ctx, table, query::Verify::Digests).await?;
+        query::register(&ctx, data, query::Verify::Digests).await?;
         let in_list: Vec<_> = ids.iter().map(|i| lit(i.as_str())).collect();
-        let rows = ctx.table(table.name.as_str()).await?.filter(col(ROW_ID).in_list(in_list.clone(), false))?.collect().await?;
-        let errors = ctx.table(format!("errors.{}", table.name)).await?.filter(col(ROW_ID).in_list(in_list, false))?.collect().await?;
+        let rows = ctx.table(data.name()).await?.filter(col(ROW_ID).in_list(in_list.clone(), false))?.collect().await?;
+        let errors = ctx.table(format!("errors.{}", data.name())).await?.filter(col(ROW_ID).in_list(in_list, false))?.collect().await?;
         let found = rows.iter().chain(&errors).map(RecordBatch::num_rows).sum::<usize>();
+        let view = if matches!(data, crate::data::NodeData::View(_)) { ", a view" } else { "" };
         let _ =
-            writeln!(out, "{indent}{} (op {} v{}, fingerprint {})", table.name, comps.op, comps.version, &table.manifest.fingerprint[..12]);
+            writeln!(out, "{indent}{} (op {} v{}, fingerprint {}{view})", data.name(), comps.op, comps.version, &data.fingerprint()[..12]);
         if !comps.written.is_empty() {
             let params: Vec<String> = comps.written.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(out, "{indent}  params: {}", params.join(", "));

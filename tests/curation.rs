@@ -17,7 +17,8 @@ fn quickstart_runs_end_to_end() {
     let dag = root.join("dags/quickstart.toml");
     let (dag, ws) = (dag.to_str().unwrap(), ws.to_str().unwrap());
     let run = p.unoflow(&["run", dag, "-q", "--workspace", ws]).ok();
-    assert!(run.stdout.contains("18 computed"), "{}", run.stdout);
+    // Its six `sql` nodes are views (issue 13).
+    assert!(run.stdout.contains("12 computed") && run.stdout.contains("6 views"), "{}", run.stdout);
     let q = |sql: &str| p.unoflow(&["sql", "--dag", dag, "--workspace", ws, "--format", "csv", sql]).ok().stdout;
     // 6 subjects × 2 prompts × 2 seeds.
     assert_eq!(q("SELECT count(*) AS n FROM prompts"), "n\n12\n");
@@ -48,7 +49,7 @@ fn quickstart_runs_end_to_end() {
     assert_eq!(q("SELECT count(*) AS n FROM stage2"), "n\n4\n");
     assert_eq!(q("SELECT count(*) AS n FROM evaluation"), "n\n10\n");
     assert_eq!(q("SELECT count(*) AS n FROM scores"), "n\n6\n");
-    assert!(p.unoflow(&["run", dag, "-q", "--workspace", ws]).ok().stdout.contains("18 cached"));
+    assert!(p.unoflow(&["run", dag, "-q", "--workspace", ws]).ok().stdout.contains("12 cached, 6 views"));
     let other = p.path("ws2");
     let other = other.to_str().unwrap();
     p.unoflow(&["run", dag, "-q", "--workspace", other, "--only", "diptychs"]).ok();

@@ -18,7 +18,7 @@ fn bad_rows_go_to_the_error_table() {
     let p = project();
     let run = p.unoflow(&["run", "dag.toml", "-q"]).ok();
     assert!(run.stdout.contains("1 row error"), "{}", run.stdout);
-    assert!(run.stdout.contains("errors.NODE"), "{}", run.stdout);
+    assert!(run.stdout.contains("errors.photos"), "{}", run.stdout);
     assert_eq!(sql_csv(&p, "SELECT count(*) AS n FROM thumbs"), ["n", "6"]);
     let errors = sql_csv(&p, "SELECT message FROM errors.photos");
     assert_eq!(errors.len(), 2, "{errors:?}");

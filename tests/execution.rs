@@ -18,10 +18,11 @@ fn project(images: usize) -> Project {
 fn second_run_is_all_cached() {
     let p = project(5);
     let first = p.unoflow(&["run", "dag.toml", "-q"]).ok();
-    assert!(first.stdout.contains("3 computed, 0 resumed, 0 cached"), "{}", first.stdout);
+    // `small` is a view: nothing to compute (issue 13).
+    assert!(first.stdout.contains("2 computed, 0 resumed, 0 cached, 1 view"), "{}", first.stdout);
     assert!(first.stdout.lines().any(|l| l.starts_with("thumbs") && l.contains("computed") && l.contains(" 5 ")), "{}", first.stdout);
     let second = p.unoflow(&["run", "dag.toml", "-q"]).ok();
-    assert!(second.stdout.contains("0 computed, 0 resumed, 3 cached"), "{}", second.stdout);
+    assert!(second.stdout.contains("0 computed, 0 resumed, 2 cached, 1 view"), "{}", second.stdout);
 }
 
 #[test]
@@ -31,7 +32,7 @@ fn force_and_only() {
     assert!(only.stdout.contains("2 computed"), "{}", only.stdout);
     assert!(!only.stdout.lines().any(|l| l.starts_with("small")), "{}", only.stdout);
     let forced = p.unoflow(&["run", "dag.toml", "-q", "--force", "thumbs"]).ok();
-    assert!(forced.stdout.contains("2 computed, 0 resumed, 1 cached"), "{}", forced.stdout);
+    assert!(forced.stdout.contains("1 computed, 0 resumed, 1 cached, 1 view"), "{}", forced.stdout);
     let run = p.unoflow(&["run", "dag.toml", "--only", "thumbz"]).expect_code(2);
     assert!(run.stderr.contains("did you mean `thumbs`?"), "{}", run.stderr);
 }
@@ -53,7 +54,7 @@ fn a_second_run_on_the_same_workspace_refuses_or_waits() {
     lock.unlock().unwrap();
     let waited = waiting.wait_with_output().unwrap();
     assert!(waited.status.success(), "{}", String::from_utf8_lossy(&waited.stderr));
-    assert!(String::from_utf8_lossy(&waited.stdout).contains("2 computed"));
+    assert!(String::from_utf8_lossy(&waited.stdout).contains("1 computed"));
 }
 
 #[test]
@@ -68,7 +69,7 @@ fn concurrent_runs_do_not_corrupt_the_workspace() {
     }
     assert_eq!(sql_csv(&p, "SELECT count(*) AS n, count(DISTINCT row_id) AS ids FROM thumbs"), ["n,ids", "48,48"]);
     let last = p.unoflow(&["run", "dag.toml", "-q"]).ok();
-    assert!(last.stdout.contains("3 cached"), "{}", last.stdout);
+    assert!(last.stdout.contains("2 cached, 1 view"), "{}", last.stdout);
 }
 
 #[test]
@@ -93,7 +94,8 @@ fn export_refuses_to_replace_a_folder_it_did_not_write() {
     let p = project(1);
     p.write("exported/mine.txt", "precious");
     p.dag(&format!("{}\n[nodes.out]\nop = \"export\"\ninputs = [\"thumbs\"]\nformat = \"images\"\npath = \"exported\"\n", thumbs_dag(8)));
-    let run = p.unoflow(&["run", "dag.toml", "-q"]).expect_code(1);
+    // Refused at validation, before anything runs.
+    let run = p.unoflow(&["run", "dag.toml", "-q"]).expect_code(2);
     assert!(run.stderr.contains("refusing to replace"), "{}", run.stderr);
     assert_eq!(std::fs::read_to_string(p.path("exported/mine.txt")).unwrap(), "precious");
 }
@@ -108,7 +110,7 @@ fn deleted_exports_are_written_again() {
     p.unoflow(&["run", "dag.toml", "-q"]).ok();
     std::fs::remove_file(p.path("out/t.parquet")).unwrap();
     let plan = p.unoflow(&["plan", "dag.toml"]).ok();
-    assert!(plan.stdout.contains("exported file"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("t.parquet is missing"), "{}", plan.stdout);
     p.unoflow(&["run", "dag.toml", "-q"]).ok();
     assert!(p.path("out/t.parquet").exists());
 }
@@ -142,7 +144,7 @@ fn runs_are_recorded() {
     let runs = p.unoflow(&["runs", "--dag", "dag.toml"]).ok();
     let lines: Vec<&str> = runs.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{}", runs.stdout);
-    assert!(lines[1].contains("succeeded") && lines[1].contains("       3  "), "{}", runs.stdout);
+    assert!(lines[1].contains("succeeded") && lines[1].contains("       2  "), "{}", runs.stdout);
     let json: serde_json::Value = serde_json::from_str(&p.unoflow(&["runs", "--workspace", "ws", "--json"]).ok().stdout).unwrap();
     let first = &json[0];
     assert_eq!(first["status"], "succeeded");
@@ -158,7 +160,7 @@ fn photo_pairs_runs_end_to_end() {
     let ws = p.path("ws");
     let dag = root.join("dags/photo_pairs.toml");
     let run = p.unoflow(&["run", dag.to_str().unwrap(), "-q", "--workspace", ws.to_str().unwrap()]).ok();
-    assert!(run.stdout.contains("8 computed"), "{}", run.stdout);
+    assert!(run.stdout.contains("5 computed") && run.stdout.contains("3 views"), "{}", run.stdout);
     // 4 subjects × 3 scenes; each subject gives 3 × 2 ordered pairs.
     let q = |sql: &str| {
         p.unoflow(&["sql", "--dag", dag.to_str().unwrap(), "--workspace", ws.to_str().unwrap(), "--format", "csv", sql]).ok().stdout
@@ -227,7 +229,7 @@ embeddings = true
         fixtures = fixtures.display()
     ));
     let run = p.unoflow(&["run", "dag.toml", "-q"]).ok();
-    assert!(run.stdout.contains("5 computed"), "{}", run.stdout);
+    assert!(run.stdout.contains("4 computed, 0 resumed, 0 cached, 1 view"), "{}", run.stdout);
     for node in ["dinov2", "dino", "clip"] {
         let rows =
             sql_csv(&p, &format!("SELECT count(*) AS n, min(similarity) >= -1.0001 AND max(similarity) <= 1.0001 AS bounded FROM {node}"));

@@ -17,3 +17,4 @@ mod resume;
 mod safety;
 mod training;
 mod validation;
+mod views;

@@ -1,6 +1,6 @@
 //! `unoflow plan`: states and reasons after edits, and what stays cached.
 
-use crate::support::{Project, plan_states, thumbs_dag};
+use crate::support::{Project, plan_states, thumbs_dag_stored};
 
 fn states(p: &Project) -> Vec<(String, String, Vec<String>)> {
     plan_states(&p.unoflow(&["plan", "dag.toml", "--json"]).ok())
@@ -19,7 +19,7 @@ fn project() -> Project {
     for (i, c) in [[200, 10, 10], [10, 200, 10], [10, 10, 200]].iter().enumerate() {
         p.solid_png(&format!("images/c{i}.png"), 40, 20, *c);
     }
-    p.dag(&thumbs_dag(8));
+    p.dag(&thumbs_dag_stored(8));
     p
 }
 
@@ -38,7 +38,7 @@ fn fresh_then_cached() {
 fn a_parameter_edit_stales_the_node_and_its_descendants_only() {
     let p = project();
     p.unoflow(&["run", "dag.toml", "-q"]).ok();
-    p.dag(&thumbs_dag(16));
+    p.dag(&thumbs_dag_stored(16));
     let plan = states(&p);
     assert_eq!(plan[0].1, "cached");
     assert_eq!(plan[1].1, "stale");
@@ -47,7 +47,7 @@ fn a_parameter_edit_stales_the_node_and_its_descendants_only() {
     assert_eq!(plan[2].2, ["input `thumbs` changed"]);
 
     // Back to the old value: the earlier output is still there.
-    p.dag(&thumbs_dag(8));
+    p.dag(&thumbs_dag_stored(8));
     assert!(states(&p).iter().all(|(_, s, _)| s == "cached"));
 }
 
@@ -55,7 +55,7 @@ fn a_parameter_edit_stales_the_node_and_its_descendants_only() {
 fn renaming_reordering_and_reformatting_keep_the_cache() {
     let p = project();
     p.unoflow(&["run", "dag.toml", "-q"]).ok();
-    let renamed = thumbs_dag(8)
+    let renamed = thumbs_dag_stored(8)
         .replace("[nodes.thumbs]", "[nodes.mini]")
         .replace("inputs = [\"thumbs\"]", "inputs = [\"mini\"]")
         .replace("FROM thumbs", "FROM mini");
@@ -73,9 +73,9 @@ fn renaming_reordering_and_reformatting_keep_the_cache() {
 fn salt_and_source_changes_are_explained() {
     let p = project();
     p.unoflow(&["run", "dag.toml", "-q"]).ok();
-    p.dag(&thumbs_dag(8).replace("max_side = 8", "max_side = 8\nsalt = \"again\""));
+    p.dag(&thumbs_dag_stored(8).replace("max_side = 8", "max_side = 8\nsalt = \"again\""));
     assert_eq!(states(&p)[1].2, ["salt changed"]);
-    p.dag(&thumbs_dag(8));
+    p.dag(&thumbs_dag_stored(8));
     p.solid_png("images/c3.png", 10, 10, [1, 1, 1]);
     let plan = states(&p);
     assert_eq!((plan[0].1.as_str(), plan[0].2.clone()), ("stale", vec!["source files changed".to_string()]));

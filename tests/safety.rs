@@ -158,14 +158,15 @@ fn export_never_replaces_a_file_it_did_not_write() {
     p.solid_png("images/a.png", 20, 20, [1, 2, 3]);
     p.write("data.parquet", "my own data");
     p.dag(&export_dag("data.parquet", "parquet"));
-    let run = p.unoflow(&["run", "dag.toml", "-q"]).expect_code(1);
+    // Refused at validation (exit 2), before anything runs.
+    let run = p.unoflow(&["run", "dag.toml", "-q"]).expect_code(2);
     assert!(run.stderr.contains("refusing to replace") && run.stderr.contains("data.parquet"), "{}", run.stderr);
     assert_eq!(std::fs::read_to_string(p.path("data.parquet")).unwrap(), "my own data");
 
     // Not even the DAG file itself.
     p.dag(&export_dag("dag.toml", "jsonl"));
     let text = std::fs::read_to_string(p.path("dag.toml")).unwrap();
-    p.unoflow(&["run", "dag.toml", "-q"]).expect_code(1);
+    p.unoflow(&["run", "dag.toml", "-q"]).expect_code(2);
     assert_eq!(std::fs::read_to_string(p.path("dag.toml")).unwrap(), text);
 
     // Its own file it replaces; the same file edited by the user it does not.
@@ -173,11 +174,21 @@ fn export_never_replaces_a_file_it_did_not_write() {
     p.unoflow(&["run", "dag.toml", "-q"]).ok();
     p.unoflow(&["run", "dag.toml", "-q", "--force", "out"]).ok();
     std::fs::write(p.path("out/t.jsonl"), "edited by hand\n").unwrap();
-    let run = p.unoflow(&["run", "dag.toml", "-q", "--force", "out"]).expect_code(1);
+    let run = p.unoflow(&["run", "dag.toml", "-q", "--force", "out"]).expect_code(2);
     assert!(run.stderr.contains("refusing to replace"), "{}", run.stderr);
     assert_eq!(std::fs::read_to_string(p.path("out/t.jsonl")).unwrap(), "edited by hand\n");
     let leftovers: Vec<_> = p.files_under("out").into_iter().filter(|f| f.to_string_lossy().contains("unoflow-tmp")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // An export that fails half way (its view cannot cast a row) leaves nothing behind.
+    p.dag(&format!(
+        "{}\n[nodes.numbers]\nop = \"sql\"\ninputs = [\"photos\"]\nquery = \"SELECT row_id, CAST(path AS INT) AS n FROM photos\"\n\n\
+         [nodes.bad]\nop = \"export\"\ninputs = [\"numbers\"]\nformat = \"jsonl\"\npath = \"failed/n.jsonl\"\n",
+        thumbs_dag(8)
+    ));
+    let run = p.unoflow(&["run", "dag.toml", "-q"]).expect_code(1);
+    assert!(run.stdout.lines().any(|l| l.starts_with("bad") && l.contains("failed")), "{}", run.stdout);
+    assert!(p.files_under("failed").is_empty(), "{:?}", p.files_under("failed"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -328,11 +339,11 @@ fn fingerprint(p: &Project, node: &str) -> String {
 fn damaged_workspace_files_are_named_not_hidden() {
     let p = Project::new();
     p.noise_images("images", 40, 32, 3);
-    p.dag(&thumbs_dag(8));
+    p.dag(&crate::support::thumbs_dag_stored(8));
     p.unoflow(&["run", "dag.toml", "-q"]).ok();
 
     // A part changed in place, same size: the plan says stale, not cached.
-    let part = p.path(&format!("ws/nodes/{}/parts/u000001.parquet", fingerprint(&p, "thumbs")));
+    let part = crate::support::part_file(&p, &fingerprint(&p, "thumbs"), 1);
     let mut bytes = std::fs::read(&part).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;

@@ -163,6 +163,20 @@ query = "SELECT row_id, path, width, height FROM thumbs"
     )
 }
 
+/// The first part file of unit `unit` of the node stored under fingerprint `fp` in `ws/`.
+pub fn part_file(p: &Project, fp: &str, unit: usize) -> PathBuf {
+    let prefix = format!("u{unit:06}-");
+    let commit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.path(&format!("ws/nodes/{fp}/commits/u{unit:06}.json"))).expect("commit record")).unwrap();
+    let attempt = commit["attempt"].as_str().unwrap();
+    p.path(&format!("ws/nodes/{fp}/attempts/{prefix}{attempt}/p000.parquet"))
+}
+
+/// [`thumbs_dag`] with its query stored (`materialize = true`) rather than a view.
+pub fn thumbs_dag_stored(max_side: u32) -> String {
+    format!("{}materialize = true\n", thumbs_dag(max_side))
+}
+
 /// Parses `unoflow plan --json` output into (node, state, reasons).
 pub fn plan_states(run: &Run) -> Vec<(String, String, Vec<String>)> {
     let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("plan json: {e}\n{}", run.stdout));

@@ -7,15 +7,16 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use toml::Spanned;
-use unoflow_operators::params::PathKind;
-use unoflow_operators::{ParamType, ParamValue, Params};
+use unoflow_api::params::PathKind;
+use unoflow_api::{ParamType, ParamValue, Params};
 
 use super::interpolate::{Interpolated, Interpolator};
 use super::raw::{self, RawDag, RawTable};
 use super::{Dag, Node};
 use crate::diagnostic::{Diagnostic, Diagnostics, SourceFile, did_you_mean};
 use crate::error::{Error, Result};
-use crate::ops::{OpKind, Registry};
+use crate::graph::Graph;
+use crate::ops::{Op, OpKind, Registry};
 
 /// Keys of a `[nodes.NAME]` table that are not operator parameters.
 const NODE_KEYS: &[&str] = &["op", "inputs", "salt", "description"];
@@ -58,7 +59,9 @@ struct Builder<'a> {
 struct Draft {
     name: String,
     span: Range<usize>,
-    op: Option<OpKind>,
+    kind: Option<Arc<dyn OpKind>>,
+    /// The parameters read by the kind, once they checked out.
+    op: Option<Arc<dyn Op>>,
     inputs: Vec<(String, Range<usize>)>,
     inputs_span: Option<Range<usize>>,
     params: Params,
@@ -127,7 +130,8 @@ impl Builder<'_> {
             let errors = std::mem::take(&mut self.errors);
             return Err(self.fail(errors));
         }
-        Ok(Dag { file: self.file, name, seed, dag_dir: self.dag_dir, workspace, nodes, max_image_pixels })
+        let graph = Graph::new(&nodes.iter().map(|n| n.inputs.clone()).collect::<Vec<_>>());
+        Ok(Dag { file: self.file, name, seed, dag_dir: self.dag_dir, workspace, nodes, graph, max_image_pixels })
     }
 
     /// Defines every `[vars]` entry and the `workspace` built-in, in the order their references
@@ -196,6 +200,7 @@ impl Builder<'_> {
         let mut draft = Draft {
             name: table.name.clone(),
             span: table.name_span.clone(),
+            kind: None,
             op: None,
             inputs: Vec::new(),
             inputs_span: None,
@@ -229,7 +234,7 @@ impl Builder<'_> {
             }
             Some((_, v)) => match v.get_ref() {
                 toml::Value::String(s) => match self.registry.get(s) {
-                    Some(op) => Some(op.clone()),
+                    Some(kind) => Some(Arc::clone(kind)),
                     None => {
                         let help = match did_you_mean(s, self.registry.names()) {
                             Some(m) => format!("did you mean `{m}`? `unoflow ops` lists the operators"),
@@ -361,7 +366,16 @@ impl Builder<'_> {
                 );
             }
         }
-        draft.op = Some(op);
+        if self.errors.len() == errors_before {
+            match op.bind(&draft.params) {
+                Ok(bound) => draft.op = Some(bound),
+                Err(e) => {
+                    let span = e.param.and_then(|p| draft.param_spans.get(p).cloned()).unwrap_or(table.name_span.clone());
+                    self.error(format!("node `{}` (op `{}`): {}", table.name, spec.name, e.message), span, e.help);
+                }
+            }
+        }
+        draft.kind = Some(op);
         draft.sound = self.errors.len() == errors_before;
         draft
     }
@@ -414,7 +428,7 @@ impl Builder<'_> {
                 }
             }
         }
-        match topological_order(&edges) {
+        match Graph::new(&edges).topological_order() {
             Ok(order) => order,
             Err(cycle) => {
                 let path: Vec<&str> = cycle.iter().map(|&i| drafts[i].name.as_str()).collect();
@@ -453,21 +467,20 @@ impl Builder<'_> {
             }
             let inputs: Vec<(String, SchemaRef)> =
                 input_ids.iter().map(|j| (nodes[built[j]].name.clone(), Arc::clone(&nodes[built[j]].schema))).collect();
-            let producer_ops: Vec<&'static str> = input_ids.iter().map(|j| nodes[built[j]].op.name()).collect();
-            if !self.check_columns(&draft, &op, &inputs, &producer_ops) {
+            let producer_ops: Vec<&'static str> = input_ids.iter().map(|j| nodes[built[j]].op_name()).collect();
+            if !self.check_columns(&draft, op.as_ref(), &inputs, &producer_ops) {
                 failed.insert(i);
                 continue;
             }
-            let mut derived = op.output_schema(&draft.params, &inputs, &self.dag_dir).await;
+            let mut derived = op.derive(&inputs).await;
             if self.depth == Depth::EveryRecord
-                && matches!(op, OpKind::Read)
-                && let Ok(schema) = &derived
-                && let Err(e) = crate::ops::read::check_every_record(&draft.params, schema).await
+                && derived.is_ok()
+                && let Err(e) = op.check_data().await
             {
                 derived = Err(e);
             }
             match derived {
-                Ok(schema) => {
+                Ok(derived) => {
                     built.insert(i, nodes.len());
                     nodes.push(Node {
                         name: draft.name,
@@ -477,12 +490,13 @@ impl Builder<'_> {
                         salt: draft.salt,
                         secret_params: draft.secret_params,
                         span: draft.span,
-                        schema,
+                        schema: derived.schema,
+                        storage: derived.storage,
                     })
                 }
                 Err(e) => {
                     let span = e.param.and_then(|p| draft.param_spans.get(p).cloned()).unwrap_or(draft.span.clone());
-                    self.error(format!("node `{}` (op `{}`): {}", draft.name, op.name(), e.message), span, e.help);
+                    self.error(format!("node `{}` (op `{}`): {}", draft.name, op.spec().name, e.message), span, e.help);
                     failed.insert(i);
                 }
             }
@@ -490,14 +504,8 @@ impl Builder<'_> {
         nodes
     }
 
-    fn check_columns(&mut self, draft: &Draft, op: &OpKind, inputs: &[(String, SchemaRef)], producer_ops: &[&str]) -> bool {
-        let required = match op.required_columns(&draft.params) {
-            Ok(r) => r,
-            Err(e) => {
-                self.error(format!("node `{}`: {}", draft.name, e.message), draft.span.clone(), e.help);
-                return false;
-            }
-        };
+    fn check_columns(&mut self, draft: &Draft, op: &dyn Op, inputs: &[(String, SchemaRef)], producer_ops: &[&str]) -> bool {
+        let required = op.required_columns();
         let mut ok = true;
         for (k, reqs) in required.iter().enumerate() {
             let Some((producer, schema)) = inputs.get(k) else { continue };
@@ -512,7 +520,7 @@ impl Builder<'_> {
                             format!(
                                 "node `{}` (op `{}`) needs column `{}` as {}, but `{producer}` (op `{producer_op}`) outputs it as {}",
                                 draft.name,
-                                op.name(),
+                                op.spec().name,
                                 req.name,
                                 req.describe_types(),
                                 field.data_type()
@@ -532,7 +540,7 @@ impl Builder<'_> {
                             format!(
                                 "node `{}` (op `{}`) needs column `{}` ({}) from its input `{producer}` (op `{producer_op}`), which does not output it",
                                 draft.name,
-                                op.name(),
+                                op.spec().name,
                                 req.name,
                                 req.describe_types()
                             ),
@@ -585,70 +593,9 @@ fn suggest_identifier(name: &str) -> String {
     s
 }
 
-/// Kahn's algorithm over `inputs` (node → the nodes it reads), taking the lowest index first so
-/// ties keep file order. On a cycle, returns one cycle as a path that ends where it starts.
-fn topological_order(inputs: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
-    let n = inputs.len();
-    let mut pending: Vec<usize> = inputs.iter().map(Vec::len).collect();
-    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, ins) in inputs.iter().enumerate() {
-        for &j in ins {
-            consumers[j].push(i);
-        }
-    }
-    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
-    let mut order = Vec::with_capacity(n);
-    while let Some(i) = ready.pop_first() {
-        order.push(i);
-        for &c in &consumers[i] {
-            pending[c] -= 1;
-            if pending[c] == 0 {
-                ready.insert(c);
-            }
-        }
-    }
-    if order.len() == n {
-        return Ok(order);
-    }
-    // Walk inputs from a node left over until a node repeats: that stretch is a cycle.
-    let left: BTreeSet<usize> = (0..n).filter(|i| !order.contains(i)).collect();
-    let mut path = vec![*left.first().expect("nodes are left over")];
-    loop {
-        let last = *path.last().expect("path is never empty");
-        let next = *inputs[last].iter().find(|j| left.contains(j)).expect("a left-over node has a left-over input");
-        if let Some(pos) = path.iter().position(|&p| p == next) {
-            // Print in data-flow order (producer -> consumer), starting from the node that comes
-            // first in the file.
-            let mut cycle: Vec<usize> = path[pos..].to_vec();
-            cycle.reverse();
-            let first = cycle.iter().enumerate().min_by_key(|(_, n)| **n).map_or(0, |(i, _)| i);
-            cycle.rotate_left(first);
-            cycle.push(cycle[0]);
-            return Err(cycle);
-        }
-        path.push(next);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn order_keeps_file_order_for_ties() {
-        // 0 reads nothing, 1 reads 2, 2 reads 0.
-        assert_eq!(topological_order(&[vec![], vec![2], vec![0]]), Ok(vec![0, 2, 1]));
-    }
-
-    #[test]
-    fn cycle_is_reported_as_a_path() {
-        // a(0) reads b(1), b reads a.
-        let cycle = topological_order(&[vec![1], vec![0]]).unwrap_err();
-        assert_eq!(cycle.first(), cycle.last());
-        assert_eq!(cycle.len(), 3);
-        let self_loop = topological_order(&[vec![0]]).unwrap_err();
-        assert_eq!(self_loop, vec![0, 0]);
-    }
 
     #[test]
     fn paths_are_normalised() {

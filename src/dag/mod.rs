@@ -18,12 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
-use unoflow_operators::Params;
+use unoflow_api::Params;
 
 pub use build::{Depth, load, load_with};
 
 use crate::diagnostic::SourceFile;
-use crate::ops::OpKind;
+use crate::graph::Graph;
+use crate::ops::Op;
+use crate::workspace::Storage;
 
 /// A validated DAG.
 #[derive(Debug)]
@@ -38,6 +40,8 @@ pub struct Dag {
     pub workspace: PathBuf,
     /// Nodes in topological order (ties in file order).
     pub nodes: Vec<Node>,
+    /// Which node reads which (indices into `nodes`).
+    pub graph: Graph,
     /// Images with more pixels are refused when decoded (a row error), not allocated.
     pub max_image_pixels: u64,
 }
@@ -46,7 +50,8 @@ pub struct Dag {
 #[derive(Debug)]
 pub struct Node {
     pub name: String,
-    pub op: OpKind,
+    /// The node's operation, its parameters read.
+    pub op: Arc<dyn Op>,
     /// Indices of the input nodes in [`Dag::nodes`], in declared order.
     pub inputs: Vec<usize>,
     /// Checked parameters, defaults filled in, paths absolute.
@@ -60,6 +65,15 @@ pub struct Node {
     pub span: Range<usize>,
     /// The node's output schema.
     pub schema: SchemaRef,
+    /// Stored, or a view computed when read.
+    pub storage: Storage,
+}
+
+impl Node {
+    /// The name of the node's op (`read`, `sql`, `thumbnail`, …).
+    pub fn op_name(&self) -> &'static str {
+        self.op.spec().name
+    }
 }
 
 impl Dag {
@@ -75,18 +89,12 @@ impl Dag {
 
     /// Indices of `targets` and all their ancestors, in topological order.
     pub fn with_ancestors(&self, targets: &[usize]) -> Vec<usize> {
-        let mut keep = vec![false; self.nodes.len()];
-        for &t in targets {
-            keep[t] = true;
-        }
-        for i in (0..self.nodes.len()).rev() {
-            if keep[i] {
-                for &j in &self.nodes[i].inputs {
-                    keep[j] = true;
-                }
-            }
-        }
-        (0..self.nodes.len()).filter(|&i| keep[i]).collect()
+        self.graph.with_ancestors(targets).into_iter().collect()
+    }
+
+    /// Indices of `sources` and every node that reads from them, in topological order.
+    pub fn with_descendants(&self, sources: &[usize]) -> Vec<usize> {
+        self.graph.with_descendants(sources).into_iter().collect()
     }
 
     /// The path of the DAG file, for messages.

@@ -18,17 +18,57 @@ use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, String
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::parquet::arrow::ArrowWriter;
-use unoflow_operators::columns::{ColumnRequirement, ROW_ID, row_id_field};
-use unoflow_operators::params::PathKind;
-use unoflow_operators::rowid::RowIdHasher;
-use unoflow_operators::{OpSpec, ParamSpec, ParamType, ParamValue, Params, Resource, RowMapping};
+use datafusion::prelude::DataFrame;
+use futures::StreamExt;
+use unoflow_api::columns::{ColumnRequirement, ROW_ID, row_id_field};
+use unoflow_api::params::{ParamType, PathKind};
+use unoflow_api::rowid::RowIdHasher;
+use unoflow_api::{ExecContext, OpSpec, Params, PartitionOutput, Resource, RowMapping};
 
-use super::SchemaError;
+use super::{Derived, Op, OpKind, OpenContext, SchemaError, Unit, UnitOutput, UnitPlan, UnitRunner, Work};
+use crate::data::{NodeData, TableData};
 use crate::error::{Error, IoContext, Result};
+use crate::query::{self, Verify};
 
-const FORMATS: &[&str] = &["parquet", "jsonl", "images", "uno"];
 /// Marks a folder as written by `export`, so a later export may replace it.
 pub const MARKER: &str = ".unoflow-export";
+
+unoflow_api::choice! {
+    /// What an export writes.
+    pub enum ExportFormat {
+        Parquet = "parquet",
+        Jsonl = "jsonl",
+        Images = "images",
+        Uno = "uno",
+    }
+}
+
+impl ExportFormat {
+    /// Whether the export is a folder (else one file).
+    fn is_folder(self) -> bool {
+        matches!(self, Self::Images | Self::Uno)
+    }
+}
+
+unoflow_api::params! {
+    /// `export`'s parameters.
+    pub struct ExportParams {
+        /// destination file (parquet, jsonl) or folder (images, uno)
+        pub path: PathBuf = required(ParamType::Path(PathKind::Output)),
+        /// what to write
+        pub format: ExportFormat = choice(ExportFormat::Parquet),
+        /// images: the image column
+        pub column: String = optional(ParamType::Str, "image"),
+        /// images, uno: column naming the files (default: row id)
+        pub name_column: Option<String> = optional(ParamType::Str, ""),
+        /// uno: the prompt column
+        pub prompt_column: String = optional(ParamType::Str, "prompt"),
+        /// uno: the reference image columns, in order
+        pub ref_columns: Vec<String> = optional(ParamType::StrList, ["ref_image"]),
+        /// uno: the target image column
+        pub target_column: String = optional(ParamType::Str, "target_image"),
+    }
+}
 
 pub static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "export",
@@ -36,73 +76,131 @@ pub static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     summary: "write a table out of the workspace (Parquet, JSON lines, PNG files, or UNO training JSON)",
     doc: "`parquet`/`jsonl` write one file at `path`. `images` writes `column` as PNG files named after \
           `name_column` (default: the row id). `uno` writes `train.json` with UNO's fields \
-          (`prompt`, `image_paths`, `image_tgt_path`) and the images beside it. Folders are replaced \
+          (`prompt`, `image_paths`, `image_tgt_path`) and the images beside it. Files and folders are replaced \
           atomically, and only if unoflow wrote them. The node's table lists the files written.",
-    params: vec![
-        ParamSpec::required("path", ParamType::Path(PathKind::Output), "destination file (parquet, jsonl) or folder (images, uno)"),
-        ParamSpec::optional("format", ParamType::Choice(FORMATS), ParamValue::Str("parquet".into()), "what to write"),
-        ParamSpec::optional("column", ParamType::Str, ParamValue::Str("image".into()), "images: the image column"),
-        ParamSpec::optional(
-            "name_column",
-            ParamType::Str,
-            ParamValue::Str(String::new()),
-            "images, uno: column naming the files (default: row id)",
-        ),
-        ParamSpec::optional("prompt_column", ParamType::Str, ParamValue::Str("prompt".into()), "uno: the prompt column"),
-        ParamSpec::optional(
-            "ref_columns",
-            ParamType::StrList,
-            ParamValue::List(vec![ParamValue::Str("ref_image".into())]),
-            "uno: the reference image columns, in order",
-        ),
-        ParamSpec::optional("target_column", ParamType::Str, ParamValue::Str("target_image".into()), "uno: the target image column"),
-    ],
+    params: ExportParams::specs(),
     inputs: (1, 1),
     resource: Resource::Cpu,
     mapping: RowMapping::Derive,
     partition_rows: usize::MAX,
 });
 
-/// The export's format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Parquet,
-    Jsonl,
-    Images,
-    Uno,
-}
+/// The `export` kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Export;
 
-impl Format {
-    pub fn of(params: &Params) -> Result<Self> {
-        Ok(match params.str("format")? {
-            "parquet" => Self::Parquet,
-            "jsonl" => Self::Jsonl,
-            "images" => Self::Images,
-            "uno" => Self::Uno,
-            other => return Err(Error::Internal(format!("unchecked export format {other}"))),
-        })
+impl OpKind for Export {
+    fn spec(&self) -> &OpSpec {
+        &SPEC
+    }
+
+    fn bind(&self, params: &Params) -> std::result::Result<Arc<dyn Op>, SchemaError> {
+        Ok(Arc::new(ExportNode(Arc::new(ExportParams::parse(params).map_err(|e| SchemaError::from_op(&SPEC, e))?))))
     }
 }
 
-pub fn required_columns(params: &Params) -> Result<Vec<Vec<ColumnRequirement>>, SchemaError> {
-    let err = |e: unoflow_operators::OpError| SchemaError { param: None, message: e.to_string(), help: None };
-    let mut cols = Vec::new();
-    let name_column = params.str("name_column").map_err(err)?;
-    match Format::of(params).map_err(|e| SchemaError::at("format", e.to_string()))? {
-        Format::Parquet | Format::Jsonl => {}
-        Format::Images => cols.push(ColumnRequirement::image(params.str("column").map_err(err)?)),
-        Format::Uno => {
-            cols.push(ColumnRequirement::text(params.str("prompt_column").map_err(err)?));
-            for c in params.str_list("ref_columns").map_err(err)? {
-                cols.push(ColumnRequirement::image(c));
+#[derive(Debug)]
+struct ExportNode(Arc<ExportParams>);
+
+#[async_trait::async_trait]
+impl Op for ExportNode {
+    fn spec(&self) -> &OpSpec {
+        &SPEC
+    }
+
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
+        let p = &self.0;
+        let mut cols = Vec::new();
+        match p.format {
+            ExportFormat::Parquet | ExportFormat::Jsonl => {}
+            ExportFormat::Images => cols.push(ColumnRequirement::image(&p.column)),
+            ExportFormat::Uno => {
+                cols.push(ColumnRequirement::text(&p.prompt_column));
+                cols.extend(p.ref_columns.iter().map(ColumnRequirement::image));
+                cols.push(ColumnRequirement::image(&p.target_column));
             }
-            cols.push(ColumnRequirement::image(params.str("target_column").map_err(err)?));
         }
+        cols.extend(p.name_column.iter().map(ColumnRequirement::text));
+        vec![cols]
     }
-    if !name_column.is_empty() {
-        cols.push(ColumnRequirement::text(name_column));
+
+    /// Refuses, before anything runs, a destination that is not the export's to replace.
+    async fn derive(&self, _inputs: &[(String, SchemaRef)]) -> std::result::Result<Derived, SchemaError> {
+        replaceable(&self.0.path, self.0.format.is_folder())
+            .map_err(|m| SchemaError::at("path", m).with_help("choose another `path`, or move the file away"))?;
+        Ok(Derived::table(output_schema()))
     }
-    Ok(vec![cols])
+
+    fn units(&self, _inputs: &[NodeData]) -> Result<UnitPlan> {
+        Ok(UnitPlan::Listed(vec![Unit { index: 0, key: "whole".into(), rows: 0, work: Work::Whole }]))
+    }
+
+    async fn open(&self, ctx: OpenContext) -> Result<Arc<dyn UnitRunner>> {
+        let input = ctx.inputs.into_iter().next().ok_or_else(|| Error::Internal("export without input".into()))?;
+        Ok(Arc::new(ExportRunner { params: Arc::clone(&self.0), input }))
+    }
+
+    fn output_missing(&self, table: &TableData) -> Option<String> {
+        for f in table.manifest.row_files() {
+            let batches = table.store.read(f, None).ok()?;
+            for b in &batches {
+                let files = Columns { batch: b }.text("file").ok()?;
+                for name in files.iter().flatten() {
+                    let path = if self.0.format.is_folder() { self.0.path.join(name) } else { self.0.path.clone() };
+                    if !path.exists() {
+                        return Some(path.display().to_string());
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+struct ExportRunner {
+    params: Arc<ExportParams>,
+    input: NodeData,
+}
+
+#[async_trait::async_trait]
+impl UnitRunner for ExportRunner {
+    async fn run(&self, _unit: Unit, _exec: ExecContext) -> Result<UnitOutput> {
+        let ctx = query::session();
+        query::register(&ctx, &self.input, Verify::AlreadyChecked).await?;
+        let df: DataFrame = ctx.table(self.input.name()).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let mut stream = query::ordered_stream(df).await?;
+        let (params, runtime) = (Arc::clone(&self.params), tokio::runtime::Handle::current());
+        // Writing files is blocking work: it runs on the blocking pool, pulling the query's
+        // batches one at a time so nothing is held in memory.
+        let rows = tokio::task::spawn_blocking(move || {
+            let mut batches = std::iter::from_fn(|| runtime.block_on(stream.next()).map(|b| b.map_err(Error::from)));
+            write(&params, &schema, &mut batches)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("export panicked: {e}")))??;
+        Ok(UnitOutput::ready(PartitionOutput { rows, errors: Vec::new() }))
+    }
+}
+
+/// Whether `dest` may be written: absent, or written by an export and unchanged since.
+fn replaceable(dest: &Path, folder: bool) -> std::result::Result<(), String> {
+    if !dest.exists() {
+        return Ok(());
+    }
+    let ours = if folder {
+        dest.is_dir() && dest.join(MARKER).exists()
+    } else {
+        dest.is_file()
+            && std::fs::read_to_string(sibling(dest, "unoflow-export"))
+                .ok()
+                .is_some_and(|recorded| file_digest(dest).is_ok_and(|d| d == recorded.trim()))
+    };
+    if ours {
+        Ok(())
+    } else {
+        Err(format!("refusing to replace {}: it exists and was not written by unoflow's export (or changed since)", dest.display()))
+    }
 }
 
 /// One row per file written: its name relative to `path` (a file export: the file's name).
@@ -135,11 +233,11 @@ fn stem(name: &str) -> &str {
 pub type Batches<'a> = &'a mut dyn Iterator<Item = Result<RecordBatch>>;
 
 /// Writes the batches as the export describes, streaming; returns the rows of the node's table.
-pub fn write(params: &Params, schema: &SchemaRef, batches: Batches<'_>) -> Result<RecordBatch> {
-    let dest = PathBuf::from(params.str("path")?);
+fn write(params: &ExportParams, schema: &SchemaRef, batches: Batches<'_>) -> Result<RecordBatch> {
+    let dest = &params.path;
     let mut files = FileList::default();
-    match Format::of(params)? {
-        Format::Parquet => write_file(&dest, |tmp| {
+    match params.format {
+        ExportFormat::Parquet => write_file(dest, |tmp| {
             let mut writer = ArrowWriter::try_new(BufWriter::new(File::create(tmp).at(tmp)?), Arc::clone(schema), None)?;
             for b in &mut *batches {
                 writer.write(&b?)?;
@@ -147,7 +245,7 @@ pub fn write(params: &Params, schema: &SchemaRef, batches: Batches<'_>) -> Resul
             writer.close()?;
             Ok(())
         })?,
-        Format::Jsonl => write_file(&dest, |tmp| {
+        ExportFormat::Jsonl => write_file(dest, |tmp| {
             let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(BufWriter::new(File::create(tmp).at(tmp)?));
             for b in &mut *batches {
                 writer.write(&b?)?;
@@ -155,13 +253,13 @@ pub fn write(params: &Params, schema: &SchemaRef, batches: Batches<'_>) -> Resul
             writer.finish()?;
             writer.into_inner().flush().at(tmp)
         })?,
-        Format::Images => write_folder(&dest, |dir| write_images(params, batches, dir, &mut files))?,
-        Format::Uno => write_folder(&dest, |dir| write_uno(params, batches, dir, &mut files))?,
+        ExportFormat::Images => write_folder(dest, |dir| write_images(params, batches, dir, &mut files))?,
+        ExportFormat::Uno => write_folder(dest, |dir| write_uno(params, batches, dir, &mut files))?,
     }
     // Files are named relative to `path` (a file export names its own file), so the table does
     // not depend on where the DAG or workspace lives.
     if files.names.is_empty() {
-        let bytes = std::fs::metadata(&dest).at(&dest)?.len();
+        let bytes = std::fs::metadata(dest).at(dest)?.len();
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         files.push(name, bytes, None);
     }
@@ -205,15 +303,8 @@ fn write_file(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()
         std::fs::create_dir_all(parent).at(parent)?;
     }
     let marker = sibling(dest, "unoflow-export");
-    if dest.exists() {
-        let ours = std::fs::read_to_string(&marker).ok().is_some_and(|recorded| file_digest(dest).is_ok_and(|d| d == recorded.trim()));
-        if !ours {
-            return Err(Error::Execution(format!(
-                "refusing to replace {}: it exists and was not written by unoflow's export (or changed since); choose another `path` or remove it",
-                dest.display()
-            )));
-        }
-    }
+    // Checked at validation too; checked again here, as the file may have appeared since.
+    replaceable(dest, false).map_err(|m| Error::Execution(format!("{m}; choose another `path` or remove it")))?;
     let tmp = sibling(dest, "unoflow-tmp");
     let written = write(&tmp).and_then(|()| File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)).and_then(|()| file_digest(&tmp));
     let digest = match written {
@@ -238,12 +329,7 @@ fn file_digest(path: &Path) -> Result<String> {
 /// Writes a folder next to `dest`, then swaps it in; refuses to replace a folder unoflow did not
 /// write. A failed write removes its temporary folder.
 fn write_folder(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if dest.exists() && !dest.join(MARKER).exists() {
-        return Err(Error::Execution(format!(
-            "refusing to replace {}: it exists and was not written by unoflow's export; choose another `path` or remove it",
-            dest.display()
-        )));
-    }
+    replaceable(dest, true).map_err(|m| Error::Execution(format!("{m}; choose another `path` or remove it")))?;
     let tmp = sibling(dest, "unoflow-tmp");
     let old = sibling(dest, "unoflow-old");
     for stale in [&tmp, &old] {
@@ -314,16 +400,15 @@ fn write_png(dir: &Path, name: &str, bytes: &[u8]) -> Result<u64> {
     Ok(bytes.len() as u64)
 }
 
-fn write_images(params: &Params, batches: Batches<'_>, dir: &Path, files: &mut FileList) -> Result<()> {
-    let column = params.str("column")?;
-    let name_column = params.str("name_column")?;
+fn write_images(params: &ExportParams, batches: Batches<'_>, dir: &Path, files: &mut FileList) -> Result<()> {
+    let column = params.column.as_str();
     let mut namer = Namer::default();
     for batch in batches {
         let batch = &batch?;
         let cols = Columns { batch };
         let ids = cols.text(ROW_ID)?;
         let images = cols.binary(column)?;
-        let names = if name_column.is_empty() { None } else { Some(cols.text(name_column)?) };
+        let names = params.name_column.as_deref().map(|c| cols.text(c)).transpose()?;
         for row in 0..batch.num_rows() {
             if images.is_null(row) {
                 continue;
@@ -338,10 +423,7 @@ fn write_images(params: &Params, batches: Batches<'_>, dir: &Path, files: &mut F
     Ok(())
 }
 
-fn write_uno(params: &Params, batches: Batches<'_>, dir: &Path, files: &mut FileList) -> Result<()> {
-    let name_column = params.str("name_column")?;
-    let ref_columns = params.str_list("ref_columns")?;
-    let target_column = params.str("target_column")?;
+fn write_uno(params: &ExportParams, batches: Batches<'_>, dir: &Path, files: &mut FileList) -> Result<()> {
     let images_dir = dir.join("images");
     std::fs::create_dir_all(&images_dir).at(&images_dir)?;
     let mut namer = Namer::default();
@@ -350,10 +432,10 @@ fn write_uno(params: &Params, batches: Batches<'_>, dir: &Path, files: &mut File
         let batch = &batch?;
         let cols = Columns { batch };
         let ids = cols.text(ROW_ID)?;
-        let prompts = cols.text(params.str("prompt_column")?)?;
-        let refs = ref_columns.iter().map(|c| cols.binary(c)).collect::<Result<Vec<_>>>()?;
-        let targets = cols.binary(target_column)?;
-        let names = if name_column.is_empty() { None } else { Some(cols.text(name_column)?) };
+        let prompts = cols.text(&params.prompt_column)?;
+        let refs = params.ref_columns.iter().map(|c| cols.binary(c)).collect::<Result<Vec<_>>>()?;
+        let targets = cols.binary(&params.target_column)?;
+        let names = params.name_column.as_deref().map(|c| cols.text(c)).transpose()?;
         for row in 0..batch.num_rows() {
             let id = ids.value(row);
             let raw = names.as_ref().filter(|n| !n.is_null(row)).map(|n| n.value(row));
@@ -383,25 +465,6 @@ fn write_uno(params: &Params, batches: Batches<'_>, dir: &Path, files: &mut File
     std::fs::write(&json, &text).at(&json)?;
     files.push("train.json".into(), text.len() as u64, None);
     Ok(())
-}
-
-/// The first file an export wrote that is no longer there, if any.
-pub fn missing_output(node_dir: &Path, manifest: &crate::workspace::Manifest, params: &Params) -> Option<String> {
-    let dest = PathBuf::from(params.str("path").ok()?);
-    let folder = matches!(Format::of(params).ok()?, Format::Images | Format::Uno);
-    for f in manifest.row_files() {
-        let batches = crate::workspace::read_file(node_dir, f, None).ok()?;
-        for b in &batches {
-            let files = Columns { batch: b }.text("file").ok()?;
-            for name in files.iter().flatten() {
-                let path = if folder { dest.join(name) } else { dest.clone() };
-                if !path.exists() {
-                    return Some(path.display().to_string());
-                }
-            }
-        }
-    }
-    None
 }
 
 #[cfg(test)]

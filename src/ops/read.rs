@@ -3,77 +3,258 @@
 //! - `images`: a folder, recursively; PNG, JPEG and WebP files give rows of `path` (relative to
 //!   the folder, `/`-separated), `image` (PNG bytes, EXIF orientation applied), `width`,
 //!   `height`. An unreadable file becomes a row of the node's error table.
-//! - `parquet`, `csv` (with a header row), `jsonl`: a file, or a folder of such files.
+//! - `csv` (with a header row), `jsonl`: a file, or a folder of such files, decoded record by
+//!   record: a bad record is a row error naming its file and line.
+//! - `parquet`, and a `jsonl` file holding one JSON array (UNO's and DreamBench's lists): read
+//!   whole.
 //!
 //! The node's fingerprint holds a digest of the files' names and contents, not the path: moving
-//! the data keeps the cache, editing a file recomputes.
+//! the data keeps the cache, editing a file recomputes. The folder is listed and hashed once per
+//! process; image rows reuse those digests for their ids.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use datafusion::arrow::array::{ArrayRef, BinaryBuilder, StringBuilder, UInt32Builder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::{CsvReadOptions, DataFrame, JsonReadOptions, ParquetReadOptions, SessionContext};
-use unoflow_operators::columns::{HEIGHT, ROW_ID, WIDTH, row_id_field};
-use unoflow_operators::params::PathKind;
-use unoflow_operators::rowid::RowIdHasher;
-use unoflow_operators::{OpSpec, ParamSpec, ParamType, ParamValue, Params, PartitionOutput, Resource, RowError, RowMapping, image_io};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use futures::StreamExt;
+use unoflow_api::columns::{HEIGHT, WIDTH, row_id_field};
+use unoflow_api::params::{ParamType, PathKind};
+use unoflow_api::rowid::RowIdHasher;
+use unoflow_api::{ExecContext, OpSpec, Params, PartitionOutput, Resource, RowError, RowMapping};
+use unoflow_operators::image_io;
 
-use super::SchemaError;
-use super::lines::TextFormat;
+use super::lines::{self, TextFormat};
+use super::{Derived, Op, OpKind, OpenContext, SchemaError, Unit, UnitOutput, UnitPlan, UnitRunner, Work};
+use crate::data::NodeData;
 use crate::error::{Error, IoContext, Result};
+use crate::query::{self, IdPolicy, with_row_id};
 
-const FORMATS: &[&str] = &["parquet", "csv", "jsonl", "images"];
-const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp"];
-
-pub static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
-    name: "read",
-    version: 1,
-    summary: "read files (Parquet, CSV, JSON lines, or a folder of images) into a table",
-    doc: "`jsonl` also reads a file holding one JSON array of objects (UNO's and DreamBench's lists). `images` reads a folder recursively (PNG, JPEG, WebP) into `path`, `image` (PNG bytes), \
-          `width`, `height`; unreadable files go to the error table. `parquet`, `csv` (with a header) \
-          and `jsonl` read one file or a folder of them. Rows get a `row_id` from their content \
-          unless the data has one.",
-    params: vec![
-        ParamSpec::required("path", ParamType::Path(PathKind::Input), "file or folder to read, relative to the DAG file")
-            .not_fingerprinted(),
-        ParamSpec::optional("format", ParamType::Choice(FORMATS), ParamValue::Str("parquet".into()), "what the files are"),
-    ],
-    inputs: (0, 0),
-    resource: Resource::Cpu,
-    mapping: RowMapping::Derive,
-    partition_rows: 16,
-});
-
-/// The format of a `read` node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Parquet,
-    Csv,
-    Jsonl,
-    Images,
+unoflow_api::choice! {
+    /// What a `read` node's files are.
+    pub enum ReadFormat {
+        Parquet = "parquet",
+        Csv = "csv",
+        Jsonl = "jsonl",
+        Images = "images",
+    }
 }
 
-impl Format {
-    pub fn of(params: &Params) -> Result<Self> {
-        Ok(match params.str("format")? {
-            "parquet" => Self::Parquet,
-            "csv" => Self::Csv,
-            "jsonl" => Self::Jsonl,
-            "images" => Self::Images,
-            other => return Err(Error::Internal(format!("unchecked read format {other}"))),
-        })
-    }
-
+impl ReadFormat {
     fn extensions(self) -> &'static [&'static str] {
         match self {
             Self::Parquet => &["parquet"],
             Self::Csv => &["csv"],
             Self::Jsonl => &["jsonl", "json", "ndjson"],
-            Self::Images => IMAGE_EXTENSIONS,
+            Self::Images => &["png", "jpg", "jpeg", "webp"],
         }
     }
+}
+
+unoflow_api::params! {
+    /// `read`'s parameters.
+    pub struct ReadParams {
+        /// file or folder to read, relative to the DAG file
+        pub path: PathBuf = required(ParamType::Path(PathKind::Input)).not_fingerprinted(),
+        /// what the files are
+        pub format: ReadFormat = choice(ReadFormat::Parquet),
+    }
+}
+
+/// Image files per unit.
+const IMAGES_PER_UNIT: usize = 16;
+
+static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
+    name: "read",
+    version: 1,
+    summary: "read files (Parquet, CSV, JSON lines, or a folder of images) into a table",
+    doc: "`jsonl` also reads a file holding one JSON array of objects (UNO's and DreamBench's lists). `images` reads a folder \
+          recursively (PNG, JPEG, WebP) into `path`, `image` (PNG bytes), `width`, `height`; unreadable files go to the error \
+          table. `parquet`, `csv` (with a header) and `jsonl` read one file or a folder of them; a CSV or JSON-lines record that \
+          cannot be read goes to the error table with its file and line. Rows get a `row_id` from their content unless the data \
+          has one.",
+    params: ReadParams::specs(),
+    inputs: (0, 0),
+    resource: Resource::Cpu,
+    mapping: RowMapping::Derive,
+    partition_rows: IMAGES_PER_UNIT,
+});
+
+/// The `read` kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Read;
+
+impl OpKind for Read {
+    fn spec(&self) -> &OpSpec {
+        &SPEC
+    }
+
+    fn bind(&self, params: &Params) -> std::result::Result<Arc<dyn Op>, SchemaError> {
+        let p = ReadParams::parse(params).map_err(|e| SchemaError::from_op(&SPEC, e))?;
+        Ok(Arc::new(ReadNode { p, sources: OnceLock::new() }))
+    }
+}
+
+/// One file to read: its path, its path relative to the `read` root, and its content digest.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub relative: String,
+    pub digest: blake3::Hash,
+}
+
+#[derive(Debug)]
+struct ReadNode {
+    p: ReadParams,
+    /// The files, listed and hashed once (the fingerprint and the units both need them).
+    sources: OnceLock<std::result::Result<Arc<Vec<Source>>, String>>,
+}
+
+impl ReadNode {
+    fn sources(&self) -> Result<Arc<Vec<Source>>> {
+        self.sources
+            .get_or_init(|| list_sources(&self.p.path, self.p.format).map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(Error::Execution)
+    }
+
+    /// The line-by-line format, if the files are CSV or JSON lines (not a JSON array file).
+    fn text_format(&self) -> Option<TextFormat> {
+        match self.p.format {
+            ReadFormat::Csv => Some(TextFormat::Csv),
+            ReadFormat::Jsonl if !(self.p.path.is_file() && starts_with_array(&self.p.path)) => Some(TextFormat::JsonLines),
+            _ => None,
+        }
+    }
+
+    /// The columns of a CSV or JSON-lines source (its own, `row_id` only if it has one).
+    fn text_schema(&self, text: TextFormat) -> Result<Schema> {
+        let files = files_under(&self.p.path, &|name| has_extension(name, self.p.format.extensions()))?;
+        if files.is_empty() {
+            return Err(Error::Execution(format!("{}: no {} files", self.p.path.display(), self.p.format.extensions()[0])));
+        }
+        let paths: Vec<&Path> = files.iter().map(|(p, _)| p.as_path()).collect();
+        lines::infer_schema(&paths, text)
+    }
+}
+
+#[async_trait::async_trait]
+impl Op for ReadNode {
+    fn spec(&self) -> &OpSpec {
+        &SPEC
+    }
+
+    async fn derive(&self, _inputs: &[(String, SchemaRef)]) -> std::result::Result<Derived, SchemaError> {
+        let fail =
+            |e: &dyn std::fmt::Display| SchemaError::at("path", format!("cannot read {} as {}: {e}", self.p.path.display(), self.p.format));
+        let schema = match (self.p.format, self.text_format()) {
+            (ReadFormat::Images, _) => return Ok(Derived::table(image_schema())),
+            (_, Some(text)) => self.text_schema(text).map_err(|e| fail(&e))?,
+            (format, None) => tabular(&query::session(), &self.p.path, format).await.map_err(|e| fail(&e))?.schema().as_arrow().clone(),
+        };
+        Ok(Derived::table(with_row_id(&schema).map_err(|m| SchemaError::at("path", m))?))
+    }
+
+    async fn check_data(&self) -> std::result::Result<(), SchemaError> {
+        let Some(text) = self.text_format() else { return Ok(()) };
+        let schema = Arc::new(self.text_schema(text).map_err(|e| SchemaError::at("path", e.to_string()))?);
+        let sources = self.sources().map_err(|e| SchemaError::at("path", e.to_string()))?;
+        let errors = decode_text(&sources, text, &schema, &mut |_| Ok(())).map_err(|e| SchemaError::at("path", e.to_string()))?;
+        if errors.is_empty() {
+            return Ok(());
+        }
+        const SHOWN: usize = 5;
+        let plural = if errors.len() == 1 { "" } else { "s" };
+        let mut message = format!("{} record{plural} cannot be read as the columns inferred from the first records:", errors.len());
+        for e in errors.iter().take(SHOWN) {
+            message.push_str(&format!("\n    {}", e.message));
+        }
+        if errors.len() > SHOWN {
+            message.push_str(&format!("\n    … and {} more", errors.len() - SHOWN));
+        }
+        Err(SchemaError::at("path", message)
+            .with_help("fix the records, or let `run` keep going without them: bad records become rows of `errors.NODE`"))
+    }
+
+    fn source_digest(&self) -> Result<Option<String>> {
+        let mut hasher = blake3::Hasher::new();
+        for source in self.sources()?.iter() {
+            hasher.update(source.relative.as_bytes()).update(&[0]).update(source.digest.as_bytes());
+        }
+        Ok(Some(hasher.finalize().to_hex()[..32].to_string()))
+    }
+
+    fn units(&self, _inputs: &[NodeData]) -> Result<UnitPlan> {
+        if self.p.format != ReadFormat::Images {
+            return Ok(UnitPlan::Listed(vec![Unit { index: 0, key: "whole".into(), rows: 0, work: Work::Whole }]));
+        }
+        let sources = self.sources()?;
+        let units = sources
+            .chunks(IMAGES_PER_UNIT)
+            .enumerate()
+            .map(|(index, chunk)| Unit {
+                index,
+                key: format!("files:{}..{}:{}", chunk[0].relative, chunk[chunk.len() - 1].relative, chunk.len()),
+                rows: chunk.len() as u64,
+                work: Work::Files(chunk.to_vec()),
+            })
+            .collect();
+        Ok(UnitPlan::Listed(units))
+    }
+
+    async fn open(&self, _ctx: OpenContext) -> Result<Arc<dyn UnitRunner>> {
+        let text = match self.text_format() {
+            Some(text) => Some((text, Arc::new(self.text_schema(text)?), self.sources()?)),
+            None => None,
+        };
+        Ok(Arc::new(ReadRunner { path: self.p.path.clone(), format: self.p.format, text }))
+    }
+}
+
+struct ReadRunner {
+    path: PathBuf,
+    format: ReadFormat,
+    /// For CSV and JSON lines: the format, the files' columns and the files.
+    text: Option<(TextFormat, SchemaRef, Arc<Vec<Source>>)>,
+}
+
+#[async_trait::async_trait]
+impl UnitRunner for ReadRunner {
+    async fn run(&self, unit: Unit, _exec: ExecContext) -> Result<UnitOutput> {
+        match (unit.work, &self.text) {
+            (Work::Files(files), _) => {
+                let output = tokio::task::spawn_blocking(move || read_images(&files))
+                    .await
+                    .map_err(|e| Error::Internal(format!("reading images panicked: {e}")))??;
+                Ok(UnitOutput::ready(output))
+            }
+            (Work::Whole, Some((text, schema, sources))) => {
+                // Decoded on the blocking pool, batches handed over a small queue.
+                let (text, schema, sources) = (*text, Arc::clone(schema), Arc::clone(sources));
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(4);
+                let decoding = tokio::task::spawn_blocking(move || {
+                    decode_text(&sources, text, &schema, &mut |batch| {
+                        tx.blocking_send(Ok(batch)).map_err(|_| Error::Internal("the part writer stopped".into()))
+                    })
+                });
+                let errors = async move { decoding.await.map_err(|e| Error::Internal(format!("decoding panicked: {e}")))? };
+                Ok(UnitOutput { rows: Box::pin(receiver_stream(rx)), errors: Box::pin(errors), ids: IdPolicy::Assign })
+            }
+            (Work::Whole, None) => {
+                let df = tabular(&query::session(), &self.path, self.format).await?;
+                let rows = query::ordered_stream(df).await?.map(|b| b.map_err(Error::from));
+                Ok(UnitOutput { rows: Box::pin(rows), errors: Box::pin(async { Ok(Vec::new()) }), ids: IdPolicy::Assign })
+            }
+            (work, _) => Err(Error::Internal(format!("`read` cannot run {work:?}"))),
+        }
+    }
+}
+
+/// The items received on `rx`, as a stream.
+pub fn receiver_stream<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
 /// The schema of an `images` read.
@@ -87,37 +268,35 @@ pub fn image_schema() -> SchemaRef {
     ]))
 }
 
-/// One file to read: its absolute path and its path relative to the `read` root.
-#[derive(Debug, Clone)]
-pub struct SourceFile {
-    pub path: PathBuf,
-    pub relative: String,
+/// The files a `read` node reads, sorted by relative path so units are deterministic, with
+/// their content digests (hashed on all cores).
+fn list_sources(root: &Path, format: ReadFormat) -> Result<Vec<Source>> {
+    let files = files_under(root, &|name| has_extension(name, format.extensions()))?;
+    files
+        .into_iter()
+        .map(|(path, relative)| {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_mmap_rayon(&path).at(&path)?;
+            Ok(Source { path, relative, digest: hasher.finalize() })
+        })
+        .collect()
 }
 
-/// The files a `read` node reads, sorted by relative path so partitions are deterministic.
-pub fn source_files(root: &Path, format: Format) -> Result<Vec<SourceFile>> {
-    let meta = std::fs::metadata(root).at(root)?;
-    if meta.is_file() {
-        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        return Ok(vec![SourceFile { path: root.to_path_buf(), relative: name }]);
-    }
-    files_under(root, &|name| has_extension(name, format.extensions()))
-}
-
-/// The files under `root` whose names `keep` accepts (hidden files and folders skipped), sorted
-/// by relative path; `root` itself when it is a file.
-pub fn files_under(root: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Vec<SourceFile>> {
+/// The files under `root` whose names `keep` accepts (hidden files and folders skipped), as
+/// (path, path relative to `root` with `/` separators), sorted by relative path; `root` itself
+/// when it is a file.
+pub fn files_under(root: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Vec<(PathBuf, String)>> {
     if std::fs::metadata(root).at(root)?.is_file() {
         let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        return Ok(vec![SourceFile { path: root.to_path_buf(), relative: name }]);
+        return Ok(vec![(root.to_path_buf(), name)]);
     }
     let mut out = Vec::new();
     walk(root, root, keep, &mut out)?;
-    out.sort_by(|a, b| a.relative.cmp(&b.relative));
+    out.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(out)
 }
 
-fn walk(root: &Path, dir: &Path, keep: &dyn Fn(&str) -> bool, out: &mut Vec<SourceFile>) -> Result<()> {
+fn walk(root: &Path, dir: &Path, keep: &dyn Fn(&str) -> bool, out: &mut Vec<(PathBuf, String)>) -> Result<()> {
     for entry in std::fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;
         let path = entry.path();
@@ -136,7 +315,7 @@ fn walk(root: &Path, dir: &Path, keep: &dyn Fn(&str) -> bool, out: &mut Vec<Sour
                 .map(|c| c.as_os_str().to_string_lossy())
                 .collect::<Vec<_>>()
                 .join("/");
-            out.push(SourceFile { path, relative });
+            out.push((path, relative));
         }
     }
     Ok(())
@@ -146,81 +325,6 @@ fn has_extension(name: &str, extensions: &[&str]) -> bool {
     name.rsplit_once('.').is_some_and(|(_, ext)| extensions.iter().any(|e| e.eq_ignore_ascii_case(ext)))
 }
 
-/// Digest of the names and contents of the files read; part of the node's fingerprint.
-pub fn source_digest(root: &Path, format: Format) -> Result<String> {
-    let files = source_files(root, format)?;
-    let mut hasher = blake3::Hasher::new();
-    for file in &files {
-        let mut file_hasher = blake3::Hasher::new();
-        file_hasher.update_mmap_rayon(&file.path).at(&file.path)?;
-        hasher.update(file.relative.as_bytes()).update(&[0]).update(file_hasher.finalize().as_bytes());
-    }
-    Ok(hasher.finalize().to_hex()[..32].to_string())
-}
-
-/// The output schema; tabular files are inspected without reading their rows.
-pub async fn output_schema(params: &Params, _dag_dir: &Path) -> Result<SchemaRef, SchemaError> {
-    let format = Format::of(params).map_err(|e| SchemaError::at("format", e.to_string()))?;
-    if format == Format::Images {
-        return Ok(image_schema());
-    }
-    let path = Path::new(params.str("path").map_err(|e| SchemaError::at("path", e.to_string()))?);
-    if let Some(text) = text_format(format, path) {
-        let schema = text_schema(path, format, text).map_err(|e| SchemaError::at("path", e.to_string()))?;
-        return with_row_id(schema).map_err(|m| SchemaError::at("path", m));
-    }
-    let ctx = crate::query::session();
-    let df = tabular(&ctx, path, format)
-        .await
-        .map_err(|e| SchemaError::at("path", format!("cannot read {} as {}: {e}", path.display(), params.str("format").unwrap_or("?"))))?;
-    let schema: Schema = df.schema().as_arrow().clone();
-    with_row_id(schema).map_err(|m| SchemaError::at("path", m))
-}
-
-/// Decodes every record of a CSV or JSON-lines source (for `unoflow validate`); the error
-/// lists the first bad lines with their files.
-pub async fn check_every_record(params: &Params, _schema: &SchemaRef) -> Result<(), SchemaError> {
-    let format = Format::of(params).map_err(|e| SchemaError::at("format", e.to_string()))?;
-    let path = Path::new(params.str("path").map_err(|e| SchemaError::at("path", e.to_string()))?);
-    let Some(text) = text_format(format, path) else { return Ok(()) };
-    let schema = Arc::new(text_schema(path, format, text).map_err(|e| SchemaError::at("path", e.to_string()))?);
-    let files = source_files(path, format).map_err(|e| SchemaError::at("path", e.to_string()))?;
-    let errors = decode_text(&files, text, &schema, &mut |_| Ok(())).map_err(|e| SchemaError::at("path", e.to_string()))?;
-    if errors.is_empty() {
-        return Ok(());
-    }
-    const SHOWN: usize = 5;
-    let mut message = format!(
-        "{} record{} cannot be read as the columns inferred from the first records:",
-        errors.len(),
-        if errors.len() == 1 { "" } else { "s" }
-    );
-    for e in errors.iter().take(SHOWN) {
-        message.push_str(&format!("\n    {}", e.message));
-    }
-    if errors.len() > SHOWN {
-        message.push_str(&format!("\n    … and {} more", errors.len() - SHOWN));
-    }
-    Err(SchemaError::at("path", message)
-        .with_help("fix the records, or let `run` keep going without them: bad records become rows of `errors.NODE`"))
-}
-
-/// Puts `row_id` first, adding it when the data has none.
-pub fn with_row_id(schema: Schema) -> Result<SchemaRef, String> {
-    match schema.field_with_name(ROW_ID) {
-        Ok(f) if f.data_type() != &DataType::Utf8 => {
-            Err(format!("the data has a `{ROW_ID}` column of type {}; unoflow's row ids are Utf8: rename or cast it", f.data_type()))
-        }
-        Ok(_) => Ok(Arc::new(schema)),
-        Err(_) => {
-            let mut fields = vec![Arc::new(row_id_field())];
-            fields.extend(schema.fields().iter().cloned());
-            Ok(Arc::new(Schema::new(fields)))
-        }
-    }
-}
-
-/// A DataFrame over tabular source files.
 /// Whether a file's first non-blank byte opens a JSON array (`[{…}, …]`, as UNO's and
 /// DreamBench's lists are written) rather than JSON lines.
 fn starts_with_array(path: &Path) -> bool {
@@ -243,78 +347,55 @@ fn json_array(ctx: &SessionContext, path: &Path) -> datafusion::error::Result<Da
     ctx.read_batch(batch)
 }
 
-pub async fn tabular(ctx: &SessionContext, path: &Path, format: Format) -> datafusion::error::Result<DataFrame> {
-    let location = path.to_string_lossy();
-    // A single file is read whatever its extension; a folder keeps the files with the format's.
-    let ext = if path.is_file() {
-        path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default()
-    } else {
-        format!(".{}", format.extensions()[0])
-    };
+/// A DataFrame over the files read whole: Parquet, or a JSON array file.
+async fn tabular(ctx: &SessionContext, path: &Path, format: ReadFormat) -> datafusion::error::Result<DataFrame> {
     match format {
-        Format::Parquet => ctx.read_parquet(location.as_ref(), ParquetReadOptions::default().file_extension(&ext)).await,
-        Format::Csv => ctx.read_csv(location.as_ref(), CsvReadOptions::new().has_header(true).file_extension(&ext)).await,
-        Format::Jsonl if path.is_file() && starts_with_array(path) => json_array(ctx, path),
-        Format::Jsonl => ctx.read_json(location.as_ref(), JsonReadOptions::default().file_extension(&ext)).await,
-        Format::Images => Err(datafusion::error::DataFusionError::Internal("images are not tabular".into())),
+        ReadFormat::Parquet => {
+            // A single file is read whatever its extension; a folder keeps the `.parquet` files.
+            let ext = if path.is_file() {
+                path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default()
+            } else {
+                ".parquet".to_string()
+            };
+            ctx.read_parquet(path.to_string_lossy().as_ref(), ParquetReadOptions::default().file_extension(&ext)).await
+        }
+        ReadFormat::Jsonl => json_array(ctx, path),
+        other => Err(datafusion::error::DataFusionError::Internal(format!("{other} files are decoded line by line"))),
     }
-}
-
-/// The line-by-line format of a `read` node, if it has one: CSV and JSON lines are decoded
-/// record by record so a bad record becomes a row error with its line; Parquet and a JSON
-/// array file are read whole.
-pub fn text_format(format: Format, path: &Path) -> Option<TextFormat> {
-    match format {
-        Format::Csv => Some(TextFormat::Csv),
-        Format::Jsonl if !(path.is_file() && starts_with_array(path)) => Some(TextFormat::JsonLines),
-        _ => None,
-    }
-}
-
-/// The columns of a CSV or JSON-lines source (its own, without `row_id` unless it has one).
-pub fn text_schema(path: &Path, format: Format, text: TextFormat) -> Result<Schema> {
-    let files = source_files(path, format)?;
-    let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
-    if paths.is_empty() {
-        return Err(Error::Execution(format!("{}: no {} files", path.display(), format.extensions()[0])));
-    }
-    super::lines::infer_schema(&paths, text)
 }
 
 /// Decodes every file of a CSV or JSON-lines `read` in order into batches of `schema` (the
 /// files' own columns), handing each to `emit`; bad records come back as row errors naming
 /// their file and line.
-pub fn decode_text(
-    files: &[SourceFile],
+fn decode_text(
+    sources: &[Source],
     format: TextFormat,
     schema: &SchemaRef,
     emit: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<Vec<RowError>> {
     let mut errors = Vec::new();
-    for file in files {
-        for bad in super::lines::decode(&file.path, format, schema, emit)? {
+    for source in sources {
+        for bad in lines::decode(&source.path, format, schema, emit)? {
             errors.push(RowError {
-                row_id: RowIdHasher::new("read.line").field(file.relative.as_bytes()).field(&bad.line.to_le_bytes()).finish(),
-                message: format!("{}:{}: {}", file.relative, bad.line, bad.message),
+                row_id: RowIdHasher::new("read.line").field(source.relative.as_bytes()).field(&bad.line.to_le_bytes()).finish(),
+                message: format!("{}:{}: {}", source.relative, bad.line, bad.message),
             });
         }
     }
     Ok(errors)
 }
 
-/// Reads one partition of image files.
-pub fn read_images(files: &[SourceFile]) -> Result<PartitionOutput> {
+/// Reads one unit of image files.
+fn read_images(files: &[Source]) -> Result<PartitionOutput> {
     let (mut ids, mut paths, mut images) = (StringBuilder::new(), StringBuilder::new(), BinaryBuilder::new());
     let (mut widths, mut heights) = (UInt32Builder::new(), UInt32Builder::new());
     let mut errors = Vec::new();
     for file in files {
-        let loaded = std::fs::read(&file.path)
-            .map_err(|e| format!("cannot read {}: {e}", file.path.display()))
-            .and_then(|bytes| to_png(&bytes).map(|png| (bytes, png)));
+        let loaded =
+            std::fs::read(&file.path).map_err(|e| format!("cannot read {}: {e}", file.path.display())).and_then(|bytes| to_png(&bytes));
         match loaded {
-            Ok((bytes, (png, w, h))) => {
-                let id = RowIdHasher::new("read.images").field(file.relative.as_bytes()).field(blake3::hash(&bytes).as_bytes()).finish();
-                ids.append_value(id);
+            Ok((png, w, h)) => {
+                ids.append_value(RowIdHasher::new("read.images").field(file.relative.as_bytes()).field(file.digest.as_bytes()).finish());
                 paths.append_value(&file.relative);
                 images.append_value(&png);
                 widths.append_value(w);
@@ -338,7 +419,7 @@ pub fn read_images(files: &[SourceFile]) -> Result<PartitionOutput> {
 
 /// Decodes any supported image and re-encodes it as PNG; PNG input without EXIF rotation is kept
 /// byte for byte.
-fn to_png(bytes: &[u8]) -> Result<(Vec<u8>, u32, u32), String> {
+fn to_png(bytes: &[u8]) -> std::result::Result<(Vec<u8>, u32, u32), String> {
     let decoded = image_io::decode_detailed(bytes)?;
     let (w, h) = (decoded.image.width(), decoded.image.height());
     if decoded.format == image::ImageFormat::Png && !decoded.reoriented {

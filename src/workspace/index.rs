@@ -1,5 +1,6 @@
-//! `index.json`: for each node name, the fingerprint it last had and what that was made of, so
-//! `plan` can say why a node is stale.
+//! `index.json`: for each node name, the fingerprint it last had, what that was made of and
+//! whether it is stored or a view, so `plan` can say why a node is stale and a workspace can be
+//! queried without its DAG.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,12 +9,26 @@ use serde::{Deserialize, Serialize};
 
 use super::write_atomic;
 use crate::error::{Error, Result};
-use crate::fingerprint::Components;
 
+/// Where a node's output lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// Committed part files.
+    #[default]
+    Table,
+    /// A query over its inputs, computed when read.
+    View,
+}
+
+/// A node's last fingerprint. `components` is what the fingerprint was made of, as the engine's
+/// fingerprint module writes it (opaque here).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct IndexEntry {
     pub fingerprint: String,
-    pub components: Components,
+    #[serde(default)]
+    pub storage: Storage,
+    pub components: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -23,7 +38,7 @@ pub struct Index {
 
 impl Index {
     /// Reads the index; a missing one is empty, a damaged one an error naming it.
-    pub fn load(workspace: &Path) -> Result<Self> {
+    pub(super) fn load(workspace: &Path) -> Result<Self> {
         let path = workspace.join("index.json");
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Workspace {
@@ -35,7 +50,7 @@ impl Index {
         }
     }
 
-    pub fn save(&self, workspace: &Path) -> Result<()> {
+    pub(super) fn save(&self, workspace: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Internal(e.to_string()))?;
         write_atomic(&workspace.join("index.json"), &bytes)
     }

@@ -16,7 +16,7 @@ pub struct RunLock {
 impl RunLock {
     /// Whether a run holds the lock of `workspace` now. Reads only: the lock file is opened
     /// read-only and a shared lock tried and released.
-    pub fn is_held(workspace: &Path) -> bool {
+    pub(super) fn is_held(workspace: &Path) -> bool {
         let Ok(file) = File::open(workspace.join("lock")) else { return false };
         match file.try_lock_shared() {
             Ok(()) => {
@@ -30,7 +30,7 @@ impl RunLock {
 
     /// Takes the lock. With `wait`, blocks until the other run finishes; otherwise fails at
     /// once, naming the process that holds it.
-    pub fn acquire(workspace: &Path, wait: bool) -> Result<Self> {
+    pub(super) fn acquire(workspace: &Path, wait: bool) -> Result<Self> {
         let path = workspace.join("lock");
         let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).at(&path)?;
         match file.try_lock() {

@@ -1,35 +1,39 @@
-//! The workspace: where node outputs, run records and locks live.
+//! The workspace: where node outputs, run records and locks live. This module owns the layout:
+//! no other module builds a path into a workspace.
 //!
 //! ```text
 //! WORKSPACE/
-//!   unoflow-workspace.json       marks the folder as a workspace (a run refuses other folders)
-//!   lock                         held (flock) by the one `unoflow run` at work here
-//!   index.json                   node name → its last fingerprint and what made it
-//!   nodes/FP/node.json           what the fingerprint FP is made of
-//!   nodes/FP/parts/uNNNNNN.parquet           rows of unit NNNNNN
-//!   nodes/FP/parts/uNNNNNN.errors.parquet    failed rows of unit NNNNNN (if any)
-//!   nodes/FP/commits/uNNNNNN.json            the unit's commit record (sizes, blake3, rows)
-//!   nodes/FP/manifest.json       written last: the node is complete
-//!   runs/RUN_ID.json             one record per `unoflow run`
-//!   tmp/                         files being written; emptied when a run starts
+//!   unoflow-workspace.json   marks the folder as a workspace (a run refuses other folders)
+//!   lock                     held (flock) by the one `unoflow run` at work here
+//!   index.json               node name → its last fingerprint, what made it, table or view
+//!   nodes/FP/…               the output of fingerprint FP (see `NodeStore`)
+//!   tables/NAME              the current output of node NAME for other engines (see `tables`)
+//!   runs/RUN_ID.json         one record per `unoflow run`
+//!   artifacts/FP/            files operators keep for node FP (training checkpoints)
+//!   cache/                   caches operators keep across runs (VLM answers)
 //! ```
 //!
 //! Outputs are addressed by fingerprint, never by node name, so renaming a node keeps its
-//! output. A unit is committed by writing its files under `tmp/`, fsyncing, renaming them into
-//! `parts/`, and only then writing its commit record the same way: a run killed at any moment
-//! leaves whole commits or none, and a rerun redoes exactly the units without a valid record.
+//! output. Each unit is committed by its own record once its files are durable: a run killed
+//! at any moment leaves whole commits or none, and a rerun redoes exactly the units without a
+//! valid record.
 
 mod index;
 mod lock;
-mod parts;
+mod node;
+mod part_writer;
+mod records;
 mod runs;
+mod tables;
 
 use std::path::{Path, PathBuf};
 
-pub use index::{Index, IndexEntry};
+pub use index::{Index, IndexEntry, Storage};
 pub use lock::RunLock;
-pub use parts::{Commit, FileDigest, Manifest, PartWriter, error_schema, read_commits, read_file, verify_file, write_commit};
-pub use runs::list as list_runs;
+pub(crate) use node::hostname;
+pub use node::{Attempt, Committed, NodeStore};
+pub use part_writer::PartWriter;
+pub use records::{Commit, FileDigest, Manifest, error_schema};
 pub use runs::{NodeRecord, RunList, RunRecord};
 
 use crate::error::{Error, IoContext, Result};
@@ -41,8 +45,8 @@ pub struct Workspace {
 }
 
 /// The file that marks a folder as a unoflow workspace. A run refuses a folder that holds
-/// files but not this one: the workspace's own files (`tmp/` is emptied at every run) must never
-/// be mistaken for a user's.
+/// files but not this one: unoflow deletes files in its workspace (losing attempts, replaced
+/// outputs), which must never be a user's.
 pub const MARKER: &str = "unoflow-workspace.json";
 
 impl Workspace {
@@ -76,7 +80,7 @@ impl Workspace {
             }
             Err(e) => return Err(Error::io(root, e)),
         }
-        for dir in ["nodes", "runs", "tmp"] {
+        for dir in ["nodes", "runs"] {
             std::fs::create_dir_all(root.join(dir)).at(root.join(dir))?;
         }
         Ok(Self { root: root.to_path_buf() })
@@ -104,23 +108,55 @@ impl Workspace {
         Err(Error::Usage(format!("{} is not a unoflow workspace (it has no {MARKER})", root.display())))
     }
 
+    /// The folder, for messages.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// The folder of the node output with fingerprint `fp`.
-    pub fn node_dir(&self, fp: &str) -> PathBuf {
-        self.root.join("nodes").join(fp)
+    /// The output stored under fingerprint `fp`.
+    pub fn node(&self, fp: &str) -> NodeStore {
+        NodeStore::new(self.root.join("nodes").join(fp), fp)
     }
 
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+    /// Takes the run lock: one `unoflow run` works in a workspace at a time.
+    pub fn lock(&self, wait: bool) -> Result<RunLock> {
+        RunLock::acquire(&self.root, wait)
     }
 
-    /// Files operators make that outlive a run (training checkpoints), one folder per node
-    /// fingerprint.
-    pub fn artifacts_dir(&self) -> PathBuf {
-        self.root.join("artifacts")
+    /// Whether a run holds the workspace now. Reads only.
+    pub fn run_is_live(&self) -> bool {
+        RunLock::is_held(&self.root)
+    }
+
+    /// The index: each node name's last fingerprint. A missing index is empty; a damaged one is
+    /// an error naming the file.
+    pub fn index(&self) -> Result<Index> {
+        Index::load(&self.root)
+    }
+
+    pub fn save_index(&self, index: &Index) -> Result<()> {
+        index.save(&self.root)
+    }
+
+    /// Saves (or updates) a run record.
+    pub fn save_run(&self, record: &RunRecord) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?;
+        write_atomic(&self.root.join("runs").join(format!("{}.json", record.id)), &bytes)
+    }
+
+    /// Every run record, oldest first, and the files that are not readable records.
+    pub fn runs(&self) -> Result<RunList> {
+        let dir = self.root.join("runs");
+        match runs::list(&dir) {
+            Ok(list) => Ok(list),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RunList::default()),
+            Err(e) => Err(Error::io(dir, e)),
+        }
+    }
+
+    /// The folder where node `fp`'s operator keeps files that outlive a run (checkpoints).
+    pub fn artifacts_dir(&self, fp: &str) -> PathBuf {
+        self.root.join("artifacts").join(fp)
     }
 
     /// Caches operators keep across runs (the VLM response cache), keyed by content.
@@ -128,28 +164,9 @@ impl Workspace {
         self.root.join("cache")
     }
 
-    pub fn runs_dir(&self) -> PathBuf {
-        self.root.join("runs")
-    }
-
-    /// The complete output of `fp`, if there is one. A manifest that cannot be parsed is
-    /// treated as absent (and recomputed), with the reason returned for the user.
-    pub fn manifest(&self, fp: &str) -> std::result::Result<Option<Manifest>, String> {
-        let path = self.node_dir(fp).join("manifest.json");
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("{}: unreadable manifest ({e})", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
-    }
-
-    /// Removes everything in `tmp/` (left by a killed run). Only a run holding the lock calls it.
-    pub fn clear_tmp(&self) -> Result<()> {
-        let tmp = self.tmp_dir();
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).at(&tmp)?;
-        }
-        std::fs::create_dir_all(&tmp).at(&tmp)
+    /// Makes node `name`'s output readable by other engines under `tables/` (see `tables`).
+    pub fn publish_table(&self, name: &str, store: &NodeStore, manifest: &Manifest) -> Result<()> {
+        tables::publish(&self.root.join("tables"), name, store, manifest)
     }
 }
 
@@ -184,7 +201,7 @@ fn write_marker(root: &Path) -> Result<()> {
     let text = serde_json::json!({
         "unoflow_workspace": 1,
         "created_by": format!("unoflow {}", env!("CARGO_PKG_VERSION")),
-        "note": "unoflow's workspace: node outputs, run records and scratch space; unoflow deletes only its own files here",
+        "note": "unoflow's workspace: node outputs, run records, artifacts and caches; unoflow deletes only its own files here",
     });
     write_atomic(&root.join(MARKER), text.to_string().as_bytes())
 }

@@ -48,7 +48,7 @@ pub struct RunList {
 }
 
 /// Reads every record under `runs_dir`; reads only.
-pub fn list(runs_dir: &std::path::Path) -> std::io::Result<RunList> {
+pub(super) fn list(runs_dir: &std::path::Path) -> std::io::Result<RunList> {
     let mut list = RunList::default();
     for entry in std::fs::read_dir(runs_dir)? {
         let path = entry?.path();

@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use image::DynamicImage;
 use rayon::prelude::*;
-use unoflow_models::DeviceSpec;
+use unoflow_models::Device;
 use unoflow_models::clip::{Clip, ClipConfig};
 use unoflow_models::dino::{Dino, DinoConfig};
 use unoflow_models::dinov2::{Dinov2, Dinov2Config};
@@ -62,19 +62,19 @@ fn pixels<B: Backend>(images: &[DynamicImage], preprocess: &Preprocess, device: 
 macro_rules! on_device {
     ($device:expr, |$dev:ident: $b:ident| $open:expr) => {
         match $device {
-            unoflow_models::DeviceSpec::Cpu => {
+            unoflow_models::Device::Cpu => {
                 type $b = unoflow_models::device::CpuBackend;
                 let $dev = Default::default();
                 $open
             }
             #[cfg(feature = "cuda")]
-            unoflow_models::DeviceSpec::Cuda(n) => {
+            unoflow_models::Device::Cuda(n) => {
                 type $b = unoflow_models::device::CudaBackend;
                 let $dev = unoflow_models::device::cuda_device(n);
                 $open
             }
             #[cfg(not(feature = "cuda"))]
-            unoflow_models::DeviceSpec::Cuda(_) => Err($crate::embed::load_err(unoflow_models::DeviceError::CudaNotBuilt($device))),
+            unoflow_models::Device::Cuda(_) => Err($crate::embed::load_err(unoflow_models::DeviceError::CudaNotBuilt($device))),
         }
     };
 }
@@ -153,7 +153,7 @@ fn fixed_size(model: &str, trained: usize, preprocess: &Preprocess) -> Result<()
 }
 
 /// Opens a DINOv2 encoder on `device` (DINO preprocessing unless `custom`).
-pub fn open_dinov2(path: &Path, pooling: Pooling, custom: Option<Resize>, device: DeviceSpec) -> Result<Box<dyn ImageEncoder>> {
+pub fn open_dinov2(path: &Path, pooling: Pooling, custom: Option<Resize>, device: Device) -> Result<Box<dyn ImageEncoder>> {
     on_device!(device, |dev: B| {
         let encoder = Dinov2Encoder::<B>::open(path, pooling, dev)?;
         let preprocess = encoder.preprocess.with(custom);
@@ -162,7 +162,7 @@ pub fn open_dinov2(path: &Path, pooling: Pooling, custom: Option<Resize>, device
 }
 
 /// Opens a DINO v1 encoder (CLS embedding) on `device`.
-pub fn open_dino(path: &Path, custom: Option<Resize>, device: DeviceSpec) -> Result<Box<dyn ImageEncoder>> {
+pub fn open_dino(path: &Path, custom: Option<Resize>, device: Device) -> Result<Box<dyn ImageEncoder>> {
     on_device!(device, |dev: B| {
         let encoder = DinoEncoder::<B>::open(path, dev)?;
         let preprocess = encoder.preprocess.with(custom);
@@ -172,7 +172,7 @@ pub fn open_dino(path: &Path, custom: Option<Resize>, device: DeviceSpec) -> Res
 }
 
 /// Opens CLIP on `device`: an image encoder and a text encoder sharing the model.
-pub fn open_clip(path: &Path, custom: Option<Resize>, device: DeviceSpec) -> Result<(Box<dyn ImageEncoder>, Box<dyn TextEncoder>)> {
+pub fn open_clip(path: &Path, custom: Option<Resize>, device: Device) -> Result<(Box<dyn ImageEncoder>, Box<dyn TextEncoder>)> {
     on_device!(device, |dev: B| {
         let encoder = ClipEncoder::<B>::open(path, dev)?;
         let preprocess = encoder.preprocess.with(custom);

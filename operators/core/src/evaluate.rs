@@ -13,15 +13,14 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use image::DynamicImage;
-use unoflow_models::flux::PeMode;
 
 use crate::columns::ColumnRequirement;
 use crate::draws::Draws;
 use crate::embed::{ImageEncoder, Resize, TextEncoder, open_clip, open_dino};
-use crate::generate::{GenerateOptions, SubjectGenerator, open_generator, png_with_text, sampling_options, sampling_params};
+use crate::generate::{GenerateOptions, Pe, SamplingParams, SubjectGenerator, open_generator, png_with_text};
 use crate::metrics::{Sample, Scorer};
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
-use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
+use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{ParamType, Params, PathKind};
 use crate::rowid::RowIdHasher;
 use crate::rows::{RowResults, column, derived, derived_schema, row_ids, text};
 use crate::{OpError, Result, image_io};
@@ -29,6 +28,41 @@ use crate::{OpError, Result, image_io};
 /// The `evaluate` operator.
 #[derive(Debug, Clone, Copy)]
 pub struct Evaluate;
+
+crate::params! {
+    /// `evaluate`'s own parameters (the sampling ones are [`SamplingParams`]).
+    pub struct EvaluateParams {
+        /// a DreamBench-layout folder (SUBJECT/NN.jpg)
+        pub dataset: PathBuf = required(ParamType::Path(PathKind::Input)),
+        /// DINO ViT-S/16 folder (timm layout)
+        pub dino_weights: PathBuf = required(ParamType::Path(PathKind::Input)),
+        /// CLIP ViT-B/32 folder (transformers CLIPModel, with tokenizer.json)
+        pub clip_weights: PathBuf = required(ParamType::Path(PathKind::Input)),
+        /// FLUX model folder; empty: the tiny random models
+        pub model_dir: Option<PathBuf> = optional(ParamType::Path(PathKind::Input), ""),
+        /// a column with the LoRA file to evaluate
+        pub lora: Option<String> = optional(ParamType::Str, ""),
+        /// the prompt column
+        pub prompt: String = optional(ParamType::Str, "prompt"),
+        /// the reference paths column
+        pub image_paths: String = optional(ParamType::Str, "image_paths"),
+        /// images per prompt (paper: 6 for multi-subject)
+        pub images_per_prompt: usize = optional(ParamType::int(1, 1000), 1),
+        /// UnoPE mode
+        pub pe: Pe = choice(Pe::Diagonal),
+        /// DINO input side (0: 224 after 256)
+        pub dino_crop: u32 = optional(ParamType::int(0, 4096), 0),
+        /// CLIP input side (0: 224)
+        pub clip_crop: u32 = optional(ParamType::int(0, 4096), 0),
+    }
+}
+
+/// A configured `evaluate` node: its own parameters and the sampling options, checked.
+#[derive(Debug)]
+pub struct EvaluateConfig {
+    params: EvaluateParams,
+    options: GenerateOptions,
+}
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "evaluate",
@@ -44,37 +78,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           column holding the LoRA to evaluate (e.g. a training node's last checkpoint joined in \
           with `sql`). Output: one row per image with subject (the reference folders joined by \
           `+`), image_index, seed, image, dino, clip_i, clip_t.",
-    params: [
-        vec![
-            ParamSpec::required("dataset", ParamType::Path(PathKind::Input), "a DreamBench-layout folder (SUBJECT/NN.jpg)"),
-            ParamSpec::required("dino_weights", ParamType::Path(PathKind::Input), "DINO ViT-S/16 folder (timm layout)"),
-            ParamSpec::required(
-                "clip_weights",
-                ParamType::Path(PathKind::Input),
-                "CLIP ViT-B/32 folder (transformers CLIPModel, with tokenizer.json)",
-            ),
-            ParamSpec::optional(
-                "model_dir",
-                ParamType::Path(PathKind::Input),
-                ParamValue::Str(String::new()),
-                "FLUX model folder; empty: the tiny random models",
-            ),
-            ParamSpec::optional("lora", ParamType::Str, ParamValue::Str(String::new()), "a column with the LoRA file to evaluate"),
-            ParamSpec::optional("prompt", ParamType::Str, ParamValue::Str("prompt".into()), "the prompt column"),
-            ParamSpec::optional("image_paths", ParamType::Str, ParamValue::Str("image_paths".into()), "the reference paths column"),
-            ParamSpec::optional(
-                "images_per_prompt",
-                ParamType::int(1, 1000),
-                ParamValue::Int(1),
-                "images per prompt (paper: 6 for multi-subject)",
-            ),
-            ParamSpec::optional("pe", ParamType::Choice(&["d", "h", "w", "o"]), ParamValue::Str("d".into()), "UnoPE mode"),
-            ParamSpec::optional("dino_crop", ParamType::int(0, 4096), ParamValue::Int(0), "DINO input side (0: 224 after 256)"),
-            ParamSpec::optional("clip_crop", ParamType::int(0, 4096), ParamValue::Int(0), "CLIP input side (0: 224)"),
-        ],
-        sampling_params(),
-    ]
-    .concat(),
+    params: [EvaluateParams::specs(), SamplingParams::specs()].concat(),
     inputs: (1, 1),
     resource: Resource::Gpu,
     mapping: RowMapping::Derive,
@@ -98,12 +102,20 @@ impl Operator for Evaluate {
         &SPEC
     }
 
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
-        let paths = params.str("image_paths")?;
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+        let own = EvaluateParams::parse(params)?;
+        let options = SamplingParams::parse(params)?.options(own.pe.into())?;
+        Ok(Arc::new(EvaluateConfig { params: own, options }))
+    }
+}
+
+impl Configured for EvaluateConfig {
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
+        let p = &self.params;
         let mut needed = vec![
-            ColumnRequirement::text(params.str("prompt")?),
+            ColumnRequirement::text(&p.prompt),
             ColumnRequirement {
-                name: paths.into(),
+                name: p.image_paths.clone(),
                 types: vec![
                     DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
                     DataType::List(Arc::new(Field::new("item", DataType::Utf8View, true))),
@@ -111,41 +123,37 @@ impl Operator for Evaluate {
                 ],
             },
         ];
-        if !params.str("lora")?.is_empty() {
-            needed.push(ColumnRequirement::text(params.str("lora")?));
-        }
-        Ok(vec![needed])
+        needed.extend(p.lora.as_deref().map(ColumnRequirement::text));
+        vec![needed]
     }
 
-    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
-        sampling_options(params, PeMode::Diagonal)?;
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
         Ok(derived_schema(&inputs[0], &[], added_fields()))
     }
 
-    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
-        let crop = |name: &str| -> Result<Option<Resize>> {
-            let side = params.int(name)? as u32;
-            // DINO's reference resizes to 256 and crops 224; a custom crop keeps that ratio.
-            Ok((side > 0).then(|| Resize { resize: if name == "dino_crop" { side * 256 / 224 } else { side }, crop: side }))
-        };
-        let dino = open_dino(Path::new(params.str("dino_weights")?), crop("dino_crop")?, env.device)?;
-        let (clip_image, clip_text) = open_clip(Path::new(params.str("clip_weights")?), crop("clip_crop")?, env.device)?;
-        let pe = params.str("pe")?.parse::<PeMode>().map_err(|message| OpError::Param { name: "pe".into(), message })?;
-        let options = sampling_options(params, pe)?;
+    fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+        let p = &self.params;
+        // A custom side replaces the encoder's preprocessing (0: the encoder's own). DINO's
+        // reference resizes to 256 and crops 224; a custom crop keeps that ratio.
+        let custom = |crop: u32, resize: u32| (crop > 0).then_some(Resize { resize, crop });
+        let dino_crop = custom(p.dino_crop, p.dino_crop * 256 / 224);
+        let clip_crop = custom(p.clip_crop, p.clip_crop);
+        let dino = open_dino(&p.dino_weights, dino_crop, env.device)?;
+        let (clip_image, clip_text) = open_clip(&p.clip_weights, clip_crop, env.device)?;
         Ok(Arc::new(Evaluator {
-            generator: open_generator(params.str("model_dir")?, env)?,
+            generator: open_generator(p.model_dir.as_deref(), env)?,
             dino,
             clip_image,
             clip_text,
-            dataset: PathBuf::from(params.str("dataset")?),
-            options,
-            prompt: params.str("prompt")?.into(),
-            image_paths: params.str("image_paths")?.into(),
-            lora: Some(params.str("lora")?.to_string()).filter(|s| !s.is_empty()),
+            dataset: p.dataset.clone(),
+            options: self.options.clone(),
+            prompt: p.prompt.clone(),
+            image_paths: p.image_paths.clone(),
+            lora: p.lora.clone(),
             env: env.clone(),
-            images_per_prompt: params.int("images_per_prompt")? as usize,
+            images_per_prompt: p.images_per_prompt,
             seed: env.seed,
-            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+            schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
 }

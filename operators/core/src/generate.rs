@@ -29,6 +29,7 @@ use unoflow_models::tokenizer::TextTokenizer;
 use unoflow_models::vb::Vb;
 use unoflow_models::weights::Checkpoint;
 
+use crate::params::ParamType;
 use crate::{OpError, Result};
 
 /// What to generate.
@@ -133,8 +134,14 @@ impl<B: Backend> Models<B> {
         let models = Self {
             flux: Flux::load(&random, &flux_config).map_err(loaded)?,
             ae: AutoEncoder::load(&random, &ae_config).map_err(loaded)?,
-            t5: Some((T5Encoder::load(&random, &t5_config).map_err(loaded)?, TextTokenizer::t5_from_bytes(TINY_T5_TOKENIZER)?)),
-            clip: Some((ClipText::load(&random, &clip_config).map_err(loaded)?, TextTokenizer::clip_from_bytes(TINY_CLIP_TOKENIZER)?)),
+            t5: Some((
+                T5Encoder::load(&random, &t5_config).map_err(loaded)?,
+                TextTokenizer::t5_from_bytes(TINY_T5_TOKENIZER).map_err(tokenizer_err)?,
+            )),
+            clip: Some((
+                ClipText::load(&random, &clip_config).map_err(loaded)?,
+                TextTokenizer::clip_from_bytes(TINY_CLIP_TOKENIZER).map_err(tokenizer_err)?,
+            )),
             flux_config,
             digests: BTreeMap::from([("models".to_string(), "tiny-random-20250402".to_string())]),
             device: device.clone(),
@@ -180,8 +187,8 @@ impl<B: Backend> Models<B> {
             flux,
             flux_config,
             ae,
-            t5: Some((t5, TextTokenizer::t5(&layout.t5_tokenizer, 512)?)),
-            clip: Some((clip, TextTokenizer::clip(&layout.clip_tokenizer)?)),
+            t5: Some((t5, TextTokenizer::t5(&layout.t5_tokenizer, 512).map_err(tokenizer_err)?)),
+            clip: Some((clip, TextTokenizer::clip(&layout.clip_tokenizer).map_err(tokenizer_err)?)),
             digests,
             device: device.clone(),
         })
@@ -193,8 +200,8 @@ impl<B: Backend> Models<B> {
         let dropped = || err("the text encoders were dropped (Models::drop_text_encoders) before this prompt");
         let (t5, t5_tok) = self.t5.as_ref().ok_or_else(dropped)?;
         let (clip, clip_tok) = self.clip.as_ref().ok_or_else(dropped)?;
-        let txt = t5.forward(&t5_tok.encode(&[prompt])?);
-        let y = clip.forward(&clip_tok.encode(&[prompt])?).pooler_output;
+        let txt = t5.forward(&t5_tok.encode(&[prompt]).map_err(tokenizer_err)?);
+        let y = clip.forward(&clip_tok.encode(&[prompt]).map_err(tokenizer_err)?).pooler_output;
         Ok(PromptEmbedding { txt, y })
     }
 
@@ -212,10 +219,10 @@ pub struct PromptEmbedding<B: Backend> {
     pub y: Tensor<B, 2>,
 }
 
-impl From<unoflow_models::tokenizer::TokenizerError> for OpError {
-    fn from(e: unoflow_models::tokenizer::TokenizerError) -> Self {
-        OpError::Execution(e.to_string())
-    }
+/// A tokenizer failure as an execution error (`OpError` lives in `unoflow-api`, so it cannot
+/// have a `From` for a model crate's error here).
+fn tokenizer_err(e: unoflow_models::tokenizer::TokenizerError) -> OpError {
+    err(e.to_string())
 }
 
 fn load_encoder<B: Backend, C: serde::de::DeserializeOwned, M>(
@@ -453,41 +460,90 @@ pub trait SubjectGenerator: Send + Sync {
     fn generate(&self, lora: Option<&str>, opts: &GenerateOptions, seeds: &[u64]) -> Result<Vec<RgbImage>>;
 }
 
-/// The sampling parameters of the operators that generate with UNO from references
-/// (`evaluate`, `regenerate_ref`): image size, steps, guidance.
-pub fn sampling_params() -> Vec<crate::params::ParamSpec> {
-    use crate::params::{ParamSpec, ParamType, ParamValue};
-    vec![
-        ParamSpec::optional("width", ParamType::int(16, 4096), ParamValue::Int(512), "generated width (multiple of 16)"),
-        ParamSpec::optional("height", ParamType::int(16, 4096), ParamValue::Int(512), "generated height (multiple of 16)"),
-        ParamSpec::optional("steps", ParamType::int(1, 1000), ParamValue::Int(25), "sampling steps"),
-        ParamSpec::optional("guidance", ParamType::float(0.0, 100.0), ParamValue::Float(4.0), "distilled guidance (UNO: 4)"),
-    ]
+crate::choice! {
+    /// The UnoPE mode of the `pe` parameter, spelt as DAG files and `unoflow generate --pe` do.
+    pub enum Pe {
+        /// Both axes (UnoPE).
+        Diagonal = "d",
+        /// Rows only.
+        Height = "h",
+        /// Columns only.
+        Width = "w",
+        /// No offset: references overlap the target's positions.
+        None = "o",
+    }
 }
 
-/// The options [`sampling_params`] describe (no prompt, no references yet; UNO's shift rule).
-/// An error names a size that is not a multiple of 16, so validation reports it.
-pub fn sampling_options(params: &crate::params::Params, pe: PeMode) -> Result<GenerateOptions> {
-    let size = |side: &str| -> Result<usize> {
-        let value = params.int(side)?;
-        if value % 16 != 0 {
-            return Err(OpError::Param { name: side.into(), message: format!("{value} is not a multiple of 16") });
+impl From<Pe> for PeMode {
+    fn from(pe: Pe) -> Self {
+        match pe {
+            Pe::Diagonal => Self::Diagonal,
+            Pe::Height => Self::Height,
+            Pe::Width => Self::Width,
+            Pe::None => Self::None,
         }
-        Ok(value as usize)
-    };
-    Ok(GenerateOptions {
-        prompt: String::new(),
-        refs: Vec::new(),
-        width: size("width")?,
-        height: size("height")?,
-        steps: params.int("steps")? as usize,
-        guidance: params.float("guidance")? as f32,
-        seed: 0,
-        num_images: 1,
-        pe,
-        shift: ShiftRule::UnoLatentArea,
-        ref_long_side: None,
-    })
+    }
+}
+
+crate::choice! {
+    /// The schedule shift rule of the `shift` parameter.
+    pub enum Shift {
+        /// From the number of image tokens, as FLUX.
+        Flux = "flux",
+        /// From the latent area / 256, as UNO's sampler.
+        Uno = "uno",
+    }
+}
+
+impl From<Shift> for ShiftRule {
+    fn from(shift: Shift) -> Self {
+        match shift {
+            Shift::Flux => Self::ImageTokens,
+            Shift::Uno => Self::UnoLatentArea,
+        }
+    }
+}
+
+crate::params! {
+    /// The sampling parameters of the operators that generate with UNO from references
+    /// (`evaluate`, `regenerate_ref`): image size, steps, guidance. Declared once here so both
+    /// operators take them alike; their specs follow the operator's own.
+    pub struct SamplingParams {
+        /// generated width (multiple of 16)
+        pub width: usize = optional(ParamType::int(16, 4096), 512),
+        /// generated height (multiple of 16)
+        pub height: usize = optional(ParamType::int(16, 4096), 512),
+        /// sampling steps
+        pub steps: usize = optional(ParamType::int(1, 1000), 25),
+        /// distilled guidance (UNO: 4)
+        pub guidance: f32 = optional(ParamType::float(0.0, 100.0), 4.0),
+    }
+}
+
+impl SamplingParams {
+    /// The options these parameters describe (no prompt, no references yet; UNO's shift rule).
+    /// An error names a size that is not a multiple of 16, so validation reports it.
+    pub fn options(&self, pe: PeMode) -> Result<GenerateOptions> {
+        let size = |name: &str, value: usize| -> Result<usize> {
+            if !value.is_multiple_of(16) {
+                return Err(OpError::Param { name: name.into(), message: format!("{value} is not a multiple of 16") });
+            }
+            Ok(value)
+        };
+        Ok(GenerateOptions {
+            prompt: String::new(),
+            refs: Vec::new(),
+            width: size("width", self.width)?,
+            height: size("height", self.height)?,
+            steps: self.steps,
+            guidance: self.guidance,
+            seed: 0,
+            num_images: 1,
+            pe,
+            shift: ShiftRule::UnoLatentArea,
+            ref_long_side: None,
+        })
+    }
 }
 
 /// The models, the transformer without LoRA (to attach another LoRA to), and the LoRA file
@@ -526,14 +582,13 @@ where
     }
 }
 
-/// The UNO pipeline (tiny random models when `model_dir` is empty) on `env`'s device.
-pub fn open_generator(model_dir: &str, env: &crate::operator::Environment) -> Result<Box<dyn SubjectGenerator>> {
+/// The UNO pipeline (tiny random models without `model_dir`) on `env`'s device.
+pub fn open_generator(model_dir: Option<&Path>, env: &crate::operator::Environment) -> Result<Box<dyn SubjectGenerator>> {
     crate::embed::on_device!(env.device, |device: B| {
-        let precision = if matches!(env.device, unoflow_models::DeviceSpec::Cpu) { Precision::F32 } else { Precision::Bf16 };
-        let models = if model_dir.is_empty() {
-            Models::<B>::tiny(&device)?
-        } else {
-            Models::<B>::load(Path::new(model_dir), None, precision, &device)?
+        let precision = if matches!(env.device, unoflow_models::Device::Cpu) { Precision::F32 } else { Precision::Bf16 };
+        let models = match model_dir {
+            None => Models::<B>::tiny(&device)?,
+            Some(dir) => Models::<B>::load(dir, None, precision, &device)?,
         };
         Ok(Box::new(Pipeline::<B> { base: models.flux.clone(), state: Mutex::new((models, None)), device }) as Box<dyn SubjectGenerator>)
     })
@@ -572,6 +627,15 @@ mod tests {
             pe: PeMode::Diagonal,
             shift: ShiftRule::UnoLatentArea,
             ref_long_side: None,
+        }
+    }
+
+    #[test]
+    fn pe_words_mean_what_the_model_crate_reads_them_as() {
+        use crate::params::Choice;
+        for word in Pe::NAMES {
+            let pe: Pe = word.parse().unwrap();
+            assert_eq!(PeMode::from(pe), word.parse::<PeMode>().unwrap(), "{word}");
         }
     }
 

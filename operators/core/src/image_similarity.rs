@@ -3,6 +3,7 @@
 //! The DINOv2 filter of UNO's data pipeline (reference vs target of each diptych) and the
 //! DreamBench image metrics are this operator with different backbones and poolings.
 
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{ArrayRef, Float32Array, Float32Builder, ListBuilder};
@@ -13,8 +14,8 @@ use rayon::prelude::*;
 
 use crate::columns::ColumnRequirement;
 use crate::embed::{ImageEncoder, Pooling, Resize, cosine, open_clip, open_dino, open_dinov2};
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
-use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
+use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{ParamType, Params, PathKind};
 use crate::rows::{RowResults, binary, bytes_at, extend_schema, row_ids, with_added};
 
 use crate::{OpError, Result, image_io};
@@ -22,6 +23,61 @@ use crate::{OpError, Result, image_io};
 /// The `image_similarity` operator.
 #[derive(Debug, Clone, Copy)]
 pub struct ImageSimilarity;
+
+crate::choice! {
+    /// The vision backbone of `image_similarity`.
+    pub enum Backbone {
+        /// transformers' Dinov2Model.
+        Dinov2 = "dinov2",
+        /// DINO v1 ViT, timm layout.
+        Dino = "dino",
+        /// transformers' CLIPModel.
+        Clip = "clip",
+    }
+}
+
+crate::choice! {
+    /// Which token summary `image_similarity` compares.
+    pub enum TokenPooling {
+        Cls = "cls",
+        Mean = "mean",
+    }
+}
+
+impl From<TokenPooling> for Pooling {
+    fn from(pooling: TokenPooling) -> Self {
+        match pooling {
+            TokenPooling::Cls => Self::Cls,
+            TokenPooling::Mean => Self::MeanPatch,
+        }
+    }
+}
+
+crate::params! {
+    /// `image_similarity`'s parameters.
+    pub struct ImageSimilarityParams {
+        /// the first image column
+        pub left: String = optional(ParamType::Str, "ref_image"),
+        /// the second image column
+        pub right: String = optional(ParamType::Str, "target_image"),
+        /// dinov2 (transformers Dinov2Model), dino (DINO v1 ViT, timm layout), clip (transformers CLIPModel)
+        pub backbone: Backbone = choice(Backbone::Dinov2),
+        /// the model folder (model.safetensors, config.json; CLIP also tokenizer.json)
+        pub weights: PathBuf = required(ParamType::Path(PathKind::Input)),
+        /// CLS token, or mean of patch tokens (dinov2 only)
+        pub pooling: TokenPooling = choice(TokenPooling::Cls),
+        /// the name of the similarity column
+        pub output: String = optional(ParamType::Str, "similarity"),
+        /// also keep both embeddings (OUTPUT_left, OUTPUT_right)
+        pub embeddings: bool = optional(ParamType::Bool, false),
+        /// shorter side after resizing (0: the backbone's reference, 256 DINO, 224 CLIP)
+        pub resize: u32 = optional(ParamType::int(0, 4096), 0),
+        /// side of the centre crop fed to the model (0: the backbone's, 224)
+        pub crop: u32 = optional(ParamType::int(0, 4096), 0),
+        /// images per forward pass
+        pub batch_size: usize = optional(ParamType::int(1, 4096), 16).not_fingerprinted(),
+    }
+}
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "image_similarity",
@@ -32,47 +88,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           CLIP statistics), embedded (CLS token \
           or mean of patch tokens), and compared. Adds the `output` column (and the embeddings if \
           asked). Rows whose images cannot be read go to the error table.",
-    params: vec![
-        ParamSpec::optional("left", ParamType::Str, ParamValue::Str("ref_image".into()), "the first image column"),
-        ParamSpec::optional("right", ParamType::Str, ParamValue::Str("target_image".into()), "the second image column"),
-        ParamSpec::optional(
-            "backbone",
-            ParamType::Choice(&["dinov2", "dino", "clip"]),
-            ParamValue::Str("dinov2".into()),
-            "dinov2 (transformers Dinov2Model), dino (DINO v1 ViT, timm layout), clip (transformers CLIPModel)",
-        ),
-        ParamSpec::required(
-            "weights",
-            ParamType::Path(PathKind::Input),
-            "the model folder (model.safetensors, config.json; CLIP also tokenizer.json)",
-        ),
-        ParamSpec::optional(
-            "pooling",
-            ParamType::Choice(&["cls", "mean"]),
-            ParamValue::Str("cls".into()),
-            "CLS token, or mean of patch tokens (dinov2 only)",
-        ),
-        ParamSpec::optional("output", ParamType::Str, ParamValue::Str("similarity".into()), "the name of the similarity column"),
-        ParamSpec::optional(
-            "embeddings",
-            ParamType::Bool,
-            ParamValue::Bool(false),
-            "also keep both embeddings (OUTPUT_left, OUTPUT_right)",
-        ),
-        ParamSpec::optional(
-            "resize",
-            ParamType::int(0, 4096),
-            ParamValue::Int(0),
-            "shorter side after resizing (0: the backbone's reference, 256 DINO, 224 CLIP)",
-        ),
-        ParamSpec::optional(
-            "crop",
-            ParamType::int(0, 4096),
-            ParamValue::Int(0),
-            "side of the centre crop fed to the model (0: the backbone's, 224)",
-        ),
-        ParamSpec::optional("batch_size", ParamType::int(1, 4096), ParamValue::Int(16), "images per forward pass").not_fingerprinted(),
-    ],
+    params: ImageSimilarityParams::specs(),
     inputs: (1, 1),
     resource: Resource::Gpu,
     mapping: RowMapping::Preserve,
@@ -84,14 +100,20 @@ impl Operator for ImageSimilarity {
         &SPEC
     }
 
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
-        Ok(vec![vec![ColumnRequirement::image(params.str("left")?), ColumnRequirement::image(params.str("right")?)]])
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+        Ok(Arc::new(ImageSimilarityParams::parse(params)?))
+    }
+}
+
+impl Configured for ImageSimilarityParams {
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
+        vec![vec![ColumnRequirement::image(&self.left), ColumnRequirement::image(&self.right)]]
     }
 
-    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
-        let output = params.str("output")?;
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        let output = &self.output;
         let mut added = vec![Field::new(output, DataType::Float32, false)];
-        if params.bool("embeddings")? {
+        if self.embeddings {
             for side in ["left", "right"] {
                 added.push(Field::new(
                     format!("{output}_{side}"),
@@ -103,34 +125,27 @@ impl Operator for ImageSimilarity {
         Ok(extend_schema(&inputs[0], added))
     }
 
-    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
-        let pooling = match params.str("pooling")? {
-            "mean" => Pooling::MeanPatch,
-            _ => Pooling::Cls,
-        };
-        let weights = std::path::Path::new(params.str("weights")?);
-        let backbone = params.str("backbone")?;
-        let (resize, crop) = (params.int("resize")? as u32, params.int("crop")? as u32);
-        let preprocess = Resize::from_params(resize, crop);
-        let encoder = match backbone {
-            "dinov2" => open_dinov2(weights, pooling, preprocess, env.device)?,
-            "dino" if pooling == Pooling::MeanPatch => {
+    fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+        let pooling = Pooling::from(self.pooling);
+        let preprocess = Resize::from_params(self.resize, self.crop);
+        let encoder = match self.backbone {
+            Backbone::Dinov2 => open_dinov2(&self.weights, pooling, preprocess, env.device)?,
+            Backbone::Dino if self.pooling == TokenPooling::Mean => {
                 return Err(OpError::Param {
                     name: "pooling".into(),
                     message: "DINO v1 gives its CLS embedding: use pooling = \"cls\"".into(),
                 });
             }
-            "dino" => open_dino(weights, preprocess, env.device)?,
-            "clip" => open_clip(weights, preprocess, env.device)?.0,
-            other => return Err(OpError::Param { name: "backbone".into(), message: format!("unknown backbone {other:?}") }),
+            Backbone::Dino => open_dino(&self.weights, preprocess, env.device)?,
+            Backbone::Clip => open_clip(&self.weights, preprocess, env.device)?.0,
         };
         Ok(Arc::new(Comparer {
             encoder,
-            left: params.str("left")?.to_string(),
-            right: params.str("right")?.to_string(),
-            keep_embeddings: params.bool("embeddings")?,
-            batch_size: params.int("batch_size")? as usize,
-            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+            left: self.left.clone(),
+            right: self.right.clone(),
+            keep_embeddings: self.embeddings,
+            batch_size: self.batch_size,
+            schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
 }

@@ -1,40 +1,29 @@
-//! unoflow's compute layer: the contract between the engine and the operators, and the operators
-//! themselves.
+//! unoflow's compute operators: the UNO method's steps as [`Operator`]s, on the models of
+//! `unoflow-models`.
 //!
-//! An operator turns one partition of input rows (an Arrow [`RecordBatch`]) into output rows. It
-//! knows nothing of DAG files, workspaces or scheduling: the engine reads the DAG, validates each
-//! node's parameters against the operator's [`OpSpec`], checks column requirements against the
-//! producer's schema, splits the input into partitions, calls [`Operator::process`] for each one
-//! and commits the results.
-//!
-//! ```text
-//!   OpSpec ──► engine validation (params, columns, schemas) ──► plan
-//!   Operator::process(partition) ──► PartitionOutput { rows, errors } ──► atomic commit
-//! ```
-//!
-//! [`RecordBatch`]: arrow::record_batch::RecordBatch
+//! The contract they implement (the [`Operator`] trait, typed parameters, columns, row ids,
+//! seeded draws, devices) is the burn-free crate `unoflow-api`, re-exported here so operators
+//! name it as `crate::…`. Nothing here knows DAG files, workspaces or scheduling.
 
-pub mod columns;
 pub mod curation;
-pub mod draws;
 pub mod embed;
-mod error;
 pub mod evaluate;
 pub mod generate;
 pub mod image_io;
 pub mod image_similarity;
 pub mod metrics;
-mod operator;
-pub mod params;
 pub mod preprocess;
-pub mod rowid;
-pub mod rows;
+pub mod sleep;
 pub mod thumbnail;
 pub mod training;
 
-pub use error::{OpError, Result};
-pub use operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError, RowMapping};
-pub use params::{ParamSpec, ParamType, ParamValue, Params};
+pub use unoflow_api::{
+    Configured, Device, Environment, ExecContext, OpError, OpSpec, Operator, ParamSpec, ParamType, ParamValue, Params, PartitionOutput,
+    PartitionProcessor, Resource, Result, RowError, RowMapping, choice, columns, draws, params, rowid, rows,
+};
+
+/// Operator modules name the contract's modules as `crate::operator`.
+pub(crate) use unoflow_api as operator;
 
 /// Every operator this crate provides, in the order `unoflow ops` lists them.
 pub fn builtin_operators() -> Vec<std::sync::Arc<dyn Operator>> {
@@ -52,5 +41,85 @@ pub fn builtin_operators() -> Vec<std::sync::Arc<dyn Operator>> {
         Arc::new(training::train_lora::TrainLora),
         Arc::new(training::regenerate_ref::RegenerateRef),
         Arc::new(evaluate::Evaluate),
+        Arc::new(sleep::Sleep),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// `op`'s defaults, a plausible value for each required parameter, then `overrides`.
+    fn params(op: &dyn Operator, overrides: &[(&str, ParamValue)]) -> Params {
+        let mut p = Params::new();
+        for spec in &op.spec().params {
+            let value = spec.default.clone().unwrap_or_else(|| match spec.ty {
+                ParamType::Int { min, .. } => ParamValue::Int(min.unwrap_or(1)),
+                _ if spec.name == "endpoint" => "http://127.0.0.1:8000/v1".into(),
+                _ => "x".into(),
+            });
+            p.insert(spec.name, value);
+        }
+        for (name, value) in overrides {
+            p.insert(*name, value.clone());
+        }
+        p
+    }
+
+    fn operator(name: &str) -> Arc<dyn Operator> {
+        builtin_operators().into_iter().find(|op| op.spec().name == name).expect("a builtin operator")
+    }
+
+    /// The parameter a configuration error names.
+    fn rejected(op: &str, overrides: &[(&str, ParamValue)]) -> String {
+        let op = operator(op);
+        match op.configure(&params(op.as_ref(), overrides)) {
+            Err(OpError::Param { name, .. }) => name,
+            Err(e) => panic!("not a parameter error: {e}"),
+            Ok(_) => panic!("{overrides:?} accepted"),
+        }
+    }
+
+    #[test]
+    fn every_operator_reads_every_value_its_spec_admits() {
+        for op in builtin_operators() {
+            let name = op.spec().name;
+            op.configure(&params(op.as_ref(), &[])).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Every word of every choice parameter reads into its enum.
+            for spec in &op.spec().params {
+                if let ParamType::Choice(words) = spec.ty {
+                    for word in words {
+                        let p = params(op.as_ref(), &[(spec.name, (*word).into())]);
+                        op.configure(&p).unwrap_or_else(|e| panic!("{name}.{} = {word:?}: {e}", spec.name));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn values_only_the_operator_can_judge_fail_configuration_naming_the_parameter() {
+        assert_eq!(rejected("diptych_prompts", &[("resolutions", ["1024x1000"].into())]), "resolutions");
+        assert_eq!(rejected("diptych_prompts", &[("resolutions", ParamValue::List(Vec::new()))]), "resolutions");
+        for op in ["vlm_score", "vlm_detect", "llm_subjects"] {
+            assert_eq!(rejected(op, &[("endpoint", "127.0.0.1:8000/v1".into())]), "endpoint", "{op}");
+        }
+        for op in ["evaluate", "regenerate_ref"] {
+            assert_eq!(rejected(op, &[("width", 520i64.into())]), "width", "{op}");
+            assert_eq!(rejected(op, &[("height", 100i64.into())]), "height", "{op}");
+        }
+    }
+
+    #[test]
+    fn optional_columns_are_required_only_when_named() {
+        let op = operator("vlm_score");
+        let columns = |overrides: &[(&str, ParamValue)]| -> Vec<String> {
+            let configured = op.configure(&params(op.as_ref(), overrides)).expect("configures");
+            configured.required_columns().remove(0).into_iter().map(|c| c.name).collect()
+        };
+        assert_eq!(columns(&[]), ["ref_image", "target_image"]);
+        assert_eq!(columns(&[("subject", "subject1".into())]), ["ref_image", "target_image", "subject1"]);
+    }
 }

@@ -9,15 +9,50 @@ use arrow::record_batch::RecordBatch;
 use image::imageops::FilterType;
 
 use crate::columns::{ColumnRequirement, HEIGHT, ROW_ID, WIDTH};
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError, RowMapping};
-use crate::params::{ParamSpec, ParamType, ParamValue, Params};
+use crate::operator::{
+    Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError, RowMapping,
+};
+use crate::params::{ParamType, Params};
 use crate::{OpError, Result, image_io};
 
 /// The `thumbnail` operator.
 #[derive(Debug, Clone, Copy)]
 pub struct Thumbnail;
 
-const FILTERS: &[&str] = &["lanczos3", "catmull_rom", "triangle", "nearest"];
+crate::choice! {
+    /// How `thumbnail` resamples.
+    pub enum Filter {
+        Lanczos3 = "lanczos3",
+        CatmullRom = "catmull_rom",
+        Triangle = "triangle",
+        Nearest = "nearest",
+    }
+}
+
+impl From<Filter> for FilterType {
+    fn from(f: Filter) -> Self {
+        match f {
+            Filter::Lanczos3 => Self::Lanczos3,
+            Filter::CatmullRom => Self::CatmullRom,
+            Filter::Triangle => Self::Triangle,
+            Filter::Nearest => Self::Nearest,
+        }
+    }
+}
+
+crate::params! {
+    /// `thumbnail`'s parameters.
+    pub struct ThumbnailParams {
+        /// the image column (PNG, JPEG or WebP bytes)
+        pub column: String = optional(ParamType::Str, "image"),
+        /// length of the longer side after resizing, in pixels
+        pub max_side: u32 = required(ParamType::int(1, 16384)),
+        /// resampling filter
+        pub filter: Filter = choice(Filter::Lanczos3),
+        /// also enlarge images smaller than `max_side`
+        pub upscale: bool = optional(ParamType::Bool, false),
+    }
+}
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "thumbnail",
@@ -26,38 +61,29 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     doc: "The same rows with the image column resized (aspect ratio kept) and `width`/`height` \
           updated. Images already within `max_side` are left as they are unless `upscale` is set. \
           Unreadable images go to the node's error table.",
-    params: vec![
-        ParamSpec::optional("column", ParamType::Str, ParamValue::Str("image".into()), "the image column (PNG, JPEG or WebP bytes)"),
-        ParamSpec::required("max_side", ParamType::int(1, 16384), "length of the longer side after resizing, in pixels"),
-        ParamSpec::optional("filter", ParamType::Choice(FILTERS), ParamValue::Str("lanczos3".into()), "resampling filter"),
-        ParamSpec::optional("upscale", ParamType::Bool, ParamValue::Bool(false), "also enlarge images smaller than `max_side`"),
-    ],
+    params: ThumbnailParams::specs(),
     inputs: (1, 1),
     resource: Resource::Cpu,
     mapping: RowMapping::Preserve,
     partition_rows: 16,
 });
 
-fn filter_type(name: &str) -> Result<FilterType> {
-    Ok(match name {
-        "lanczos3" => FilterType::Lanczos3,
-        "catmull_rom" => FilterType::CatmullRom,
-        "triangle" => FilterType::Triangle,
-        "nearest" => FilterType::Nearest,
-        other => return Err(OpError::Param { name: "filter".into(), message: format!("unknown filter {other:?}") }),
-    })
-}
-
 impl Operator for Thumbnail {
     fn spec(&self) -> &OpSpec {
         &SPEC
     }
 
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
-        Ok(vec![vec![ColumnRequirement::image(params.str("column")?)]])
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+        Ok(Arc::new(ThumbnailParams::parse(params)?))
+    }
+}
+
+impl Configured for ThumbnailParams {
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
+        vec![vec![ColumnRequirement::image(&self.column)]]
     }
 
-    fn output_schema(&self, _params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
         let mut fields: Vec<Field> =
             inputs[0].fields().iter().filter(|f| f.name() != WIDTH && f.name() != HEIGHT).map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new(WIDTH, DataType::UInt32, false));
@@ -65,13 +91,13 @@ impl Operator for Thumbnail {
         Ok(Arc::new(Schema::new(fields)))
     }
 
-    fn prepare(&self, params: &Params, _env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+    fn prepare(&self, _env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
         Ok(Arc::new(Resizer {
-            column: params.str("column")?.to_string(),
-            max_side: params.int("max_side")? as u32,
-            filter: filter_type(params.str("filter")?)?,
-            upscale: params.bool("upscale")?,
-            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+            column: self.column.clone(),
+            max_side: self.max_side,
+            filter: self.filter.into(),
+            upscale: self.upscale,
+            schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
 }
@@ -169,15 +195,15 @@ mod tests {
 
     use super::*;
 
-    fn params(max_side: i64) -> Params {
+    fn configured(max_side: i64) -> Arc<dyn Configured> {
         let mut p = Params::new();
         for spec in &SPEC.params {
             if let Some(d) = &spec.default {
                 p.insert(spec.name, d.clone());
             }
         }
-        p.insert("max_side", ParamValue::Int(max_side));
-        p
+        p.insert("max_side", max_side.into());
+        Thumbnail.configure(&p).unwrap()
     }
 
     fn batch(images: Vec<Vec<u8>>) -> RecordBatch {
@@ -208,7 +234,7 @@ mod tests {
     fn resizes_and_isolates_bad_rows() {
         let ctx = ExecContext::new(0, 0, Arc::new(AtomicBool::new(false)));
         let input = batch(vec![png(40, 20), b"not an image".to_vec(), png(8, 4)]);
-        let prepared = Thumbnail.prepare(&params(10), &Environment::default(), &input.schema()).unwrap();
+        let prepared = configured(10).prepare(&Environment::default(), &input.schema()).unwrap();
         let out = prepared.process(&ctx, &input).unwrap();
         assert_eq!(out.rows.num_rows(), 2);
         assert_eq!(out.errors.len(), 1);
@@ -225,7 +251,7 @@ mod tests {
     #[test]
     fn output_schema_has_sizes_once() {
         let input = batch(vec![]);
-        let schema = Thumbnail.output_schema(&params(4), &[input.schema()]).unwrap();
+        let schema = configured(4).output_schema(&[input.schema()]).unwrap();
         let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["row_id", "image", "width", "height"]);
     }

@@ -1,8 +1,5 @@
 //! Where models run: the CPU (burn's Flex backend) or a CUDA device (the `cuda` feature).
 
-use std::fmt;
-use std::str::FromStr;
-
 /// The CPU backend: burn's pure-Rust Flex backend (SIMD + rayon).
 pub type CpuBackend = burn::backend::Flex;
 
@@ -33,56 +30,25 @@ pub fn cuda_device(n: usize) -> burn::backend::cuda::CudaDevice {
     burn::backend::cuda::CudaDevice::new(n)
 }
 
-/// A device named on the command line or in a DAG: `cpu`, `cuda` or `cuda:N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum DeviceSpec {
-    #[default]
-    Cpu,
-    Cuda(usize),
-}
+pub use unoflow_api::Device;
 
 /// A device that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeviceError {
-    #[error("unknown device `{0}`: expected `cpu`, `cuda` or `cuda:N`")]
-    Unknown(String),
     #[error("device `{0}` needs CUDA, but this unoflow was built without it: rebuild with `cargo build --release --features cuda`")]
-    CudaNotBuilt(DeviceSpec),
+    CudaNotBuilt(Device),
     #[error("device `{device}` cannot be used: {reason}")]
-    CudaUnavailable { device: DeviceSpec, reason: String },
+    CudaUnavailable { device: Device, reason: String },
 }
 
-impl FromStr for DeviceSpec {
-    type Err = DeviceError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda(0)),
-            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Self::Cuda).ok_or_else(|| DeviceError::Unknown(s.to_string())),
-        }
-    }
-}
-
-impl fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Cpu => f.write_str("cpu"),
-            Self::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
-impl DeviceSpec {
-    /// Checks that this build can use the device.
-    pub fn check_available(self) -> Result<Self, DeviceError> {
-        match self {
-            Self::Cpu => Ok(self),
-            #[cfg(feature = "cuda")]
-            Self::Cuda(n) => probe_cuda(n).map(|()| self).map_err(|reason| DeviceError::CudaUnavailable { device: self, reason }),
-            #[cfg(not(feature = "cuda"))]
-            Self::Cuda(_) => Err(DeviceError::CudaNotBuilt(self)),
-        }
+/// Checks that this build can use `device` (for CUDA: starts it and runs one kernel).
+pub fn check_available(device: Device) -> Result<Device, DeviceError> {
+    match device {
+        Device::Cpu => Ok(device),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => probe_cuda(n).map(|()| device).map_err(|reason| DeviceError::CudaUnavailable { device, reason }),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(DeviceError::CudaNotBuilt(device)),
     }
 }
 
@@ -128,13 +94,11 @@ pub fn explain_cuda_failure(message: &str) -> String {
 mod tests {
     use super::*;
 
+    #[cfg(not(feature = "cuda"))]
     #[test]
-    fn parses_devices() {
-        assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));
-        assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
-        assert_eq!("cuda:3".parse(), Ok(DeviceSpec::Cuda(3)));
-        assert_eq!("gpu".parse::<DeviceSpec>(), Err(DeviceError::Unknown("gpu".into())));
-        assert_eq!(DeviceSpec::Cuda(1).to_string(), "cuda:1");
+    fn cuda_needs_the_feature() {
+        assert_eq!(check_available(Device::Cpu), Ok(Device::Cpu));
+        assert_eq!(check_available(Device::Cuda(0)), Err(DeviceError::CudaNotBuilt(Device::Cuda(0))));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
-use crate::device::{DeviceSpec, Precision};
+use crate::device::{Device, Precision};
 use crate::flux::{FluxCheckpoint, FluxConfig, FluxError, FluxInput, load_lora};
 use crate::weights::{Checkpoint, WeightsError};
 
@@ -159,7 +159,7 @@ pub fn check(
     fixture_path: &Path,
     weights: &Path,
     lora: Option<&Path>,
-    device: DeviceSpec,
+    device: Device,
     precision: Precision,
 ) -> Result<Comparison, CheckError> {
     let dtype = precision.dtype();
@@ -168,11 +168,11 @@ pub fn check(
         return Err(fixture.error(format!("a `{}` fixture, but the command checks `{kind}`", fixture.kind())));
     }
     match device {
-        DeviceSpec::Cpu => check_on::<crate::device::CpuBackend>(&fixture, weights, lora, &Default::default(), dtype),
+        Device::Cpu => check_on::<crate::device::CpuBackend>(&fixture, weights, lora, &Default::default(), dtype),
         #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(n) => check_on::<crate::device::CudaBackend>(&fixture, weights, lora, &crate::device::cuda_device(n), dtype),
+        Device::Cuda(n) => check_on::<crate::device::CudaBackend>(&fixture, weights, lora, &crate::device::cuda_device(n), dtype),
         #[cfg(not(feature = "cuda"))]
-        DeviceSpec::Cuda(_) => Err(fixture.error(crate::device::DeviceError::CudaNotBuilt(device).to_string())),
+        Device::Cuda(_) => Err(fixture.error(crate::device::DeviceError::CudaNotBuilt(device).to_string())),
     }
 }
 

@@ -16,4 +16,4 @@ pub mod vb;
 pub mod weights;
 
 pub use burn::tensor::backend::Backend;
-pub use device::{DeviceError, DeviceSpec, Precision};
+pub use device::{Device, DeviceError, Precision};

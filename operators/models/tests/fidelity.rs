@@ -47,6 +47,36 @@ fn flux_diffusers_layout_loads_into_the_same_model() {
     assert!(c.rel_err < 1e-4, "{c}");
 }
 
+/// A bare diffusers file (no folder around it) is recognised by its keys, not read as BFL.
+#[test]
+fn a_bare_diffusers_file_is_recognised_by_its_keys() {
+    let dir = fixtures().join("flux");
+    let fixture = Fixture::open(&dir.join("noref.fixture.safetensors")).unwrap();
+    // The sharded fixture, merged into one file as a user may have it.
+    let shards = unoflow_models::weights::Checkpoint::open_index(
+        &dir.join("tiny_diffusers/transformer/diffusion_pytorch_model.safetensors.index.json"),
+    )
+    .unwrap();
+    let tensors: Vec<(String, burn::tensor::TensorData)> =
+        shards.keys().map(|k| (k.to_string(), shards.read(k, shards.shape(k).unwrap()).unwrap())).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("diffusion_pytorch_model.safetensors");
+    unoflow_models::weights::write_safetensors(&file, &tensors, &Default::default()).unwrap();
+    let c = check_flux::<Flex>(&fixture, &file, None, &Default::default(), DType::F32).unwrap();
+    assert!(c.rel_err < 1e-4, "{c}");
+    let ae = fixtures().join("ae");
+    let c = unoflow_models::fixture::check(
+        "ae",
+        &ae.join("tiny.fixture.safetensors"),
+        &ae.join("tiny_diffusers/diffusion_pytorch_model.safetensors"),
+        None,
+        unoflow_models::Device::Cpu,
+        unoflow_models::Precision::F32,
+    )
+    .unwrap();
+    assert!(c.rel_err < 1e-4, "{c}");
+}
+
 #[test]
 fn flux_checkpoint_errors_name_the_file_and_keys() {
     let dir = fixtures().join("flux");
@@ -134,7 +164,7 @@ fn generic_case(kind: &str, dir: &str, case: &str, dtype: DType) -> f64 {
     let fixture = Fixture::open(&path).unwrap();
     let weights = fixture.sibling("weights").unwrap();
     let precision = if dtype == DType::F32 { unoflow_models::Precision::F32 } else { unoflow_models::Precision::Bf16 };
-    let c = unoflow_models::fixture::check(kind, &path, &weights, None, unoflow_models::DeviceSpec::Cpu, precision).unwrap();
+    let c = unoflow_models::fixture::check(kind, &path, &weights, None, unoflow_models::Device::Cpu, precision).unwrap();
     println!("{kind} {case} {dtype:?}: {c}");
     c.rel_err
 }
@@ -168,7 +198,7 @@ fn ae_diffusers_layout_loads_into_the_same_model() {
         &path,
         &dir.join("tiny_diffusers"),
         None,
-        unoflow_models::DeviceSpec::Cpu,
+        unoflow_models::Device::Cpu,
         unoflow_models::Precision::F32,
     )
     .unwrap();

@@ -2,7 +2,7 @@
 //! reference and target, by CLS token and by mean patch token, and a verdict against a
 //! threshold. Rows are never dropped; the curated set is a `sql` view over the verdict.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{ArrayRef, BooleanArray, Float32Array};
@@ -13,13 +13,45 @@ use crate::Result;
 use crate::columns::ColumnRequirement;
 use crate::embed::{ImageEncoder, Pooling, Resize, cosine, open_dinov2};
 use crate::image_similarity::{decode_pairs, embed_pairs};
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
-use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
+use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{ParamType, Params, PathKind};
 use crate::rows::{extend_schema, with_added};
 
 /// The `dino_filter` operator.
 #[derive(Debug, Clone, Copy)]
 pub struct DinoFilter;
+
+crate::choice! {
+    /// Which similarity `dino_filter`'s verdict reads.
+    pub enum VerdictOn {
+        /// The mean patch tokens'.
+        Mean = "mean",
+        /// The CLS tokens'.
+        Cls = "cls",
+    }
+}
+
+crate::params! {
+    /// `dino_filter`'s parameters.
+    pub struct DinoFilterParams {
+        /// DINOv2 model folder (transformers layout)
+        pub weights: PathBuf = required(ParamType::Path(PathKind::Input)),
+        /// the reference image column
+        pub left: String = optional(ParamType::Str, "ref_image"),
+        /// the target image column
+        pub right: String = optional(ParamType::Str, "target_image"),
+        /// similarity needed to pass
+        pub threshold: f32 = optional(ParamType::float(-1.0, 1.0), 0.85),
+        /// which similarity the verdict reads
+        pub verdict_on: VerdictOn = choice(VerdictOn::Mean),
+        /// shorter side after resizing (0: 256)
+        pub resize: u32 = optional(ParamType::int(0, 4096), 0),
+        /// centre crop side (0: 224)
+        pub crop: u32 = optional(ParamType::int(0, 4096), 0),
+        /// images per forward pass
+        pub batch_size: usize = optional(ParamType::int(2, 4096), 16).not_fingerprinted(),
+    }
+}
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "dino_filter",
@@ -31,21 +63,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           variant and the threshold unspecified; on DreamBench photos with ViT-S/14, mean-pooled \
           same-subject pairs score ≥ 0.93 and different subjects ≤ 0.85. Keep the rows and \
           curate with `SELECT … WHERE dino_pass`.",
-    params: vec![
-        ParamSpec::required("weights", ParamType::Path(PathKind::Input), "DINOv2 model folder (transformers layout)"),
-        ParamSpec::optional("left", ParamType::Str, ParamValue::Str("ref_image".into()), "the reference image column"),
-        ParamSpec::optional("right", ParamType::Str, ParamValue::Str("target_image".into()), "the target image column"),
-        ParamSpec::optional("threshold", ParamType::float(-1.0, 1.0), ParamValue::Float(0.85), "similarity needed to pass"),
-        ParamSpec::optional(
-            "verdict_on",
-            ParamType::Choice(&["mean", "cls"]),
-            ParamValue::Str("mean".into()),
-            "which similarity the verdict reads",
-        ),
-        ParamSpec::optional("resize", ParamType::int(0, 4096), ParamValue::Int(0), "shorter side after resizing (0: 256)"),
-        ParamSpec::optional("crop", ParamType::int(0, 4096), ParamValue::Int(0), "centre crop side (0: 224)"),
-        ParamSpec::optional("batch_size", ParamType::int(2, 4096), ParamValue::Int(16), "images per forward pass").not_fingerprinted(),
-    ],
+    params: DinoFilterParams::specs(),
     inputs: (1, 1),
     resource: Resource::Gpu,
     mapping: RowMapping::Preserve,
@@ -57,11 +75,17 @@ impl Operator for DinoFilter {
         &SPEC
     }
 
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
-        Ok(vec![vec![ColumnRequirement::image(params.str("left")?), ColumnRequirement::image(params.str("right")?)]])
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+        Ok(Arc::new(DinoFilterParams::parse(params)?))
+    }
+}
+
+impl Configured for DinoFilterParams {
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
+        vec![vec![ColumnRequirement::image(&self.left), ColumnRequirement::image(&self.right)]]
     }
 
-    fn output_schema(&self, _params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
         let added = vec![
             Field::new("dino_cls", DataType::Float32, false),
             Field::new("dino_mean", DataType::Float32, false),
@@ -70,17 +94,16 @@ impl Operator for DinoFilter {
         Ok(extend_schema(&inputs[0], added))
     }
 
-    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
-        let (resize, crop) = (params.int("resize")? as u32, params.int("crop")? as u32);
-        let preprocess = Resize::from_params(resize, crop);
+    fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+        let preprocess = Resize::from_params(self.resize, self.crop);
         Ok(Arc::new(Filter {
-            encoder: open_dinov2(Path::new(params.str("weights")?), Pooling::ClsThenMean, preprocess, env.device)?,
-            left: params.str("left")?.into(),
-            right: params.str("right")?.into(),
-            threshold: params.float("threshold")? as f32,
-            verdict_on_mean: params.str("verdict_on")? == "mean",
-            batch_size: params.int("batch_size")? as usize,
-            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+            encoder: open_dinov2(&self.weights, Pooling::ClsThenMean, preprocess, env.device)?,
+            left: self.left.clone(),
+            right: self.right.clone(),
+            threshold: self.threshold,
+            verdict_on: self.verdict_on,
+            batch_size: self.batch_size,
+            schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
 }
@@ -90,7 +113,7 @@ struct Filter {
     left: String,
     right: String,
     threshold: f32,
-    verdict_on_mean: bool,
+    verdict_on: VerdictOn,
     batch_size: usize,
     schema: SchemaRef,
 }
@@ -105,7 +128,11 @@ impl PartitionProcessor for Filter {
             cls.push(cosine(&l[..dim], &r[..dim]));
             mean.push(cosine(&l[dim..], &r[dim..]));
         }
-        let verdict: BooleanArray = (if self.verdict_on_mean { &mean } else { &cls }).iter().map(|s| Some(*s >= self.threshold)).collect();
+        let read = match self.verdict_on {
+            VerdictOn::Mean => &mean,
+            VerdictOn::Cls => &cls,
+        };
+        let verdict: BooleanArray = read.iter().map(|s| Some(*s >= self.threshold)).collect();
         let added: Vec<ArrayRef> = vec![Arc::new(Float32Array::from(cls)), Arc::new(Float32Array::from(mean)), Arc::new(verdict)];
         Ok(PartitionOutput { rows: with_added(&self.schema, &pairs.kept(input)?, added)?, errors: pairs.errors })
     }

@@ -1,6 +1,7 @@
 //! `diptych_prompts`: subjects and their scenes → in-context diptych prompts, with the paper's
 //! two templates verbatim (uno-method §5.2).
 
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, StringArray, UInt32Array};
@@ -9,8 +10,8 @@ use arrow::record_batch::RecordBatch;
 
 use crate::columns::{ColumnRequirement, HEIGHT, WIDTH};
 use crate::draws::Draws;
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
-use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
+use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{Choice, FromParam, ParamType, ParamValue, Params, PathKind};
 use crate::rowid::RowIdHasher;
 use crate::rows::{RowResults, derived, derived_schema, row_ids, text};
 use crate::{OpError, Result};
@@ -19,31 +20,17 @@ use crate::{OpError, Result};
 #[derive(Debug, Clone, Copy)]
 pub struct DiptychPrompts;
 
-/// How the two panels of a diptych sit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// Template 1: reference left, target right.
-    LeftRight,
-    /// Template 2: reference top, target bottom.
-    TopBottom,
+crate::choice! {
+    /// How the two panels of a diptych sit, as the `layout` column spells it.
+    pub enum Layout {
+        /// Template 1: reference left, target right.
+        LeftRight = "left_right",
+        /// Template 2: reference top, target bottom.
+        TopBottom = "top_bottom",
+    }
 }
 
 impl Layout {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::LeftRight => "left_right",
-            Self::TopBottom => "top_bottom",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "left_right" => Some(Self::LeftRight),
-            "top_bottom" => Some(Self::TopBottom),
-            _ => None,
-        }
-    }
-
     /// The paper's template (Fig. 11), verbatim.
     pub fn prompt(self, subject1: &str, subject2: &str, scene1: &str, scene2: &str) -> String {
         let (first, second) = match self {
@@ -86,6 +73,37 @@ impl Resolution {
     }
 }
 
+/// The `resolutions` parameter: the diptych sizes to draw from, at least one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolutions(pub Vec<Resolution>);
+
+/// Read when the node is configured, so a bad size fails validation naming `resolutions`.
+impl FromParam for Resolutions {
+    fn from_param(value: &ParamValue) -> std::result::Result<Self, String> {
+        let list = Vec::<String>::from_param(value)?;
+        if list.is_empty() {
+            return Err("give at least one size, e.g. [\"1024x1024\"]".into());
+        }
+        list.iter().map(|r| Resolution::parse(r)).collect::<std::result::Result<_, _>>().map(Self)
+    }
+}
+
+crate::params! {
+    /// `diptych_prompts`' parameters.
+    pub struct DiptychPromptsParams {
+        /// text file, one second subject per line (`#` comments), e.g. datasets/objects365_classes.txt
+        pub companions: PathBuf = required(ParamType::Path(PathKind::Input)),
+        /// the subject column
+        pub subject: String = optional(ParamType::Str, "subject"),
+        /// the scenes column (a list of strings)
+        pub scenes: String = optional(ParamType::Str, "scenes"),
+        /// prompts drawn per subject
+        pub prompts_per_subject: usize = optional(ParamType::int(1, 10_000), 1),
+        /// diptych sizes WIDTHxHEIGHT to draw from (the paper's three by default)
+        pub resolutions: Resolutions = optional(ParamType::StrList, ["1024x1024", "1024x768", "768x1024"]),
+    }
+}
+
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "diptych_prompts",
     version: 1,
@@ -97,22 +115,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           prompt is the paper's Template 1 or 2 verbatim. Draws depend on the DAG seed and the \
           subject's row id only. Output: one row per prompt with subject1, subject2, scene1, \
           scene2, layout, width, height, prompt; the subject row's other columns are kept.",
-    params: vec![
-        ParamSpec::required(
-            "companions",
-            ParamType::Path(PathKind::Input),
-            "text file, one second subject per line (`#` comments), e.g. datasets/objects365_classes.txt",
-        ),
-        ParamSpec::optional("subject", ParamType::Str, ParamValue::Str("subject".into()), "the subject column"),
-        ParamSpec::optional("scenes", ParamType::Str, ParamValue::Str("scenes".into()), "the scenes column (a list of strings)"),
-        ParamSpec::optional("prompts_per_subject", ParamType::int(1, 10_000), ParamValue::Int(1), "prompts drawn per subject"),
-        ParamSpec::optional(
-            "resolutions",
-            ParamType::StrList,
-            ParamValue::List(["1024x1024", "1024x768", "768x1024"].map(|r| ParamValue::Str(r.into())).to_vec()),
-            "diptych sizes WIDTHxHEIGHT to draw from (the paper's three by default)",
-        ),
-    ],
+    params: DiptychPromptsParams::specs(),
     inputs: (1, 1),
     resource: Resource::Cpu,
     mapping: RowMapping::Derive,
@@ -128,36 +131,33 @@ fn added_fields() -> Vec<Field> {
     fields
 }
 
-fn resolutions(params: &Params) -> Result<Vec<Resolution>> {
-    let list = params.str_list("resolutions")?;
-    if list.is_empty() {
-        return Err(OpError::Param { name: "resolutions".into(), message: "give at least one size, e.g. [\"1024x1024\"]".into() });
-    }
-    list.iter().map(|r| Resolution::parse(r).map_err(|message| OpError::Param { name: "resolutions".into(), message })).collect()
-}
-
 impl Operator for DiptychPrompts {
     fn spec(&self) -> &OpSpec {
         &SPEC
     }
 
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+        Ok(Arc::new(DiptychPromptsParams::parse(params)?))
+    }
+}
+
+impl Configured for DiptychPromptsParams {
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
         let scenes = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
         let scenes_large = DataType::LargeList(Arc::new(Field::new("item", DataType::Utf8, true)));
-        Ok(vec![vec![
-            ColumnRequirement::text(params.str("subject")?),
-            ColumnRequirement { name: params.str("scenes")?.into(), types: vec![scenes, scenes_large] },
-        ]])
+        vec![vec![
+            ColumnRequirement::text(&self.subject),
+            ColumnRequirement { name: self.scenes.clone(), types: vec![scenes, scenes_large] },
+        ]]
     }
 
-    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
-        resolutions(params)?;
-        Ok(derived_schema(&inputs[0], &[params.str("subject")?, params.str("scenes")?], added_fields()))
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        Ok(derived_schema(&inputs[0], &[&self.subject, &self.scenes], added_fields()))
     }
 
-    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
-        let path = params.str("companions")?;
-        let text = std::fs::read_to_string(path)
+    fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+        let path = self.companions.display();
+        let text = std::fs::read_to_string(&self.companions)
             .map_err(|e| OpError::Param { name: "companions".into(), message: format!("cannot read {path}: {e}") })?;
         let companions: Vec<String> =
             text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
@@ -166,12 +166,12 @@ impl Operator for DiptychPrompts {
         }
         Ok(Arc::new(PromptMaker {
             companions,
-            subject: params.str("subject")?.into(),
-            scenes: params.str("scenes")?.into(),
-            per_subject: params.int("prompts_per_subject")? as usize,
-            resolutions: resolutions(params)?,
+            subject: self.subject.clone(),
+            scenes: self.scenes.clone(),
+            per_subject: self.prompts_per_subject,
+            resolutions: self.resolutions.0.clone(),
             seed: env.seed,
-            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+            schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
 }

@@ -1,7 +1,7 @@
 //! `incontext_generate`: FLUX text-to-image of each diptych prompt, `seeds_per_prompt` images per
 //! prompt (uno-method §5.2: the in-context generation that makes the pairs).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use arrow::array::{ArrayRef, BinaryArray, Float32Array, StringArray, UInt32Array, UInt64Array};
@@ -12,14 +12,13 @@ use burn::tensor::backend::Backend;
 use image::RgbImage;
 use unoflow_models::Precision;
 use unoflow_models::flux::PeMode;
-use unoflow_models::flux::sampling::ShiftRule;
 
 use crate::columns::{ColumnRequirement, HEIGHT, WIDTH};
 use crate::draws::Draws;
 use crate::embed::{load_err, on_device};
-use crate::generate::{GenerateOptions, Models, PromptEmbedding, png_with_text, sample_batch};
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
-use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
+use crate::generate::{GenerateOptions, Models, PromptEmbedding, Shift, png_with_text, sample_batch};
+use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{ParamType, Params, PathKind};
 use crate::rowid::RowIdHasher;
 use crate::rows::{RowResults, column, derived, derived_schema, row_ids, text};
 use crate::{OpError, Result};
@@ -27,6 +26,26 @@ use crate::{OpError, Result};
 /// The `incontext_generate` operator.
 #[derive(Debug, Clone, Copy)]
 pub struct IncontextGenerate;
+
+crate::params! {
+    /// `incontext_generate`'s parameters.
+    pub struct IncontextGenerateParams {
+        /// FLUX model folder (flux1-dev.safetensors, ae.safetensors, t5/, clip/; or diffusers); empty: tiny random models
+        pub model_dir: Option<PathBuf> = optional(ParamType::Path(PathKind::Input), ""),
+        /// the prompt column
+        pub prompt: String = optional(ParamType::Str, "prompt"),
+        /// images per prompt
+        pub seeds_per_prompt: usize = optional(ParamType::int(1, 1000), 1),
+        /// sampling steps
+        pub steps: usize = optional(ParamType::int(1, 1000), 28),
+        /// distilled guidance (3.5 for FLUX.1-dev text-to-image)
+        pub guidance: f32 = optional(ParamType::float(0.0, 100.0), 3.5),
+        /// images per forward pass (same size only); a batch that runs out of GPU memory is halved and retried
+        pub batch_size: usize = optional(ParamType::int(1, 1024), 4),
+        /// schedule shift: flux (image tokens, as FLUX) or uno (latent area / 256, as UNO's sampler)
+        pub shift: Shift = choice(Shift::Flux),
+    }
+}
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "incontext_generate",
@@ -39,35 +58,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           random model set of `generate --tiny`). Output: one row per image with `image` (PNG, \
           generation parameters in text chunks), `seed`, `steps`, `guidance`, `model_digest`; the \
           prompt row's columns are kept and `parent_ids` names it.",
-    params: vec![
-        ParamSpec::optional(
-            "model_dir",
-            ParamType::Path(PathKind::Input),
-            ParamValue::Str(String::new()),
-            "FLUX model folder (flux1-dev.safetensors, ae.safetensors, t5/, clip/; or diffusers); empty: tiny random models",
-        ),
-        ParamSpec::optional("prompt", ParamType::Str, ParamValue::Str("prompt".into()), "the prompt column"),
-        ParamSpec::optional("seeds_per_prompt", ParamType::int(1, 1000), ParamValue::Int(1), "images per prompt"),
-        ParamSpec::optional("steps", ParamType::int(1, 1000), ParamValue::Int(28), "sampling steps"),
-        ParamSpec::optional(
-            "guidance",
-            ParamType::float(0.0, 100.0),
-            ParamValue::Float(3.5),
-            "distilled guidance (3.5 for FLUX.1-dev text-to-image)",
-        ),
-        ParamSpec::optional(
-            "batch_size",
-            ParamType::int(1, 1024),
-            ParamValue::Int(4),
-            "images per forward pass (same size only); a batch that runs out of GPU memory is halved and retried",
-        ),
-        ParamSpec::optional(
-            "shift",
-            ParamType::Choice(&["flux", "uno"]),
-            ParamValue::Str("flux".into()),
-            "schedule shift: flux (image tokens, as FLUX) or uno (latent area / 256, as UNO's sampler)",
-        ),
-    ],
+    params: IncontextGenerateParams::specs(),
     inputs: (1, 1),
     resource: Resource::Gpu,
     mapping: RowMapping::Derive,
@@ -150,13 +141,14 @@ fn in_batches<J, T>(items: &[J], size: usize, run: &mut BatchFn<'_, J, T>) -> Ve
     out
 }
 
-fn open_models(model_dir: &str, env: &Environment) -> Result<Box<dyn TextToImage>> {
+fn open_models(model_dir: Option<&Path>, env: &Environment) -> Result<Box<dyn TextToImage>> {
     on_device!(env.device, |device: B| {
-        let models = if model_dir.is_empty() {
-            Models::<B>::tiny(&device)?
-        } else {
-            let precision = if matches!(env.device, unoflow_models::DeviceSpec::Cpu) { Precision::F32 } else { Precision::Bf16 };
-            Models::<B>::load(Path::new(model_dir), None, precision, &device)?
+        let models = match model_dir {
+            None => Models::<B>::tiny(&device)?,
+            Some(dir) => {
+                let precision = if matches!(env.device, unoflow_models::Device::Cpu) { Precision::F32 } else { Precision::Bf16 };
+                Models::<B>::load(dir, None, precision, &device)?
+            }
         };
         Ok(Box::new(Pipeline(Mutex::new(models))) as Box<dyn TextToImage>)
     })
@@ -167,42 +159,48 @@ impl Operator for IncontextGenerate {
         &SPEC
     }
 
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+        Ok(Arc::new(IncontextGenerateParams::parse(params)?))
+    }
+}
+
+impl Configured for IncontextGenerateParams {
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
         let size = |name: &str| ColumnRequirement {
             name: name.into(),
             types: vec![DataType::UInt32, DataType::Int32, DataType::Int64, DataType::UInt64, DataType::UInt16, DataType::Int16],
         };
-        Ok(vec![vec![ColumnRequirement::text(params.str("prompt")?), size(WIDTH), size(HEIGHT)]])
+        vec![vec![ColumnRequirement::text(&self.prompt), size(WIDTH), size(HEIGHT)]]
     }
 
-    fn output_schema(&self, _params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
         Ok(derived_schema(&inputs[0], &[], added_fields()))
     }
 
-    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+    fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
         let options = GenerateOptions {
             prompt: String::new(),
             refs: Vec::new(),
             width: 0,
             height: 0,
-            steps: params.int("steps")? as usize,
-            guidance: params.float("guidance")? as f32,
+            steps: self.steps,
+            guidance: self.guidance,
             seed: 0,
             num_images: 1,
             pe: PeMode::Diagonal,
-            shift: if params.str("shift")? == "uno" { ShiftRule::UnoLatentArea } else { ShiftRule::ImageTokens },
+            shift: self.shift.into(),
             ref_long_side: None,
         };
-        let model = open_models(params.str("model_dir")?, env).map_err(|e| load_err(format!("incontext_generate: {e}")))?;
+        let model = open_models(self.model_dir.as_deref(), env).map_err(|e| load_err(format!("incontext_generate: {e}")))?;
         Ok(Arc::new(Generator {
             digest: model.digest(),
             model,
             options,
-            prompt: params.str("prompt")?.into(),
-            seeds_per_prompt: params.int("seeds_per_prompt")? as usize,
-            batch_size: params.int("batch_size")? as usize,
+            prompt: self.prompt.clone(),
+            seeds_per_prompt: self.seeds_per_prompt,
+            batch_size: self.batch_size,
             seed: env.seed,
-            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+            schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
 }

@@ -18,14 +18,32 @@ use rayon::prelude::*;
 
 use super::diptych_prompts::Layout;
 use crate::columns::ColumnRequirement;
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
-use crate::params::{ParamSpec, ParamType, ParamValue, Params};
+use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{Choice, ParamType, Params};
 use crate::rows::{RowResults, binary, bytes_at, extend_schema, row_ids, text, with_added};
 use crate::{Result, image_io};
 
 /// The `split_diptych` operator.
 #[derive(Debug, Clone, Copy)]
 pub struct SplitDiptych;
+
+crate::params! {
+    /// `split_diptych`'s parameters.
+    pub struct SplitDiptychParams {
+        /// the diptych column
+        pub image: String = optional(ParamType::Str, "image"),
+        /// the layout column, if the input has one
+        pub layout: String = optional(ParamType::Str, "layout"),
+        /// search the seam within this fraction of the side around the centre
+        pub window: f64 = optional(ParamType::float(0.0, 0.5), 0.1),
+        /// luminance step (0–255) across the line that makes a pixel an edge pixel
+        pub edge_threshold: u32 = optional(ParamType::int(1, 255), 24),
+        /// fraction of the line that must be edge pixels to call it a seam
+        pub min_coverage: f64 = optional(ParamType::float(0.0, 1.0), 0.6),
+        /// the seam's votes over the median candidate's (plus one) must reach this
+        pub min_contrast: f64 = optional(ParamType::float(1.0, 1000.0), 2.0),
+    }
+}
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "split_diptych",
@@ -38,45 +56,21 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           absent, from the image's shape (wider than tall: left_right). When no clear line is \
           found, the exact half. Adds ref_image, target_image (PNG), split (pixel offset of the \
           cut) and split_method (line | half).",
-    params: vec![
-        ParamSpec::optional("image", ParamType::Str, ParamValue::Str("image".into()), "the diptych column"),
-        ParamSpec::optional("layout", ParamType::Str, ParamValue::Str("layout".into()), "the layout column, if the input has one"),
-        ParamSpec::optional(
-            "window",
-            ParamType::float(0.0, 0.5),
-            ParamValue::Float(0.1),
-            "search the seam within this fraction of the side around the centre",
-        ),
-        ParamSpec::optional(
-            "edge_threshold",
-            ParamType::int(1, 255),
-            ParamValue::Int(24),
-            "luminance step (0–255) across the line that makes a pixel an edge pixel",
-        ),
-        ParamSpec::optional(
-            "min_coverage",
-            ParamType::float(0.0, 1.0),
-            ParamValue::Float(0.6),
-            "fraction of the line that must be edge pixels to call it a seam",
-        ),
-        ParamSpec::optional(
-            "min_contrast",
-            ParamType::float(1.0, 1000.0),
-            ParamValue::Float(2.0),
-            "the seam's votes over the median candidate's (plus one) must reach this",
-        ),
-    ],
+    params: SplitDiptychParams::specs(),
     inputs: (1, 1),
     resource: Resource::Cpu,
     mapping: RowMapping::Preserve,
     partition_rows: 64,
 });
 
-/// How a seam was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SplitMethod {
-    Line,
-    Half,
+crate::choice! {
+    /// How a seam was found, as the `split_method` column spells it.
+    pub enum SplitMethod {
+        /// A clear straight line.
+        Line = "line",
+        /// No clear line: the exact half.
+        Half = "half",
+    }
 }
 
 /// Seam-search settings.
@@ -151,26 +145,33 @@ impl Operator for SplitDiptych {
         &SPEC
     }
 
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
-        Ok(vec![vec![ColumnRequirement::image(params.str("image")?)]])
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+        Ok(Arc::new(SplitDiptychParams::parse(params)?))
+    }
+}
+
+impl Configured for SplitDiptychParams {
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
+        vec![vec![ColumnRequirement::image(&self.image)]]
     }
 
-    fn output_schema(&self, _params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
         Ok(extend_schema(&inputs[0], added_fields()))
     }
 
-    fn prepare(&self, params: &Params, _env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
-        let layout = params.str("layout")?;
+    fn prepare(&self, _env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
         Ok(Arc::new(Splitter {
-            image: params.str("image")?.into(),
-            layout: input_schema.column_with_name(layout).map(|_| layout.to_string()),
+            image: self.image.clone(),
+            // The layout column is optional: without it, each image's shape decides.
+            layout: input_schema.column_with_name(&self.layout).map(|_| self.layout.clone()),
             search: SeamSearch {
-                window: params.float("window")?,
-                edge_threshold: params.int("edge_threshold")? as u8,
-                min_coverage: params.float("min_coverage")?,
-                min_contrast: params.float("min_contrast")?,
+                window: self.window,
+                // The spec keeps the threshold in 1..=255.
+                edge_threshold: u8::try_from(self.edge_threshold).unwrap_or(u8::MAX),
+                min_coverage: self.min_coverage,
+                min_contrast: self.min_contrast,
             },
-            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+            schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
 }
@@ -194,8 +195,10 @@ impl PartitionProcessor for Splitter {
             .map(|row| {
                 let image = image_io::decode(bytes_at(&images, &self.image, row)?).map_err(|e| format!("`{}`: {e}", self.image))?;
                 let layout = match &layouts {
-                    Some(col) if col.is_valid(row) => Layout::parse(col.value(row))
-                        .ok_or_else(|| format!("layout {:?} is neither left_right nor top_bottom", col.value(row)))?,
+                    Some(col) if col.is_valid(row) => col
+                        .value(row)
+                        .parse::<Layout>()
+                        .map_err(|_| format!("layout {:?} is neither left_right nor top_bottom", col.value(row)))?,
                     _ if image.height() > image.width() => Layout::TopBottom,
                     _ => Layout::LeftRight,
                 };
@@ -208,7 +211,7 @@ impl PartitionProcessor for Splitter {
         let refs: BinaryArray = results.values.iter().map(|v| Some(v.0.as_slice())).collect();
         let targets: BinaryArray = results.values.iter().map(|v| Some(v.1.as_slice())).collect();
         let at: UInt32Array = results.values.iter().map(|v| Some(v.2)).collect();
-        let method: StringArray = results.values.iter().map(|v| Some(if v.3 == SplitMethod::Line { "line" } else { "half" })).collect();
+        let method: StringArray = results.values.iter().map(|v| Some(v.3.name())).collect();
         let added: Vec<ArrayRef> = vec![Arc::new(refs), Arc::new(targets), Arc::new(at), Arc::new(method)];
         Ok(PartitionOutput { rows: with_added(&self.schema, &kept, added)?, errors: results.errors })
     }

@@ -4,7 +4,7 @@
 //! checked against the crop with DINOv2; triplets (ref1, ref2, target) are a `sql` view over
 //! the verdict.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, ArrayRef, BinaryArray, BooleanArray, Float32Array, StringArray, UInt64Array};
@@ -17,9 +17,9 @@ use unoflow_models::flux::PeMode;
 use crate::columns::ColumnRequirement;
 use crate::draws::Draws;
 use crate::embed::{ImageEncoder, Pooling, Resize, cosine, open_dinov2};
-use crate::generate::{GenerateOptions, SubjectGenerator, open_generator, png_with_text, sampling_options, sampling_params};
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
-use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
+use crate::generate::{GenerateOptions, SamplingParams, SubjectGenerator, open_generator, png_with_text};
+use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{ParamType, Params, PathKind};
 use crate::rows::{RowResults, binary, bytes_at, column, extend_schema, row_ids, text, with_added};
 use crate::{OpError, Result, image_io};
 
@@ -28,6 +28,37 @@ use crate::{OpError, Result, image_io};
 pub struct RegenerateRef;
 
 const BOX: [&str; 4] = ["box_x1", "box_y1", "box_x2", "box_y2"];
+
+crate::params! {
+    /// `regenerate_ref`'s own parameters (the sampling ones are [`SamplingParams`]).
+    pub struct RegenerateRefParams {
+        /// DINOv2 folder for the check
+        pub dinov2_weights: PathBuf = required(ParamType::Path(PathKind::Input)),
+        /// FLUX folder; empty: tiny models
+        pub model_dir: Option<PathBuf> = optional(ParamType::Path(PathKind::Input), ""),
+        /// a column with the stage-I LoRA file
+        pub lora: Option<String> = optional(ParamType::Str, ""),
+        /// the target image column
+        pub target: String = optional(ParamType::Str, "target_image"),
+        /// the column naming subject 2
+        pub subject: String = optional(ParamType::Str, "subject2"),
+        /// the column with the new scene
+        pub scene: String = optional(ParamType::Str, "scene1"),
+        /// DINOv2 similarity to the crop needed
+        pub threshold: f32 = optional(ParamType::float(-1.0, 1.0), 0.85),
+        /// DINOv2 resize (0: 256)
+        pub resize: u32 = optional(ParamType::int(0, 4096), 0),
+        /// DINOv2 crop (0: 224)
+        pub crop: u32 = optional(ParamType::int(0, 4096), 0),
+    }
+}
+
+/// A configured `regenerate_ref` node: its own parameters and the sampling options, checked.
+#[derive(Debug)]
+pub struct RegenerateRefConfig {
+    params: RegenerateRefParams,
+    options: GenerateOptions,
+}
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "regenerate_ref",
@@ -40,26 +71,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           with the crop (DINOv2, mean of patch tokens). Adds subject2_crop, ref2_image, \
           ref2_prompt, ref2_seed, ref2_similarity and ref2_pass (≥ `threshold`). Keep triplets \
           with `WHERE ref2_pass`.",
-    params: [
-        vec![
-            ParamSpec::required("dinov2_weights", ParamType::Path(PathKind::Input), "DINOv2 folder for the check"),
-            ParamSpec::optional(
-                "model_dir",
-                ParamType::Path(PathKind::Input),
-                ParamValue::Str(String::new()),
-                "FLUX folder; empty: tiny models",
-            ),
-            ParamSpec::optional("lora", ParamType::Str, ParamValue::Str(String::new()), "a column with the stage-I LoRA file"),
-            ParamSpec::optional("target", ParamType::Str, ParamValue::Str("target_image".into()), "the target image column"),
-            ParamSpec::optional("subject", ParamType::Str, ParamValue::Str("subject2".into()), "the column naming subject 2"),
-            ParamSpec::optional("scene", ParamType::Str, ParamValue::Str("scene1".into()), "the column with the new scene"),
-            ParamSpec::optional("threshold", ParamType::float(-1.0, 1.0), ParamValue::Float(0.85), "DINOv2 similarity to the crop needed"),
-            ParamSpec::optional("resize", ParamType::int(0, 4096), ParamValue::Int(0), "DINOv2 resize (0: 256)"),
-            ParamSpec::optional("crop", ParamType::int(0, 4096), ParamValue::Int(0), "DINOv2 crop (0: 224)"),
-        ],
-        sampling_params(),
-    ]
-    .concat(),
+    params: [RegenerateRefParams::specs(), SamplingParams::specs()].concat(),
     inputs: (1, 1),
     resource: Resource::Gpu,
     mapping: RowMapping::Preserve,
@@ -82,42 +94,44 @@ impl Operator for RegenerateRef {
         &SPEC
     }
 
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+        let options = SamplingParams::parse(params)?.options(PeMode::Diagonal)?;
+        Ok(Arc::new(RegenerateRefConfig { params: RegenerateRefParams::parse(params)?, options }))
+    }
+}
+
+impl Configured for RegenerateRefConfig {
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
+        let p = &self.params;
         let coordinate = |name: &str| ColumnRequirement {
             name: name.into(),
             types: vec![DataType::UInt32, DataType::Int32, DataType::Int64, DataType::UInt64, DataType::Float32, DataType::Float64],
         };
-        let mut needed = vec![
-            ColumnRequirement::image(params.str("target")?),
-            ColumnRequirement::text(params.str("subject")?),
-            ColumnRequirement::text(params.str("scene")?),
-        ];
+        let mut needed = vec![ColumnRequirement::image(&p.target), ColumnRequirement::text(&p.subject), ColumnRequirement::text(&p.scene)];
         needed.extend(BOX.iter().map(|c| coordinate(c)));
-        if !params.str("lora")?.is_empty() {
-            needed.push(ColumnRequirement::text(params.str("lora")?));
-        }
-        Ok(vec![needed])
+        needed.extend(p.lora.as_deref().map(ColumnRequirement::text));
+        vec![needed]
     }
 
-    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
-        sampling_options(params, PeMode::Diagonal)?;
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
         Ok(extend_schema(&inputs[0], added_fields()))
     }
 
-    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
-        let preprocess = Resize::from_params(params.int("resize")? as u32, params.int("crop")? as u32);
+    fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+        let p = &self.params;
+        let preprocess = Resize::from_params(p.resize, p.crop);
         Ok(Arc::new(Regenerator {
-            generator: open_generator(params.str("model_dir")?, env)?,
-            dinov2: open_dinov2(Path::new(params.str("dinov2_weights")?), Pooling::MeanPatch, preprocess, env.device)?,
-            options: sampling_options(params, PeMode::Diagonal)?,
-            lora: Some(params.str("lora")?.to_string()).filter(|s| !s.is_empty()),
+            generator: open_generator(p.model_dir.as_deref(), env)?,
+            dinov2: open_dinov2(&p.dinov2_weights, Pooling::MeanPatch, preprocess, env.device)?,
+            options: self.options.clone(),
+            lora: p.lora.clone(),
             env: env.clone(),
-            target: params.str("target")?.into(),
-            subject: params.str("subject")?.into(),
-            scene: params.str("scene")?.into(),
-            threshold: params.float("threshold")? as f32,
+            target: p.target.clone(),
+            subject: p.subject.clone(),
+            scene: p.scene.clone(),
+            threshold: p.threshold,
             seed: env.seed,
-            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+            schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
 }

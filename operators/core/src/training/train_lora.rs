@@ -32,9 +32,9 @@ use super::buckets::bucket_for;
 use crate::columns::{ColumnRequirement, PARENT_IDS};
 use crate::draws::Draws;
 use crate::embed::load_err;
-use crate::generate::{Models, PromptEmbedding, to_tensor};
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
-use crate::params::{ParamSpec, ParamType, ParamValue, Params, PathKind};
+use crate::generate::{Models, Pe, PromptEmbedding, to_tensor};
+use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{ParamType, Params, PathKind};
 use crate::rowid::RowIdHasher;
 use crate::rows::{binary, bytes_at, row_ids, text};
 use crate::{OpError, Result, image_io};
@@ -42,6 +42,49 @@ use crate::{OpError, Result, image_io};
 /// The `train_lora` operator.
 #[derive(Debug, Clone, Copy)]
 pub struct TrainLora;
+
+crate::params! {
+    /// `train_lora`'s parameters.
+    pub struct TrainLoraParams {
+        /// FLUX model folder (BFL or diffusers layout); empty: the tiny random models
+        pub model_dir: Option<PathBuf> = optional(ParamType::Path(PathKind::Input), ""),
+        /// the prompt column
+        pub prompt: String = optional(ParamType::Str, "prompt"),
+        /// the target image column
+        pub target: String = optional(ParamType::Str, "target_image"),
+        /// the reference image columns, in order
+        pub refs: Vec<String> = optional(ParamType::StrList, ["ref_image"]),
+        /// a column with a LoRA file to start from (stage II)
+        pub init_lora: Option<String> = optional(ParamType::Str, ""),
+        /// LoRA rank of a fresh LoRA (paper: 512)
+        pub rank: usize = optional(ParamType::int(1, 4096), 512),
+        /// optimisation steps (paper: 5000 per stage)
+        pub steps: u64 = optional(ParamType::int(1, 10_000_000), 5000),
+        /// constant learning rate (paper: 1e-5)
+        pub learning_rate: f64 = optional(ParamType::float(0.0, 1.0), 1e-5),
+        /// examples per micro-batch
+        pub batch_size: usize = optional(ParamType::int(1, 4096), 1),
+        /// micro-batches per step
+        pub gradient_accumulation: usize = optional(ParamType::int(1, 4096), 1),
+        /// global gradient clipping
+        pub max_grad_norm: f64 = optional(ParamType::float(0.0, 1e6), 1.0),
+        /// AdamW weight decay
+        pub weight_decay: f64 = optional(ParamType::float(0.0, 10.0), 0.01),
+        /// fraction of prompts emptied
+        pub text_dropout: f64 = optional(ParamType::float(0.0, 1.0), 0.1),
+        /// training resolution (buckets and t schedule)
+        pub resolution: u32 = optional(ParamType::int(16, 4096), 512),
+        /// references' resolution (0: `resolution`)
+        pub resolution_ref: u32 = optional(ParamType::int(0, 4096), 0),
+        /// UnoPE mode
+        pub pe: Pe = choice(Pe::Diagonal),
+        /// trade compute for memory: burn's balanced checkpointing recomputes cheap activations in the
+        /// backward pass
+        pub recompute: bool = optional(ParamType::Bool, false),
+        /// steps between checkpoints
+        pub checkpoint_every: u64 = optional(ParamType::int(1, 10_000_000), 1000).not_fingerprinted(),
+    }
+}
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "train_lora",
@@ -59,47 +102,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           the node's artifact folder; the `checkpoint` column names them. `init_lora`: a column \
           holding a LoRA file to continue from (stage II continues stage I's: select its last \
           checkpoint into the data with a `sql` node, so editing stage I makes stage II stale).",
-    params: vec![
-        ParamSpec::optional(
-            "model_dir",
-            ParamType::Path(PathKind::Input),
-            ParamValue::Str(String::new()),
-            "FLUX model folder (BFL or diffusers layout); empty: the tiny random models",
-        ),
-        ParamSpec::optional("prompt", ParamType::Str, ParamValue::Str("prompt".into()), "the prompt column"),
-        ParamSpec::optional("target", ParamType::Str, ParamValue::Str("target_image".into()), "the target image column"),
-        ParamSpec::optional(
-            "refs",
-            ParamType::StrList,
-            ParamValue::List(vec![ParamValue::Str("ref_image".into())]),
-            "the reference image columns, in order",
-        ),
-        ParamSpec::optional(
-            "init_lora",
-            ParamType::Str,
-            ParamValue::Str(String::new()),
-            "a column with a LoRA file to start from (stage II)",
-        ),
-        ParamSpec::optional("rank", ParamType::int(1, 4096), ParamValue::Int(512), "LoRA rank of a fresh LoRA (paper: 512)"),
-        ParamSpec::optional("steps", ParamType::int(1, 10_000_000), ParamValue::Int(5000), "optimisation steps (paper: 5000 per stage)"),
-        ParamSpec::optional("learning_rate", ParamType::float(0.0, 1.0), ParamValue::Float(1e-5), "constant learning rate (paper: 1e-5)"),
-        ParamSpec::optional("batch_size", ParamType::int(1, 4096), ParamValue::Int(1), "examples per micro-batch"),
-        ParamSpec::optional("gradient_accumulation", ParamType::int(1, 4096), ParamValue::Int(1), "micro-batches per step"),
-        ParamSpec::optional("max_grad_norm", ParamType::float(0.0, 1e6), ParamValue::Float(1.0), "global gradient clipping"),
-        ParamSpec::optional("weight_decay", ParamType::float(0.0, 10.0), ParamValue::Float(0.01), "AdamW weight decay"),
-        ParamSpec::optional("text_dropout", ParamType::float(0.0, 1.0), ParamValue::Float(0.1), "fraction of prompts emptied"),
-        ParamSpec::optional("resolution", ParamType::int(16, 4096), ParamValue::Int(512), "training resolution (buckets and t schedule)"),
-        ParamSpec::optional("resolution_ref", ParamType::int(0, 4096), ParamValue::Int(0), "references' resolution (0: `resolution`)"),
-        ParamSpec::optional("pe", ParamType::Choice(&["d", "h", "w", "o"]), ParamValue::Str("d".into()), "UnoPE mode"),
-        ParamSpec::optional(
-            "recompute",
-            ParamType::Bool,
-            ParamValue::Bool(false),
-            "trade compute for memory: burn's balanced checkpointing recomputes cheap activations in the backward pass",
-        ),
-        ParamSpec::optional("checkpoint_every", ParamType::int(1, 10_000_000), ParamValue::Int(1000), "steps between checkpoints")
-            .not_fingerprinted(),
-    ],
+    params: TrainLoraParams::specs(),
     inputs: (1, 1),
     resource: Resource::Gpu,
     mapping: RowMapping::Derive,
@@ -126,41 +129,45 @@ impl Operator for TrainLora {
         &SPEC
     }
 
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
-        let mut needed = vec![ColumnRequirement::text(params.str("prompt")?), ColumnRequirement::image(params.str("target")?)];
-        needed.extend(params.str_list("refs")?.into_iter().map(ColumnRequirement::image));
-        if !params.str("init_lora")?.is_empty() {
-            needed.push(ColumnRequirement::text(params.str("init_lora")?));
-        }
-        Ok(vec![needed])
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+        Ok(Arc::new(TrainLoraParams::parse(params)?))
+    }
+}
+
+impl Configured for TrainLoraParams {
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
+        let mut needed = vec![ColumnRequirement::text(&self.prompt), ColumnRequirement::image(&self.target)];
+        needed.extend(self.refs.iter().map(ColumnRequirement::image));
+        needed.extend(self.init_lora.as_deref().map(ColumnRequirement::text));
+        vec![needed]
     }
 
-    fn output_schema(&self, _params: &Params, _inputs: &[SchemaRef]) -> Result<SchemaRef> {
+    fn output_schema(&self, _inputs: &[SchemaRef]) -> Result<SchemaRef> {
         Ok(Arc::new(Schema::new(output_fields())))
     }
 
-    fn prepare(&self, params: &Params, env: &Environment, _input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+    fn prepare(&self, env: &Environment, _input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
         let settings = Settings {
-            prompt: params.str("prompt")?.into(),
-            target: params.str("target")?.into(),
-            refs: params.str_list("refs")?.into_iter().map(str::to_string).collect(),
-            init_lora: Some(params.str("init_lora")?.to_string()).filter(|s| !s.is_empty()),
-            rank: params.int("rank")? as usize,
-            steps: params.int("steps")? as u64,
-            batch_size: params.int("batch_size")? as usize,
-            accumulation: params.int("gradient_accumulation")? as usize,
-            text_dropout: params.float("text_dropout")?,
-            resolution: params.int("resolution")? as u32,
-            resolution_ref: match params.int("resolution_ref")? as u32 {
-                0 => params.int("resolution")? as u32,
+            prompt: self.prompt.clone(),
+            target: self.target.clone(),
+            refs: self.refs.clone(),
+            init_lora: self.init_lora.clone(),
+            rank: self.rank,
+            steps: self.steps,
+            batch_size: self.batch_size,
+            accumulation: self.gradient_accumulation,
+            text_dropout: self.text_dropout,
+            resolution: self.resolution,
+            resolution_ref: match self.resolution_ref {
+                0 => self.resolution,
                 r => r,
             },
-            pe: params.str("pe")?.parse().map_err(|message| OpError::Param { name: "pe".into(), message })?,
-            checkpoint_every: params.int("checkpoint_every")? as u64,
+            pe: self.pe.into(),
+            checkpoint_every: self.checkpoint_every,
             optim: OptimSettings {
-                lr: params.float("learning_rate")?,
-                weight_decay: params.float("weight_decay")?,
-                max_grad_norm: params.float("max_grad_norm")?,
+                lr: self.learning_rate,
+                weight_decay: self.weight_decay,
+                max_grad_norm: self.max_grad_norm,
                 ..OptimSettings::default()
             },
             seed: env.seed,
@@ -170,30 +177,30 @@ impl Operator for TrainLora {
                 .ok_or_else(|| OpError::Execution("train_lora needs a workspace for its checkpoints".into()))?,
             env: env.clone(),
         };
-        let model_dir = params.str("model_dir")?.to_string();
-        let trainer: Box<dyn Train> = if params.bool("recompute")? {
-            trainer_on::<BalancedCheckpointing>(settings, &model_dir, env)?
+        let model_dir = self.model_dir.as_deref();
+        let trainer: Box<dyn Train> = if self.recompute {
+            trainer_on::<BalancedCheckpointing>(settings, model_dir, env)?
         } else {
-            trainer_on::<NoCheckpointing>(settings, &model_dir, env)?
+            trainer_on::<NoCheckpointing>(settings, model_dir, env)?
         };
         Ok(Arc::new(Node(Mutex::new(trainer))))
     }
 }
 
 /// A trainer on `env`'s device with autodiff checkpointing strategy `C`.
-fn trainer_on<C: CheckpointStrategy>(settings: Settings, model_dir: &str, env: &Environment) -> Result<Box<dyn Train>> {
+fn trainer_on<C: CheckpointStrategy>(settings: Settings, model_dir: Option<&Path>, env: &Environment) -> Result<Box<dyn Train>> {
     Ok(match env.device {
-        unoflow_models::DeviceSpec::Cpu => {
+        unoflow_models::Device::Cpu => {
             Box::new(Trainer::<Autodiff<unoflow_models::device::CpuBackend, C>>::new(settings, model_dir, Default::default())?)
         }
         #[cfg(feature = "cuda")]
-        unoflow_models::DeviceSpec::Cuda(n) => Box::new(Trainer::<Autodiff<unoflow_models::device::CudaBackend, C>>::new(
+        unoflow_models::Device::Cuda(n) => Box::new(Trainer::<Autodiff<unoflow_models::device::CudaBackend, C>>::new(
             settings,
             model_dir,
             unoflow_models::device::cuda_device(n),
         )?),
         #[cfg(not(feature = "cuda"))]
-        unoflow_models::DeviceSpec::Cuda(_) => return Err(load_err(unoflow_models::DeviceError::CudaNotBuilt(env.device))),
+        unoflow_models::Device::Cuda(_) => return Err(load_err(unoflow_models::DeviceError::CudaNotBuilt(env.device))),
     })
 }
 
@@ -296,13 +303,14 @@ struct Trainer<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
-    fn new(settings: Settings, model_dir: &str, device: B::Device) -> Result<Self> {
-        let models = if model_dir.is_empty() {
-            Models::<B>::tiny(&device)?
-        } else {
-            let precision =
-                if B::name(&device).contains("flex") { unoflow_models::Precision::F32 } else { unoflow_models::Precision::Bf16 };
-            Models::<B>::load(Path::new(model_dir), None, precision, &device)?
+    fn new(settings: Settings, model_dir: Option<&Path>, device: B::Device) -> Result<Self> {
+        let models = match model_dir {
+            None => Models::<B>::tiny(&device)?,
+            Some(dir) => {
+                let precision =
+                    if B::name(&device).contains("flex") { unoflow_models::Precision::F32 } else { unoflow_models::Precision::Bf16 };
+                Models::<B>::load(dir, None, precision, &device)?
+            }
         };
         let timesteps = training_timesteps((settings.resolution as usize / 16).pow(2));
         Ok(Self { settings, models, device, prompts: HashMap::new(), epoch_order: None, timesteps })

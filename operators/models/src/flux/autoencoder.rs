@@ -302,7 +302,9 @@ impl<B: Backend> AutoEncoder<B> {
     /// (`diffusion_pytorch_model.safetensors`), checking every tensor is used.
     pub fn open(path: &std::path::Path, c: &AutoEncoderConfig, device: &B::Device, dtype: Option<burn::tensor::DType>) -> Result<Self> {
         let ckpt = Checkpoint::open(&weights_file(path))?;
-        let model = if path.is_dir() {
+        // A folder is diffusers' `vae/`; a file is either layout, told apart by its keys.
+        let diffusers = path.is_dir() || ckpt.keys().any(|k| k.starts_with("encoder.down_blocks."));
+        let model = if diffusers {
             let view = DiffusersAutoEncoder { checkpoint: &ckpt, levels: c.ch_mult.len() };
             Self::load(&Vb::new(&view, device, dtype), c)?
         } else {

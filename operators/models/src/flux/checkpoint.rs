@@ -26,11 +26,15 @@ pub enum FluxCheckpoint {
 }
 
 impl FluxCheckpoint {
-    /// Opens a `.safetensors` file (BFL layout) or a diffusers folder: the pipeline root (with
-    /// `transformer/`), or the transformer folder itself.
+    /// Opens a `.safetensors` file (either layout, told apart by its keys) or a diffusers
+    /// folder: the pipeline root (with `transformer/`), or the transformer folder itself.
     pub fn open(path: &Path) -> Result<Self> {
         if path.is_file() {
-            return Ok(Self::Bfl(Checkpoint::open(path)?));
+            let checkpoint = Checkpoint::open(path)?;
+            // A bare `diffusion_pytorch_model.safetensors` has diffusers keys; BFL files have
+            // `img_in`.
+            let diffusers = checkpoint.keys().any(|k| k.starts_with("x_embedder.") || k.starts_with("transformer_blocks."));
+            return Ok(if diffusers { Self::Diffusers(checkpoint) } else { Self::Bfl(checkpoint) });
         }
         let dir = if path.join("transformer").is_dir() { path.join("transformer") } else { path.to_path_buf() };
         let index = dir.join("diffusion_pytorch_model.safetensors.index.json");

@@ -11,10 +11,10 @@ use arrow::record_batch::RecordBatch;
 use serde_json::{Value, json};
 
 use super::client::ChatClient;
-use super::{connection_params, image_part, in_parallel, parse};
+use super::{ConnectionParams, ImageSendParams, image_part, in_parallel, parse};
 use crate::columns::ColumnRequirement;
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
-use crate::params::{ParamSpec, ParamType, ParamValue, Params};
+use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{ParamType, Params};
 use crate::rows::{RowResults, binary, bytes_at, extend_schema, row_ids, text, with_added};
 use crate::{OpError, Result, image_io};
 
@@ -22,45 +22,54 @@ use crate::{OpError, Result, image_io};
 #[derive(Debug, Clone, Copy)]
 pub struct VlmDetect;
 
-/// How the model writes coordinates.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Coordinates {
-    /// Pixels of the image as sent (Qwen2.5-VL).
-    Pixels,
-    /// 0–1000 on both axes (Qwen2-VL, many others).
-    Thousandths,
-    /// 0–1.
-    Unit,
+crate::choice! {
+    /// How the model writes coordinates.
+    pub enum Coordinates {
+        /// Pixels of the image as sent (Qwen2.5-VL).
+        Pixels = "pixels",
+        /// 0–1000 on both axes (Qwen2-VL, many others).
+        Thousandths = "thousandths",
+        /// 0–1.
+        Unit = "unit",
+    }
 }
 
-static SPEC: LazyLock<OpSpec> = LazyLock::new(|| {
-    let mut params = vec![
-        ParamSpec::optional("image", ParamType::Str, ParamValue::Str("target_image".into()), "the image column"),
-        ParamSpec::optional("subject", ParamType::Str, ParamValue::Str("subject2".into()), "the column naming what to find"),
-        ParamSpec::optional(
-            "coordinates",
-            ParamType::Choice(&["pixels", "thousandths", "unit"]),
-            ParamValue::Str("pixels".into()),
-            "how the model writes boxes: pixels (Qwen2.5-VL), thousandths (0–1000), unit (0–1)",
-        ),
-        ParamSpec::optional("crop", ParamType::Str, ParamValue::Str("subject_crop".into()), "the crop column to add"),
-    ];
-    params.extend(connection_params());
-    OpSpec {
-        name: "vlm_detect",
-        version: 1,
-        summary: "bounding box of a named subject from a grounding VLM (Qwen2.5-VL JSON), and its crop",
-        doc: "Asks the model to locate the subject named in the `subject` column and answer \
-              `[{\"bbox_2d\": [x1, y1, x2, y2], \"label\": …}]`; the first box is taken, clamped to \
-              the image. Adds box_x1, box_y1, box_x2, box_y2 (pixels), the crop (PNG) and vlm_raw. \
-              A row whose answer has no usable box goes to the error table. Same connection, \
-              retry and cache behaviour as vlm_score.",
-        params,
-        inputs: (1, 1),
-        resource: Resource::Cpu,
-        mapping: RowMapping::Preserve,
-        partition_rows: 64,
+crate::params! {
+    /// `vlm_detect`'s own parameters.
+    pub struct VlmDetectParams {
+        /// the image column
+        pub image: String = optional(ParamType::Str, "target_image"),
+        /// the column naming what to find
+        pub subject: String = optional(ParamType::Str, "subject2"),
+        /// how the model writes boxes: pixels (Qwen2.5-VL), thousandths (0–1000), unit (0–1)
+        pub coordinates: Coordinates = choice(Coordinates::Pixels),
+        /// the crop column to add
+        pub crop: String = optional(ParamType::Str, "subject_crop"),
     }
+}
+
+/// A configured `vlm_detect` node: its own parameters, the connection's and the images'.
+#[derive(Debug)]
+pub struct VlmDetectConfig {
+    params: VlmDetectParams,
+    connection: ConnectionParams,
+    images: ImageSendParams,
+}
+
+static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
+    name: "vlm_detect",
+    version: 1,
+    summary: "bounding box of a named subject from a grounding VLM (Qwen2.5-VL JSON), and its crop",
+    doc: "Asks the model to locate the subject named in the `subject` column and answer \
+          `[{\"bbox_2d\": [x1, y1, x2, y2], \"label\": …}]`; the first box is taken, clamped to \
+          the image. Adds box_x1, box_y1, box_x2, box_y2 (pixels), the crop (PNG) and vlm_raw. \
+          A row whose answer has no usable box goes to the error table. Same connection, \
+          retry and cache behaviour as vlm_score.",
+    params: [VlmDetectParams::specs(), ConnectionParams::specs(), ImageSendParams::specs()].concat(),
+    inputs: (1, 1),
+    resource: Resource::Cpu,
+    mapping: RowMapping::Preserve,
+    partition_rows: 64,
 });
 
 impl Operator for VlmDetect {
@@ -68,38 +77,42 @@ impl Operator for VlmDetect {
         &SPEC
     }
 
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
-        Ok(vec![vec![ColumnRequirement::image(params.str("image")?), ColumnRequirement::text(params.str("subject")?)]])
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+        let connection = ConnectionParams::parse(params)?;
+        connection.endpoint()?;
+        Ok(Arc::new(VlmDetectConfig { params: VlmDetectParams::parse(params)?, connection, images: ImageSendParams::parse(params)? }))
+    }
+}
+
+impl Configured for VlmDetectConfig {
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
+        vec![vec![ColumnRequirement::image(&self.params.image), ColumnRequirement::text(&self.params.subject)]]
     }
 
-    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
-        super::endpoint(params)?;
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
         let mut added: Vec<Field> =
             ["box_x1", "box_y1", "box_x2", "box_y2"].iter().map(|n| Field::new(*n, DataType::UInt32, false)).collect();
-        added.push(Field::new(params.str("crop")?, DataType::Binary, false));
+        added.push(Field::new(&self.params.crop, DataType::Binary, false));
         added.push(Field::new("vlm_raw", DataType::Utf8, false));
         Ok(extend_schema(&inputs[0], added))
     }
 
-    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
-        if params.int("image_max_side")? != 0 && params.str("coordinates")? == "pixels" {
+    fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+        let (p, image_max_side) = (&self.params, self.images.image_max_side);
+        if image_max_side != 0 && p.coordinates == Coordinates::Pixels {
             return Err(OpError::Param {
                 name: "image_max_side".into(),
                 message: "pixel boxes refer to the image as sent: leave image_max_side at 0, or use normalised coordinates".into(),
             });
         }
         Ok(Arc::new(Detector {
-            client: super::client(params, env)?,
-            image: params.str("image")?.into(),
-            subject: params.str("subject")?.into(),
-            coordinates: match params.str("coordinates")? {
-                "thousandths" => Coordinates::Thousandths,
-                "unit" => Coordinates::Unit,
-                _ => Coordinates::Pixels,
-            },
-            concurrency: params.int("concurrency")? as usize,
-            image_max_side: params.int("image_max_side")? as u32,
-            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+            client: self.connection.client(env)?,
+            image: p.image.clone(),
+            subject: p.subject.clone(),
+            coordinates: p.coordinates,
+            concurrency: self.connection.concurrency,
+            image_max_side,
+            schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
 }

@@ -14,68 +14,73 @@ use std::time::Duration;
 use image::imageops::FilterType;
 
 use crate::operator::Environment;
-use crate::params::{ParamSpec, ParamType, ParamValue, Params};
+use crate::params::ParamType;
 use crate::{OpError, Result, image_io};
 use client::{ChatClient, ClientConfig, data_url};
 
-/// The parameters every VLM operator takes.
-pub fn connection_params() -> Vec<ParamSpec> {
-    vec![
-        ParamSpec::required("endpoint", ParamType::Str, "API base URL, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, llama.cpp, Ollama)")
-            .not_fingerprinted(),
-        ParamSpec::required("model", ParamType::Str, "the model name the server knows (e.g. Qwen/Qwen2.5-VL-72B-Instruct)"),
-        ParamSpec::optional(
-            "api_key_env",
-            ParamType::Str,
-            ParamValue::Str("OPENAI_API_KEY".into()),
-            "environment variable holding the API key (unset: no Authorization header)",
-        )
-        .not_fingerprinted(),
-        ParamSpec::optional("concurrency", ParamType::int(1, 1024), ParamValue::Int(8), "requests in flight per node").not_fingerprinted(),
-        ParamSpec::optional("timeout_s", ParamType::float(0.001, 3600.0), ParamValue::Float(120.0), "per-request timeout")
-            .not_fingerprinted(),
-        ParamSpec::optional("max_retries", ParamType::int(0, 20), ParamValue::Int(4), "retries on 429, 5xx and timeouts")
-            .not_fingerprinted(),
-        ParamSpec::optional("backoff_s", ParamType::float(0.0, 60.0), ParamValue::Float(1.0), "first retry delay; doubles per retry")
-            .not_fingerprinted(),
-        ParamSpec::optional("temperature", ParamType::float(0.0, 2.0), ParamValue::Float(0.0), "sampling temperature"),
-        ParamSpec::optional("max_tokens", ParamType::int(1, 1 << 20), ParamValue::Int(2048), "answer length limit per round"),
-        ParamSpec::optional(
-            "image_max_side",
-            ParamType::int(0, 16384),
-            ParamValue::Int(0),
-            "downscale images to this long side before sending (0: as they are)",
-        ),
-    ]
-}
-
-/// The endpoint, checked: an `http://` or `https://` URL (validation calls this too).
-pub fn endpoint(params: &Params) -> Result<String> {
-    let endpoint = params.str("endpoint")?.trim().to_string();
-    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        return Err(OpError::Param {
-            name: "endpoint".into(),
-            message: format!("{endpoint:?} is not an http:// or https:// URL (e.g. \"http://{endpoint}/v1\")"),
-        });
+crate::params! {
+    /// How every VLM operator reaches its server; the operators' specs follow their own.
+    pub struct ConnectionParams {
+        /// API base URL, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, llama.cpp, Ollama)
+        pub endpoint: String = required(ParamType::Str).not_fingerprinted(),
+        /// the model name the server knows (e.g. Qwen/Qwen2.5-VL-72B-Instruct)
+        pub model: String = required(ParamType::Str),
+        /// environment variable holding the API key (unset: no Authorization header)
+        pub api_key_env: String = optional(ParamType::Str, "OPENAI_API_KEY").not_fingerprinted(),
+        /// requests in flight per node
+        pub concurrency: usize = optional(ParamType::int(1, 1024), 8).not_fingerprinted(),
+        /// per-request timeout
+        pub timeout_s: f64 = optional(ParamType::float(0.001, 3600.0), 120.0).not_fingerprinted(),
+        /// retries on 429, 5xx and timeouts
+        pub max_retries: u32 = optional(ParamType::int(0, 20), 4).not_fingerprinted(),
+        /// first retry delay; doubles per retry
+        pub backoff_s: f64 = optional(ParamType::float(0.0, 60.0), 1.0).not_fingerprinted(),
+        /// sampling temperature
+        pub temperature: f64 = optional(ParamType::float(0.0, 2.0), 0.0),
+        /// answer length limit per round
+        pub max_tokens: u32 = optional(ParamType::int(1, 1 << 20), 2048),
     }
-    Ok(endpoint)
 }
 
-/// The client a node's parameters describe.
-pub fn client(params: &Params, env: &Environment) -> Result<ChatClient> {
-    let endpoint = endpoint(params)?;
-    let api_key = std::env::var(params.str("api_key_env")?).ok().filter(|k| !k.is_empty());
-    Ok(ChatClient::new(ClientConfig {
-        endpoint,
-        model: params.str("model")?.into(),
-        api_key,
-        timeout: Duration::from_secs_f64(params.float("timeout_s")?),
-        max_retries: params.int("max_retries")? as u32,
-        backoff: Duration::from_secs_f64(params.float("backoff_s")?),
-        temperature: params.float("temperature")?,
-        max_tokens: params.int("max_tokens")? as u32,
-        cache_dir: env.cache_dir.clone(),
-    }))
+crate::params! {
+    /// How the VLM operators that send images (`vlm_score`, `vlm_detect`) size them; their specs
+    /// end with it.
+    pub struct ImageSendParams {
+        /// downscale images to this long side before sending (0: as they are)
+        pub image_max_side: u32 = optional(ParamType::int(0, 16384), 0),
+    }
+}
+
+impl ConnectionParams {
+    /// The endpoint, checked: an `http://` or `https://` URL. The operators check it when they
+    /// are configured, so validation reports a bad one.
+    pub fn endpoint(&self) -> Result<String> {
+        let endpoint = self.endpoint.trim().to_string();
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(OpError::Param {
+                name: "endpoint".into(),
+                message: format!("{endpoint:?} is not an http:// or https:// URL (e.g. \"http://{endpoint}/v1\")"),
+            });
+        }
+        Ok(endpoint)
+    }
+
+    /// The client these parameters describe.
+    pub fn client(&self, env: &Environment) -> Result<ChatClient> {
+        let endpoint = self.endpoint()?;
+        let api_key = std::env::var(&self.api_key_env).ok().filter(|k| !k.is_empty());
+        Ok(ChatClient::new(ClientConfig {
+            endpoint,
+            model: self.model.clone(),
+            api_key,
+            timeout: Duration::from_secs_f64(self.timeout_s),
+            max_retries: self.max_retries,
+            backoff: Duration::from_secs_f64(self.backoff_s),
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            cache_dir: env.cache_dir.clone(),
+        }))
+    }
 }
 
 /// An image as the `image_url` content part of a chat message, downscaled to `max_side` (0: as

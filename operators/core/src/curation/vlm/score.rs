@@ -10,11 +10,11 @@ use arrow::record_batch::RecordBatch;
 use serde_json::{Value, json};
 
 use super::client::ChatClient;
-use super::{connection_params, image_part, in_parallel, parse};
+use super::{ConnectionParams, ImageSendParams, image_part, in_parallel, parse};
 use crate::Result;
 use crate::columns::ColumnRequirement;
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
-use crate::params::{ParamSpec, ParamType, ParamValue, Params};
+use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{ParamType, Params};
 use crate::rows::{RowResults, binary, bytes_at, extend_schema, row_ids, text, with_added};
 
 /// The `vlm_score` operator.
@@ -63,38 +63,45 @@ fn step3_schema() -> Value {
     })
 }
 
-static SPEC: LazyLock<OpSpec> = LazyLock::new(|| {
-    let mut params = vec![
-        ParamSpec::optional("left", ParamType::Str, ParamValue::Str("ref_image".into()), "the reference image column"),
-        ParamSpec::optional("right", ParamType::Str, ParamValue::Str("target_image".into()), "the target image column"),
-        ParamSpec::optional(
-            "subject",
-            ParamType::Str,
-            ParamValue::Str(String::new()),
-            "a column naming the subject, given to the model in step 1 (empty: the model finds it)",
-        ),
-    ];
-    params.extend(connection_params());
-    OpSpec {
-        name: "vlm_score",
-        version: 1,
-        summary: "UNO's VLM chain-of-thought consistency score (3 rounds: describe, compare, score parts 0–4; mean)",
-        doc: "Asks a vision-language model, through the OpenAI-compatible chat completions API, the \
-              paper's three rounds in one conversation: describe both images and break the \
-              subject into parts; compare each part in detail; score each part 0–4. The final \
-              score is the mean of the part scores (the paper keeps score 4; UNO-1M advises ≥ 3.5). \
-              Step 3 asks for JSON-schema structured output where the server accepts it and is \
-              parsed tolerantly where not. Answers are cached in the workspace by request digest, \
-              so a rerun sends no request it has an answer for; rows whose requests fail after \
-              retries, or whose answers carry no scores, go to the error table. Adds vlm_parts, \
-              vlm_part_scores, vlm_score, vlm_reasoning (rounds 1–2), vlm_model, vlm_raw (JSON of \
-              the three answers).",
-        params,
-        inputs: (1, 1),
-        resource: Resource::Cpu,
-        mapping: RowMapping::Preserve,
-        partition_rows: 64,
+crate::params! {
+    /// `vlm_score`'s own parameters.
+    pub struct VlmScoreParams {
+        /// the reference image column
+        pub left: String = optional(ParamType::Str, "ref_image"),
+        /// the target image column
+        pub right: String = optional(ParamType::Str, "target_image"),
+        /// a column naming the subject, given to the model in step 1 (empty: the model finds it)
+        pub subject: Option<String> = optional(ParamType::Str, ""),
     }
+}
+
+/// A configured `vlm_score` node: its own parameters, the connection's and the images'.
+#[derive(Debug)]
+pub struct VlmScoreConfig {
+    params: VlmScoreParams,
+    connection: ConnectionParams,
+    images: ImageSendParams,
+}
+
+static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
+    name: "vlm_score",
+    version: 1,
+    summary: "UNO's VLM chain-of-thought consistency score (3 rounds: describe, compare, score parts 0–4; mean)",
+    doc: "Asks a vision-language model, through the OpenAI-compatible chat completions API, the \
+          paper's three rounds in one conversation: describe both images and break the \
+          subject into parts; compare each part in detail; score each part 0–4. The final \
+          score is the mean of the part scores (the paper keeps score 4; UNO-1M advises ≥ 3.5). \
+          Step 3 asks for JSON-schema structured output where the server accepts it and is \
+          parsed tolerantly where not. Answers are cached in the workspace by request digest, \
+          so a rerun sends no request it has an answer for; rows whose requests fail after \
+          retries, or whose answers carry no scores, go to the error table. Adds vlm_parts, \
+          vlm_part_scores, vlm_score, vlm_reasoning (rounds 1–2), vlm_model, vlm_raw (JSON of \
+          the three answers).",
+    params: [VlmScoreParams::specs(), ConnectionParams::specs(), ImageSendParams::specs()].concat(),
+    inputs: (1, 1),
+    resource: Resource::Cpu,
+    mapping: RowMapping::Preserve,
+    partition_rows: 64,
 });
 
 fn added_fields() -> Vec<Field> {
@@ -113,28 +120,35 @@ impl Operator for VlmScore {
         &SPEC
     }
 
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
-        let mut needed = vec![ColumnRequirement::image(params.str("left")?), ColumnRequirement::image(params.str("right")?)];
-        if !params.str("subject")?.is_empty() {
-            needed.push(ColumnRequirement::text(params.str("subject")?));
-        }
-        Ok(vec![needed])
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+        let connection = ConnectionParams::parse(params)?;
+        connection.endpoint()?;
+        Ok(Arc::new(VlmScoreConfig { params: VlmScoreParams::parse(params)?, connection, images: ImageSendParams::parse(params)? }))
+    }
+}
+
+impl Configured for VlmScoreConfig {
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
+        let p = &self.params;
+        let mut needed = vec![ColumnRequirement::image(&p.left), ColumnRequirement::image(&p.right)];
+        needed.extend(p.subject.as_deref().map(ColumnRequirement::text));
+        vec![needed]
     }
 
-    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
-        super::endpoint(params)?;
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
         Ok(extend_schema(&inputs[0], added_fields()))
     }
 
-    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+    fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+        let p = &self.params;
         Ok(Arc::new(Scorer {
-            client: super::client(params, env)?,
-            left: params.str("left")?.into(),
-            right: params.str("right")?.into(),
-            subject: Some(params.str("subject")?.to_string()).filter(|s| !s.is_empty()),
-            concurrency: params.int("concurrency")? as usize,
-            image_max_side: params.int("image_max_side")? as u32,
-            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+            client: self.connection.client(env)?,
+            left: p.left.clone(),
+            right: p.right.clone(),
+            subject: p.subject.clone(),
+            concurrency: self.connection.concurrency,
+            image_max_side: self.images.image_max_side,
+            schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
 }

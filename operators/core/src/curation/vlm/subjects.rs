@@ -10,10 +10,10 @@ use arrow::record_batch::RecordBatch;
 use serde_json::json;
 
 use super::client::ChatClient;
-use super::{connection_params, in_parallel};
+use super::{ConnectionParams, in_parallel};
 use crate::columns::ColumnRequirement;
-use crate::operator::{Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
-use crate::params::{ParamSpec, ParamType, ParamValue, Params};
+use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::params::{Choice, ParamType, Params};
 use crate::rowid::RowIdHasher;
 use crate::rows::{RowResults, derived, derived_schema, row_ids, text};
 use crate::{OpError, Result};
@@ -22,18 +22,24 @@ use crate::{OpError, Result};
 #[derive(Debug, Clone, Copy)]
 pub struct LlmSubjects;
 
-/// The paper's three subject styles.
-pub const STYLES: [&str; 3] = ["creative", "realistic", "text_decorated"];
+crate::choice! {
+    /// The paper's three subject styles.
+    pub enum Style {
+        Creative = "creative",
+        Realistic = "realistic",
+        TextDecorated = "text_decorated",
+    }
+}
 
 /// The paper's "empty background" scene (Fig. 10).
 pub const EMPTY_BACKGROUND: &str = "a white background, a pure background, shot in a studio, very detailed";
 
 /// The instruction for `n` subjects of `category` in `style` (Fig. 12).
-pub fn subjects_prompt(category: &str, style: &str, n: usize) -> String {
+pub fn subjects_prompt(category: &str, style: Style, n: usize) -> String {
     let style_rule = match style {
-        "creative" => "Please be very creative.",
-        "realistic" => "It has to be something that can exist in the real world.",
-        _ => "Please add a text description in the brief subject: words printed, written or engraved on it, in quotes.",
+        Style::Creative => "Please be very creative.",
+        Style::Realistic => "It has to be something that can exist in the real world.",
+        Style::TextDecorated => "Please add a text description in the brief subject: words printed, written or engraved on it, in quotes.",
     };
     format!(
         "Please generate {n} brief subject prompts for the category \"{category}\". {style_rule} Each prompt describes one \
@@ -70,46 +76,45 @@ pub fn list_items(answer: &str, limit: usize) -> Vec<String> {
         .collect()
 }
 
-static SPEC: LazyLock<OpSpec> = LazyLock::new(|| {
-    let mut params = vec![
-        ParamSpec::optional("category", ParamType::Str, ParamValue::Str("category".into()), "the category column"),
-        ParamSpec::optional(
-            "styles",
-            ParamType::StrList,
-            ParamValue::List(STYLES.iter().map(|s| ParamValue::Str(s.to_string())).collect()),
-            "subject styles: creative, realistic, text_decorated",
-        ),
-        ParamSpec::optional(
-            "subjects_per_style",
-            ParamType::int(1, 1000),
-            ParamValue::Int(50),
-            "subjects per category and style (paper: 50)",
-        ),
-        ParamSpec::optional("scenes_per_subject", ParamType::int(2, 100), ParamValue::Int(8), "scenes per subject (paper: 8)"),
-        ParamSpec::optional(
-            "empty_background",
-            ParamType::Bool,
-            ParamValue::Bool(true),
-            "also give every subject the paper's empty-background scene",
-        ),
-    ];
-    params.extend(connection_params().into_iter().filter(|p| p.name != "image_max_side"));
-    OpSpec {
-        name: "llm_subjects",
-        version: 1,
-        summary: "subjects in the paper's three styles and scenes for each, from an LLM (UNO's taxonomy step)",
-        doc: "For each category row, asks the model (OpenAI-compatible chat API) for \
-              `subjects_per_style` brief subjects in each style (the paper's Fig. 12 \
-              instructions), then for `scenes_per_subject` scene descriptions of each subject \
-              (Fig. 13). Output: one row per subject with category, style, subject, scenes and \
-              llm_model, ready for diptych_prompts. Same retries, cache and per-row errors as \
-              vlm_score.",
-        params,
-        inputs: (1, 1),
-        resource: Resource::Cpu,
-        mapping: RowMapping::Derive,
-        partition_rows: 8,
+crate::params! {
+    /// `llm_subjects`' own parameters.
+    pub struct LlmSubjectsParams {
+        /// the category column
+        pub category: String = optional(ParamType::Str, "category"),
+        /// subject styles: creative, realistic, text_decorated
+        pub styles: Vec<String> = optional(ParamType::StrList, Style::NAMES),
+        /// subjects per category and style (paper: 50)
+        pub subjects_per_style: usize = optional(ParamType::int(1, 1000), 50),
+        /// scenes per subject (paper: 8)
+        pub scenes_per_subject: usize = optional(ParamType::int(2, 100), 8),
+        /// also give every subject the paper's empty-background scene
+        pub empty_background: bool = optional(ParamType::Bool, true),
     }
+}
+
+/// A configured `llm_subjects` node: its own parameters and the connection's (it sends no
+/// images).
+#[derive(Debug)]
+pub struct LlmSubjectsConfig {
+    params: LlmSubjectsParams,
+    connection: ConnectionParams,
+}
+
+static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
+    name: "llm_subjects",
+    version: 1,
+    summary: "subjects in the paper's three styles and scenes for each, from an LLM (UNO's taxonomy step)",
+    doc: "For each category row, asks the model (OpenAI-compatible chat API) for \
+          `subjects_per_style` brief subjects in each style (the paper's Fig. 12 \
+          instructions), then for `scenes_per_subject` scene descriptions of each subject \
+          (Fig. 13). Output: one row per subject with category, style, subject, scenes and \
+          llm_model, ready for diptych_prompts. Same retries, cache and per-row errors as \
+          vlm_score.",
+    params: [LlmSubjectsParams::specs(), ConnectionParams::specs()].concat(),
+    inputs: (1, 1),
+    resource: Resource::Cpu,
+    mapping: RowMapping::Derive,
+    partition_rows: 8,
 });
 
 fn added_fields() -> Vec<Field> {
@@ -126,29 +131,41 @@ impl Operator for LlmSubjects {
         &SPEC
     }
 
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>> {
-        Ok(vec![vec![ColumnRequirement::text(params.str("category")?)]])
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+        let connection = ConnectionParams::parse(params)?;
+        connection.endpoint()?;
+        Ok(Arc::new(LlmSubjectsConfig { params: LlmSubjectsParams::parse(params)?, connection }))
+    }
+}
+
+impl Configured for LlmSubjectsConfig {
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
+        vec![vec![ColumnRequirement::text(&self.params.category)]]
     }
 
-    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef> {
-        super::endpoint(params)?;
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
         Ok(derived_schema(&inputs[0], &[], added_fields()))
     }
 
-    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
-        let styles: Vec<String> = params.str_list("styles")?.into_iter().map(str::to_string).collect();
-        if let Some(bad) = styles.iter().find(|s| !STYLES.contains(&s.as_str())) {
-            return Err(OpError::Param { name: "styles".into(), message: format!("{bad:?} is not one of {STYLES:?}") });
-        }
+    fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+        let p = &self.params;
+        let styles = p
+            .styles
+            .iter()
+            .map(|s| {
+                s.parse::<Style>()
+                    .map_err(|_| OpError::Param { name: "styles".into(), message: format!("{s:?} is not one of {:?}", Style::NAMES) })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Arc::new(Taxonomist {
-            client: super::client(params, env)?,
-            category: params.str("category")?.into(),
+            client: self.connection.client(env)?,
+            category: p.category.clone(),
             styles,
-            subjects: params.int("subjects_per_style")? as usize,
-            scenes: params.int("scenes_per_subject")? as usize,
-            empty_background: params.bool("empty_background")?,
-            concurrency: params.int("concurrency")? as usize,
-            schema: self.output_schema(params, &[Arc::clone(input_schema)])?,
+            subjects: p.subjects_per_style,
+            scenes: p.scenes_per_subject,
+            empty_background: p.empty_background,
+            concurrency: self.connection.concurrency,
+            schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
 }
@@ -156,7 +173,7 @@ impl Operator for LlmSubjects {
 struct Taxonomist {
     client: ChatClient,
     category: String,
-    styles: Vec<String>,
+    styles: Vec<Style>,
     subjects: usize,
     scenes: usize,
     empty_background: bool,
@@ -166,7 +183,7 @@ struct Taxonomist {
 
 /// One generated subject.
 struct Subject {
-    style: String,
+    style: Style,
     text: String,
     scenes: Vec<String>,
 }
@@ -180,16 +197,16 @@ impl Taxonomist {
     /// Every subject of one category, with its scenes.
     fn category(&self, category: &str) -> std::result::Result<Vec<Subject>, String> {
         let per_style = in_parallel(self.styles.len(), self.concurrency, |i| {
-            let answer = self.ask(subjects_prompt(category, &self.styles[i], self.subjects))?;
+            let answer = self.ask(subjects_prompt(category, self.styles[i], self.subjects))?;
             // The paper's subjects have at most 12 words; longer lines are the model talking.
             let items: Vec<String> =
                 list_items(&answer, usize::MAX).into_iter().filter(|s| s.split_whitespace().count() <= 12).take(self.subjects).collect();
             if items.is_empty() {
                 return Err(format!("no {} subjects in the answer: {:?}", self.styles[i], super::client::clip(&answer, 200)));
             }
-            Ok(items.into_iter().map(|text| (self.styles[i].clone(), text)).collect::<Vec<_>>())
+            Ok(items.into_iter().map(|text| (self.styles[i], text)).collect::<Vec<_>>())
         });
-        let named: Vec<(String, String)> =
+        let named: Vec<(Style, String)> =
             per_style.into_iter().collect::<std::result::Result<Vec<_>, _>>()?.into_iter().flatten().collect();
         let scenes = in_parallel(named.len(), self.concurrency, |i| {
             let answer = self.ask(scenes_prompt(&named[i].1, self.scenes))?;
@@ -226,11 +243,11 @@ impl PartitionProcessor for Taxonomist {
                 new_ids.push(
                     RowIdHasher::new("llm_subjects")
                         .field(ids.value(row).as_bytes())
-                        .field(subject.style.as_bytes())
+                        .field(subject.style.name().as_bytes())
                         .field(subject.text.as_bytes())
                         .finish(),
                 );
-                styles.push(subject.style.clone());
+                styles.push(subject.style.name());
                 subjects.push(subject.text.clone());
                 for scene in &subject.scenes {
                     scenes.values().append_value(scene);

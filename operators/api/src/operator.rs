@@ -99,7 +99,7 @@ impl ExecContext {
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
     /// The device named by `run --device`.
-    pub device: unoflow_models::DeviceSpec,
+    pub device: crate::Device,
     /// The DAG's seed.
     pub seed: u64,
     /// A folder operators may keep caches in that outlive a run (the VLM response cache); `None`
@@ -141,13 +141,81 @@ pub trait PartitionProcessor: Send + Sync {
 ///
 /// Implementors provide:
 /// 1. [`spec`](Operator::spec): name, version, parameters, arity, resource class.
-/// 2. [`required_columns`](Operator::required_columns): what each input must have, so that a
-///    DAG wiring a producer that lacks a column fails validation before anything runs.
-/// 3. [`output_schema`](Operator::output_schema): the schema of the output, computed from the
-///    input schemas alone (no data), so consumers can be checked in turn.
-/// 4. [`prepare`](Operator::prepare): what the node needs for all its partitions — parsed
-///    parameters, models loaded once — as a [`PartitionProcessor`]. The engine drops it when
-///    the node is done, which frees the models.
+/// 2. [`configure`](Operator::configure): the node's checked parameters read into the
+///    operator's typed form (usually a [`params!`](crate::params!) struct), once, when the DAG
+///    is validated. Everything else is asked of the [`Configured`] it returns.
+///
+/// # Example
+/// ```
+/// use std::sync::{Arc, LazyLock};
+/// use unoflow_api::params::ParamType;
+/// use unoflow_api::columns::ColumnRequirement;
+/// use unoflow_api::*;
+/// # use arrow::datatypes::SchemaRef;
+///
+/// params! {
+///     /// `noop`'s parameters.
+///     pub struct NoopParams {
+///         /// the column to require
+///         pub column: String = optional(ParamType::Str, "image"),
+///     }
+/// }
+///
+/// static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
+///     name: "noop",
+///     version: 1,
+///     summary: "passes rows through",
+///     doc: "",
+///     params: NoopParams::specs(),
+///     inputs: (1, 1),
+///     resource: Resource::Cpu,
+///     mapping: RowMapping::Preserve,
+///     partition_rows: 64,
+/// });
+///
+/// #[derive(Debug)]
+/// struct Noop;
+///
+/// impl Operator for Noop {
+///     fn spec(&self) -> &OpSpec {
+///         &SPEC
+///     }
+///     fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>> {
+///         Ok(Arc::new(NoopParams::parse(params)?))
+///     }
+/// }
+///
+/// impl Configured for NoopParams {
+///     fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
+///         vec![vec![ColumnRequirement::image(&self.column)]]
+///     }
+///     fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+///         Ok(Arc::clone(&inputs[0]))
+///     }
+///     fn prepare(&self, _env: &Environment, _input: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+///         Ok(Arc::new(Pass))
+///     }
+/// }
+///
+/// struct Pass;
+/// impl PartitionProcessor for Pass {
+///     fn process(&self, _ctx: &ExecContext, input: &arrow::record_batch::RecordBatch) -> Result<PartitionOutput> {
+///         Ok(PartitionOutput { rows: input.clone(), errors: Vec::new() })
+///     }
+/// }
+/// ```
+pub trait Operator: Send + Sync + Debug {
+    /// The operator's declaration.
+    fn spec(&self) -> &OpSpec;
+
+    /// Reads the node's checked parameters (defaults filled in) into the operator's typed
+    /// form. An error here points the user at the DAG file (`OpError::Param` names the
+    /// parameter).
+    fn configure(&self, params: &Params) -> Result<Arc<dyn Configured>>;
+}
+
+/// A node's operator with its parameters read: what the engine asks before and while running
+/// it.
 ///
 /// # Rows and ids
 /// Every input batch has a `row_id` column. With [`RowMapping::Preserve`] the output keeps each
@@ -161,18 +229,16 @@ pub trait PartitionProcessor: Send + Sync {
 /// # Determinism
 /// The same input, parameters and seed must give the same output: caching and exactly-once
 /// resume rely on it.
-pub trait Operator: Send + Sync + Debug {
-    /// The operator's declaration.
-    fn spec(&self) -> &OpSpec;
+pub trait Configured: Send + Sync + Debug {
+    /// The columns each input must have (a parameter may name the column, as `thumbnail`'s
+    /// `column` does), so a DAG wiring a producer that lacks one fails validation.
+    fn required_columns(&self) -> Vec<Vec<ColumnRequirement>>;
 
-    /// The columns each input must have, given the node's parameters (a parameter may name the
-    /// column, as `thumbnail`'s `column` does).
-    fn required_columns(&self, params: &Params) -> Result<Vec<Vec<ColumnRequirement>>>;
+    /// The output schema for these input schemas, from the schemas alone (no data). Called
+    /// only after the required columns were found.
+    fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef>;
 
-    /// The output schema for these input schemas. Called only after the required columns were
-    /// found.
-    fn output_schema(&self, params: &Params, inputs: &[SchemaRef]) -> Result<SchemaRef>;
-
-    /// Prepares the node's partitions: parses parameters, loads models.
-    fn prepare(&self, params: &Params, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>>;
+    /// What the node needs for all its partitions (models loaded once) as a
+    /// [`PartitionProcessor`]. The engine drops it when the node is done, which frees them.
+    fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>>;
 }

@@ -14,8 +14,8 @@ use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use rayon::prelude::*;
-use unoflow_operators::columns::{ROW_ID, row_id_field};
-use unoflow_operators::rowid::RowIdHasher;
+use unoflow_api::columns::{ROW_ID, row_id_field};
+use unoflow_api::rowid::RowIdHasher;
 
 use crate::error::{Error, Result};
 

@@ -1,13 +1,17 @@
 //! The `unoflow` command line: argument definitions and one function per command. Only this
 //! module and `main` print.
 
+mod progress;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use unoflow_models::DeviceSpec;
+use unoflow_api::Device;
+use unoflow_operators::generate::{Pe, Shift};
 
+use crate::catalog::Catalog;
 use crate::dag::{self, Dag};
 use crate::error::{Error, Result};
 use crate::exec::{self, RunOptions, Status};
@@ -15,7 +19,6 @@ use crate::format::{self, OutputFormat};
 use crate::interrupt::Interrupt;
 use crate::ops::Registry;
 use crate::plan::{self, State};
-use crate::tables::Catalog;
 
 /// Declarative, cached, resumable dataflow for UNO subject-driven image generation.
 #[derive(Debug, Parser)]
@@ -138,10 +141,10 @@ pub struct GenerateArgs {
     pub lora: Option<PathBuf>,
     /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    pub device: DeviceSpec,
+    pub device: Device,
     /// Position ids of the references: d (diagonal UnoPE), h, w, o (none).
-    #[arg(long, default_value = "d", value_parser = ["d", "h", "w", "o"])]
-    pub pe: String,
+    #[arg(long, default_value = "d", value_parser = choice::<Pe>())]
+    pub pe: Pe,
     /// The references' long side, up to 4096 (0: 512 for one reference, 320 for several).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=MAX_SIDE))]
     pub ref_size: u32,
@@ -149,8 +152,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = unoflow_operators::image_io::DEFAULT_MAX_PIXELS)]
     pub max_image_pixels: u64,
     /// How the schedule's shift is computed: uno (the released pipeline) or flux (image tokens).
-    #[arg(long, default_value = "uno", value_parser = ["uno", "flux"])]
-    pub shift: String,
+    #[arg(long, default_value = "uno", value_parser = choice::<Shift>())]
+    pub shift: Shift,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -180,7 +183,7 @@ pub enum ModelCommand {
         dtype: Precision,
         /// Where to run: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu", value_parser = parse_device)]
-        device: DeviceSpec,
+        device: Device,
     },
 }
 
@@ -212,7 +215,7 @@ pub struct RunArgs {
     pub force: Vec<String>,
     /// Where models run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    pub device: DeviceSpec,
+    pub device: Device,
     /// Stop at the first row that fails instead of recording it and going on.
     #[arg(long)]
     pub fail_fast: bool,
@@ -222,6 +225,13 @@ pub struct RunArgs {
     /// If another run holds the workspace, wait for it instead of refusing.
     #[arg(long)]
     pub wait: bool,
+}
+
+/// A parser for a choice enum's words: clap lists them in `--help` and in errors.
+fn choice<C: unoflow_api::Choice + std::str::FromStr<Err = String> + Send + Sync + 'static>()
+-> impl clap::builder::TypedValueParser<Value = C> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(C::NAMES).try_map(|s| s.parse::<C>())
 }
 
 /// The largest image side `generate` makes: 16 megapixels, a 256 MB f32 latent working set per
@@ -236,8 +246,9 @@ fn parse_guidance(s: &str) -> std::result::Result<f32, String> {
     Ok(g)
 }
 
-fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
-    s.parse::<DeviceSpec>().and_then(DeviceSpec::check_available).map_err(|e| e.to_string())
+fn parse_device(s: &str) -> std::result::Result<Device, String> {
+    let device = s.parse::<Device>().map_err(|e| e.to_string())?;
+    unoflow_models::device::check_available(device).map_err(|e| e.to_string())
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -315,7 +326,7 @@ fn print_plan(dag: &Dag, json: bool) -> Result<i32> {
         let why = if n.reasons.is_empty() { "-".to_string() } else { n.reasons.join("; ") };
         println!("{:width$}  {:7}  {:12}  {why}", n.node, n.state.as_str(), &n.fingerprint[..12]);
     }
-    let todo = plan.nodes.iter().filter(|n| n.state != State::Cached).count();
+    let todo = plan.nodes.iter().filter(|n| !matches!(n.state, State::Cached | State::View)).count();
     println!("\n{todo} of {} nodes to compute (workspace {})", plan.nodes.len(), dag.workspace.display());
     Ok(0)
 }
@@ -323,16 +334,10 @@ fn print_plan(dag: &Dag, json: bool) -> Result<i32> {
 async fn run(args: RunArgs, registry: &Registry, interrupt: Interrupt) -> Result<i32> {
     let workspace_arg = args.workspace.workspace.clone();
     let dag = Arc::new(dag::load(&args.dag, args.workspace.workspace.as_deref(), registry).await?);
-    let opts = RunOptions {
-        only: args.only,
-        force: args.force,
-        fail_fast: args.fail_fast,
-        quiet: args.quiet,
-        wait: args.wait,
-        device: args.device,
-    };
+    let opts = RunOptions { only: args.only, force: args.force, fail_fast: args.fail_fast, wait: args.wait, device: args.device };
     let command: Vec<String> = std::env::args().collect();
-    let report = exec::run(Arc::clone(&dag), opts, command, interrupt).await?;
+    let progress = Arc::new(progress::Progress::new(args.quiet));
+    let report = exec::run(Arc::clone(&dag), opts, command, interrupt, progress).await?;
 
     let width = report.outcomes.iter().map(|o| o.name.len()).max().unwrap_or(4).max(4);
     let op_width = report.outcomes.iter().map(|o| o.op.len()).max().unwrap_or(2).max(2);
@@ -346,38 +351,64 @@ async fn run(args: RunArgs, registry: &Registry, interrupt: Interrupt) -> Result
     let count = |s: Status| report.outcomes.iter().filter(|o| o.status == s).count();
     let errors: u64 = report.outcomes.iter().map(|o| o.error_rows).sum();
     println!(
-        "\nrun {}: {} computed, {} resumed, {} cached, {} failed, {} skipped; {errors} row error{} (workspace {})",
+        "\nrun {}: {} computed, {} resumed, {} cached, {} view{}, {} failed, {} skipped; {errors} row error{} (workspace {})",
         report.run_id,
         count(Status::Computed),
         count(Status::Resumed),
         count(Status::Cached),
+        count(Status::View),
+        if count(Status::View) == 1 { "" } else { "s" },
         count(Status::Failed),
         count(Status::Skipped),
         if errors == 1 { "" } else { "s" },
         dag.workspace.display()
     );
-    if errors > 0 {
-        println!("failed rows: unoflow sql --dag {} \"SELECT * FROM errors.NODE\"", args.dag.display());
+    let dag_arg = shell_word(&args.dag.display().to_string());
+    let ws_flag = workspace_arg.as_ref().map(|w| format!(" --workspace {}", shell_word(&w.display().to_string()))).unwrap_or_default();
+    if let Some(bad) = report.outcomes.iter().find(|o| o.error_rows > 0) {
+        println!("failed rows: unoflow sql --dag {dag_arg}{ws_flag} \"SELECT * FROM errors.{}\"", bad.name);
+    }
+    if !report.interrupted && !report.failed() {
+        print_next_steps(&dag, &report, &dag_arg, &ws_flag).await;
     }
     if report.interrupted {
-        let workspace = workspace_arg.map(|w| format!(" --workspace {}", shell_word(&w.display().to_string()))).unwrap_or_default();
-        return Err(Error::Interrupted(format!(
-            "committed work is kept; run `unoflow run {}{workspace}` again to resume",
-            shell_word(&args.dag.display().to_string())
-        )));
+        return Err(Error::Interrupted(format!("committed work is kept; run `unoflow run {dag_arg}{ws_flag}` again to resume")));
     }
     Ok(if report.failed() || count(Status::Interrupted) > 0 { 1 } else { 0 })
 }
 
+/// Ends a successful run's summary with the commands to look at what it made: a query and the
+/// lineage of one row of the last node that is not an export.
+async fn print_next_steps(dag: &Dag, report: &exec::RunReport, dag_arg: &str, ws_flag: &str) {
+    let Some(last) = dag.nodes.iter().rev().find(|n| n.op_name() != "export" && report.outcomes.iter().any(|o| o.name == n.name)) else {
+        return;
+    };
+    let row = async {
+        let catalog = Catalog::of_dag(dag).ok()?;
+        let query = format!("SELECT row_id FROM {} LIMIT 1", last.name);
+        let ctx = catalog.session_for(&query).await.ok()?;
+        let batches = crate::query::plan(&ctx, &query).await.ok()?.collect().await.ok()?;
+        let ids = batches.first()?.column(0).as_any().downcast_ref::<datafusion::arrow::array::StringArray>()?.clone();
+        use datafusion::arrow::array::Array;
+        (!ids.is_empty()).then(|| ids.value(0).to_string())
+    };
+    println!("\nnext:");
+    println!("  unoflow plan {dag_arg}{ws_flag}");
+    println!("  unoflow sql --dag {dag_arg}{ws_flag} \"SELECT * FROM {} LIMIT 5\"", last.name);
+    if let Some(row) = row.await {
+        println!("  unoflow lineage --dag {dag_arg}{ws_flag} {} {row}", last.name);
+    }
+}
+
 async fn sql(catalog: &Catalog, query: &str, format: OutputFormat, output: Option<&Path>, max_rows: usize) -> Result<i32> {
     let ctx = catalog.session_for(query).await?;
-    let df = crate::ops::sql::plan(&ctx, query).await.map_err(|e| {
-        let mut names: Vec<&str> = catalog.tables.iter().map(|t| t.table.name.as_str()).collect();
+    let df = crate::query::plan(&ctx, query).await.map_err(|e| {
+        let mut names: Vec<&str> = catalog.tables.iter().map(|t| t.data.name()).collect();
         names.sort();
         Error::Usage(format!("{}\ntables: {}", e.strip_backtrace(), names.join(", ")))
     })?;
     let schema = Arc::new(df.schema().as_arrow().clone());
-    let stream = df.execute_stream().await.map_err(query_error)?;
+    let stream = crate::query::ordered_stream(df).await.map_err(query_error)?;
     match output {
         Some(path) => {
             if path.is_dir() {
@@ -481,10 +512,11 @@ fn ops(registry: &Registry, name: Option<&str>) -> Result<i32> {
 }
 
 fn runs(root: &Path, json: bool) -> Result<i32> {
-    let list = crate::workspace::list_runs(&root.join("runs")).map_err(|e| Error::Usage(format!("no runs in {}: {e}", root.display())))?;
+    let ws = crate::workspace::Workspace::open(root)?;
+    let list = ws.runs()?;
     // A record still saying `running` while no run holds the workspace belongs to a process
     // that was killed before it could finish the record.
-    let live = crate::workspace::RunLock::is_held(root);
+    let live = ws.run_is_live();
     let mut stdout = std::io::stdout().lock();
     if json {
         let text = serde_json::to_string_pretty(&list.records).map_err(|e| Error::Internal(e.to_string()))?;

@@ -1,0 +1,178 @@
+//! SQL over node outputs: DataFusion sessions whose tables are committed part files or views.
+//!
+//! Every file is verified against its committed blake3 digest before it is registered (unless
+//! the caller checked it), so a corrupt part is reported, never read. Each node's failed rows
+//! are the table `errors.NODE`.
+//!
+//! # Determinism
+//! Sessions run plans in one partition, and [`ordered_stream`] reads a plan's partitions one
+//! after another: rows come out in an order fixed by the data (input position; joins in probe
+//! order; groups in first-seen order), never by thread timing. The price is one core per query;
+//! the engine overlaps it with id hashing and Parquet encoding, which use the others.
+
+pub mod ids;
+mod node_plan;
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::{MemTable, TableProvider, ViewTable};
+use datafusion::execution::context::SQLOptions;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{ExecutionPlanProperties, SendableRecordBatchStream};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use futures::{StreamExt, TryStreamExt};
+pub use node_plan::{IdPolicy, NodePlan, is_volatile, node_plan, with_row_id};
+
+use crate::data::{NodeData, TableData, ViewData};
+use crate::error::{Error, Result};
+use crate::workspace::error_schema;
+
+/// A session configured for unoflow: one partition (see the module docs), the `errors` schema,
+/// and Parquet strings and binaries read back as the `Utf8`/`Binary` they were written as (not
+/// view types), so the schemas validation derived are the schemas queries see.
+pub fn session() -> SessionContext {
+    let mut config = SessionConfig::new().with_information_schema(true).with_target_partitions(1);
+    config.options_mut().execution.parquet.schema_force_view_types = false;
+    let ctx = SessionContext::new_with_config(config);
+    if let Some(catalog) = ctx.catalog("datafusion") {
+        let _ = catalog.register_schema("errors", Arc::new(MemorySchemaProvider::new()));
+    }
+    ctx
+}
+
+/// Queries may read, never write: no DDL, DML (`COPY`, `INSERT`) or `SET` statements.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+}
+
+/// Plans `query` against `ctx` as a read-only statement.
+pub async fn plan(ctx: &SessionContext, query: &str) -> datafusion::error::Result<DataFrame> {
+    ctx.sql_with_options(query, read_only()).await
+}
+
+/// The rows of `df` in a fixed order: its partitions one after another (a `UNION` has one per
+/// branch), never interleaved as they happen to finish.
+pub async fn ordered_stream(df: DataFrame) -> datafusion::error::Result<SendableRecordBatchStream> {
+    let task = Arc::new(df.task_ctx());
+    let physical = df.create_physical_plan().await?;
+    let partitions = physical.output_partitioning().partition_count();
+    if partitions == 1 {
+        return physical.execute(0, task);
+    }
+    let schema = physical.schema();
+    let streams = futures::stream::iter(0..partitions).map(move |p| physical.execute(p, Arc::clone(&task))).try_flatten();
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, streams)))
+}
+
+/// `batch` with its columns cast to `schema`'s types where they differ: a query's literals may
+/// come out wider at run time than its plan says (a `UNION` of `INT` and an integer literal).
+pub fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().fields().iter().zip(schema.fields()).all(|(a, b)| a.data_type() == b.data_type()) {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(SchemaRef::clone(schema), columns)?)
+}
+
+/// Whether to check part digests before reading a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Check every file against its committed blake3 digest (reads from earlier runs).
+    Digests,
+    /// The caller verified or wrote the files itself in this process (a run reading outputs it
+    /// computed or checked at its start).
+    AlreadyChecked,
+}
+
+/// Registers `data` as a table named after it, and its failed rows as `errors.NAME`.
+pub async fn register(ctx: &SessionContext, data: &NodeData, verify: Verify) -> Result<()> {
+    ctx.register_table(data.name(), provider(data, verify).await?)?;
+    let schema =
+        ctx.catalog("datafusion").and_then(|c| c.schema("errors")).ok_or_else(|| Error::Internal("the errors schema is missing".into()))?;
+    schema.register_table(data.name().to_string(), errors_provider(data).await?)?;
+    Ok(())
+}
+
+/// The rows of `data` as a DataFusion table.
+pub fn provider(data: &NodeData, verify: Verify) -> futures::future::BoxFuture<'_, Result<Arc<dyn TableProvider>>> {
+    Box::pin(async move {
+        match data {
+            NodeData::Table(table) => {
+                if verify == Verify::Digests {
+                    check(table)?;
+                }
+                parquet_table(table, table.manifest.row_files()).await
+            }
+            NodeData::View(view) => view_provider(view, verify).await,
+        }
+    })
+}
+
+/// The failed rows of `data` (a view has none of its own).
+async fn errors_provider(data: &NodeData) -> Result<Arc<dyn TableProvider>> {
+    match data {
+        NodeData::Table(table) if table.manifest.error_rows > 0 => parquet_table(table, table.manifest.error_files()).await,
+        _ => Ok(Arc::new(MemTable::try_new(error_schema(), vec![vec![]])?)),
+    }
+}
+
+/// Verifies every committed file of `table`.
+fn check(table: &TableData) -> Result<()> {
+    for f in table.manifest.files() {
+        table.store.verify(f).map_err(|why| Error::Workspace {
+            path: table.store.path_of(f),
+            message: format!(
+                "a part of node `{}` is corrupt, so it will not be read: {why}; run the DAG again to recompute it",
+                table.name
+            ),
+        })?;
+    }
+    Ok(())
+}
+
+async fn parquet_table<'a>(
+    table: &TableData,
+    files: impl Iterator<Item = &'a crate::workspace::FileDigest>,
+) -> Result<Arc<dyn TableProvider>> {
+    let urls =
+        files.map(|f| ListingTableUrl::parse(table.store.path_of(f).to_string_lossy())).collect::<datafusion::error::Result<Vec<_>>>()?;
+    let Some(first) = urls.first() else {
+        return Err(Error::Internal(format!("node `{}` has no part files", table.name)));
+    };
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default().with_force_view_types(false))).with_file_extension(".parquet");
+    let state = session().state();
+    let schema = options.infer_schema(&state, first).await?;
+    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// A view: its query planned over its inputs' tables. A query that passes its input's row ids
+/// through unchanged is an ordinary DataFusion view, which composes with the query reading it
+/// (filters and projections reach the files); others get ids as a materialised node would.
+async fn view_provider(view: &ViewData, verify: Verify) -> Result<Arc<dyn TableProvider>> {
+    let ctx = session();
+    for input in &view.inputs {
+        register(&ctx, input, verify).await?;
+    }
+    let NodePlan { plan, ids } =
+        node_plan(&ctx, &view.query).await.map_err(|e| Error::Execution(format!("view `{}`: {}", view.name, e.strip_backtrace())))?;
+    match ids {
+        IdPolicy::Keep => Ok(Arc::new(ViewTable::new(plan, Some(view.query.clone())))),
+        IdPolicy::Assign => {
+            let partition = node_plan::IdentifiedRows::new(ctx, plan)?;
+            let schema = Arc::clone(partition.output_schema());
+            Ok(Arc::new(StreamingTable::try_new(schema, vec![Arc::new(partition)])?))
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! What the workspace records about node outputs: committed files, unit commit records and
+//! node manifests. These are the workspace's file format; the layout they live in is
+//! [`NodeStore`](super::NodeStore)'s.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+/// The format of commit records and manifests. An output written by another format is not
+/// reused (it is recomputed), never misread.
+pub const FORMAT: u32 = 2;
+
+/// A committed file: its path in the node folder, size, rows and blake3 digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub name: String,
+    pub bytes: u64,
+    pub rows: u64,
+    pub blake3: String,
+}
+
+/// The record that makes a unit's output part of the node. Created (if absent) after its
+/// files: the first attempt to commit a unit wins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Commit {
+    pub format: u32,
+    pub unit: usize,
+    /// What the unit covers (an input slice, a list of files); a record with another key belongs
+    /// to a different partitioning and is not reused.
+    pub key: String,
+    /// Digest of the exact input data the unit was computed from.
+    pub input_digest: String,
+    /// The attempt that wrote the files (its folder under `attempts/`).
+    pub attempt: String,
+    /// The rows, in order, in one or more part files (large units are encoded in parallel).
+    pub rows: Vec<FileDigest>,
+    pub errors: Option<FileDigest>,
+    pub seconds: f64,
+}
+
+impl Commit {
+    /// Rows committed (without failed rows).
+    pub fn row_count(&self) -> u64 {
+        self.rows.iter().map(|f| f.rows).sum()
+    }
+
+    /// Failed rows committed.
+    pub fn error_count(&self) -> u64 {
+        self.errors.as_ref().map_or(0, |e| e.rows)
+    }
+
+    /// Every file of the unit.
+    pub fn files(&self) -> impl Iterator<Item = &FileDigest> {
+        self.rows.iter().chain(self.errors.as_ref())
+    }
+}
+
+/// A complete node output; its presence means the node is done.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub fingerprint: String,
+    pub node: String,
+    pub op: String,
+    pub input_digest: String,
+    /// Digest of all part digests in order: the identity of the data, which consumers record.
+    pub content_digest: String,
+    pub commits: Vec<Commit>,
+    pub rows: u64,
+    pub error_rows: u64,
+    pub finished_at: String,
+}
+
+impl Manifest {
+    /// The manifest of a node made of `commits` (in unit order).
+    pub fn new(fingerprint: &str, node: &str, op: &str, input_digest: &str, commits: Vec<Commit>, finished_at: String) -> Self {
+        Self {
+            format: FORMAT,
+            fingerprint: fingerprint.to_string(),
+            node: node.to_string(),
+            op: op.to_string(),
+            input_digest: input_digest.to_string(),
+            content_digest: Self::digest_of(&commits),
+            rows: commits.iter().map(Commit::row_count).sum(),
+            error_rows: commits.iter().map(Commit::error_count).sum(),
+            commits,
+            finished_at,
+        }
+    }
+
+    /// The part files holding the rows, in order.
+    pub fn row_files(&self) -> impl Iterator<Item = &FileDigest> {
+        self.commits.iter().flat_map(|c| c.rows.iter())
+    }
+
+    /// The part files holding failed rows.
+    pub fn error_files(&self) -> impl Iterator<Item = &FileDigest> {
+        self.commits.iter().filter_map(|c| c.errors.as_ref())
+    }
+
+    /// Every file, rows and errors.
+    pub fn files(&self) -> impl Iterator<Item = &FileDigest> {
+        self.row_files().chain(self.error_files())
+    }
+
+    /// The content digest for a list of commits.
+    pub fn digest_of(commits: &[Commit]) -> String {
+        let mut h = blake3::Hasher::new();
+        for c in commits {
+            for f in &c.rows {
+                h.update(f.blake3.as_bytes()).update(b",");
+            }
+            if let Some(e) = &c.errors {
+                h.update(b"+").update(e.blake3.as_bytes());
+            }
+            h.update(b";");
+        }
+        h.finalize().to_hex()[..32].to_string()
+    }
+}
+
+/// The format field of a record, read before the record itself, so a record of another format
+/// is told apart from a damaged one.
+#[derive(Debug, Deserialize)]
+pub(super) struct FormatOnly {
+    #[serde(default)]
+    pub format: u32,
+}
+
+/// The schema of a node's error table.
+pub fn error_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("row_id", DataType::Utf8, false), Field::new("message", DataType::Utf8, false)]))
+}
