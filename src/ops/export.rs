@@ -17,7 +17,7 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray, StringBuilder, UInt64Builder};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
 use unoflow_api::columns::{ColumnRequirement, ROW_ID, row_id_field};
@@ -168,14 +168,31 @@ impl UnitRunner for ExportRunner {
         let ctx = query::session();
         query::register(&ctx, &self.input, Verify::AlreadyChecked).await?;
         let df: DataFrame = ctx.table(self.input.name()).await?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
+        if self.params.format == ExportFormat::Parquet {
+            // DataFusion's writer encodes the columns of a row group in parallel (the rows stay
+            // in order): the export is the one Parquet encoding a pipeline cannot avoid.
+            let dest = self.params.path.clone();
+            let written = write_file_async(&dest, |tmp| {
+                let tmp = tmp.to_string_lossy().into_owned();
+                async move {
+                    let options = DataFrameWriteOptions::new().with_single_file_output(true);
+                    df.write_parquet(&tmp, options, None).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let mut files = FileList::default();
+            files.push(name, written, None);
+            return Ok(UnitOutput::ready(PartitionOutput { rows: files.finish()?, errors: Vec::new() }));
+        }
         let mut stream = query::ordered_stream(df).await?;
         let (params, runtime) = (Arc::clone(&self.params), tokio::runtime::Handle::current());
         // Writing files is blocking work: it runs on the blocking pool, pulling the query's
         // batches one at a time so nothing is held in memory.
         let rows = tokio::task::spawn_blocking(move || {
             let mut batches = std::iter::from_fn(|| runtime.block_on(stream.next()).map(|b| b.map_err(Error::from)));
-            write(&params, &schema, &mut batches)
+            write(&params, &mut batches)
         })
         .await
         .map_err(|e| Error::Internal(format!("export panicked: {e}")))??;
@@ -233,18 +250,11 @@ fn stem(name: &str) -> &str {
 pub type Batches<'a> = &'a mut dyn Iterator<Item = Result<RecordBatch>>;
 
 /// Writes the batches as the export describes, streaming; returns the rows of the node's table.
-fn write(params: &ExportParams, schema: &SchemaRef, batches: Batches<'_>) -> Result<RecordBatch> {
+fn write(params: &ExportParams, batches: Batches<'_>) -> Result<RecordBatch> {
     let dest = &params.path;
     let mut files = FileList::default();
     match params.format {
-        ExportFormat::Parquet => write_file(dest, |tmp| {
-            let mut writer = ArrowWriter::try_new(BufWriter::new(File::create(tmp).at(tmp)?), Arc::clone(schema), None)?;
-            for b in &mut *batches {
-                writer.write(&b?)?;
-            }
-            writer.close()?;
-            Ok(())
-        })?,
+        ExportFormat::Parquet => return Err(Error::Internal("Parquet exports are written by DataFusion's writer".into())),
         ExportFormat::Jsonl => write_file(dest, |tmp| {
             let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(BufWriter::new(File::create(tmp).at(tmp)?));
             for b in &mut *batches {
@@ -299,25 +309,46 @@ impl FileList {
 /// replaced only if an export wrote it and it has not changed since (its marker beside it holds
 /// the digest written); a failed write leaves nothing behind.
 fn write_file(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = prepare_file(dest)?;
+    let written = write(&tmp);
+    finish_file(dest, &tmp, written).map(|_| ())
+}
+
+/// [`write_file`] for a writer that is a future; returns the file's size.
+async fn write_file_async<F: std::future::Future<Output = Result<()>>>(dest: &Path, write: impl FnOnce(&Path) -> F) -> Result<u64> {
+    let tmp = prepare_file(dest)?;
+    let written = write(&tmp).await;
+    finish_file(dest, &tmp, written)
+}
+
+/// The temporary sibling to write `dest` through, once `dest` is known to be replaceable.
+fn prepare_file(dest: &Path) -> Result<PathBuf> {
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).at(parent)?;
     }
-    let marker = sibling(dest, "unoflow-export");
     // Checked at validation too; checked again here, as the file may have appeared since.
     replaceable(dest, false).map_err(|m| Error::Execution(format!("{m}; choose another `path` or remove it")))?;
-    let tmp = sibling(dest, "unoflow-tmp");
-    let written = write(&tmp).and_then(|()| File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)).and_then(|()| file_digest(&tmp));
-    let digest = match written {
+    Ok(sibling(dest, "unoflow-tmp"))
+}
+
+/// Makes a written temporary file durable and moves it into place (or removes it if writing
+/// failed); returns its size.
+fn finish_file(dest: &Path, tmp: &Path, written: Result<()>) -> Result<u64> {
+    let durable = written.and_then(|()| File::open(tmp).and_then(|f| f.sync_all()).at(tmp)).and_then(|()| file_digest(tmp));
+    let digest = match durable {
         Ok(d) => d,
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(tmp);
             return Err(e);
         }
     };
+    let bytes = std::fs::metadata(tmp).at(tmp)?.len();
     // The marker first: a crash between the two leaves a marker that does not match the old
     // file, which is then refused, never silently replaced.
+    let marker = sibling(dest, "unoflow-export");
     std::fs::write(&marker, format!("{digest}\n")).at(&marker)?;
-    std::fs::rename(&tmp, dest).at(dest)
+    std::fs::rename(tmp, dest).at(dest)?;
+    Ok(bytes)
 }
 
 fn file_digest(path: &Path) -> Result<String> {
