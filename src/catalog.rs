@@ -3,7 +3,7 @@
 //! recorded. Stored outputs are their committed parts; views are their queries over the
 //! outputs they read.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
@@ -13,7 +13,7 @@ use crate::data::{NodeData, TableData, ViewData};
 use crate::error::{Error, Result};
 use crate::fingerprint::Components;
 use crate::query::{self, Verify};
-use crate::workspace::{Storage, Workspace};
+use crate::workspace::{Location, Storage, Workspace};
 
 /// A node output with what made it.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ pub struct Catalog {
     pub missing: Vec<String>,
     pub damaged: Vec<(String, String)>,
     /// The workspace, for messages.
-    pub workspace: PathBuf,
+    pub workspace: Option<Location>,
 }
 
 /// A node as the catalog learns it: its name, storage, what made it, the query of a view, and
@@ -61,13 +61,13 @@ impl Catalog {
     }
 
     /// From a workspace alone: the outputs its index names.
-    pub fn of_workspace(root: &Path) -> Result<Self> {
+    pub fn of_workspace(root: &Location) -> Result<Self> {
         let ws = Workspace::open(root)?;
         let index = ws.index()?;
         let mut known = Vec::new();
         for (name, entry) in index.nodes {
             let components: Components = serde_json::from_value(entry.components).map_err(|e| Error::Workspace {
-                path: root.join("index.json"),
+                path: PathBuf::from(ws.store().url("index.json")),
                 message: format!("the entry of node `{name}` is damaged ({e}); `unoflow run` with the DAG rewrites it"),
             })?;
             let query = components.written.get("query").and_then(|q| q.as_str()).map(str::to_string);
@@ -78,7 +78,7 @@ impl Catalog {
 
     /// Finds each node's data; views after the outputs they read.
     fn build(ws: &Workspace, mut known: Vec<Known>) -> Self {
-        let mut catalog = Self { workspace: ws.root().to_path_buf(), ..Self::default() };
+        let mut catalog = Self { workspace: Some(ws.location().clone()), ..Self::default() };
         // Stored outputs first, then views whose inputs are found, until nothing changes.
         let (tables, mut views): (Vec<Known>, Vec<Known>) = known.drain(..).partition(|k| k.storage == Storage::Table);
         for k in tables {
@@ -152,7 +152,7 @@ impl Catalog {
 
     fn damaged_error(&self, name: &str, why: &str) -> Error {
         Error::Workspace {
-            path: self.workspace.clone(),
+            path: PathBuf::from(self.workspace.as_ref().map(ToString::to_string).unwrap_or_default()),
             message: format!("the output of node `{name}` is damaged: {why}; run the DAG again to recompute it"),
         }
     }

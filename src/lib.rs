@@ -37,6 +37,7 @@ pub mod lineage;
 pub mod ops;
 pub mod plan;
 pub mod query;
+pub mod status;
 pub mod workspace;
 
 pub use error::{Error, Result};

@@ -15,6 +15,7 @@ mod queries;
 mod real_weights;
 mod resume;
 mod safety;
+mod scale;
 mod training;
 mod validation;
 mod views;

@@ -2,6 +2,8 @@
 //! module and `main` print.
 
 mod progress;
+mod submit;
+mod worker;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use crate::format::{self, OutputFormat};
 use crate::interrupt::Interrupt;
 use crate::ops::Registry;
 use crate::plan::{self, State};
+use crate::workspace::Location;
 
 /// Declarative, cached, resumable dataflow for UNO subject-driven image generation.
 #[derive(Debug, Parser)]
@@ -46,6 +49,22 @@ pub enum Command {
     },
     /// Run the nodes that are not cached; committed work survives interruptions.
     Run(RunArgs),
+    /// Work on a DAG's units together with other workers sharing the workspace (started by
+    /// Slurm, Kubernetes, or by hand), until the DAG is complete.
+    Worker(worker::WorkerArgs),
+    /// Start workers on a cluster: write an sbatch array script or a Kubernetes Indexed Job, and submit it.
+    Submit(submit::SubmitArgs),
+    /// Show a workspace's progress: per node units done, held and pending, live workers, rate and time left.
+    Status {
+        /// Report on this DAG's current nodes (default: the nodes the workspace's index names).
+        #[arg(long)]
+        dag: Option<PathBuf>,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+        /// Print the progress as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Query node outputs with SQL; every node's output is a table named after it, its failed rows `errors.NODE`.
     Sql {
         /// The query (read-only).
@@ -196,9 +215,10 @@ pub enum Precision {
 
 #[derive(Debug, Args)]
 pub struct WorkspaceArg {
-    /// The workspace folder (default: the DAG's `[dag] workspace`).
-    #[arg(long, value_name = "DIR")]
-    pub workspace: Option<PathBuf>,
+    /// The workspace: a folder, or s3://bucket/prefix, gs://…, az://… (default: the DAG's
+    /// `[dag] workspace`).
+    #[arg(long, value_name = "DIR|URL")]
+    pub workspace: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -225,6 +245,15 @@ pub struct RunArgs {
     /// If another run holds the workspace, wait for it instead of refusing.
     #[arg(long)]
     pub wait: bool,
+    /// Run this many worker processes on this host (on --device), sharing the units.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// One worker per device: a list (cuda:0,cuda:1) or `all`.
+    #[arg(long, value_name = "LIST|all", conflicts_with = "workers")]
+    pub devices: Option<String>,
+    /// With several workers: seconds a claim on a unit lasts without renewal.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::exec::DEFAULT_LEASE.as_secs_f64())]
+    pub lease_s: f64,
 }
 
 /// A parser for a choice enum's words: clap lists them in `--help` and in errors.
@@ -264,7 +293,11 @@ pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
             let d = dag::load(&dag, workspace.workspace.as_deref(), &registry).await?;
             print_plan(&d, json)
         }
+        Command::Run(args) if args.workers > 1 || args.devices.is_some() => worker::run_many(args, &registry, interrupt).await,
         Command::Run(args) => run(args, &registry, interrupt).await,
+        Command::Worker(args) => worker::worker(args, &registry, interrupt).await,
+        Command::Submit(args) => submit::submit(args),
+        Command::Status { dag, workspace, json } => status(dag.as_deref(), workspace.workspace.as_deref(), json, &registry).await,
         Command::Sql { query, dag, workspace, format, output, max_rows } => {
             let catalog = catalog(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
             sql(&catalog, &query, format, output.as_deref(), max_rows).await
@@ -299,15 +332,15 @@ pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
     }
 }
 
-async fn workspace_root(dag: Option<&Path>, workspace: Option<&Path>, registry: &Registry) -> Result<PathBuf> {
+async fn workspace_root(dag: Option<&Path>, workspace: Option<&str>, registry: &Registry) -> Result<Location> {
     match (dag, workspace) {
-        (_, Some(w)) => Ok(w.to_path_buf()),
+        (_, Some(w)) => Ok(Location::parse(w, &std::path::absolute(".").map_err(|e| Error::io(".", e))?)),
         (Some(d), None) => Ok(dag::load(d, None, registry).await?.workspace),
-        (None, None) => Err(Error::Usage("say which workspace: --dag DAG or --workspace DIR".into())),
+        (None, None) => Err(Error::Usage("say which workspace: --dag DAG or --workspace DIR|URL".into())),
     }
 }
 
-async fn catalog(dag: Option<&Path>, workspace: Option<&Path>, registry: &Registry) -> Result<Catalog> {
+async fn catalog(dag: Option<&Path>, workspace: Option<&str>, registry: &Registry) -> Result<Catalog> {
     match dag {
         Some(d) => Catalog::of_dag(&dag::load(d, workspace, registry).await?),
         None => Catalog::of_workspace(&workspace_root(None, workspace, registry).await?),
@@ -327,18 +360,25 @@ fn print_plan(dag: &Dag, json: bool) -> Result<i32> {
         println!("{:width$}  {:7}  {:12}  {why}", n.node, n.state.as_str(), &n.fingerprint[..12]);
     }
     let todo = plan.nodes.iter().filter(|n| !matches!(n.state, State::Cached | State::View)).count();
-    println!("\n{todo} of {} nodes to compute (workspace {})", plan.nodes.len(), dag.workspace.display());
+    println!("\n{todo} of {} nodes to compute (workspace {})", plan.nodes.len(), dag.workspace);
     Ok(0)
 }
 
 async fn run(args: RunArgs, registry: &Registry, interrupt: Interrupt) -> Result<i32> {
     let workspace_arg = args.workspace.workspace.clone();
     let dag = Arc::new(dag::load(&args.dag, args.workspace.workspace.as_deref(), registry).await?);
-    let opts = RunOptions { only: args.only, force: args.force, fail_fast: args.fail_fast, wait: args.wait, device: args.device };
+    let opts =
+        RunOptions { only: args.only, force: args.force, fail_fast: args.fail_fast, wait: args.wait, device: args.device, worker: None };
     let command: Vec<String> = std::env::args().collect();
     let progress = Arc::new(progress::Progress::new(args.quiet));
     let report = exec::run(Arc::clone(&dag), opts, command, interrupt, progress).await?;
+    let dag_arg = shell_word(&args.dag.display().to_string());
+    let ws_flag = workspace_arg.as_ref().map(|w| format!(" --workspace {}", shell_word(w))).unwrap_or_default();
+    print_report(&dag, &report, &dag_arg, &ws_flag, false).await
+}
 
+/// Prints a run's summary (and, after a success, what to look at next); the exit code.
+async fn print_report(dag: &Dag, report: &exec::RunReport, dag_arg: &str, ws_flag: &str, several: bool) -> Result<i32> {
     let width = report.outcomes.iter().map(|o| o.name.len()).max().unwrap_or(4).max(4);
     let op_width = report.outcomes.iter().map(|o| o.op.len()).max().unwrap_or(2).max(2);
     println!("{:width$}  {:op_width$}  {:11}  {:>9}  {:>7}  {:>8}", "node", "op", "status", "rows", "errors", "seconds");
@@ -361,15 +401,16 @@ async fn run(args: RunArgs, registry: &Registry, interrupt: Interrupt) -> Result
         count(Status::Failed),
         count(Status::Skipped),
         if errors == 1 { "" } else { "s" },
-        dag.workspace.display()
+        dag.workspace
     );
-    let dag_arg = shell_word(&args.dag.display().to_string());
-    let ws_flag = workspace_arg.as_ref().map(|w| format!(" --workspace {}", shell_word(&w.display().to_string()))).unwrap_or_default();
+    if several {
+        println!("(computed by several workers; `unoflow runs` lists each worker's record)");
+    }
     if let Some(bad) = report.outcomes.iter().find(|o| o.error_rows > 0) {
         println!("failed rows: unoflow sql --dag {dag_arg}{ws_flag} \"SELECT * FROM errors.{}\"", bad.name);
     }
     if !report.interrupted && !report.failed() {
-        print_next_steps(&dag, &report, &dag_arg, &ws_flag).await;
+        print_next_steps(dag, report, dag_arg, ws_flag).await;
     }
     if report.interrupted {
         return Err(Error::Interrupted(format!("committed work is kept; run `unoflow run {dag_arg}{ws_flag}` again to resume")));
@@ -511,7 +552,7 @@ fn ops(registry: &Registry, name: Option<&str>) -> Result<i32> {
     Ok(0)
 }
 
-fn runs(root: &Path, json: bool) -> Result<i32> {
+fn runs(root: &Location, json: bool) -> Result<i32> {
     let ws = crate::workspace::Workspace::open(root)?;
     let list = ws.runs()?;
     // A record still saying `running` while no run holds the workspace belongs to a process
@@ -554,4 +595,55 @@ fn runs(root: &Path, json: bool) -> Result<i32> {
         eprintln!("warning: damaged run record {}: {why}", path.display());
     }
     Ok(0)
+}
+
+/// `unoflow status`: per node units done / held / pending, the live workers, rate and time left.
+async fn status(dag: Option<&Path>, workspace: Option<&str>, json: bool, registry: &Registry) -> Result<i32> {
+    let (location, loaded) = match dag {
+        Some(d) => {
+            let loaded = dag::load(d, workspace, registry).await?;
+            (loaded.workspace.clone(), Some(loaded))
+        }
+        None => (workspace_root(None, workspace, registry).await?, None),
+    };
+    let ws = crate::workspace::Workspace::open(&location)?;
+    let nodes = crate::status::nodes_of(&ws, loaded.as_ref())?;
+    let progress = tokio::task::spawn_blocking(move || crate::status::progress(&ws, &nodes))
+        .await
+        .map_err(|e| Error::Internal(format!("reading the workspace panicked: {e}")))??;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&progress).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(0);
+    }
+    let width = progress.nodes.iter().map(|n| n.node.len()).max().unwrap_or(4).max(4);
+    println!("{:width$}  {:>8}  {:>6}  {:>8}  {:>9}  {:>10}", "node", "done", "held", "pending", "units/min", "time left");
+    for n in &progress.nodes {
+        let pending = n.pending.map_or_else(|| "?".to_string(), |p| p.to_string());
+        let left = match (n.complete, n.eta_s) {
+            (true, _) => "complete".to_string(),
+            (false, Some(s)) => format_duration(s),
+            (false, None) => "-".to_string(),
+        };
+        println!("{:width$}  {:>8}  {:>6}  {:>8}  {:>9.1}  {:>10}", n.node, n.done, n.held, pending, n.units_per_s * 60.0, left);
+    }
+    let now = crate::workspace::now_ms();
+    println!("\n{} live worker{} (workspace {location})", progress.workers.len(), if progress.workers.len() == 1 { "" } else { "s" });
+    for w in &progress.workers {
+        let ago = (now - w.beat_at_ms).max(0) as f64 / 1000.0;
+        println!(
+            "  rank {:>4}/{:<4} {:30} {:8} {:>6} units done, {}, last beat {ago:.0} s ago",
+            w.rank, w.world, w.id, w.device, w.units_done, w.state
+        );
+    }
+    Ok(0)
+}
+
+/// Seconds as `1h02m`, `3m05s` or `12s`.
+fn format_duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
 }

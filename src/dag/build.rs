@@ -17,6 +17,7 @@ use crate::diagnostic::{Diagnostic, Diagnostics, SourceFile, did_you_mean};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::ops::{Op, OpKind, Registry};
+use crate::workspace::Location;
 
 /// Keys of a `[nodes.NAME]` table that are not operator parameters.
 const NODE_KEYS: &[&str] = &["op", "inputs", "salt", "description"];
@@ -32,12 +33,12 @@ pub enum Depth {
 }
 
 /// Reads, parses and validates the DAG file at `path`. `workspace` overrides `[dag] workspace`.
-pub async fn load(path: &Path, workspace: Option<&Path>, registry: &Registry) -> Result<Dag> {
+pub async fn load(path: &Path, workspace: Option<&str>, registry: &Registry) -> Result<Dag> {
     load_with(path, workspace, registry, Depth::Schemas).await
 }
 
 /// [`load`], reading the data to `depth`.
-pub async fn load_with(path: &Path, workspace: Option<&Path>, registry: &Registry, depth: Depth) -> Result<Dag> {
+pub async fn load_with(path: &Path, workspace: Option<&str>, registry: &Registry, depth: Depth) -> Result<Dag> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Usage(format!("cannot read DAG file {}: {e}", path.display())))?;
     let dag_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let dag_dir = std::path::absolute(&dag_dir).map_err(|e| Error::io(&dag_dir, e))?;
@@ -83,7 +84,7 @@ impl Builder<'_> {
         self.errors.push(d);
     }
 
-    async fn build(mut self, raw: RawDag, workspace_override: Option<&Path>) -> Result<Dag> {
+    async fn build(mut self, raw: RawDag, workspace_override: Option<&str>) -> Result<Dag> {
         let header = raw.header.get_ref();
         let name = header.name.get_ref().clone();
         let seed = match &header.seed {
@@ -141,9 +142,9 @@ impl Builder<'_> {
         &mut self,
         raw: &RawDag,
         dag_name: &str,
-        workspace_override: Option<&Path>,
+        workspace_override: Option<&str>,
         interp: &mut Interpolator,
-    ) -> Result<PathBuf> {
+    ) -> Result<Location> {
         const WORKSPACE: &str = "workspace";
         let header = raw.header.get_ref();
         // (name, text, span): the templates still to resolve.
@@ -159,7 +160,10 @@ impl Builder<'_> {
             }
         }
         match (workspace_override, &header.workspace) {
-            (Some(w), _) => interp.define(WORKSPACE, normalize(&std::path::absolute(w).map_err(|e| Error::io(w, e))?).to_string_lossy()),
+            (Some(w), _) => {
+                let base = std::path::absolute(".").map_err(|e| Error::io(".", e))?;
+                interp.define(WORKSPACE, workspace_text(w, &base));
+            }
             (None, Some(w)) => pending.push((WORKSPACE, w.get_ref().as_str(), w.span())),
             (None, None) => interp.define(WORKSPACE, self.dag_dir.join(".unoflow").join(dag_name).to_string_lossy()),
         }
@@ -179,7 +183,7 @@ impl Builder<'_> {
                 continue;
             }
             match interp.apply(text) {
-                Ok(v) if name == WORKSPACE => interp.define(WORKSPACE, normalize(&self.dag_dir.join(v.value)).to_string_lossy()),
+                Ok(v) if name == WORKSPACE => interp.define(WORKSPACE, workspace_text(&v.value, &self.dag_dir)),
                 Ok(v) => interp.define(name, v.value),
                 Err((m, h)) => self.error(m, span, Some(h)),
             }
@@ -192,7 +196,7 @@ impl Builder<'_> {
                 Some("break the cycle: one of them must not depend on the others".into()),
             );
         }
-        Ok(PathBuf::from(interp.value(WORKSPACE).unwrap_or_default()))
+        Ok(Location::parse(interp.value(WORKSPACE).unwrap_or_default(), &self.dag_dir))
     }
 
     /// Checks one node's own table: name, op, parameters, files.
@@ -591,6 +595,15 @@ fn suggest_identifier(name: &str) -> String {
         s.insert(0, 'n');
     }
     s
+}
+
+/// The `workspace` variable's value: a URL as written, a folder as an absolute path (relative to
+/// `base`).
+fn workspace_text(text: &str, base: &Path) -> String {
+    match Location::parse(text, base) {
+        Location::Url(url) => url,
+        Location::Folder(path) => normalize(&path).to_string_lossy().into_owned(),
+    }
 }
 
 #[cfg(test)]

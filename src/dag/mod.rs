@@ -25,7 +25,7 @@ pub use build::{Depth, load, load_with};
 use crate::diagnostic::SourceFile;
 use crate::graph::Graph;
 use crate::ops::Op;
-use crate::workspace::Storage;
+use crate::workspace::{Location, Storage};
 
 /// A validated DAG.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub struct Dag {
     pub dag_dir: PathBuf,
     /// Where outputs are stored (from `[dag] workspace`, `--workspace`, or `.unoflow/NAME`
     /// beside the DAG file).
-    pub workspace: PathBuf,
+    pub workspace: Location,
     /// Nodes in topological order (ties in file order).
     pub nodes: Vec<Node>,
     /// Which node reads which (indices into `nodes`).

@@ -2,9 +2,10 @@
 //! are given ids when needed, encoded into part files (several per large unit, in parallel) and
 //! committed; the node's manifest is written once every unit has a commit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::compute::concat_batches;
@@ -16,12 +17,13 @@ use unoflow_api::columns::ROW_ID;
 use unoflow_api::{ExecContext, RowError};
 
 use super::RunCtx;
+use super::claims::Claims;
 use crate::data::NodeData;
 use crate::error::{Error, Result};
 use crate::ops::{OpenContext, Unit, UnitOutput, UnitPlan, UnitRunner, Work};
 use crate::query::ids::IdAssigner;
 use crate::query::{self, IdPolicy, Verify};
-use crate::workspace::{Attempt, Commit, FileDigest, Manifest, NodeStore, error_schema};
+use crate::workspace::{Attempt, Commit, FileDigest, Garbage, Lease, LeaseOutcome, Manifest, NodeStore, error_schema, now_ms};
 
 /// Rows per part file: a large unit's rows go to several parts, encoded in parallel.
 const PART_ROWS: usize = 256 * 1024;
@@ -46,32 +48,49 @@ pub(super) async fn materialize(
     let node = ctx.node(i);
     let node_json = serde_json::to_vec_pretty(&ctx.components[i]).map_err(|e| Error::Internal(e.to_string()))?;
     store.begin(&node_json)?;
-    // The run holds the workspace: attempts no commit names are from killed or failed runs.
-    store.collect_garbage()?;
     let input_digest = input_digest(ctx, i, inputs);
-
-    let (commits, damaged) = store.commits();
-    for (unit, why) in &damaged {
-        ctx.observer.warn(&format!("node `{}`: commit record of unit {unit}: {why}; recomputing it", node.name));
+    let mut committed =
+        Committed { commits: Vec::new(), elsewhere: BTreeSet::new(), verified: verified.clone(), store, input_digest: &input_digest };
+    if ctx.claims.is_none() {
+        // Alone in the workspace: attempts no commit names are from killed or failed runs, and
+        // every record is read and checked before it is reused.
+        store.collect_garbage(Garbage::AllUnreferenced, None)?;
+        let (commits, damaged) = store.commits();
+        for (unit, why) in &damaged {
+            ctx.observer.warn(&format!("node `{}`: commit record of unit {unit}: {why}; recomputing it", node.name));
+        }
+        store.remove_commits(&damaged.iter().map(|(u, _)| *u).collect::<Vec<_>>())?;
+        committed.commits = commits;
+    } else {
+        // Shared: which units are committed is one listing; their records are read once, by
+        // the worker that writes the manifest.
+        committed.elsewhere = store.committed_units()?;
     }
-    store.remove_commits(&damaged.iter().map(|(u, _)| *u).collect::<Vec<_>>())?;
-    let committed = Committed { commits, verified, store };
 
     let runner = LazyRunner::new(ctx, i, inputs);
     let node_ctx = NodeRun { ctx, i, store, input_digest: &input_digest, runner: &runner };
     let (commits, reused) = match node.op.units(inputs)? {
         UnitPlan::Listed(units) => {
             ctx.observer.node_started(&node.name, Some(units.iter().map(|u| u.rows).sum()));
-            node_ctx.run_listed(units, committed).await?
+            if ctx.claims.is_some() {
+                store.set_units(units.len())?;
+            }
+            node_ctx.run_listed(units, &mut committed).await?
         }
         UnitPlan::Chunks { source, rows_per_unit } => {
             let total = count_rows(&source).await.ok();
             ctx.observer.node_started(&node.name, total);
-            node_ctx.run_chunks(&source, rows_per_unit, committed).await?
+            node_ctx.run_chunks(&source, rows_per_unit, &mut committed).await?
         }
     };
-    let manifest = Manifest::new(&ctx.fingerprints[i], &node.name, node.op_name(), &input_digest, commits, super::now());
-    store.finish(&manifest)?;
+    let manifest = match &ctx.claims {
+        None => {
+            let manifest = Manifest::new(&ctx.fingerprints[i], &node.name, node.op_name(), &input_digest, commits, super::now());
+            store.finish(&manifest)?;
+            manifest
+        }
+        Some(claims) => node_ctx.gather(claims, commits, &committed.elsewhere).await?,
+    };
     Ok(Materialized { manifest, reused })
 }
 
@@ -89,23 +108,59 @@ fn input_digest(ctx: &RunCtx, i: usize, inputs: &[NodeData]) -> String {
     }
 }
 
-/// The commit records found at the start, and which units' files were already verified.
+/// The commit records known, the units other workers committed (records not read), and which
+/// units' files were already verified.
 struct Committed<'a> {
     commits: Vec<Commit>,
-    verified: &'a BTreeSet<usize>,
+    elsewhere: BTreeSet<usize>,
+    verified: BTreeSet<usize>,
     store: &'a NodeStore,
+    input_digest: &'a str,
 }
 
 impl Committed<'_> {
-    /// The commit of unit `index` if it covers `key`, was computed from `input_digest` and its
-    /// files are whole.
-    fn take(&mut self, index: usize, key: &str, input_digest: &str) -> Option<Commit> {
+    /// The commit of unit `index` if it covers `key`, was computed from the node's inputs and
+    /// its files are whole.
+    fn take(&mut self, index: usize, key: &str) -> Option<Commit> {
         let pos = self.commits.iter().position(|c| c.unit == index)?;
         let c = &self.commits[pos];
-        let fits = c.key == key && c.input_digest == input_digest;
+        let fits = c.key == key && c.input_digest == self.input_digest;
         let whole = self.verified.contains(&index) || c.files().all(|f| self.store.verify(f).is_ok());
         (fits && whole).then(|| self.commits.swap_remove(pos))
     }
+
+    /// Forgets the records of units about to be computed (from an earlier computation of the
+    /// same fingerprint over other input data, or damaged): the unit's new commit replaces them.
+    fn remove_stale(&mut self, units: impl Iterator<Item = usize>) -> Result<()> {
+        let stale: Vec<usize> = units.filter(|u| self.commits.iter().any(|c| c.unit == *u)).collect();
+        if !stale.is_empty() {
+            self.store.remove_commits(&stale)?;
+            self.commits.retain(|c| !stale.contains(&c.unit));
+        }
+        Ok(())
+    }
+
+    /// Learns which of `waiting` other workers committed since (without reading the records).
+    fn refresh(&mut self, waiting: &BTreeSet<usize>) -> Result<()> {
+        // A few units are looked up one by one; many by one listing of the commits.
+        if waiting.len() <= 32 {
+            for &unit in waiting {
+                if self.store.has_commit(unit)? {
+                    self.elsewhere.insert(unit);
+                }
+            }
+        } else {
+            self.elsewhere.extend(self.store.committed_units()?.intersection(waiting));
+        }
+        Ok(())
+    }
+}
+
+/// How a unit task ended.
+enum UnitDone {
+    Committed(Commit),
+    /// A worker's attempt failed and another may try again.
+    Retry(Unit),
 }
 
 /// One node being computed.
@@ -122,117 +177,398 @@ impl NodeRun<'_> {
         &self.ctx.node(self.i).name
     }
 
-    /// Runs the units not committed yet, as many at once as there are CPU permits.
-    async fn run_listed(&self, units: Vec<Unit>, mut committed: Committed<'_>) -> Result<(Vec<Commit>, usize)> {
+    fn fingerprint(&self) -> &str {
+        &self.ctx.fingerprints[self.i]
+    }
+
+    /// Claims `unit` when workers share the workspace and starts it (or finds it committed
+    /// meanwhile). When another worker holds it: when its lease
+    /// can be taken over if not renewed (Unix ms), so it is not asked for again before.
+    async fn start(&self, pool: &mut UnitPool, unit: Unit, committed: &mut Committed<'_>) -> Result<Option<i64>> {
+        let Some(claims) = &self.ctx.claims else {
+            pool.admit(self, unit, None).await?;
+            return Ok(None);
+        };
+        match claims.claim(self.fingerprint(), unit.index).await? {
+            LeaseOutcome::Claimed(lease) => {
+                if lease.taken_over {
+                    // Its last holder may have committed it before going quiet.
+                    committed.refresh(&BTreeSet::from([unit.index]))?;
+                    if committed.elsewhere.contains(&unit.index) {
+                        return Ok(None);
+                    }
+                }
+                pool.admit(self, unit, Some(lease)).await?;
+                Ok(None)
+            }
+            LeaseOutcome::Held { expires_at_ms, .. } => {
+                Ok(Some(expires_at_ms + crate::workspace::Leases::margin(claims.opts.lease).as_millis() as i64))
+            }
+        }
+    }
+
+    /// Writes the node's manifest once every unit is committed, or reads the one another worker
+    /// wrote. One worker at a time (the holder of the node's manifest lease) reads the commit
+    /// records of the units others committed; the rest wait for its manifest.
+    async fn gather(&self, claims: &Claims, own: Vec<Commit>, elsewhere: &BTreeSet<usize>) -> Result<Manifest> {
+        let node = self.ctx.node(self.i);
+        let fp = self.fingerprint().to_string();
+        let damaged = |why: String| Error::Workspace { path: PathBuf::from(self.store.fingerprint()), message: why };
+        loop {
+            if let Some(manifest) = self.store.manifest().map_err(damaged)? {
+                return Ok(manifest);
+            }
+            let lease = match claims.claim_named(&fp, "manifest").await? {
+                LeaseOutcome::Claimed(lease) => lease,
+                LeaseOutcome::Held { .. } if self.wait_for_others().await => continue,
+                LeaseOutcome::Held { .. } => return Err(Error::Interrupted("waiting for another worker's manifest".into())),
+            };
+            let _renewal = claims.keep_alive(lease);
+            let mut commits = own.clone();
+            let known: BTreeSet<usize> = commits.iter().map(|c| c.unit).collect();
+            let mut stale = Vec::new();
+            for &unit in elsewhere.difference(&known) {
+                match self.store.commit_of(unit) {
+                    Ok(Some(commit)) if commit.unit == unit && commit.input_digest == self.input_digest => commits.push(commit),
+                    _ => stale.push(unit),
+                }
+            }
+            if !stale.is_empty() {
+                self.store.remove_commits(&stale)?;
+                return Err(Error::Execution(format!(
+                    "node `{}`: {} commit records were damaged or made from other input data, and were removed; run again to compute those units",
+                    node.name,
+                    stale.len()
+                )));
+            }
+            commits.sort_by_key(|c| c.unit);
+            let manifest = Manifest::new(&fp, &node.name, node.op_name(), self.input_digest, commits, super::now());
+            if self.store.finish(&manifest)? {
+                // Every unit has its winner now: other attempts' files are garbage, and the
+                // leases are of no use.
+                if let Err(e) = self.store.collect_garbage(Garbage::Losers, Some(&manifest.commits)) {
+                    self.ctx.observer.warn(&format!("node `{}`: losing attempts stay: {e}", node.name));
+                }
+                if let Err(e) = claims.clear(&fp).await {
+                    self.ctx.observer.warn(&format!("node `{}`: its leases stay: {e}", node.name));
+                }
+                return Ok(manifest);
+            }
+        }
+    }
+
+    /// Waits before looking again for units other workers hold; `false` if the run is stopping.
+    async fn wait_for_others(&self) -> bool {
+        let Some(claims) = &self.ctx.claims else { return false };
+        let until = Instant::now() + claims.poll_interval();
+        while Instant::now() < until {
+            if self.ctx.stop_requested() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100).min(until - Instant::now())).await;
+        }
+        !self.ctx.stop_requested()
+    }
+
+    /// Runs the units not committed yet, as many at once as there are CPU permits. Workers
+    /// take their own units first, then the others nobody holds, then wait for the units other
+    /// workers hold (taking over those whose holder went quiet).
+    async fn run_listed(&self, units: Vec<Unit>, committed: &mut Committed<'_>) -> Result<(Vec<Commit>, usize)> {
+        let total = units.len();
         let mut done: Vec<Commit> = Vec::with_capacity(units.len());
         let mut todo = Vec::new();
         for unit in units {
-            match committed.take(unit.index, &unit.key, self.input_digest) {
+            match committed.take(unit.index, &unit.key) {
                 Some(c) => {
                     self.ctx.observer.rows_done(self.name(), unit.rows);
                     done.push(c);
                 }
+                None if committed.elsewhere.contains(&unit.index) => self.ctx.observer.rows_done(self.name(), unit.rows),
                 None => todo.push(unit),
             }
         }
-        let reused = done.len();
-        let total = reused + todo.len();
-        let mut pool = UnitPool::default();
-        for unit in todo {
-            if self.ctx.stop_requested() || pool.failed() {
+        let reused = done.len() + committed.elsewhere.len();
+        committed.remove_stale(todo.iter().map(|u| u.index))?;
+        // Own units first; the others once those are done, from a point that depends on the
+        // rank, so workers that finished early spread over what is left instead of queueing
+        // behind each other.
+        let mut others = Vec::new();
+        if let Some(claims) = &self.ctx.claims {
+            let n = total.max(1);
+            let start = claims.opts.rank * n / claims.opts.world.max(1);
+            (todo, others) = todo.into_iter().partition(|u| claims.is_own(&u.key));
+            others.sort_by_key(|u| (u.index + n - start) % n);
+        }
+        // Among others' units, after this many held ones in a row the rest are most likely
+        // held too: they are looked at again after a wait, not asked for one by one now.
+        let give_up = 2 * self.ctx.cpu_permits;
+        // When each unit another worker holds may be asked for again.
+        let mut not_before: BTreeMap<usize, i64> = BTreeMap::new();
+        loop {
+            let mut pool = UnitPool::default();
+            let mut waiting = Vec::new();
+            let mut held_in_a_row = 0;
+            for unit in todo {
+                let later = not_before.get(&unit.index).is_some_and(|t| *t > now_ms());
+                if self.ctx.stop_requested() || pool.failed() || later || held_in_a_row >= give_up {
+                    waiting.push(unit);
+                    continue;
+                }
+                match self.start(&mut pool, unit.clone(), committed).await? {
+                    None => held_in_a_row = 0,
+                    Some(retry_at) => {
+                        not_before.insert(unit.index, retry_at);
+                        waiting.push(unit);
+                        held_in_a_row += 1;
+                    }
+                }
+            }
+            let (commits, retry) = pool.finish(self).await?;
+            done.extend(commits);
+            waiting.extend(retry);
+            let turning_to_others = !others.is_empty();
+            waiting.append(&mut others);
+            if waiting.is_empty() || self.ctx.stop_requested() {
                 break;
             }
-            pool.admit(self, unit).await?;
+            // Right after its own units a worker looks at the others' at once; then it waits
+            // for their holders between looks.
+            if !turning_to_others && !self.wait_for_others().await {
+                break;
+            }
+            committed.refresh(&waiting.iter().map(|u| u.index).collect())?;
+            todo = Vec::new();
+            for unit in waiting {
+                if committed.elsewhere.contains(&unit.index) {
+                    self.ctx.observer.rows_done(self.name(), unit.rows);
+                } else {
+                    todo.push(unit);
+                }
+            }
+            if todo.is_empty() {
+                break;
+            }
         }
-        done.extend(pool.finish(self).await?);
-        self.complete(done, total).map(|c| (c, reused))
+        self.complete(done, &committed.elsewhere, total).map(|c| (c, reused))
     }
 
     /// Cuts a view's rows into units as they stream, keyed by their ids, and runs those not
     /// committed. At most one unit per CPU permit (plus the one being cut) is held in memory.
-    async fn run_chunks(&self, source: &NodeData, rows_per_unit: usize, mut committed: Committed<'_>) -> Result<(Vec<Commit>, usize)> {
-        let ctx = query::session();
-        query::register(&ctx, source, Verify::AlreadyChecked).await?;
-        let df = ctx.table(source.name()).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut stream = query::ordered_stream(df).await?;
-        let (mut done, mut reused, mut index) = (Vec::new(), 0, 0);
-        let mut pool = UnitPool::default();
-        let mut pending: Vec<RecordBatch> = Vec::new();
-        let mut pending_rows = 0;
-        let mut finished = false;
-        while !finished {
-            match stream.next().await.transpose()? {
-                Some(batch) => {
-                    pending_rows += batch.num_rows();
-                    pending.push(query::conform(batch, &schema)?);
-                }
-                None => finished = true,
-            }
-            while pending_rows >= rows_per_unit || (finished && pending_rows > 0) {
-                let all = concat_batches(&schema, &pending)?;
-                let take = rows_per_unit.min(all.num_rows());
-                let chunk = all.slice(0, take);
-                let rest = all.slice(take, all.num_rows() - take);
-                pending = if rest.num_rows() > 0 { vec![rest] } else { Vec::new() };
-                pending_rows -= take;
-                let key = chunk_key(&chunk)?;
-                match committed.take(index, &key, self.input_digest) {
-                    Some(c) => {
-                        self.ctx.observer.rows_done(self.name(), chunk.num_rows() as u64);
-                        done.push(c);
-                        reused += 1;
-                    }
-                    None if self.ctx.stop_requested() || pool.failed() => {}
-                    None => pool.admit(self, Unit { index, key, rows: chunk.num_rows() as u64, work: Work::Rows(chunk) }).await?,
-                }
+    /// Workers sharing the workspace stream the view once per pass: the first pass takes their
+    /// own units, later ones any unit left, until every unit has a commit.
+    async fn run_chunks(&self, source: &NodeData, rows_per_unit: usize, committed: &mut Committed<'_>) -> Result<(Vec<Commit>, usize)> {
+        let (mut done, mut reused, mut units) = (Vec::new(), 0, 0);
+        let mut done_units: BTreeSet<usize> = BTreeSet::new();
+        let mut not_before: BTreeMap<usize, i64> = BTreeMap::new();
+        for pass in 0.. {
+            let mut pool = UnitPool::default();
+            let mut waiting: BTreeSet<usize> = BTreeSet::new();
+            let mut chunks = Chunks::open(source, rows_per_unit).await?;
+            let mut index = 0;
+            while let Some(chunk) = chunks.next().await? {
+                let unit = Unit { index, key: chunk_key(&chunk)?, rows: chunk.num_rows() as u64, work: Work::Rows(chunk) };
                 index += 1;
+                if done_units.contains(&unit.index) || committed.elsewhere.contains(&unit.index) {
+                    continue;
+                }
+                if let Some(c) = committed.take(unit.index, &unit.key) {
+                    self.ctx.observer.rows_done(self.name(), unit.rows);
+                    done_units.insert(c.unit);
+                    done.push(c);
+                    reused += usize::from(pass == 0);
+                    continue;
+                }
+                if self.ctx.stop_requested() || pool.failed() {
+                    continue;
+                }
+                let first_choice = self.ctx.claims.as_ref().is_none_or(|c| pass > 0 || c.is_own(&unit.key));
+                if pass == 0 {
+                    committed.remove_stale(std::iter::once(unit.index))?;
+                }
+                if !first_choice || not_before.get(&unit.index).is_some_and(|t| *t > now_ms()) {
+                    waiting.insert(unit.index);
+                } else if let Some(retry_at) = self.start(&mut pool, unit.clone(), committed).await? {
+                    not_before.insert(unit.index, retry_at);
+                    waiting.insert(unit.index);
+                }
             }
-        }
-        if index == 0 {
-            // An empty view still gives the node a (empty) part, so it has a schema.
-            let key = "empty".to_string();
-            match committed.take(0, &key, self.input_digest) {
-                Some(c) => done.push(c),
-                None => pool.admit(self, Unit { index: 0, key, rows: 0, work: Work::Empty }).await?,
+            if index == 0 {
+                // An empty view still gives the node a (empty) part, so it has a schema.
+                let unit = Unit { index: 0, key: "empty".to_string(), rows: 0, work: Work::Empty };
+                index = 1;
+                match committed.take(0, &unit.key) {
+                    Some(c) => done.push(c),
+                    None => {
+                        if pass == 0 {
+                            committed.remove_stale(std::iter::once(0))?;
+                        }
+                        if self.start(&mut pool, unit, committed).await?.is_some() {
+                            waiting.insert(0);
+                        }
+                    }
+                }
             }
-            index = 1;
+            if pass == 0 && self.ctx.claims.is_some() {
+                self.store.set_units(index)?;
+            }
+            units = index;
+            let (commits, retry) = pool.finish(self).await?;
+            done.extend(commits);
+            waiting.extend(retry.iter().map(|u| u.index));
+            done_units.extend(done.iter().map(|c| c.unit));
+            waiting.retain(|u| !done_units.contains(u) && !committed.elsewhere.contains(u));
+            if waiting.is_empty() || self.ctx.stop_requested() {
+                break;
+            }
+            // Units left after the first pass are others' first choices: look at once; after
+            // that, wait for their holders between passes.
+            if pass > 0 && !self.wait_for_others().await {
+                break;
+            }
+            committed.refresh(&waiting)?;
         }
-        done.extend(pool.finish(self).await?);
-        self.complete(done, index).map(|c| (c, reused))
+        self.complete(done, &committed.elsewhere, units).map(|c| (c, reused))
     }
 
     /// The commits in unit order, or why the node is not complete.
-    fn complete(&self, mut commits: Vec<Commit>, units: usize) -> Result<Vec<Commit>> {
+    fn complete(&self, mut commits: Vec<Commit>, elsewhere: &BTreeSet<usize>, units: usize) -> Result<Vec<Commit>> {
         commits.sort_by_key(|c| c.unit);
-        if commits.len() < units {
+        commits.dedup_by_key(|c| c.unit);
+        let found = commits.len() + elsewhere.iter().filter(|u| commits.binary_search_by_key(u, |c| &c.unit).is_err()).count();
+        if found < units {
             if self.ctx.stop_requested() {
-                return Err(Error::Interrupted(format!("{} of {units} units committed", commits.len())));
+                return Err(Error::Interrupted(format!("{found} of {units} units committed")));
             }
-            return Err(Error::Internal(format!("node `{}`: {} of {units} units have no commit", self.name(), units - commits.len())));
+            return Err(Error::Internal(format!("node `{}`: {} of {units} units have no commit", self.name(), units - found)));
         }
         Ok(commits)
     }
 
-    /// Runs one unit and commits it.
-    async fn run_unit(&self, unit: Unit) -> Result<Commit> {
+    /// Runs one unit and commits it. A worker's failed attempt is recorded and the unit left
+    /// for another attempt, until it failed `max_attempts` times: then its rows are committed
+    /// as failed rows, so the node completes.
+    async fn run_unit(&self, unit: Unit, lease: Option<Lease>) -> Result<UnitDone> {
+        let claims = self.ctx.claims.as_ref().zip(lease);
+        let renewal = claims.as_ref().map(|(c, lease)| c.keep_alive(lease.clone()));
+        let attempt = self.store.attempt(unit.index);
+        let result = self.attempt_unit(&attempt, unit.clone()).await;
+        drop(renewal);
+        let Some((claims, lease)) = claims else { return result.map(UnitDone::Committed) };
+        match result {
+            Ok(commit) => {
+                claims.unit_done();
+                Ok(UnitDone::Committed(commit))
+            }
+            Err(e @ Error::Interrupted(_)) => Err(e),
+            Err(e) => {
+                let message = e.to_string();
+                self.ctx.observer.warn(&format!("node `{}`: unit {} failed: {message}", self.name(), unit.index));
+                if claims.failed(self.fingerprint(), unit.index, attempt.id(), &message).await? {
+                    let commit = self.commit_failed(&unit, &message).await?;
+                    return Ok(UnitDone::Committed(commit));
+                }
+                claims.release(lease).await?;
+                Ok(UnitDone::Retry(unit))
+            }
+        }
+    }
+
+    async fn attempt_unit(&self, attempt: &Attempt, unit: Unit) -> Result<Commit> {
         let started = Instant::now();
         let runner = self.runner.get().await?;
         let exec = ExecContext::new(self.ctx.dag.seed, unit.index, self.ctx.interrupt.stop_flag());
-        let (index, key) = (unit.index, unit.key.clone());
-        let output = runner.run(unit, exec).await?;
-        let attempt = self.store.attempt(index);
+        let key = unit.key.clone();
+        let output = runner.run(unit, exec).await;
         let schema = Arc::clone(&self.ctx.node(self.i).schema);
-        match write_output(self.ctx, self.name(), &attempt, output, schema).await {
+        let written = match output {
+            Ok(output) => write_output(self.ctx, self.name(), attempt, output, schema).await,
+            Err(e) => Err(e),
+        };
+        // Files the operator keeps beside its rows (checkpoints) reach the store before the
+        // commit that names them.
+        let written = written.and_then(|w| self.ctx.ws.save_artifacts(self.fingerprint()).map(|()| w));
+        match written {
             Ok((rows, errors)) => {
                 let record = attempt.record(&key, self.input_digest, rows, errors, started.elapsed().as_secs_f64());
-                Ok(self.store.commit(&attempt, record)?.into_commit())
+                Ok(self.store.commit(attempt, record)?.into_commit())
             }
             Err(e) => {
                 attempt.discard();
                 Err(e)
             }
         }
+    }
+
+    /// Commits a unit that failed on every attempt: no rows, and one failed row per row of the
+    /// unit (or one for the unit, when its rows are not known before it runs).
+    async fn commit_failed(&self, unit: &Unit, message: &str) -> Result<Commit> {
+        let message = format!("failed on every attempt; the last: {message}");
+        let ids: Vec<String> = match &unit.work {
+            Work::Rows(chunk) => chunk
+                .column_by_name(ROW_ID)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .map(|ids| ids.iter().map(|id| id.unwrap_or_default().to_string()).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let ids = if ids.is_empty() { vec![format!("unit {} ({})", unit.index, unit.key)] } else { ids };
+        let errors = ids.into_iter().map(|row_id| RowError { row_id, message: message.clone() }).collect();
+        let attempt = self.store.attempt(unit.index);
+        let schema = Arc::clone(&self.ctx.node(self.i).schema);
+        let empty = attempt.clone();
+        let part = tokio::task::spawn_blocking(move || {
+            let mut writer = empty.part_writer(0, Arc::clone(&schema))?;
+            writer.write(&RecordBatch::new_empty(schema))?;
+            writer.finish()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("writing a failed unit panicked: {e}")))??;
+        let errors = write_errors(&attempt, errors).await?;
+        let record = attempt.record(&unit.key, self.input_digest, vec![part], Some(errors), 0.0);
+        Ok(self.store.commit(&attempt, record)?.into_commit())
+    }
+}
+
+/// A view's rows cut into chunks of `rows_per_unit` as they stream.
+struct Chunks {
+    stream: datafusion::physical_plan::SendableRecordBatchStream,
+    schema: SchemaRef,
+    rows_per_unit: usize,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    finished: bool,
+}
+
+impl Chunks {
+    async fn open(source: &NodeData, rows_per_unit: usize) -> Result<Self> {
+        let ctx = query::session();
+        query::register(&ctx, source, Verify::AlreadyChecked).await?;
+        let df = ctx.table(source.name()).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let stream = query::ordered_stream(df).await?;
+        Ok(Self { stream, schema, rows_per_unit, pending: Vec::new(), pending_rows: 0, finished: false })
+    }
+
+    /// The next chunk: `rows_per_unit` rows, fewer for the last one.
+    async fn next(&mut self) -> Result<Option<RecordBatch>> {
+        while !self.finished && self.pending_rows < self.rows_per_unit {
+            match self.stream.next().await.transpose()? {
+                Some(batch) => {
+                    self.pending_rows += batch.num_rows();
+                    self.pending.push(query::conform(batch, &self.schema)?);
+                }
+                None => self.finished = true,
+            }
+        }
+        if self.pending_rows == 0 {
+            return Ok(None);
+        }
+        let all = concat_batches(&self.schema, &self.pending)?;
+        let take = self.rows_per_unit.min(all.num_rows());
+        let rest = all.slice(take, all.num_rows() - take);
+        self.pending = if rest.num_rows() > 0 { vec![rest] } else { Vec::new() };
+        self.pending_rows -= take;
+        Ok(Some(all.slice(0, take)))
     }
 }
 
@@ -260,8 +596,9 @@ async fn count_rows(source: &NodeData) -> Result<u64> {
 /// The units of a node in flight, each holding a CPU permit.
 #[derive(Default)]
 struct UnitPool {
-    tasks: JoinSet<Result<Commit>>,
+    tasks: JoinSet<Result<UnitDone>>,
     done: Vec<Commit>,
+    retry: Vec<Unit>,
     error: Option<Error>,
 }
 
@@ -271,7 +608,7 @@ impl UnitPool {
     }
 
     /// Waits for a CPU permit (collecting finished units meanwhile), then starts `unit`.
-    async fn admit(&mut self, run: &NodeRun<'_>, unit: Unit) -> Result<()> {
+    async fn admit(&mut self, run: &NodeRun<'_>, unit: Unit, lease: Option<Lease>) -> Result<()> {
         let permit = Arc::clone(&run.ctx.cpu).acquire_owned().await.map_err(|_| Error::Internal("CPU pool closed".into()))?;
         while let Some(finished) = self.tasks.try_join_next() {
             self.collect(run, finished);
@@ -281,14 +618,14 @@ impl UnitPool {
         self.tasks.spawn(async move {
             let _permit = permit;
             let run = NodeRun { ctx: &ctx, i, store: &store, input_digest: &digest, runner: &runner };
-            run.run_unit(unit).await
+            run.run_unit(unit, lease).await
         });
         Ok(())
     }
 
-    fn collect(&mut self, run: &NodeRun<'_>, finished: std::result::Result<Result<Commit>, tokio::task::JoinError>) {
+    fn collect(&mut self, run: &NodeRun<'_>, finished: std::result::Result<Result<UnitDone>, tokio::task::JoinError>) {
         match finished {
-            Ok(Ok(commit)) => {
+            Ok(Ok(UnitDone::Committed(commit))) => {
                 if run.ctx.fail_fast && commit.errors.is_some() && self.error.is_none() {
                     let name = run.name();
                     self.error = Some(Error::Execution(format!(
@@ -298,6 +635,7 @@ impl UnitPool {
                 }
                 self.done.push(commit);
             }
+            Ok(Ok(UnitDone::Retry(unit))) => self.retry.push(unit),
             Ok(Err(e)) => {
                 if self.error.is_none() {
                     self.error = Some(e);
@@ -311,14 +649,15 @@ impl UnitPool {
         }
     }
 
-    /// Waits for the units in flight; the first error wins.
-    async fn finish(mut self, run: &NodeRun<'_>) -> Result<Vec<Commit>> {
+    /// Waits for the units in flight: the commits, and the units to try again; the first
+    /// error wins.
+    async fn finish(mut self, run: &NodeRun<'_>) -> Result<(Vec<Commit>, Vec<Unit>)> {
         while let Some(finished) = self.tasks.join_next().await {
             self.collect(run, finished);
         }
         match self.error {
             Some(e) => Err(e),
-            None => Ok(self.done),
+            None => Ok((self.done, self.retry)),
         }
     }
 }
@@ -345,7 +684,7 @@ impl LazyRunner {
                 let (ctx, i) = (&self.ctx, self.i);
                 let node = ctx.node(i);
                 let open = OpenContext {
-                    env: unoflow_api::Environment { artifacts_dir: Some(ctx.ws.artifacts_dir(&ctx.fingerprints[i])), ..ctx.env.clone() },
+                    env: unoflow_api::Environment { artifacts_dir: Some(ctx.ws.artifacts_dir(&ctx.fingerprints[i])?), ..ctx.env.clone() },
                     input_schemas: node.inputs.iter().map(|&j| Arc::clone(&ctx.dag.nodes[j].schema)).collect(),
                     schema: Arc::clone(&node.schema),
                     inputs: self.inputs.to_vec(),

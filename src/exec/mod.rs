@@ -13,6 +13,7 @@
 //! # Output
 //! The engine prints nothing: it reports to a [`RunObserver`] (the CLI's progress bars).
 
+mod claims;
 mod materialize;
 mod observer;
 
@@ -25,6 +26,7 @@ use futures::future::{BoxFuture, Shared};
 use tokio::sync::Semaphore;
 use unoflow_api::{Device, Environment, Resource};
 
+pub use claims::{DEFAULT_LEASE, WorkerOptions};
 pub use observer::{RunObserver, Unobserved};
 
 use crate::dag::{Dag, Node};
@@ -32,7 +34,7 @@ use crate::data::{NodeData, TableData, ViewData};
 use crate::error::{Error, Result};
 use crate::fingerprint::{self, Components};
 use crate::interrupt::Interrupt;
-use crate::workspace::{Index, IndexEntry, Manifest, NodeRecord, NodeStore, RunRecord, Storage, Workspace};
+use crate::workspace::{Index, IndexEntry, LockMode, Manifest, NodeRecord, NodeStore, RunRecord, Storage, Workspace};
 
 /// What `unoflow run` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +48,8 @@ pub struct RunOptions {
     /// Wait for another run on the workspace instead of refusing.
     pub wait: bool,
     pub device: Device,
+    /// Set for a worker: it shares the workspace with other processes through leases.
+    pub worker: Option<WorkerOptions>,
 }
 
 /// How a node ended.
@@ -114,9 +118,13 @@ struct RunCtx {
     interrupt: Interrupt,
     observer: Arc<dyn RunObserver>,
     cpu: Arc<Semaphore>,
+    /// How many permits `cpu` has.
+    cpu_permits: usize,
     gpu: tokio::sync::Mutex<()>,
     index: Mutex<Index>,
     env: Environment,
+    /// Leases, when other processes may work in the workspace (workers, object storage).
+    claims: Option<Arc<claims::Claims>>,
 }
 
 type NodeFuture = Shared<BoxFuture<'static, Option<NodeData>>>;
@@ -132,7 +140,15 @@ pub async fn run(
     let selected = select(&dag, &opts)?;
     let force = dag.nodes.iter().map(|n| opts.force.contains(&n.name)).collect();
     let ws = Workspace::create(&dag.workspace)?;
-    let _lock = ws.lock(opts.wait)?;
+    let mode = if opts.worker.is_some() { LockMode::Shared } else { LockMode::Alone { wait: opts.wait } };
+    let lock = ws.lock(mode)?;
+    // A run alone in its folder needs no leases; workers, and any run on object storage
+    // (which has no lock), claim each unit.
+    let claims = match (&lock, mode) {
+        (Some(_), LockMode::Alone { .. }) => None,
+        _ => Some(Arc::new(claims::Claims::new(ws.leases(), opts.worker.clone().unwrap_or_default()))),
+    };
+    let _heartbeat = claims.as_ref().map(|c| c.heartbeat(opts.device.to_string()));
     unoflow_operators::image_io::set_max_pixels(dag.max_image_pixels);
     let components = fingerprint::compute(&dag)?;
     let fingerprints = components.iter().map(Components::fingerprint).collect();
@@ -147,8 +163,9 @@ pub async fn run(
             seed: dag.seed,
             cache_dir: Some(ws.cache_dir()),
             artifacts_dir: None,
-            workspace_dir: Some(ws.root().to_path_buf()),
+            files: Some(Arc::new(ws.clone())),
         },
+        claims: claims.clone(),
         index: Mutex::new(index),
         dag: Arc::clone(&dag),
         ws,
@@ -159,6 +176,7 @@ pub async fn run(
         interrupt: interrupt.clone(),
         observer,
         cpu: Arc::new(Semaphore::new(threads)),
+        cpu_permits: threads,
         gpu: tokio::sync::Mutex::new(()),
     });
 
@@ -174,6 +192,8 @@ pub async fn run(
         host: crate::workspace::hostname(),
         command,
         nodes: Vec::new(),
+        worker: ctx.claims.as_ref().map(|c| format!("{} (rank {} of {})", c.id, c.opts.rank, c.opts.world)),
+        group: ctx.claims.as_ref().and_then(|c| c.opts.group.clone()),
     };
     ctx.ws.save_run(&record)?;
 
@@ -251,6 +271,9 @@ pub async fn run(
         })
         .collect();
     ctx.ws.save_run(&record)?;
+    if let Some(claims) = &ctx.claims {
+        claims.finish(&opts.device.to_string()).await;
+    }
     Ok(RunReport { run_id: record.id, outcomes, interrupted })
 }
 
@@ -445,4 +468,28 @@ fn run_id() -> String {
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
     let salt = blake3::hash(format!("{}-{:?}", std::process::id(), Instant::now()).as_bytes()).to_hex();
     format!("{stamp}-{}", &salt[..6])
+}
+
+/// Folds into `report` what the workers of `group` did: a node this process found cached was
+/// computed by them.
+pub fn merge_group(ws: &Workspace, group: &str, report: &mut RunReport) -> Result<()> {
+    let records: Vec<RunRecord> = ws.runs()?.records.into_iter().filter(|r| r.group.as_deref() == Some(group)).collect();
+    for outcome in report.outcomes.iter_mut().filter(|o| o.status == Status::Cached) {
+        let theirs = records.iter().flat_map(|r| &r.nodes).filter(|n| n.fingerprint == outcome.fingerprint);
+        let mut seconds: f64 = 0.0;
+        let mut status = None;
+        for node in theirs {
+            match node.status.as_str() {
+                "computed" => status = Some(Status::Computed),
+                "resumed" if status.is_none() => status = Some(Status::Resumed),
+                _ => continue,
+            }
+            seconds = seconds.max(node.seconds);
+        }
+        if let Some(status) = status {
+            outcome.status = status;
+            outcome.seconds = seconds;
+        }
+    }
+    Ok(())
 }

@@ -97,11 +97,20 @@ pub enum Verify {
 
 /// Registers `data` as a table named after it, and its failed rows as `errors.NAME`.
 pub async fn register(ctx: &SessionContext, data: &NodeData, verify: Verify) -> Result<()> {
+    register_stores(ctx, data);
     ctx.register_table(data.name(), provider(data, verify).await?)?;
     let schema =
         ctx.catalog("datafusion").and_then(|c| c.schema("errors")).ok_or_else(|| Error::Internal("the errors schema is missing".into()))?;
     schema.register_table(data.name().to_string(), errors_provider(data).await?)?;
     Ok(())
+}
+
+/// Makes the stores `data`'s files are in (a view's: its inputs') readable by `ctx`.
+fn register_stores(ctx: &SessionContext, data: &NodeData) {
+    match data {
+        NodeData::Table(table) => table.store.store().register(ctx),
+        NodeData::View(view) => view.inputs.iter().for_each(|input| register_stores(ctx, input)),
+    }
 }
 
 /// The rows of `data` as a DataFusion table.
@@ -131,7 +140,7 @@ async fn errors_provider(data: &NodeData) -> Result<Arc<dyn TableProvider>> {
 fn check(table: &TableData) -> Result<()> {
     for f in table.manifest.files() {
         table.store.verify(f).map_err(|why| Error::Workspace {
-            path: table.store.path_of(f),
+            path: std::path::PathBuf::from(table.store.url_of(f)),
             message: format!(
                 "a part of node `{}` is corrupt, so it will not be read: {why}; run the DAG again to recompute it",
                 table.name
@@ -145,13 +154,14 @@ async fn parquet_table<'a>(
     table: &TableData,
     files: impl Iterator<Item = &'a crate::workspace::FileDigest>,
 ) -> Result<Arc<dyn TableProvider>> {
-    let urls =
-        files.map(|f| ListingTableUrl::parse(table.store.path_of(f).to_string_lossy())).collect::<datafusion::error::Result<Vec<_>>>()?;
+    let urls = files.map(|f| ListingTableUrl::parse(table.store.url_of(f))).collect::<datafusion::error::Result<Vec<_>>>()?;
     let Some(first) = urls.first() else {
         return Err(Error::Internal(format!("node `{}` has no part files", table.name)));
     };
     let options = ListingOptions::new(Arc::new(ParquetFormat::default().with_force_view_types(false))).with_file_extension(".parquet");
-    let state = session().state();
+    let inference = session();
+    table.store.store().register(&inference);
+    let state = inference.state();
     let schema = options.infer_schema(&state, first).await?;
     let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
     Ok(Arc::new(ListingTable::try_new(config)?))

@@ -3,12 +3,14 @@
 //! queried without its DAG.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::write_atomic;
+use super::store::Store;
 use crate::error::{Error, Result};
+
+const KEY: &str = "index.json";
 
 /// Where a node's output lives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,20 +40,18 @@ pub struct Index {
 
 impl Index {
     /// Reads the index; a missing one is empty, a damaged one an error naming it.
-    pub(super) fn load(workspace: &Path) -> Result<Self> {
-        let path = workspace.join("index.json");
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Workspace {
-                path: path.clone(),
+    pub(super) fn load(store: &dyn Store) -> Result<Self> {
+        match store.get(KEY)? {
+            Some((bytes, _)) => serde_json::from_slice(&bytes).map_err(|e| Error::Workspace {
+                path: PathBuf::from(store.url(KEY)),
                 message: format!("damaged ({e}); `unoflow run` with the DAG rewrites it, or pass --dag to use the DAG's nodes"),
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(Error::io(path, e)),
+            None => Ok(Self::default()),
         }
     }
 
-    pub(super) fn save(&self, workspace: &Path) -> Result<()> {
+    pub(super) fn save(&self, store: &dyn Store) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Internal(e.to_string()))?;
-        write_atomic(&workspace.join("index.json"), &bytes)
+        store.put(KEY, &bytes)
     }
 }

@@ -1,4 +1,5 @@
-//! One `unoflow run` per workspace at a time.
+//! One `unoflow run` per workspace folder at a time, or any number of workers (which share it
+//! through leases and hold the lock shared, so a `run` does not clear their attempts).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -25,6 +26,20 @@ impl RunLock {
             }
             Err(TryLockError::WouldBlock) => true,
             Err(TryLockError::Error(_)) => false,
+        }
+    }
+
+    /// Takes the lock shared, as a worker: other workers may hold it too, a `run` may not.
+    pub(super) fn share(workspace: &Path) -> Result<Self> {
+        let path = workspace.join("lock");
+        let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).at(&path)?;
+        match file.try_lock_shared() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(TryLockError::WouldBlock) => Err(Error::Locked(format!(
+                "a `unoflow run` is working alone in {}; start workers when it has finished (or stop it: workers resume its work)",
+                workspace.display()
+            ))),
+            Err(TryLockError::Error(e)) => Err(Error::io(&path, e)),
         }
     }
 

@@ -2,16 +2,21 @@
 //! no other module builds a path into a workspace.
 //!
 //! ```text
-//! WORKSPACE/
+//! WORKSPACE/                 a local folder, or s3://bucket/prefix (gs://, az://)
 //!   unoflow-workspace.json   marks the folder as a workspace (a run refuses other folders)
-//!   lock                     held (flock) by the one `unoflow run` at work here
+//!   lock                     held (flock) by the one `unoflow run` at work in a folder
 //!   index.json               node name → its last fingerprint, what made it, table or view
 //!   nodes/FP/…               the output of fingerprint FP (see `NodeStore`)
+//!   leases/FP/uNNNNNN.json   who computes a unit now, until when (see `lease`)
+//!   workers/ID.json          each worker's heartbeat
 //!   tables/NAME              the current output of node NAME for other engines (see `tables`)
 //!   runs/RUN_ID.json         one record per `unoflow run`
 //!   artifacts/FP/            files operators keep for node FP (training checkpoints)
 //!   cache/                   caches operators keep across runs (VLM answers)
 //! ```
+//!
+//! The bytes are in a [`store::Store`]: a local folder, or object storage through the
+//! `object_store` crate; everything above is written through it.
 //!
 //! Outputs are addressed by fingerprint, never by node name, so renaming a node keeps its
 //! output. Each unit is committed by its own record once its files are durable: a run killed
@@ -19,29 +24,46 @@
 //! valid record.
 
 mod index;
+mod lease;
+mod location;
 mod lock;
 mod node;
 mod part_writer;
 mod records;
 mod runs;
+pub mod store;
 mod tables;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use index::{Index, IndexEntry, Storage};
+pub use lease::{Lease, LeaseOutcome, Leases, WorkerBeat, now_ms};
+pub use location::Location;
 pub use lock::RunLock;
 pub(crate) use node::hostname;
-pub use node::{Attempt, Committed, NodeStore};
+pub use node::{Attempt, Committed, Garbage, NodeStore};
 pub use part_writer::PartWriter;
 pub use records::{Commit, FileDigest, Manifest, error_schema};
 pub use runs::{NodeRecord, RunList, RunRecord};
+use store::{LocalStore, Store};
 
 use crate::error::{Error, IoContext, Result};
 
-/// A workspace folder.
+/// How a process holds a workspace folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// One `unoflow run` alone (waiting for another to finish, or not).
+    Alone { wait: bool },
+    /// One of many workers.
+    Shared,
+}
+
+/// A workspace: a local folder or a prefix of a bucket.
 #[derive(Debug, Clone)]
 pub struct Workspace {
-    root: PathBuf,
+    location: Location,
+    store: Arc<dyn Store>,
 }
 
 /// The file that marks a folder as a unoflow workspace. A run refuses a folder that holds
@@ -49,125 +71,275 @@ pub struct Workspace {
 /// outputs), which must never be a user's.
 pub const MARKER: &str = "unoflow-workspace.json";
 
+/// Where object stores are probed for atomic create (see `store::ObjectBackend::probe`).
+const PROBES: &str = ".unoflow-probe/";
+
 impl Workspace {
-    /// Opens the workspace at `root` for a run, creating it if needed. A folder that exists, is
-    /// not empty and is not a workspace is refused (exit 2): unoflow never writes into, or
-    /// clears, a folder of the user's.
-    pub fn create(root: &Path) -> Result<Self> {
-        match std::fs::metadata(root) {
-            Ok(meta) if !meta.is_dir() => {
-                return Err(Error::Usage(format!("workspace {} is a file, not a folder: choose another --workspace", root.display())));
+    /// Opens the workspace at `location` for a run, creating it if needed. A folder (or bucket
+    /// prefix) that holds anything and is not a workspace is refused (exit 2): unoflow never
+    /// writes into, or clears, a folder of the user's. Object storage is probed for atomic
+    /// create-if-absent, without which commits could not be exactly once.
+    pub fn create(location: &Location) -> Result<Self> {
+        let ws = match location {
+            Location::Folder(root) => {
+                create_folder(root)?;
+                Self { location: location.clone(), store: Arc::new(LocalStore::new(root.clone())) }
             }
-            Ok(_) => {
-                if !root.join(MARKER).is_file() {
-                    let foreign = foreign_entries(root)?;
-                    // Another run may have made the workspace meanwhile (the marker is written
-                    // before anything else).
-                    if !foreign.is_empty() && !root.join(MARKER).is_file() {
+            Location::Url(url) => {
+                let backend = Arc::new(store::ObjectBackend::open(url)?);
+                let marked = backend.size(MARKER)?.is_some();
+                if !marked {
+                    // Other workers' probes are not foreign.
+                    let foreign: Vec<String> =
+                        backend.list("")?.into_iter().map(|l| l.key).filter(|k| !k.starts_with(PROBES)).take(5).collect();
+                    // Another worker may have made the workspace meanwhile.
+                    if !foreign.is_empty() && backend.size(MARKER)?.is_none() {
                         return Err(Error::Usage(format!(
-                            "{} is not a unoflow workspace and holds files unoflow did not write ({}); \
-                             unoflow never writes into a folder of yours: choose a new or empty folder as the workspace",
-                            root.display(),
+                            "{url} is not a unoflow workspace and holds objects unoflow did not write ({}); \
+                             unoflow never writes among your objects: choose an empty prefix",
                             foreign.join(", ")
                         )));
                     }
-                    write_marker(root)?;
                 }
+                backend.probe()?;
+                if !marked {
+                    backend.create(MARKER, &marker_text())?;
+                }
+                Self { location: location.clone(), store: backend }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(root).at(root)?;
-                write_marker(root)?;
-            }
-            Err(e) => return Err(Error::io(root, e)),
-        }
-        for dir in ["nodes", "runs"] {
-            std::fs::create_dir_all(root.join(dir)).at(root.join(dir))?;
-        }
-        Ok(Self { root: root.to_path_buf() })
+        };
+        Ok(ws)
     }
 
     /// Opens an existing workspace for reading; it is an error if there is none. Writes nothing.
-    pub fn open(root: &Path) -> Result<Self> {
-        Self::open_existing(root)?.ok_or_else(|| {
-            Error::Usage(format!("no unoflow workspace at {}: run the DAG first (`unoflow run DAG`), or pass --workspace", root.display()))
+    pub fn open(location: &Location) -> Result<Self> {
+        Self::open_existing(location)?.ok_or_else(|| {
+            Error::Usage(format!("no unoflow workspace at {location}: run the DAG first (`unoflow run DAG`), or pass --workspace"))
         })
     }
 
-    /// The workspace at `root` if there is one (`None` if the folder does not exist yet); a
-    /// folder that is not a workspace is an error. Writes nothing.
-    pub fn open_existing(root: &Path) -> Result<Option<Self>> {
-        if !root.exists() {
-            return Ok(None);
+    /// The workspace at `location` if there is one (`None` if nothing is there yet); a folder
+    /// that is not a workspace is an error. Writes nothing.
+    pub fn open_existing(location: &Location) -> Result<Option<Self>> {
+        match location {
+            Location::Folder(root) => {
+                if !root.exists() {
+                    return Ok(None);
+                }
+                if root.join(MARKER).is_file() || is_legacy(root) {
+                    return Ok(Some(Self { location: location.clone(), store: Arc::new(LocalStore::new(root.clone())) }));
+                }
+                if foreign_entries(root)?.is_empty() {
+                    return Ok(None);
+                }
+                Err(Error::Usage(format!("{} is not a unoflow workspace (it has no {MARKER})", root.display())))
+            }
+            Location::Url(url) => {
+                let ws = Self { location: location.clone(), store: Arc::new(store::ObjectBackend::open(url)?) };
+                Ok(ws.store.size(MARKER)?.is_some().then_some(ws))
+            }
         }
-        if root.join(MARKER).is_file() || is_legacy(root) {
-            return Ok(Some(Self { root: root.to_path_buf() }));
-        }
-        if foreign_entries(root)?.is_empty() {
-            return Ok(None);
-        }
-        Err(Error::Usage(format!("{} is not a unoflow workspace (it has no {MARKER})", root.display())))
     }
 
-    /// The folder, for messages.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where the workspace is, for messages.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The store the workspace's bytes live in.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// The output stored under fingerprint `fp`.
     pub fn node(&self, fp: &str) -> NodeStore {
-        NodeStore::new(self.root.join("nodes").join(fp), fp)
+        NodeStore::new(Arc::clone(&self.store), fp)
     }
 
-    /// Takes the run lock: one `unoflow run` works in a workspace at a time.
-    pub fn lock(&self, wait: bool) -> Result<RunLock> {
-        RunLock::acquire(&self.root, wait)
+    /// Leases, worker heartbeats: how workers share the workspace's units.
+    pub fn leases(&self) -> Leases {
+        Leases::new(Arc::clone(&self.store))
     }
 
-    /// Whether a run holds the workspace now. Reads only.
+    /// Takes the run lock of a local workspace: one `unoflow run` works in a folder at a time
+    /// (or any number of workers, which share it). Object storage has none: runs and workers
+    /// share it through leases.
+    pub fn lock(&self, mode: LockMode) -> Result<Option<RunLock>> {
+        match (&self.location, mode) {
+            (Location::Folder(root), LockMode::Alone { wait }) => RunLock::acquire(root, wait).map(Some),
+            (Location::Folder(root), LockMode::Shared) => RunLock::share(root).map(Some),
+            (Location::Url(_), _) => Ok(None),
+        }
+    }
+
+    /// Whether a run holds the workspace now (a local folder's lock, or live workers' leases).
+    /// Reads only.
     pub fn run_is_live(&self) -> bool {
-        RunLock::is_held(&self.root)
+        match &self.location {
+            Location::Folder(root) if RunLock::is_held(root) => true,
+            _ => self.leases().live_workers(std::time::Duration::from_secs(300)).is_ok_and(|w| !w.is_empty()),
+        }
     }
 
     /// The index: each node name's last fingerprint. A missing index is empty; a damaged one is
     /// an error naming the file.
     pub fn index(&self) -> Result<Index> {
-        Index::load(&self.root)
+        Index::load(self.store.as_ref())
     }
 
     pub fn save_index(&self, index: &Index) -> Result<()> {
-        index.save(&self.root)
+        index.save(self.store.as_ref())
     }
 
     /// Saves (or updates) a run record.
     pub fn save_run(&self, record: &RunRecord) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?;
-        write_atomic(&self.root.join("runs").join(format!("{}.json", record.id)), &bytes)
+        self.store.put(&format!("runs/{}.json", record.id), &bytes)
     }
 
     /// Every run record, oldest first, and the files that are not readable records.
     pub fn runs(&self) -> Result<RunList> {
-        let dir = self.root.join("runs");
-        match runs::list(&dir) {
-            Ok(list) => Ok(list),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RunList::default()),
-            Err(e) => Err(Error::io(dir, e)),
+        runs::list(self.store.as_ref())
+    }
+
+    /// The local folder where node `fp`'s operator keeps files that outlive a run (checkpoints):
+    /// in the workspace folder, or a local mirror of `artifacts/FP/` for object storage (filled
+    /// from the store before the node runs, sent back with [`Workspace::save_artifacts`]).
+    pub fn artifacts_dir(&self, fp: &str) -> Result<PathBuf> {
+        match &self.location {
+            Location::Folder(root) => Ok(root.join("artifacts").join(fp)),
+            Location::Url(_) => {
+                let local = self.mirror().join("artifacts").join(fp);
+                for object in self.store.list(&format!("artifacts/{fp}"))? {
+                    let path = self.mirror().join(&object.key);
+                    if path.metadata().is_ok_and(|m| m.len() == object.size) {
+                        continue;
+                    }
+                    let (bytes, _) = self.store.get(&object.key)?.unwrap_or_default();
+                    write_atomic(&path, &bytes)?;
+                }
+                std::fs::create_dir_all(&local).at(&local)?;
+                Ok(local)
+            }
         }
     }
 
-    /// The folder where node `fp`'s operator keeps files that outlive a run (checkpoints).
-    pub fn artifacts_dir(&self, fp: &str) -> PathBuf {
-        self.root.join("artifacts").join(fp)
+    /// Sends node `fp`'s artifacts from the local mirror to object storage (nothing to do for a
+    /// folder).
+    pub fn save_artifacts(&self, fp: &str) -> Result<()> {
+        let Location::Url(_) = &self.location else { return Ok(()) };
+        let local = self.mirror().join("artifacts").join(fp);
+        // Most operators keep no files: nothing to ask the store.
+        if std::fs::read_dir(&local).map_or(true, |mut d| d.next().is_none()) {
+            return Ok(());
+        }
+        let existing: std::collections::BTreeMap<String, u64> =
+            self.store.list(&format!("artifacts/{fp}"))?.into_iter().map(|l| (l.key, l.size)).collect();
+        for (path, relative) in crate::ops::read::files_under(&local, &|_| true).unwrap_or_default() {
+            let key = format!("artifacts/{fp}/{relative}");
+            let size = std::fs::metadata(&path).at(&path)?.len();
+            if existing.get(&key) != Some(&size) {
+                let bytes = std::fs::read(&path).at(&path)?;
+                self.store.put(&key, &bytes)?;
+            }
+        }
+        Ok(())
     }
 
-    /// Caches operators keep across runs (the VLM response cache), keyed by content.
+    /// Caches operators keep across runs (the VLM response cache), keyed by content. Local to
+    /// this host for object storage.
     pub fn cache_dir(&self) -> PathBuf {
-        self.root.join("cache")
+        match &self.location {
+            Location::Folder(root) => root.join("cache"),
+            Location::Url(_) => self.mirror().join("cache"),
+        }
+    }
+
+    /// The local mirror of an object-storage workspace.
+    fn mirror(&self) -> PathBuf {
+        let id = blake3::hash(self.location.to_string().as_bytes()).to_hex()[..16].to_string();
+        std::env::temp_dir().join("unoflow-mirror").join(id)
+    }
+
+    /// The local path of a file a row names relative to the workspace (`artifacts/…`), fetched
+    /// from object storage when needed.
+    pub fn local_file(&self, reference: &str) -> Result<PathBuf> {
+        let path = Path::new(reference);
+        if path.is_absolute() {
+            return Ok(path.to_path_buf());
+        }
+        match &self.location {
+            Location::Folder(root) => Ok(root.join(path)),
+            Location::Url(_) => {
+                let local = self.mirror().join(path);
+                if !local.is_file() {
+                    let (bytes, _) = self.store.get(reference)?.ok_or_else(|| Error::Workspace {
+                        path: path.to_path_buf(),
+                        message: format!("not in the workspace {}", self.location),
+                    })?;
+                    write_atomic(&local, &bytes)?;
+                }
+                Ok(local)
+            }
+        }
+    }
+
+    /// How a row names a local file an operator made (relative to the workspace when it is in
+    /// it or in its mirror).
+    pub fn reference(&self, local: &Path) -> String {
+        let root = match &self.location {
+            Location::Folder(root) => root.clone(),
+            Location::Url(_) => self.mirror(),
+        };
+        local.strip_prefix(&root).unwrap_or(local).to_string_lossy().into_owned()
     }
 
     /// Makes node `name`'s output readable by other engines under `tables/` (see `tables`).
     pub fn publish_table(&self, name: &str, store: &NodeStore, manifest: &Manifest) -> Result<()> {
-        tables::publish(&self.root.join("tables"), name, store, manifest)
+        tables::publish(self.store.as_ref(), name, store, manifest)
     }
+}
+
+/// The operators' view of the workspace's files (checkpoints named in rows).
+impl unoflow_api::WorkspaceFiles for Workspace {
+    fn local(&self, reference: &str) -> std::io::Result<PathBuf> {
+        self.local_file(reference).map_err(std::io::Error::other)
+    }
+
+    fn reference(&self, local: &Path) -> String {
+        Workspace::reference(self, local)
+    }
+}
+
+/// Makes a workspace folder (or checks an existing one is unoflow's).
+fn create_folder(root: &Path) -> Result<()> {
+    match std::fs::metadata(root) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(Error::Usage(format!("workspace {} is a file, not a folder: choose another --workspace", root.display())));
+        }
+        Ok(_) => {
+            if !root.join(MARKER).is_file() {
+                let foreign = foreign_entries(root)?;
+                // Another run may have made the workspace meanwhile (the marker is written
+                // before anything else).
+                if !foreign.is_empty() && !root.join(MARKER).is_file() {
+                    return Err(Error::Usage(format!(
+                        "{} is not a unoflow workspace and holds files unoflow did not write ({}); \
+                         unoflow never writes into a folder of yours: choose a new or empty folder as the workspace",
+                        root.display(),
+                        foreign.join(", ")
+                    )));
+                }
+                write_atomic(&root.join(MARKER), &marker_text())?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(root).at(root)?;
+            write_atomic(&root.join(MARKER), &marker_text())?;
+        }
+        Err(e) => return Err(Error::io(root, e)),
+    }
+    Ok(())
 }
 
 /// A workspace made before the marker existed: its lock file and node folder are unoflow's.
@@ -197,13 +369,14 @@ fn foreign_entries(root: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn write_marker(root: &Path) -> Result<()> {
-    let text = serde_json::json!({
+fn marker_text() -> Vec<u8> {
+    serde_json::json!({
         "unoflow_workspace": 1,
         "created_by": format!("unoflow {}", env!("CARGO_PKG_VERSION")),
         "note": "unoflow's workspace: node outputs, run records, artifacts and caches; unoflow deletes only its own files here",
-    });
-    write_atomic(&root.join(MARKER), text.to_string().as_bytes())
+    })
+    .to_string()
+    .into_bytes()
 }
 
 /// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename, fsync the folder.

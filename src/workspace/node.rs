@@ -10,13 +10,14 @@
 //! ```
 //!
 //! An attempt writes its files in its own folder, makes them durable, then creates the unit's
-//! commit record if it does not exist yet (a hard link: atomic, and refused when the record is
-//! there). The first commit wins; a later attempt at the same unit (a run that was thought dead,
+//! commit record if it does not exist yet (atomic, and refused when the record is there: a hard
+//! link in a folder, a conditional put in object storage). The first commit wins; a later attempt at the same unit (a run that was thought dead,
 //! a duplicate) finds the record and discards its files. Readers only read files a commit names,
 //! never a folder listing, so a half-written or losing attempt is never seen.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -25,13 +26,15 @@ use datafusion::parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, 
 
 use super::part_writer::PartWriter;
 use super::records::{Commit, FORMAT, FileDigest, FormatOnly, Manifest};
-use super::{sync_dir, write_atomic};
+use super::store::Store;
 use crate::error::{Error, IoContext, Result};
 
 /// The output of one fingerprint.
 #[derive(Debug, Clone)]
 pub struct NodeStore {
-    dir: PathBuf,
+    store: Arc<dyn Store>,
+    /// `nodes/FP`.
+    prefix: String,
     fingerprint: String,
 }
 
@@ -54,46 +57,59 @@ impl Committed {
     }
 }
 
+/// Which attempt folders [`NodeStore::collect_garbage`] may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Garbage {
+    /// Every folder no commit names: nobody else writes this node (a run holding the
+    /// workspace's lock).
+    AllUnreferenced,
+    /// Only the folders of units another attempt committed (workers share the node).
+    Losers,
+}
+
 impl NodeStore {
-    pub(super) fn new(dir: PathBuf, fingerprint: &str) -> Self {
-        Self { dir, fingerprint: fingerprint.to_string() }
+    pub(super) fn new(store: Arc<dyn Store>, fp: &str) -> Self {
+        Self { store, prefix: format!("nodes/{fp}"), fingerprint: fp.to_string() }
     }
 
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
 
-    fn manifest_path(&self) -> PathBuf {
-        self.dir.join("manifest.json")
+    fn key(&self, name: &str) -> String {
+        format!("{}/{name}", self.prefix)
     }
 
-    fn commit_path(&self, unit: usize) -> PathBuf {
-        self.dir.join("commits").join(format!("u{unit:06}.json"))
+    fn commit_key(&self, unit: usize) -> String {
+        self.key(&format!("commits/u{unit:06}.json"))
     }
 
     /// The complete output, if there is one. A manifest that cannot be read, or was written in
     /// another format, is an error saying so (the node is then recomputed).
     pub fn manifest(&self) -> std::result::Result<Option<Manifest>, String> {
-        let path = self.manifest_path();
-        match std::fs::read(&path) {
-            Ok(bytes) => parse_record(&bytes).map(Some).map_err(|why| format!("{}: {why}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+        let key = self.key("manifest.json");
+        match self.store.get(&key) {
+            Ok(Some((bytes, _))) => parse_record(&bytes).map(Some).map_err(|why| format!("{}: {why}", self.store.url(&key))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("{}: {e}", self.store.url(&key))),
         }
     }
 
-    /// Checks that a committed file is whole: its size, then its blake3 digest. The error says
-    /// what is wrong with it.
+    /// Checks that a committed file is whole: its size, then (in a local folder) its blake3
+    /// digest. Object storage checks what it stores itself; its size is checked here.
     pub fn verify(&self, digest: &FileDigest) -> std::result::Result<(), String> {
-        let path = self.path_of(digest);
-        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if meta.len() != digest.bytes {
-            return Err(format!("{}: {} bytes, but {} were committed", path.display(), meta.len(), digest.bytes));
+        let key = self.key(&digest.name);
+        let url = self.store.url(&key);
+        let size = self.store.size(&key).map_err(|e| format!("{url}: {e}"))?.ok_or_else(|| format!("{url}: missing"))?;
+        if size != digest.bytes {
+            return Err(format!("{url}: {size} bytes, but {} were committed", digest.bytes));
         }
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_mmap_rayon(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if hasher.finalize().to_hex().as_str() != digest.blake3 {
-            return Err(format!("{}: checksum mismatch (the file changed after it was committed)", path.display()));
+        if let Some(path) = self.store.local_path(&key) {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_mmap_rayon(&path).map_err(|e| format!("{url}: {e}"))?;
+            if hasher.finalize().to_hex().as_str() != digest.blake3 {
+                return Err(format!("{url}: checksum mismatch (the file changed after it was committed)"));
+            }
         }
         Ok(())
     }
@@ -103,59 +119,96 @@ impl NodeStore {
         manifest.commits.iter().filter_map(|c| c.files().find_map(|f| self.verify(f).err()).map(|why| (c.unit, why))).collect()
     }
 
-    /// Where a committed file is, for readers that open it themselves (DataFusion).
-    pub fn path_of(&self, digest: &FileDigest) -> PathBuf {
-        self.dir.join(&digest.name)
+    /// Where a committed file is, for DataFusion (a path or a URL).
+    pub fn url_of(&self, digest: &FileDigest) -> String {
+        self.store.url(&self.key(&digest.name))
+    }
+
+    /// A committed file's local path, when the workspace is a folder.
+    pub fn local_path_of(&self, digest: &FileDigest) -> Option<PathBuf> {
+        self.store.local_path(&self.key(&digest.name))
+    }
+
+    /// The store, so readers can register it with DataFusion.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Makes the node incomplete again (its manifest goes; its commits stay).
     pub fn remove_manifest(&self) -> Result<()> {
-        remove_file_if_present(&self.manifest_path())
+        self.store.delete(&self.key("manifest.json"))
     }
 
     /// Forgets the commits of `units` (their files become garbage), and the manifest.
     pub fn remove_commits(&self, units: &[usize]) -> Result<()> {
         self.remove_manifest()?;
         for &unit in units {
-            remove_file_if_present(&self.commit_path(unit))?;
+            self.store.delete(&self.commit_key(unit))?;
         }
         Ok(())
     }
 
     /// Removes the whole output (for `--force`).
     pub fn clear(&self) -> Result<()> {
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&self.dir, e)),
-            _ => Ok(()),
-        }
+        self.store.delete_prefix(&self.prefix)
     }
 
-    /// Prepares the folder of a node about to be computed, recording what it is made of.
+    /// Records what the node about to be computed is made of.
     pub fn begin(&self, node_json: &[u8]) -> Result<()> {
-        for sub in ["commits", "attempts"] {
-            let dir = self.dir.join(sub);
-            std::fs::create_dir_all(&dir).at(&dir)?;
-        }
-        write_atomic(&self.dir.join("node.json"), node_json)
+        self.store.put(&self.key("node.json"), node_json)
+    }
+
+    /// Records how many units the node has, for `unoflow status` (known once they are listed or
+    /// a view was cut).
+    pub fn set_units(&self, units: usize) -> Result<()> {
+        self.store.put(&self.key("units.json"), serde_json::json!({ "units": units }).to_string().as_bytes())
+    }
+
+    /// How many units the node has, if a worker recorded it.
+    pub fn units(&self) -> Option<usize> {
+        let (bytes, _) = self.store.get(&self.key("units.json")).ok()??;
+        serde_json::from_slice::<serde_json::Value>(&bytes).ok()?.get("units")?.as_u64().map(|n| n as usize)
+    }
+
+    /// The commit records' keys and times (from a listing, without reading the records).
+    pub fn commit_times(&self) -> Result<Vec<i64>> {
+        Ok(self.store.list(&self.key("commits"))?.into_iter().filter(|l| unit_of(&l.key).is_some()).map(|l| l.modified_ms).collect())
+    }
+
+    /// Whether `unit` has a commit record (one request, without reading it).
+    pub fn has_commit(&self, unit: usize) -> Result<bool> {
+        Ok(self.store.size(&self.commit_key(unit))?.is_some())
+    }
+
+    /// The units that have a commit record (from a listing, without reading the records).
+    pub fn committed_units(&self) -> Result<BTreeSet<usize>> {
+        Ok(self.store.list(&self.key("commits"))?.iter().filter_map(|l| unit_of(&l.key)).collect())
     }
 
     /// The commit records present, by unit, and the records that cannot be read (with why).
     pub fn commits(&self) -> (Vec<Commit>, Vec<(usize, String)>) {
         let (mut commits, mut damaged) = (Vec::new(), Vec::new());
-        let Ok(entries) = std::fs::read_dir(self.dir.join("commits")) else { return (commits, damaged) };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(unit) = name.strip_prefix('u').and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<usize>().ok()) else {
-                continue;
-            };
-            match std::fs::read(entry.path()).map_err(|e| e.to_string()).and_then(|b| parse_record::<Commit>(&b)) {
-                Ok(commit) if commit.unit == unit => commits.push(commit),
-                Ok(commit) => damaged.push((unit, format!("{name} names unit {}", commit.unit))),
+        let Ok(listed) = self.store.list(&self.key("commits")) else { return (commits, damaged) };
+        for object in listed {
+            let Some(unit) = unit_of(&object.key) else { continue };
+            match self.commit_of(unit) {
+                Ok(Some(commit)) if commit.unit == unit => commits.push(commit),
+                Ok(Some(commit)) => damaged.push((unit, format!("u{unit:06}.json names unit {}", commit.unit))),
+                Ok(None) => {}
                 Err(why) => damaged.push((unit, why)),
             }
         }
         commits.sort_by_key(|c| c.unit);
         (commits, damaged)
+    }
+
+    /// The commit record of `unit`, if there is one.
+    pub fn commit_of(&self, unit: usize) -> std::result::Result<Option<Commit>, String> {
+        match self.store.get(&self.commit_key(unit)) {
+            Ok(Some((bytes, _))) => parse_record(&bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// A new attempt at `unit`, with a folder of its own.
@@ -165,70 +218,76 @@ impl NodeStore {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let id = blake3::hash(format!("{}-{nanos}-{n}-{}", std::process::id(), hostname()).as_bytes()).to_hex()[..12].to_string();
         let folder = format!("attempts/u{unit:06}-{id}");
-        Attempt { store: self.clone(), unit, id, folder }
+        Attempt { node: self.clone(), unit, id, folder }
     }
 
     /// Creates the unit's commit record unless one exists: the first commit wins.
     pub fn commit(&self, attempt: &Attempt, commit: Commit) -> Result<Committed> {
-        let path = self.commit_path(commit.unit);
-        let dir = self.dir.join("commits");
-        std::fs::create_dir_all(&dir).at(&dir)?;
-        let staged = dir.join(format!(".u{:06}.{}.json", commit.unit, attempt.id));
+        let key = self.commit_key(commit.unit);
         let bytes = serde_json::to_vec_pretty(&commit).map_err(|e| Error::Internal(e.to_string()))?;
-        let written = File::create(&staged).and_then(|mut f| {
-            std::io::Write::write_all(&mut f, &bytes)?;
-            f.sync_all()
-        });
-        written.at(&staged)?;
-        // A hard link is created atomically and refused when the name exists.
-        let linked = std::fs::hard_link(&staged, &path);
-        let _ = std::fs::remove_file(&staged);
-        match linked {
-            Ok(()) => {
-                sync_dir(&dir)?;
-                Ok(Committed::Won(commit))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                attempt.discard();
-                let existing = std::fs::read(&path).at(&path)?;
-                let theirs = parse_record(&existing).map_err(|why| Error::Workspace { path: path.clone(), message: why })?;
-                Ok(Committed::Lost(theirs))
-            }
-            Err(e) => Err(Error::io(&path, e)),
+        if self.store.create(&key, &bytes)?.is_some() {
+            return Ok(Committed::Won(commit));
         }
+        attempt.discard();
+        let theirs = self
+            .commit_of(commit.unit)
+            .map_err(|why| Error::Workspace { path: PathBuf::from(self.store.url(&key)), message: why })?
+            .ok_or_else(|| Error::Internal(format!("the commit record of unit {} refused ours and then vanished", commit.unit)))?;
+        Ok(Committed::Lost(theirs))
     }
 
-    /// Records the node as complete.
-    pub fn finish(&self, manifest: &Manifest) -> Result<()> {
+    /// Records the node as complete, unless another worker did first (`false`: read theirs).
+    pub fn finish(&self, manifest: &Manifest) -> Result<bool> {
         let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Internal(e.to_string()))?;
-        write_atomic(&self.manifest_path(), &bytes)
+        Ok(self.store.create(&self.key("manifest.json"), &bytes)?.is_some())
     }
 
     /// Reads rows `offset..offset+len` (all rows if `None`) of a committed file, which the caller
     /// has verified.
     pub fn read(&self, digest: &FileDigest, slice: Option<(usize, usize)>) -> Result<Vec<RecordBatch>> {
-        let path = self.path_of(digest);
-        let file = File::open(&path).at(&path)?;
-        let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-        if let Some((offset, len)) = slice {
-            builder = builder.with_row_selection(RowSelection::from(vec![RowSelector::skip(offset), RowSelector::select(len)]));
+        let key = self.key(&digest.name);
+        match self.store.local_path(&key) {
+            Some(path) => read_parquet(std::fs::File::open(&path).at(&path)?, slice),
+            None => {
+                let (bytes, _) = self.store.get(&key)?.ok_or_else(|| Error::Workspace {
+                    path: PathBuf::from(self.store.url(&key)),
+                    message: "committed, but missing".into(),
+                })?;
+                read_parquet(bytes::Bytes::from(bytes), slice)
+            }
         }
-        let reader = builder.with_batch_size(8192).build()?;
-        Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
     }
 
-    /// Removes the attempt folders no commit record names (attempts that lost, failed or were
-    /// killed). Only safe while no one else writes this node (a run holding the workspace).
-    pub fn collect_garbage(&self) -> Result<usize> {
-        let (commits, _) = self.commits();
-        let keep: std::collections::BTreeSet<String> = commits.iter().map(|c| format!("u{:06}-{}", c.unit, c.attempt)).collect();
-        let dir = self.dir.join("attempts");
-        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(0) };
+    /// Removes attempt folders that hold nothing anyone will read: those of units another
+    /// attempt committed, and with [`Garbage::AllUnreferenced`] every folder no commit names
+    /// (attempts of killed or failed runs).
+    /// `commits` are the unit's commits when the caller has them (read otherwise).
+    pub fn collect_garbage(&self, which: Garbage, commits: Option<&[Commit]>) -> Result<usize> {
+        let read;
+        let commits = match commits {
+            Some(c) => c,
+            None => {
+                read = self.commits().0;
+                &read
+            }
+        };
+        let winners: BTreeMap<usize, String> = commits.iter().map(|c| (c.unit, c.attempt.clone())).collect();
+        let mut folders: BTreeSet<String> = BTreeSet::new();
+        for object in self.store.list(&self.key("attempts"))? {
+            if let Some(folder) = object.key.strip_prefix(&format!("{}/attempts/", self.prefix)).and_then(|r| r.split('/').next()) {
+                folders.insert(folder.to_string());
+            }
+        }
         let mut removed = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&name) {
-                std::fs::remove_dir_all(entry.path()).at(entry.path())?;
+        for folder in folders {
+            let Some((unit, attempt)) = folder.strip_prefix('u').and_then(|r| r.split_once('-')) else { continue };
+            let Ok(unit) = unit.parse::<usize>() else { continue };
+            let garbage = match winners.get(&unit) {
+                Some(winner) => winner != attempt,
+                None => which == Garbage::AllUnreferenced,
+            };
+            if garbage {
+                self.store.delete_prefix(&self.key(&format!("attempts/{folder}")))?;
                 removed += 1;
             }
         }
@@ -236,10 +295,27 @@ impl NodeStore {
     }
 }
 
+/// Rows `offset..offset+len` (all if `None`) of a Parquet file.
+fn read_parquet<R: datafusion::parquet::file::reader::ChunkReader + 'static>(
+    file: R,
+    slice: Option<(usize, usize)>,
+) -> Result<Vec<RecordBatch>> {
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(8192);
+    if let Some((offset, len)) = slice {
+        builder = builder.with_row_selection(RowSelection::from(vec![RowSelector::skip(offset), RowSelector::select(len)]));
+    }
+    Ok(builder.build()?.collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+/// The unit a commit record's key names (`…/commits/u000042.json`).
+fn unit_of(key: &str) -> Option<usize> {
+    key.rsplit('/').next()?.strip_prefix('u')?.strip_suffix(".json")?.parse().ok()
+}
+
 /// One attempt at a unit: the folder its files go to.
 #[derive(Debug, Clone)]
 pub struct Attempt {
-    store: NodeStore,
+    node: NodeStore,
     unit: usize,
     id: String,
     /// Relative to the node folder.
@@ -255,16 +331,19 @@ impl Attempt {
         self.unit
     }
 
+    fn writer(&self, file: &str, schema: SchemaRef) -> Result<PartWriter> {
+        let name = format!("{}/{file}", self.folder);
+        PartWriter::create(Arc::clone(&self.node.store), self.node.key(&name), name, schema)
+    }
+
     /// A writer for part `part` of the unit's rows.
     pub fn part_writer(&self, part: usize, schema: SchemaRef) -> Result<PartWriter> {
-        let name = format!("{}/p{part:03}.parquet", self.folder);
-        PartWriter::create(self.store.dir.join(&name), name, schema)
+        self.writer(&format!("p{part:03}.parquet"), schema)
     }
 
     /// A writer for the unit's failed rows.
     pub fn errors_writer(&self, schema: SchemaRef) -> Result<PartWriter> {
-        let name = format!("{}/errors.parquet", self.folder);
-        PartWriter::create(self.store.dir.join(&name), name, schema)
+        self.writer("errors.parquet", schema)
     }
 
     /// A commit record naming `rows` and `errors` as this attempt's output for its unit.
@@ -278,12 +357,13 @@ impl Attempt {
             rows,
             errors,
             seconds,
+            committed_at: chrono::Utc::now().timestamp_millis(),
         }
     }
 
     /// Removes the attempt's files (it lost, or failed).
     pub fn discard(&self) {
-        let _ = std::fs::remove_dir_all(self.store.dir.join(&self.folder));
+        let _ = self.node.store.delete_prefix(&self.node.key(&self.folder));
     }
 }
 
@@ -295,13 +375,6 @@ fn parse_record<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::result::Re
         }
         Ok(_) => serde_json::from_slice(bytes).map_err(|e| format!("damaged ({e})")),
         Err(e) => Err(format!("damaged ({e})")),
-    }
-}
-
-fn remove_file_if_present(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-        _ => Ok(()),
     }
 }
 

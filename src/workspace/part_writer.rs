@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -12,6 +13,7 @@ use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties}
 use datafusion::parquet::schema::types::ColumnPath;
 
 use super::records::FileDigest;
+use super::store::Store;
 use crate::error::{Error, IoContext, Result};
 
 /// Counts bytes and hashes them as they are written.
@@ -63,8 +65,11 @@ fn writer_properties(schema: &Schema) -> Result<WriterProperties> {
 }
 
 /// Writes one part file of an attempt. Nothing reads it until a commit record names it, so it
-/// is written in place; [`finish`](Self::finish) makes it durable and returns its digest.
+/// is written in place (object storage: a local file, uploaded by [`finish`](Self::finish));
+/// `finish` makes it durable and returns its digest.
 pub struct PartWriter {
+    store: Arc<dyn Store>,
+    key: String,
     path: PathBuf,
     /// The name a commit records: the path relative to the node folder.
     name: String,
@@ -79,15 +84,13 @@ impl std::fmt::Debug for PartWriter {
 }
 
 impl PartWriter {
-    pub(super) fn create(path: PathBuf, name: String, schema: SchemaRef) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).at(dir)?;
-        }
+    pub(super) fn create(store: Arc<dyn Store>, key: String, name: String, schema: SchemaRef) -> Result<Self> {
+        let path = store.file_for_writing(&key)?;
         let file = File::create(&path).at(&path)?;
         let props = writer_properties(&schema)?;
         let sink = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new(), bytes: 0 };
         let writer = ArrowWriter::try_new(sink, schema, Some(props))?;
-        Ok(Self { path, name, writer, rows: 0 })
+        Ok(Self { store, key, path, name, writer, rows: 0 })
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -99,12 +102,12 @@ impl PartWriter {
         Ok(())
     }
 
-    /// Closes the file and makes it durable.
+    /// Closes the file and makes it durable in the store.
     pub fn finish(self) -> Result<FileDigest> {
         let sink = self.writer.into_inner()?;
         let HashingWriter { inner, hasher, bytes } = sink;
-        let file = inner.into_inner().map_err(|e| Error::io(&self.path, e.into_error()))?;
-        file.sync_all().at(&self.path)?;
+        inner.into_inner().map_err(|e| Error::io(&self.path, e.into_error()))?;
+        self.store.finish_file(&self.key, &self.path)?;
         Ok(FileDigest { name: self.name, bytes, rows: self.rows, blake3: hasher.finalize().to_hex().to_string() })
     }
 }

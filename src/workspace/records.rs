@@ -37,6 +37,9 @@ pub struct Commit {
     pub rows: Vec<FileDigest>,
     pub errors: Option<FileDigest>,
     pub seconds: f64,
+    /// When it was committed (Unix milliseconds), for throughput and ETAs.
+    #[serde(default)]
+    pub committed_at: i64,
 }
 
 impl Commit {

@@ -37,6 +37,12 @@ pub struct RunRecord {
     pub host: String,
     pub command: Vec<String>,
     pub nodes: Vec<NodeRecord>,
+    /// The worker that made the record: id, rank and world size (none for a run alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Records of workers started by one command share a group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// The run records of a workspace, oldest first, and the files that could not be read as one.
@@ -47,22 +53,20 @@ pub struct RunList {
     pub damaged: Vec<(std::path::PathBuf, String)>,
 }
 
-/// Reads every record under `runs_dir`; reads only.
-pub(super) fn list(runs_dir: &std::path::Path) -> std::io::Result<RunList> {
+/// Reads every run record; reads only.
+pub(super) fn list(store: &dyn super::store::Store) -> crate::error::Result<RunList> {
     let mut list = RunList::default();
-    for entry in std::fs::read_dir(runs_dir)? {
-        let path = entry?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        // `.NAME.tmp` files are records being written.
-        if !name.ends_with(".json") || name.starts_with('.') {
+    for object in store.list("runs")? {
+        if !object.key.ends_with(".json") {
             continue;
         }
-        match std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<RunRecord>(&b).map_err(|e| e.to_string()))
-        {
-            Ok(record) => list.records.push(record),
-            Err(why) => list.damaged.push((path, why)),
+        let path = std::path::PathBuf::from(store.url(&object.key));
+        match store.get(&object.key)? {
+            Some((bytes, _)) => match serde_json::from_slice::<RunRecord>(&bytes) {
+                Ok(record) => list.records.push(record),
+                Err(e) => list.damaged.push((path, e.to_string())),
+            },
+            None => continue,
         }
     }
     list.records.sort_by(|a, b| a.started_at.cmp(&b.started_at));

@@ -10,23 +10,32 @@
 //! A reader that resolves `tables/NAME` sees one complete output: the folder is filled before
 //! the link points at it, and the link is replaced in one rename. The files are the committed
 //! parts themselves: reading is free, and editing them is detected as damage.
+//!
+//! In object storage, which has no links, `tables/NAME.json` lists the URLs of the output's
+//! files (`{"fingerprint", "files": […]}`), replaced in one put.
 
 use std::path::Path;
 
+use super::store::Store;
 use super::{Manifest, NodeStore};
 use crate::error::{IoContext, Result};
 
 /// Points `tables/NAME` (and `tables/errors.NAME`) at `manifest`'s files.
-pub(super) fn publish(dir: &Path, name: &str, store: &NodeStore, manifest: &Manifest) -> Result<()> {
-    std::fs::create_dir_all(dir).at(dir)?;
-    let short = &store.fingerprint()[..store.fingerprint().len().min(12)];
-    let rows: Vec<_> = manifest.row_files().collect();
-    link_folder(dir, name, short, rows.iter().map(|f| store.path_of(f)))?;
+pub(super) fn publish(workspace: &dyn Store, name: &str, node: &NodeStore, manifest: &Manifest) -> Result<()> {
+    let Some(dir) = workspace.local_path("tables") else {
+        let files: Vec<String> = manifest.row_files().map(|f| node.url_of(f)).collect();
+        let errors: Vec<String> = manifest.error_files().map(|f| node.url_of(f)).collect();
+        let list = serde_json::json!({"fingerprint": node.fingerprint(), "files": files, "error_files": errors});
+        return workspace.put(&format!("tables/{name}.json"), list.to_string().as_bytes());
+    };
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    let short = &node.fingerprint()[..node.fingerprint().len().min(12)];
+    link_folder(&dir, name, short, manifest.row_files().filter_map(|f| node.local_path_of(f)))?;
     let errors = format!("errors.{name}");
     if manifest.error_rows > 0 {
-        link_folder(dir, &errors, short, manifest.error_files().map(|f| store.path_of(f)))?;
+        link_folder(&dir, &errors, short, manifest.error_files().filter_map(|f| node.local_path_of(f)))?;
     } else {
-        remove_versions(dir, &errors, None)?;
+        remove_versions(&dir, &errors, None)?;
     }
     Ok(())
 }

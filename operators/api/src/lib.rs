@@ -28,5 +28,6 @@ pub use device::Device;
 pub use error::{OpError, Result};
 pub use operator::{
     Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError, RowMapping,
+    WorkspaceFiles,
 };
 pub use params::{Choice, FromParam, ParamSpec, ParamType, ParamValue, Params};

@@ -108,24 +108,39 @@ pub struct Environment {
     /// This node's own folder for files that outlive a run (training checkpoints), keyed by
     /// the node's fingerprint; `None` when there is no workspace.
     pub artifacts_dir: Option<std::path::PathBuf>,
-    /// The workspace folder. Files an operator makes are named in its rows relative to it, so
-    /// the same run in two workspaces gives the same rows, and a moved workspace keeps working.
-    pub workspace_dir: Option<std::path::PathBuf>,
+    /// The workspace's files. Files an operator makes are named in its rows relative to the
+    /// workspace, so the same run in two workspaces gives the same rows, and a moved workspace
+    /// (or one in object storage, read from another host) keeps working.
+    pub files: Option<std::sync::Arc<dyn WorkspaceFiles>>,
+}
+
+/// The files of a workspace as operators see them: local paths, fetched from object storage
+/// when the workspace is there.
+pub trait WorkspaceFiles: Send + Sync + std::fmt::Debug {
+    /// A local path holding the file a row names relative to the workspace.
+    fn local(&self, reference: &str) -> std::io::Result<std::path::PathBuf>;
+
+    /// How a row names a local file the operator made (relative to the workspace when it is in
+    /// the workspace or its local mirror).
+    fn reference(&self, local: &std::path::Path) -> String;
 }
 
 impl Environment {
     /// How a row names a file the operator made: relative to the workspace when it lies in it.
     pub fn reference(&self, path: &std::path::Path) -> String {
-        let relative = self.workspace_dir.as_deref().and_then(|root| path.strip_prefix(root).ok());
-        relative.unwrap_or(path).to_string_lossy().into_owned()
+        match &self.files {
+            Some(files) => files.reference(path),
+            None => path.to_string_lossy().into_owned(),
+        }
     }
 
-    /// The file a row names: a relative name is in the workspace, an absolute one is itself.
-    pub fn resolve(&self, reference: &str) -> std::path::PathBuf {
+    /// The local file a row names: a relative name is in the workspace (fetched when the
+    /// workspace is in object storage), an absolute one is itself.
+    pub fn resolve(&self, reference: &str) -> std::io::Result<std::path::PathBuf> {
         let path = std::path::Path::new(reference);
-        match &self.workspace_dir {
-            Some(root) if path.is_relative() => root.join(path),
-            _ => path.to_path_buf(),
+        match &self.files {
+            Some(files) if path.is_relative() => files.local(reference),
+            _ => Ok(path.to_path_buf()),
         }
     }
 }

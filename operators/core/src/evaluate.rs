@@ -216,7 +216,10 @@ impl Evaluator {
         let seeds: Vec<u64> = (0..self.images_per_prompt).map(|_| draws.next_u64() >> 11).collect();
         let opts = GenerateOptions { prompt: prompt.into(), refs: refs.clone(), ..self.options.clone() };
         // The row names the LoRA (workspace-relative for a checkpoint); the file is resolved here.
-        let file = lora.map(|l| self.env.resolve(l).to_string_lossy().into_owned());
+        let file = match lora {
+            Some(l) => Some(self.env.resolve(l).map_err(|e| format!("the LoRA {l}: {e}"))?.to_string_lossy().into_owned()),
+            None => None,
+        };
         let images = self.generator.generate(file.as_deref(), &opts, &seeds).map_err(|e| e.to_string())?;
         let generated: Vec<DynamicImage> = images.iter().map(|i| DynamicImage::ImageRgb8(i.clone())).collect();
         let samples: Vec<Sample<'_>> =

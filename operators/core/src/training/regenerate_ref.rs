@@ -182,7 +182,10 @@ impl Regenerator {
         let seed = Draws::new(self.seed, "regenerate_ref", &[row_id.as_bytes()]).next_u64() >> 11;
         let opts = GenerateOptions { prompt: prompt.clone(), refs: vec![crop.clone()], ..self.options.clone() };
         // The row names the LoRA (workspace-relative for a checkpoint); the file is resolved here.
-        let file = lora.map(|l| self.env.resolve(l).to_string_lossy().into_owned());
+        let file = match lora {
+            Some(l) => Some(self.env.resolve(l).map_err(|e| format!("the LoRA {l}: {e}"))?.to_string_lossy().into_owned()),
+            None => None,
+        };
         let image = self.generator.generate(file.as_deref(), &opts, &[seed]).map_err(|e| e.to_string())?.remove(0);
         let generated = DynamicImage::ImageRgb8(image.clone());
         let embeddings = self.dinov2.embed(&[generated, crop.clone()]).map_err(|e| e.to_string())?;

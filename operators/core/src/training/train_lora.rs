@@ -491,7 +491,8 @@ impl<B: AutodiffBackend> Train for Trainer<B> {
         let mut flux = self.models.flux.clone();
         match &init {
             Some(file) => {
-                load_lora(&mut flux, &config, &self.settings.env.resolve(file), 1.0, &self.device).map_err(load_err)?;
+                let local = self.settings.env.resolve(file).map_err(|e| OpError::Internal(format!("the LoRA {file}: {e}")))?;
+                load_lora(&mut flux, &config, &local, 1.0, &self.device).map_err(load_err)?;
             }
             None => {
                 B::seed(&self.device, self.settings.seed);

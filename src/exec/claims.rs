@@ -1,0 +1,187 @@
+//! How a worker shares a node's units with the other workers on one workspace: leases say who
+//! computes a unit now, commits say it is done (see `workspace::lease` and `workspace::node`).
+//!
+//! Each worker takes first the units whose key hashes to its rank (so workers started together
+//! rarely compete for a unit), then any unit that nobody holds or whose holder stopped renewing.
+//! A unit that fails on `max_attempts` attempts (by any workers) is committed as failed rows
+//! instead of being retried for ever.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::workspace::{Lease, LeaseOutcome, Leases, WorkerBeat};
+
+/// Who this worker is among the workers of a workspace, and its lease settings.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// This worker's rank, `0..world`.
+    pub rank: usize,
+    /// How many workers were started together (for the first choice of units).
+    pub world: usize,
+    /// How long a claim lasts without renewal; renewed every third of it.
+    pub lease: Duration,
+    /// Failed attempts at a unit after which its rows are committed as failed.
+    pub max_attempts: usize,
+    /// Run records of workers started by one command carry the same group.
+    pub group: Option<String>,
+}
+
+/// The default lease: long enough that a renewal every 40 s survives a slow store, short
+/// enough that a dead worker's units are taken over within a few minutes.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self { rank: 0, world: 1, lease: DEFAULT_LEASE, max_attempts: 3, group: None }
+    }
+}
+
+/// A worker's claims on the units of a workspace.
+#[derive(Debug)]
+pub(super) struct Claims {
+    leases: Leases,
+    /// This worker's id: host, process and a random part.
+    pub id: String,
+    pub opts: WorkerOptions,
+    units_done: AtomicU64,
+}
+
+impl Claims {
+    pub fn new(leases: Leases, opts: WorkerOptions) -> Self {
+        let salt = blake3::hash(format!("{:?}-{}", std::time::SystemTime::now(), std::process::id()).as_bytes()).to_hex();
+        let id = format!("{}-{}-{}", crate::workspace::hostname(), std::process::id(), &salt[..6]);
+        Self { leases, id, opts, units_done: AtomicU64::new(0) }
+    }
+
+    /// Whether the unit with `key` is this worker's first choice.
+    pub fn is_own(&self, key: &str) -> bool {
+        let hash = blake3::hash(key.as_bytes());
+        let n = u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or_default());
+        (n % self.opts.world.max(1) as u64) as usize == self.opts.rank
+    }
+
+    /// How often a worker waiting for units others hold looks again.
+    pub fn poll_interval(&self) -> Duration {
+        (self.opts.lease / 8).clamp(Duration::from_millis(100), Duration::from_secs(15))
+    }
+
+    /// Tries to claim unit `unit` of node `fp`.
+    pub async fn claim(&self, fp: &str, unit: usize) -> Result<LeaseOutcome> {
+        let (leases, fp, owner, lease) = (self.leases.clone(), fp.to_string(), self.id.clone(), self.opts.lease);
+        blocking(move || leases.claim(&fp, unit, &owner, lease)).await
+    }
+
+    /// Tries to claim the node-wide task `name` of node `fp` (writing its manifest).
+    pub async fn claim_named(&self, fp: &str, name: &str) -> Result<LeaseOutcome> {
+        let (leases, fp, name, owner, lease) = (self.leases.clone(), fp.to_string(), name.to_string(), self.id.clone(), self.opts.lease);
+        blocking(move || leases.claim_named(&fp, &name, &owner, lease)).await
+    }
+
+    /// Keeps `lease` alive while the returned guard lives.
+    pub fn keep_alive(&self, lease: Lease) -> Renewal {
+        let (leases, duration) = (self.leases.clone(), self.opts.lease);
+        let task = tokio::spawn(async move {
+            let mut lease = lease;
+            loop {
+                tokio::time::sleep(duration / 3).await;
+                let leases = leases.clone();
+                let renewed = tokio::task::spawn_blocking(move || {
+                    let ok = leases.renew(&mut lease, duration);
+                    (lease, ok)
+                })
+                .await;
+                match renewed {
+                    Ok((back, Ok(true))) => lease = back,
+                    // Taken over (this worker paused past its lease): the commit decides who
+                    // wins; renewing further would only fight the new holder.
+                    Ok((_, Ok(false))) | Err(_) => break,
+                    // A store error: try again next time, while the lease lasts.
+                    Ok((back, Err(_))) => lease = back,
+                }
+            }
+        });
+        Renewal { task }
+    }
+
+    /// Records a failed attempt at a unit; `true` when it has failed often enough to be
+    /// committed as failed rows.
+    pub async fn failed(&self, fp: &str, unit: usize, attempt: &str, message: &str) -> Result<bool> {
+        let (leases, fp, attempt, message) = (self.leases.clone(), fp.to_string(), attempt.to_string(), message.to_string());
+        let max = self.opts.max_attempts.max(1);
+        let failures = blocking(move || leases.record_failure(&fp, unit, &attempt, &message)).await?;
+        Ok(failures >= max)
+    }
+
+    /// Gives up a lease (the unit failed and another attempt may take it at once).
+    pub async fn release(&self, lease: Lease) -> Result<()> {
+        let leases = self.leases.clone();
+        blocking(move || leases.release(&lease)).await
+    }
+
+    /// Removes the leases of a complete node.
+    pub async fn clear(&self, fp: &str) -> Result<()> {
+        let (leases, fp) = (self.leases.clone(), fp.to_string());
+        blocking(move || leases.clear(&fp)).await
+    }
+
+    pub fn unit_done(&self) {
+        self.units_done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes this worker's heartbeat every third of a lease until the returned guard drops;
+    /// `finish` writes the last one.
+    pub fn heartbeat(self: &Arc<Self>, device: String) -> Renewal {
+        let claims = Arc::clone(self);
+        let started_at_ms = crate::workspace::now_ms();
+        let task = tokio::spawn(async move {
+            loop {
+                let beat = claims.beat(&device, started_at_ms, "working");
+                let leases = claims.leases.clone();
+                let _ = tokio::task::spawn_blocking(move || leases.beat(&beat)).await;
+                tokio::time::sleep(claims.opts.lease / 3).await;
+            }
+        });
+        Renewal { task }
+    }
+
+    /// Records that this worker has stopped.
+    pub async fn finish(&self, device: &str) {
+        let beat = self.beat(device, 0, "done");
+        let leases = self.leases.clone();
+        let _ = tokio::task::spawn_blocking(move || leases.beat(&beat)).await;
+    }
+
+    fn beat(&self, device: &str, started_at_ms: i64, state: &str) -> WorkerBeat {
+        WorkerBeat {
+            id: self.id.clone(),
+            rank: self.opts.rank,
+            world: self.opts.world,
+            host: crate::workspace::hostname(),
+            pid: std::process::id(),
+            device: device.to_string(),
+            started_at_ms,
+            beat_at_ms: crate::workspace::now_ms(),
+            units_done: self.units_done.load(Ordering::Relaxed),
+            state: state.into(),
+        }
+    }
+}
+
+/// A background task (lease renewal, heartbeat) that stops when this is dropped.
+#[derive(Debug)]
+pub(super) struct Renewal {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs a store call (synchronous, it may wait on the network) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("a workspace request panicked: {e}")))?
+}

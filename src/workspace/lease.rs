@@ -1,0 +1,243 @@
+//! Leases: which worker computes a unit now, and until when; and the workers' heartbeats.
+//!
+//! ```text
+//! leases/FP/uNNNNNN.json   {owner, expires_at_ms}: created if absent to claim the unit,
+//!                          replaced if unchanged (compare-and-swap) to renew or take it over
+//! workers/ID.json          a worker's heartbeat: rank, host, device, units done, last beat
+//! ```
+//!
+//! A lease only saves work: correctness comes from the commit, which the first attempt wins.
+//! A worker that loses its lease (it paused past expiry, and another took the unit over) may
+//! still finish; its commit is then refused and its files discarded, so no row is duplicated.
+//! A lease is taken over only once it expired more than [`Leases::margin`] ago by the taker's
+//! clock, so clocks that differ by less than that are harmless.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::store::{Store, Version};
+use crate::error::{Error, Result};
+
+/// What a lease object holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeaseRecord {
+    owner: String,
+    expires_at_ms: i64,
+}
+
+/// A lease this worker holds.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    key: String,
+    version: Version,
+    owner: String,
+    /// Whether it was taken over from a worker whose lease expired (which may have committed
+    /// the unit meanwhile).
+    pub taken_over: bool,
+}
+
+/// What a claim found.
+#[derive(Debug)]
+pub enum LeaseOutcome {
+    /// The unit is ours until the lease expires (renew it).
+    Claimed(Lease),
+    /// Another worker holds it, until `expires_at_ms`.
+    Held { owner: String, expires_at_ms: i64 },
+}
+
+/// A worker's heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerBeat {
+    pub id: String,
+    pub rank: usize,
+    pub world: usize,
+    pub host: String,
+    pub pid: u32,
+    pub device: String,
+    pub started_at_ms: i64,
+    pub beat_at_ms: i64,
+    pub units_done: u64,
+    /// `working`, `waiting` (for units others hold) or `done`.
+    pub state: String,
+}
+
+/// The leases and heartbeats of a workspace.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    store: Arc<dyn Store>,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Leases {
+    pub(super) fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// How long after its expiry a lease may be taken over: a quarter of the lease.
+    pub fn margin(lease: Duration) -> Duration {
+        lease / 4
+    }
+
+    fn key(fp: &str, name: &str) -> String {
+        format!("leases/{fp}/{name}.json")
+    }
+
+    fn record(owner: &str, lease: Duration) -> Result<Vec<u8>> {
+        let record = LeaseRecord { owner: owner.to_string(), expires_at_ms: now_ms() + lease.as_millis() as i64 };
+        serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Claims unit `unit` of node `fp` for `owner` for `lease`: creates the lease if absent, or
+    /// takes it over if it expired (by more than the margin).
+    pub fn claim(&self, fp: &str, unit: usize, owner: &str, lease: Duration) -> Result<LeaseOutcome> {
+        self.claim_named(fp, &format!("u{unit:06}"), owner, lease)
+    }
+
+    /// Claims the task `name` of node `fp` (a unit, or writing the manifest), as [`Self::claim`].
+    pub fn claim_named(&self, fp: &str, name: &str, owner: &str, lease: Duration) -> Result<LeaseOutcome> {
+        let key = Self::key(fp, name);
+        let bytes = Self::record(owner, lease)?;
+        if let Some(version) = self.store.create(&key, &bytes)? {
+            return Ok(LeaseOutcome::Claimed(Lease { key, version, owner: owner.into(), taken_over: false }));
+        }
+        let Some((stored, version)) = self.store.get(&key)? else {
+            // Released between our create and our read: try again next round.
+            return Ok(LeaseOutcome::Held { owner: String::new(), expires_at_ms: 0 });
+        };
+        let current: LeaseRecord = match serde_json::from_slice(&stored) {
+            Ok(r) => r,
+            // A damaged lease is as good as expired.
+            Err(_) => LeaseRecord { owner: String::new(), expires_at_ms: 0 },
+        };
+        if now_ms() <= current.expires_at_ms + Self::margin(lease).as_millis() as i64 {
+            return Ok(LeaseOutcome::Held { owner: current.owner, expires_at_ms: current.expires_at_ms });
+        }
+        match self.store.update(&key, &bytes, &version)? {
+            Some(version) => Ok(LeaseOutcome::Claimed(Lease { key, version, owner: owner.into(), taken_over: true })),
+            None => Ok(LeaseOutcome::Held { owner: current.owner, expires_at_ms: current.expires_at_ms }),
+        }
+    }
+
+    /// Extends a lease we hold; `false` when it was taken over meanwhile.
+    pub fn renew(&self, lease: &mut Lease, duration: Duration) -> Result<bool> {
+        let bytes = Self::record(&lease.owner, duration)?;
+        match self.store.update(&lease.key, &bytes, &lease.version)? {
+            Some(version) => {
+                lease.version = version;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Gives a lease up (the unit is committed, or failed), unless someone took it over.
+    pub fn release(&self, lease: &Lease) -> Result<()> {
+        match self.store.get(&lease.key)? {
+            Some((_, version)) if version == lease.version => self.store.delete(&lease.key),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes the leases of node `fp` (complete: nobody needs them).
+    pub fn clear(&self, fp: &str) -> Result<()> {
+        self.store.delete_prefix(&format!("leases/{fp}"))
+    }
+
+    /// The leases of node `fp` now: unit, owner, expiry.
+    pub fn held(&self, fp: &str) -> Result<Vec<(usize, String, i64)>> {
+        let mut out = Vec::new();
+        for object in self.store.list(&format!("leases/{fp}"))? {
+            let Some(unit) = object.key.rsplit('/').next().and_then(|n| n.strip_prefix('u')).and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            let Ok(unit) = unit.parse::<usize>() else { continue };
+            if let Some((bytes, _)) = self.store.get(&object.key)?
+                && let Ok(record) = serde_json::from_slice::<LeaseRecord>(&bytes)
+            {
+                out.push((unit, record.owner, record.expires_at_ms));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a worker's heartbeat.
+    pub fn beat(&self, beat: &WorkerBeat) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(beat).map_err(|e| Error::Internal(e.to_string()))?;
+        self.store.put(&format!("workers/{}.json", beat.id), &bytes)
+    }
+
+    /// The workers whose last heartbeat is within `within`.
+    pub fn live_workers(&self, within: Duration) -> Result<Vec<WorkerBeat>> {
+        let cutoff = now_ms() - within.as_millis() as i64;
+        let mut out = Vec::new();
+        for object in self.store.list("workers")? {
+            if let Some((bytes, _)) = self.store.get(&object.key)?
+                && let Ok(beat) = serde_json::from_slice::<WorkerBeat>(&bytes)
+                && beat.beat_at_ms >= cutoff
+                && beat.state != "done"
+            {
+                out.push(beat);
+            }
+        }
+        out.sort_by_key(|b| b.rank);
+        Ok(out)
+    }
+
+    /// Records that an attempt at a unit failed, with why; returns how many attempts at it
+    /// failed so far.
+    pub fn record_failure(&self, fp: &str, unit: usize, attempt: &str, message: &str) -> Result<usize> {
+        self.store.put(&format!("failures/{fp}/u{unit:06}/{attempt}.txt"), message.as_bytes())?;
+        Ok(self.store.list(&format!("failures/{fp}/u{unit:06}"))?.len())
+    }
+
+    /// Where the failures of a unit are, for messages.
+    pub fn failures_of(&self, fp: &str, unit: usize) -> PathBuf {
+        PathBuf::from(self.store.url(&format!("failures/{fp}/u{unit:06}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workspace::store::{LocalStore, ObjectBackend};
+
+    fn takeover(store: Arc<dyn Store>) {
+        let leases = Leases::new(store);
+        let lease = Duration::from_millis(200);
+        let LeaseOutcome::Claimed(mut first) = leases.claim("fp", 3, "a", lease).unwrap() else { panic!("a fresh unit is claimed") };
+        assert!(!first.taken_over);
+        assert!(matches!(leases.claim("fp", 3, "b", lease).unwrap(), LeaseOutcome::Held { ref owner, .. } if owner == "a"));
+        // Renewed in time, the lease holds past its first expiry.
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(leases.renew(&mut first, lease).unwrap());
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(matches!(leases.claim("fp", 3, "b", lease).unwrap(), LeaseOutcome::Held { .. }));
+        // Not renewed: after expiry and the margin, another worker takes it over, once.
+        std::thread::sleep(Duration::from_millis(300));
+        let LeaseOutcome::Claimed(second) = leases.claim("fp", 3, "b", lease).unwrap() else { panic!("an expired lease is taken over") };
+        assert!(second.taken_over);
+        assert!(matches!(leases.claim("fp", 3, "c", lease).unwrap(), LeaseOutcome::Held { ref owner, .. } if owner == "b"));
+        // The first holder's renewal is refused: it lost the unit.
+        assert!(!leases.renew(&mut first, lease).unwrap());
+        assert_eq!(leases.held("fp").unwrap().iter().map(|(u, o, _)| (*u, o.as_str())).collect::<Vec<_>>(), vec![(3, "b")]);
+        assert_eq!(leases.record_failure("fp", 3, "x1", "boom").unwrap(), 1);
+        assert_eq!(leases.record_failure("fp", 3, "x2", "boom").unwrap(), 2);
+    }
+
+    #[test]
+    fn a_lease_is_taken_over_only_after_it_expired_in_a_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        takeover(Arc::new(LocalStore::new(dir.path().to_path_buf())));
+    }
+
+    #[test]
+    fn a_lease_is_taken_over_only_after_it_expired_in_object_storage() {
+        takeover(Arc::new(ObjectBackend::open("memory://leases/ws").unwrap()));
+    }
+}

@@ -1,0 +1,107 @@
+//! Where a workspace's bytes live: a local folder ([`LocalStore`]) or object storage
+//! ([`ObjectBackend`]: S3, GCS, Azure, through the `object_store` crate DataFusion uses).
+//!
+//! The workspace protocol needs three things of a store beyond reads and writes, and a store
+//! that cannot give them is refused when it is opened:
+//! 1. **create if absent**, atomically (a unit's commit record, a manifest, a lease): of two
+//!    writers, exactly one succeeds;
+//! 2. **update if unchanged** (renewing or taking over a lease): compare-and-swap on a version;
+//! 3. **read your writes** for single objects.
+//!
+//! Keys are `/`-separated paths relative to the workspace root. The trait is synchronous: its
+//! callers are the engine's blocking threads (unit writers) and short bookkeeping in async tasks;
+//! object storage runs its requests on the runtime and waits for them.
+
+mod local;
+mod object;
+
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::prelude::SessionContext;
+pub use local::LocalStore;
+pub use object::{ObjectBackend, requests};
+
+use crate::error::Result;
+
+/// An object's version, for compare-and-swap updates (an ETag, or a local file's digest).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Version(pub String);
+
+/// An object listed: its key and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    /// When it was last written (Unix milliseconds).
+    pub modified_ms: i64,
+}
+
+/// The operations the workspace needs of where it is stored.
+pub trait Store: Send + Sync + Debug {
+    /// The object's bytes and version, if it exists.
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>>;
+
+    /// Writes the object, replacing it, atomically (readers see the old or the new bytes).
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<()>;
+
+    /// Creates the object unless it exists: its version, or `None` when it existed (nothing
+    /// written).
+    fn create(&self, key: &str, bytes: &[u8]) -> Result<Option<Version>>;
+
+    /// Replaces the object if it is still at `version`: its new version, or `None` when it
+    /// changed (or went) meanwhile.
+    fn update(&self, key: &str, bytes: &[u8], version: &Version) -> Result<Option<Version>>;
+
+    /// Removes the object (absent is fine).
+    fn delete(&self, key: &str) -> Result<()>;
+
+    /// Removes every object under `prefix/`.
+    fn delete_prefix(&self, prefix: &str) -> Result<()>;
+
+    /// The objects under `prefix/` (at any depth), sorted by key.
+    fn list(&self, prefix: &str) -> Result<Vec<Listed>>;
+
+    /// The object's size, if it exists.
+    fn size(&self, key: &str) -> Result<Option<u64>>;
+
+    /// A local file to write the object `key` through; [`Store::finish_file`] makes it the
+    /// object. A local store writes in place; object storage writes a scratch file and uploads.
+    fn file_for_writing(&self, key: &str) -> Result<PathBuf>;
+
+    /// Makes the file from [`Store::file_for_writing`] the object `key`, durably.
+    fn finish_file(&self, key: &str, file: &Path) -> Result<()>;
+
+    /// A local path holding the object, downloading it if need be (files operators read:
+    /// checkpoints).
+    fn local_copy(&self, key: &str) -> Result<PathBuf>;
+
+    /// How DataFusion names the object (a path or a URL), once [`Store::register`] was called
+    /// on the session.
+    fn url(&self, key: &str) -> String;
+
+    /// Makes the store readable by `ctx` (object storage: its URL scheme and bucket).
+    fn register(&self, ctx: &SessionContext);
+
+    /// The object's path, when the store is a local folder (hashing by mmap, hard links).
+    fn local_path(&self, key: &str) -> Option<PathBuf>;
+
+    /// The store, for messages: a folder or a URL.
+    fn describe(&self) -> String;
+}
+
+/// Opens the store at `location`: a URL (`s3://bucket/prefix`, `gs://…`, `az://…`,
+/// `file:///path`) or a local folder.
+pub fn open(location: &str) -> Result<Arc<dyn Store>> {
+    match location.split_once("://") {
+        Some(("file", path)) => Ok(Arc::new(LocalStore::new(PathBuf::from(path)))),
+        Some((_, _)) => Ok(Arc::new(ObjectBackend::open(location)?)),
+        None => Ok(Arc::new(LocalStore::new(PathBuf::from(location)))),
+    }
+}
+
+/// Whether `location` names object storage (not a local folder).
+pub fn is_url(location: &str) -> bool {
+    location.split_once("://").is_some_and(|(scheme, _)| scheme != "file")
+}

@@ -1,0 +1,401 @@
+//! A workspace in object storage: `s3://bucket/prefix`, `gs://…`, `az://…` (and `memory://` for
+//! simulations), through the `object_store` crate, with credentials and endpoint from the
+//! standard environment variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …; the GCS and Azure
+//! equivalents), never recorded.
+//!
+//! Create-if-absent is a conditional put (`If-None-Match: *`), compare-and-swap a put on the
+//! ETag (`If-Match`). Opening the store probes the first: a store that accepts a second create
+//! of one object cannot give exactly-once commits and is refused.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion, WriteMultipart};
+
+use super::{Listed, Store, Version};
+use crate::error::{Error, IoContext, Result};
+
+/// Files above this are uploaded in parts.
+const MULTIPART_BYTES: u64 = 16 << 20;
+
+/// A workspace under a prefix of a bucket.
+pub struct ObjectBackend {
+    store: Arc<dyn ObjectStore>,
+    /// `scheme://bucket`, the key DataFusion's object store registry knows the store by.
+    base: url::Url,
+    prefix: ObjectPath,
+    /// The location as given, for messages.
+    location: String,
+    /// Local files being uploaded, and downloaded copies.
+    scratch: PathBuf,
+}
+
+impl std::fmt::Debug for ObjectBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectBackend").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+/// Object-store calls made by this process (a listing counts once, whatever its pages).
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many object-store calls this process made, for benchmarks.
+pub fn requests() -> u64 {
+    REQUESTS.load(Ordering::Relaxed)
+}
+
+/// Runs an object-store request from synchronous code: on the current runtime when there is one
+/// (letting the runtime use this thread meanwhile), else on a runtime of its own.
+fn wait<T>(future: impl Future<Output = T>) -> T {
+    REQUESTS.fetch_add(1, Ordering::Relaxed);
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => tokio::task::block_in_place(|| handle.block_on(future)),
+        Err(_) => {
+            static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("an async runtime")
+            });
+            RUNTIME.block_on(future)
+        }
+    }
+}
+
+/// The in-memory bucket `name` of this process (`memory://NAME/prefix`, for simulations and
+/// tests): every open of the same bucket sees the same objects.
+fn memory_bucket(name: &str) -> Arc<dyn ObjectStore> {
+    static BUCKETS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Arc<dyn ObjectStore>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut buckets = BUCKETS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(buckets.entry(name.to_string()).or_insert_with(|| Arc::new(object_store::memory::InMemory::new())))
+}
+
+fn fail(location: &str, e: object_store::Error) -> Error {
+    Error::Workspace { path: PathBuf::from(location), message: e.to_string() }
+}
+
+impl ObjectBackend {
+    /// Opens the store named by `location`, with credentials from the environment.
+    pub fn open(location: &str) -> Result<Self> {
+        let url = url::Url::parse(location).map_err(|e| Error::Usage(format!("workspace {location}: not a URL: {e}")))?;
+        let store: Arc<dyn ObjectStore> = match url.scheme() {
+            "s3" | "s3a" => {
+                Arc::new(object_store::aws::AmazonS3Builder::from_env().with_url(location).build().map_err(|e| fail(location, e))?)
+            }
+            "gs" => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(location).build().map_err(|e| fail(location, e))?,
+            ),
+            "az" | "azure" | "abfs" | "abfss" => {
+                Arc::new(object_store::azure::MicrosoftAzureBuilder::from_env().with_url(location).build().map_err(|e| fail(location, e))?)
+            }
+            "memory" => memory_bucket(url.host_str().unwrap_or_default()),
+            other => {
+                return Err(Error::Usage(format!(
+                    "workspace {location}: unknown scheme `{other}`; use a folder, or s3://, gs://, az://, file:// URLs"
+                )));
+            }
+        };
+        let host = url.host_str().unwrap_or_default();
+        let base =
+            url::Url::parse(&format!("{}://{host}", url.scheme())).map_err(|e| Error::Usage(format!("workspace {location}: {e}")))?;
+        let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| Error::Usage(format!("workspace {location}: {e}")))?;
+        let id = blake3::hash(format!("{location}-{}", std::process::id()).as_bytes()).to_hex()[..12].to_string();
+        let scratch = std::env::temp_dir().join("unoflow-scratch").join(id);
+        Ok(Self { store, base, prefix, location: location.to_string(), scratch })
+    }
+
+    fn path(&self, key: &str) -> ObjectPath {
+        let mut path = self.prefix.clone();
+        for part in key.split('/').filter(|p| !p.is_empty()) {
+            path = path.join(part);
+        }
+        path
+    }
+
+    fn fail(&self, e: object_store::Error) -> Error {
+        fail(&self.location, e)
+    }
+
+    /// Refuses a store that does not make create-if-absent atomic: the second create of one
+    /// object must be refused.
+    pub fn probe(&self) -> Result<()> {
+        let key = format!(
+            ".unoflow-probe/{}",
+            blake3::hash(format!("{}-{:?}", std::process::id(), std::time::Instant::now()).as_bytes()).to_hex()
+        );
+        probe(self, &key)
+    }
+}
+
+fn version_of(e_tag: Option<String>, version: Option<String>) -> Version {
+    Version(format!("{}\n{}", e_tag.unwrap_or_default(), version.unwrap_or_default()))
+}
+
+fn unversion(v: &Version) -> UpdateVersion {
+    let (e_tag, version) = v.0.split_once('\n').unwrap_or((&v.0, ""));
+    UpdateVersion { e_tag: Some(e_tag.to_string()).filter(|s| !s.is_empty()), version: Some(version.to_string()).filter(|s| !s.is_empty()) }
+}
+
+impl Store for ObjectBackend {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>> {
+        let path = self.path(key);
+        wait(async {
+            match self.store.get(&path).await {
+                Ok(result) => {
+                    let version = version_of(result.meta.e_tag.clone(), result.meta.version.clone());
+                    let bytes = result.bytes().await.map_err(|e| self.fail(e))?;
+                    Ok(Some((bytes.to_vec(), version)))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.fail(e)),
+            }
+        })
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.path(key);
+        wait(self.store.put(&path, PutPayload::from(bytes.to_vec()))).map(|_| ()).map_err(|e| self.fail(e))
+    }
+
+    fn create(&self, key: &str, bytes: &[u8]) -> Result<Option<Version>> {
+        let path = self.path(key);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match wait(self.store.put_opts(&path, PutPayload::from(bytes.to_vec()), opts)) {
+            Ok(result) => Ok(Some(version_of(result.e_tag, result.version))),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(None),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn update(&self, key: &str, bytes: &[u8], version: &Version) -> Result<Option<Version>> {
+        let path = self.path(key);
+        let opts = PutOptions { mode: PutMode::Update(unversion(version)), ..Default::default() };
+        match wait(self.store.put_opts(&path, PutPayload::from(bytes.to_vec()), opts)) {
+            Ok(result) => Ok(Some(version_of(result.e_tag, result.version))),
+            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        match wait(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        let path = self.path(prefix);
+        wait(async {
+            let locations = self.store.list(Some(&path)).map_ok(|m| m.location).boxed();
+            self.store.delete_stream(locations).try_collect::<Vec<_>>().await.map(|_| ()).map_err(|e| self.fail(e))
+        })
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        let path = self.path(prefix);
+        let root: Vec<String> = self.prefix.parts().map(|p| p.as_ref().to_string()).collect();
+        let mut out: Vec<Listed> = wait(async {
+            self.store
+                .list(Some(&path))
+                .map_ok(|m| {
+                    let parts: Vec<String> = m.location.parts().map(|p| p.as_ref().to_string()).collect();
+                    Listed {
+                        key: parts[root.len().min(parts.len())..].join("/"),
+                        size: m.size,
+                        modified_ms: m.last_modified.timestamp_millis(),
+                    }
+                })
+                .try_collect()
+                .await
+                .map_err(|e| self.fail(e))
+        })?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>> {
+        let path = self.path(key);
+        match wait(self.store.head(&path)) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn file_for_writing(&self, key: &str) -> Result<PathBuf> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = self.scratch.join("uploads");
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let name = key.rsplit('/').next().unwrap_or("file");
+        Ok(dir.join(format!("{}-{name}", N.fetch_add(1, Ordering::Relaxed))))
+    }
+
+    fn finish_file(&self, key: &str, file: &Path) -> Result<()> {
+        let path = self.path(key);
+        let size = std::fs::metadata(file).at(file)?.len();
+        let uploaded = wait(async {
+            if size <= MULTIPART_BYTES {
+                let bytes = tokio::fs::read(file).await.map_err(|e| Error::io(file, e))?;
+                return self.store.put(&path, PutPayload::from(bytes)).await.map(|_| ()).map_err(|e| self.fail(e));
+            }
+            let upload = self.store.put_multipart(&path).await.map_err(|e| self.fail(e))?;
+            let mut writer = WriteMultipart::new(upload);
+            let mut reader = tokio::fs::File::open(file).await.map_err(|e| Error::io(file, e))?;
+            let mut chunk = vec![0u8; 8 << 20];
+            loop {
+                let n = tokio::io::AsyncReadExt::read(&mut reader, &mut chunk).await.map_err(|e| Error::io(file, e))?;
+                if n == 0 {
+                    break;
+                }
+                writer.write(&chunk[..n]);
+            }
+            writer.finish().await.map(|_| ()).map_err(|e| self.fail(e))
+        });
+        let _ = std::fs::remove_file(file);
+        uploaded
+    }
+
+    fn local_copy(&self, key: &str) -> Result<PathBuf> {
+        let local = self.scratch.join("copies").join(key);
+        if local.is_file() {
+            return Ok(local);
+        }
+        let (bytes, _) =
+            self.get(key)?.ok_or_else(|| Error::Workspace { path: PathBuf::from(self.url(key)), message: "not found".into() })?;
+        if let Some(dir) = local.parent() {
+            std::fs::create_dir_all(dir).at(dir)?;
+        }
+        crate::workspace::write_atomic(&local, &bytes)?;
+        Ok(local)
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("{}/{}", self.base.as_str().trim_end_matches('/'), self.path(key))
+    }
+
+    fn register(&self, ctx: &SessionContext) {
+        ctx.register_object_store(&self.base, Arc::clone(&self.store));
+    }
+
+    fn local_path(&self, _key: &str) -> Option<PathBuf> {
+        None
+    }
+
+    fn describe(&self) -> String {
+        self.location.clone()
+    }
+}
+
+/// Creates `key` twice in `store`: the second create must be refused, or the store cannot
+/// give exactly-once commits and is refused.
+pub(super) fn probe(store: &dyn Store, key: &str) -> Result<()> {
+    let first = store.create(key, b"first")?;
+    let second = store.create(key, b"second")?;
+    let _ = store.delete(key);
+    if first.is_some() && second.is_none() {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "the object store at {} does not refuse a second create of one object (conditional `If-None-Match: *` writes); \
+         unoflow commits each unit by creating its record if absent, so this store cannot give exactly-once results. \
+         Use a store with conditional writes (AWS S3, GCS, Azure Blob, MinIO, Cloudflare R2) or a local folder",
+        store.describe()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workspace::store::LocalStore;
+
+    /// A store whose "create if absent" overwrites, like an S3 server that ignores
+    /// `If-None-Match`.
+    #[derive(Debug)]
+    struct Careless(LocalStore);
+
+    impl Store for Careless {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>> {
+            self.0.get(key)
+        }
+        fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+            self.0.put(key, bytes)
+        }
+        fn create(&self, key: &str, bytes: &[u8]) -> Result<Option<Version>> {
+            self.0.put(key, bytes)?;
+            Ok(self.0.get(key)?.map(|(_, v)| v))
+        }
+        fn update(&self, key: &str, bytes: &[u8], version: &Version) -> Result<Option<Version>> {
+            self.0.update(key, bytes, version)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.0.delete(key)
+        }
+        fn delete_prefix(&self, prefix: &str) -> Result<()> {
+            self.0.delete_prefix(prefix)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+            self.0.list(prefix)
+        }
+        fn size(&self, key: &str) -> Result<Option<u64>> {
+            self.0.size(key)
+        }
+        fn file_for_writing(&self, key: &str) -> Result<PathBuf> {
+            self.0.file_for_writing(key)
+        }
+        fn finish_file(&self, key: &str, file: &Path) -> Result<()> {
+            self.0.finish_file(key, file)
+        }
+        fn local_copy(&self, key: &str) -> Result<PathBuf> {
+            self.0.local_copy(key)
+        }
+        fn url(&self, key: &str) -> String {
+            self.0.url(key)
+        }
+        fn register(&self, ctx: &SessionContext) {
+            self.0.register(ctx)
+        }
+        fn local_path(&self, key: &str) -> Option<PathBuf> {
+            self.0.local_path(key)
+        }
+        fn describe(&self) -> String {
+            "s3://careless/ws".into()
+        }
+    }
+
+    #[test]
+    fn a_store_that_accepts_a_second_create_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = probe(&Careless(LocalStore::new(dir.path().to_path_buf())), "probe").unwrap_err();
+        assert!(matches!(err, Error::Usage(_)));
+        let message = err.to_string();
+        assert!(message.contains("s3://careless/ws") && message.contains("second create"), "{message}");
+    }
+
+    #[test]
+    fn stores_with_atomic_create_pass_the_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        probe(&LocalStore::new(dir.path().to_path_buf()), "probe").unwrap();
+        ObjectBackend::open("memory://probe/ws").unwrap().probe().unwrap();
+    }
+
+    #[test]
+    fn keys_urls_and_listings_are_relative_to_the_prefix() {
+        let store = ObjectBackend::open("memory://listing/some/ws").unwrap();
+        assert!(store.create("nodes/fp/commits/u000001.json", b"{}").unwrap().is_some());
+        assert!(store.create("nodes/fp/commits/u000001.json", b"{}").unwrap().is_none());
+        store.put("nodes/fp/attempts/u000001-a/p000.parquet", b"1234").unwrap();
+        let listed: Vec<(String, u64)> = store.list("nodes/fp").unwrap().into_iter().map(|l| (l.key, l.size)).collect();
+        assert_eq!(
+            listed,
+            vec![("nodes/fp/attempts/u000001-a/p000.parquet".to_string(), 4), ("nodes/fp/commits/u000001.json".to_string(), 2)]
+        );
+        assert_eq!(store.url("nodes/fp/x"), "memory://listing/some/ws/nodes/fp/x");
+        store.delete_prefix("nodes/fp/attempts").unwrap();
+        assert_eq!(store.list("nodes/fp").unwrap().len(), 1);
+    }
+}
