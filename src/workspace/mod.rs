@@ -90,8 +90,7 @@ impl Workspace {
                 let marked = backend.size(MARKER)?.is_some();
                 if !marked {
                     // Other workers' probes are not foreign.
-                    let foreign: Vec<String> =
-                        backend.list("")?.into_iter().map(|l| l.key).filter(|k| !k.starts_with(PROBES)).take(5).collect();
+                    let foreign = backend.first_keys(5, PROBES)?;
                     // Another worker may have made the workspace meanwhile.
                     if !foreign.is_empty() && backend.size(MARKER)?.is_none() {
                         return Err(Error::Usage(format!(

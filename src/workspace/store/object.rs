@@ -107,6 +107,22 @@ impl ObjectBackend {
         Ok(Self { store, base, prefix, location: location.to_string(), scratch })
     }
 
+    /// Up to `n` keys under the prefix, leaving out those starting with `skip`: what shows that
+    /// a prefix is not empty, without listing all of it (a user's bucket may hold millions).
+    pub fn first_keys(&self, n: usize, skip: &str) -> Result<Vec<String>> {
+        let root = self.prefix.parts().count();
+        wait(async {
+            self.store
+                .list(Some(&self.prefix))
+                .map_ok(|m| m.location.parts().skip(root).map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
+                .try_filter(|key| futures::future::ready(!key.starts_with(skip)))
+                .take(n)
+                .try_collect()
+                .await
+                .map_err(|e| self.fail(e))
+        })
+    }
+
     fn path(&self, key: &str) -> ObjectPath {
         let mut path = self.prefix.clone();
         for part in key.split('/').filter(|p| !p.is_empty()) {
