@@ -15,6 +15,9 @@ use crate::fingerprint::Components;
 use crate::query::{self, Verify};
 use crate::workspace::{Location, Storage, Workspace};
 
+/// The table of reviewers' labels (see `workspace::Labels`).
+pub const LABELS: &str = "labels";
+
 /// A node output with what made it.
 #[derive(Debug, Clone)]
 pub struct Located {
@@ -147,7 +150,23 @@ impl Catalog {
                 query::register(&ctx, &located.data, Verify::Digests).await?;
             }
         }
+        // Reviewers' labels are the table `labels`, unless a node has that name.
+        let labels_named = everything || references.iter().any(|r| r.table() == LABELS && r.schema().is_none());
+        if labels_named && self.get(LABELS).is_none() {
+            self.register_labels(&ctx)?;
+        }
         Ok(ctx)
+    }
+
+    /// Registers the workspace's labels as the table `labels` (empty without a workspace).
+    pub fn register_labels(&self, ctx: &SessionContext) -> Result<()> {
+        let batch = match &self.workspace {
+            Some(location) => Workspace::open(location)?.labels().table()?,
+            None => datafusion::arrow::array::RecordBatch::new_empty(crate::workspace::Labels::schema()),
+        };
+        let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        ctx.register_table(LABELS, Arc::new(table))?;
+        Ok(())
     }
 
     fn damaged_error(&self, name: &str, why: &str) -> Error {

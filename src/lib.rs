@@ -13,7 +13,7 @@
 //!  workspace (the layout's one owner): nodes/FP/{attempts,commits,manifest}, index, runs,
 //!       │                              tables/NAME for other engines
 //!       ▼
-//!  query: DataFusion over verified parts and views ──► catalog ──► sql, lineage
+//!  query: DataFusion over verified parts and views ──► catalog ──► sql, lineage, serve
 //! ```
 //!
 //! Extension points: a compute operator implements `unoflow_api::Operator` (the burn-free
@@ -37,6 +37,7 @@ pub mod lineage;
 pub mod ops;
 pub mod plan;
 pub mod query;
+pub mod serve;
 pub mod status;
 pub mod workspace;
 

@@ -17,26 +17,79 @@ use crate::query;
 /// Deepest ancestry printed; DAGs are shallow, this only guards against surprises.
 const MAX_DEPTH: usize = 32;
 
+/// One node on a row's way: the node, what made it, and the rows of it the row came from.
+#[derive(Debug)]
+pub struct Step {
+    /// How many steps up from the row asked about (0: its own node).
+    pub depth: usize,
+    pub node: String,
+    pub op: String,
+    pub version: u32,
+    pub fingerprint: String,
+    pub view: bool,
+    /// The node's parameters as written.
+    pub params: Vec<(String, String)>,
+    /// The rows looked for that are in the node (one batch per part read).
+    pub rows: Vec<RecordBatch>,
+    /// The rows looked for that failed there: their id and message.
+    pub failed: Vec<(String, String)>,
+    /// The ids looked for.
+    pub ids: Vec<String>,
+    /// The output is no longer in the workspace.
+    pub gone: bool,
+}
+
 /// The lineage of `row_id` in `node`, as indented text.
 pub async fn lineage(catalog: &Catalog, node: &str, row_id: &str) -> Result<String> {
-    let located = catalog.require(node)?;
     let mut out = String::new();
+    for step in steps(catalog, node, row_id).await? {
+        let indent = "    ".repeat(step.depth);
+        if step.gone {
+            let _ = writeln!(out, "{indent}{} (output no longer in the workspace)", step.node);
+            continue;
+        }
+        let view = if step.view { ", a view" } else { "" };
+        let _ = writeln!(out, "{indent}{} (op {} v{}, fingerprint {}{view})", step.node, step.op, step.version, &step.fingerprint[..12]);
+        if !step.params.is_empty() {
+            let params: Vec<String> = step.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(out, "{indent}  params: {}", params.join(", "));
+        }
+        if step.rows.iter().all(|b| b.num_rows() == 0) && step.failed.is_empty() {
+            let _ = writeln!(out, "{indent}  (no row {} here)", step.ids.join(", "));
+        }
+        for batch in &step.rows {
+            for row in 0..batch.num_rows() {
+                let _ = writeln!(out, "{indent}  row:");
+                write_row(&mut out, &indent, batch, row)?;
+            }
+        }
+        for (id, message) in &step.failed {
+            let _ = writeln!(out, "{indent}  failed row {id}: {message}");
+        }
+    }
+    Ok(out)
+}
+
+/// The steps of `row_id`'s lineage in `node`, the row's own node first, each followed by its
+/// inputs' steps (depth first).
+pub async fn steps(catalog: &Catalog, node: &str, row_id: &str) -> Result<Vec<Step>> {
+    let located = catalog.require(node)?;
+    let mut out = Vec::new();
     if !trace(catalog, located, &[row_id.to_string()], 0, &mut out).await? {
         return Err(Error::Usage(format!("no row `{row_id}` in node `{node}` (nor in errors.{node})")));
     }
     Ok(out)
 }
 
-/// Prints the rows `ids` of `located` and their ancestry; returns whether any was found.
+/// Adds the step of rows `ids` of `located` and their ancestry; returns whether any was found.
 fn trace<'a>(
     catalog: &'a Catalog,
     located: &'a Located,
     ids: &'a [String],
     depth: usize,
-    out: &'a mut String,
+    out: &'a mut Vec<Step>,
 ) -> futures::future::BoxFuture<'a, Result<bool>> {
     Box::pin(async move {
-        let indent = "    ".repeat(depth);
         let data = &located.data;
         let comps = &located.components;
         let ctx = query::session();
@@ -45,33 +98,37 @@ fn trace<'a>(
         let rows = ctx.table(data.name()).await?.filter(col(ROW_ID).in_list(in_list.clone(), false))?.collect().await?;
         let errors = ctx.table(format!("errors.{}", data.name())).await?.filter(col(ROW_ID).in_list(in_list, false))?.collect().await?;
         let found = rows.iter().chain(&errors).map(RecordBatch::num_rows).sum::<usize>();
-        let view = if matches!(data, crate::data::NodeData::View(_)) { ", a view" } else { "" };
-        let _ =
-            writeln!(out, "{indent}{} (op {} v{}, fingerprint {}{view})", data.name(), comps.op, comps.version, &data.fingerprint()[..12]);
-        if !comps.written.is_empty() {
-            let params: Vec<String> = comps.written.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let _ = writeln!(out, "{indent}  params: {}", params.join(", "));
-        }
-        if found == 0 {
-            let _ = writeln!(out, "{indent}  (no row {} here)", ids.join(", "));
-            return Ok(false);
-        }
         let mut parents: Vec<String> = Vec::new();
         for batch in &rows {
             for row in 0..batch.num_rows() {
-                let _ = writeln!(out, "{indent}  row:");
-                write_row(out, &indent, batch, row)?;
                 parents.extend(parent_ids(batch, row));
             }
         }
+        let mut failed = Vec::new();
         for batch in &errors {
             let messages = batch.column_by_name("message").and_then(|c| c.as_string_opt::<i32>().cloned());
             for row in 0..batch.num_rows() {
                 let id = batch.column(0).as_string::<i32>().value(row).to_string();
                 let message = messages.as_ref().map(|m| m.value(row).to_string()).unwrap_or_default();
-                let _ = writeln!(out, "{indent}  failed row {id}: {message}");
-                parents.push(id);
+                parents.push(id.clone());
+                failed.push((id, message));
             }
+        }
+        out.push(Step {
+            depth,
+            node: data.name().to_string(),
+            op: comps.op.clone(),
+            version: comps.version,
+            fingerprint: data.fingerprint().to_string(),
+            view: matches!(data, crate::data::NodeData::View(_)),
+            params: comps.written.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            rows: rows.into_iter().filter(|b| b.num_rows() > 0).collect(),
+            failed,
+            ids: ids.to_vec(),
+            gone: false,
+        });
+        if found == 0 {
+            return Ok(false);
         }
         parents.sort();
         parents.dedup();
@@ -83,9 +140,19 @@ fn trace<'a>(
                 Some(parent) => {
                     trace(catalog, parent, &parents, depth + 1, out).await?;
                 }
-                None => {
-                    let _ = writeln!(out, "{indent}    {} (output no longer in the workspace)", input.name);
-                }
+                None => out.push(Step {
+                    depth: depth + 1,
+                    node: input.name.clone(),
+                    op: String::new(),
+                    version: 0,
+                    fingerprint: input.fingerprint.clone(),
+                    view: false,
+                    params: Vec::new(),
+                    rows: Vec::new(),
+                    failed: Vec::new(),
+                    ids: parents.clone(),
+                    gone: true,
+                }),
             }
         }
         Ok(true)

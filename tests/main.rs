@@ -16,6 +16,7 @@ mod real_weights;
 mod resume;
 mod safety;
 mod scale;
+mod serve;
 mod training;
 mod validation;
 mod views;

@@ -96,3 +96,20 @@ fn a_json_array_file_reads_as_a_table() {
         ["prompt,refs", "a backpack in the jungle,1", "a cat and a dog,2"]
     );
 }
+
+#[test]
+fn a_limit_over_many_parts_gives_the_first_rows_every_time() {
+    // One part per row: a LIMIT once returned rows of whichever parts' metadata arrived first.
+    let p = Project::new();
+    let items: String = (0..120).map(|n| format!("{{\"n\": {n}}}\n")).collect();
+    p.write("items.jsonl", &items);
+    p.dag(
+        "[dag]\nname = \"parts\"\nworkspace = \"ws\"\n\n[nodes.items]\nop = \"read\"\npath = \"items.jsonl\"\nformat = \"jsonl\"\n\n\
+         [nodes.each]\nop = \"sleep\"\ninputs = [\"items\"]\nms = 0\n",
+    );
+    p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    for _ in 0..8 {
+        assert_eq!(sql_csv(&p, "SELECT n FROM each LIMIT 3"), ["n", "0", "1", "2"]);
+        assert_eq!(sql_csv(&p, "SELECT n FROM each LIMIT 2 OFFSET 60"), ["n", "60", "61"]);
+    }
+}

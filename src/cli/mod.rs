@@ -106,6 +106,9 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Open the review page: the DAG, any node's rows and pairs with thumbnails, lineage, runs,
+    /// accept/reject labels and threshold calibration, in a browser.
+    Serve(ServeArgs),
     /// Show where a row came from: its values, the node's parameters, and the rows it was made from.
     Lineage {
         /// The node holding the row.
@@ -211,6 +214,25 @@ pub enum ModelCommand {
 pub enum Precision {
     F32,
     Bf16,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Show this DAG's current nodes (and follow the file as it changes).
+    #[arg(long)]
+    pub dag: Option<PathBuf>,
+    #[command(flatten)]
+    pub workspace: WorkspaceArg,
+    /// The address to listen on; one that is not loopback requires a token.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// The port (0: any free one; the address is printed).
+    #[arg(long, default_value_t = 8787)]
+    pub port: u16,
+    /// The token every request must carry (default on a non-loopback address: a random one,
+    /// printed in the URL). Also read from UNOFLOW_SERVE_TOKEN.
+    #[arg(long, env = "UNOFLOW_SERVE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -323,6 +345,16 @@ pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
             println!("{verdict}: tolerance {tol:e}");
             println!("{comparison}");
             Ok(if comparison.rel_err <= tol { 0 } else { 1 })
+        }
+        Command::Serve(args) => {
+            let options = crate::serve::ServeOptions {
+                dag: args.dag,
+                workspace: args.workspace.workspace,
+                host: args.host,
+                port: args.port,
+                token: args.token,
+            };
+            crate::serve::serve(options, registry).await
         }
         Command::Lineage { node, row_id, dag, workspace } => {
             let catalog = catalog(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
@@ -439,6 +471,7 @@ async fn print_next_steps(dag: &Dag, report: &exec::RunReport, dag_arg: &str, ws
     if let Some(row) = row.await {
         println!("  unoflow lineage --dag {dag_arg}{ws_flag} {} {row}", last.name);
     }
+    println!("look at it, label pairs and calibrate thresholds in a browser:\n  unoflow serve --dag {dag_arg}{ws_flag}");
 }
 
 async fn sql(catalog: &Catalog, query: &str, format: OutputFormat, output: Option<&Path>, max_rows: usize) -> Result<i32> {

@@ -12,7 +12,9 @@
 //!   tables/NAME              the current output of node NAME for other engines (see `tables`)
 //!   runs/RUN_ID.json         one record per `unoflow run`
 //!   artifacts/FP/            files operators keep for node FP (training checkpoints)
-//!   cache/                   caches operators keep across runs (VLM answers)
+//!   cache/                   caches operators keep across runs (VLM answers), and
+//!                            `unoflow serve`'s thumbnails
+//!   labels/NODE.jsonl        reviewers' accept / reject labels of NODE's rows (see `labels`)
 //! ```
 //!
 //! The bytes are in a [`store::Store`]: a local folder, or object storage through the
@@ -24,6 +26,7 @@
 //! valid record.
 
 mod index;
+mod labels;
 mod lease;
 mod location;
 mod lock;
@@ -38,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use index::{Index, IndexEntry, Storage};
+pub use labels::{Label, Labels, MAX_ROW_ID, Verdict};
 pub use lease::{Lease, LeaseOutcome, Leases, WorkerBeat, now_ms};
 pub use location::Location;
 pub use lock::RunLock;
@@ -252,6 +256,17 @@ impl Workspace {
             Location::Folder(root) => root.join("cache"),
             Location::Url(_) => self.mirror().join("cache"),
         }
+    }
+
+    /// Where `unoflow serve` keeps the thumbnails it makes, by image digest (local to this
+    /// host for object storage).
+    pub fn thumbnail_dir(&self) -> PathBuf {
+        self.cache_dir().join("thumbnails")
+    }
+
+    /// The reviewers' labels.
+    pub fn labels(&self) -> Labels {
+        Labels::new(Arc::clone(&self.store))
     }
 
     /// The local mirror of an object-storage workspace.

@@ -1,0 +1,58 @@
+//! The pages and endpoints, one module each, and what they share: reading rows with a bounded
+//! query, and naming tables and columns in SQL.
+
+pub mod assets;
+pub mod calibrate;
+pub mod dag;
+pub mod labels;
+pub mod row;
+pub mod runs;
+pub mod table;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+
+use super::http::HttpError;
+use crate::catalog::Catalog;
+use crate::query;
+
+/// The rows of `sql` (read-only, as `unoflow sql` runs it), at most `max_rows`: the stream is
+/// dropped once they are read, so a query over a large table reads what the page shows. Bad
+/// SQL is a 400 with DataFusion's message.
+pub async fn read_rows(catalog: &Catalog, sql: &str, max_rows: usize) -> Result<Vec<RecordBatch>, HttpError> {
+    let ctx = catalog.session_for(sql).await?;
+    let df = query::plan(&ctx, sql).await.map_err(|e| HttpError::bad_request(format!("the query failed: {}", e.strip_backtrace())))?;
+    let mut stream =
+        query::ordered_stream(df).await.map_err(|e| HttpError::bad_request(format!("the query failed: {}", e.strip_backtrace())))?;
+    let mut out = Vec::new();
+    let mut rows = 0;
+    while rows < max_rows {
+        let Some(batch) = stream.next().await else { break };
+        let batch = batch.map_err(|e| HttpError::bad_request(format!("the query failed: {}", e.strip_backtrace())))?;
+        let take = batch.num_rows().min(max_rows - rows);
+        rows += take;
+        out.push(batch.slice(0, take));
+    }
+    Ok(out)
+}
+
+/// `name` as a quoted SQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `text` as a SQL string literal.
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The node named in a path, if the workspace has its output; 404 otherwise.
+pub fn require_node<'a>(catalog: &'a Catalog, name: &str) -> Result<&'a crate::catalog::Located, HttpError> {
+    catalog.require(name).map_err(|e| HttpError::not_found(e.to_string()))
+}
+
+/// A row id from a path: letters and digits only, so it is safe in SQL and URLs.
+pub fn require_row_id(row_id: &str) -> Result<&str, HttpError> {
+    let ok = !row_id.is_empty() && row_id.len() <= crate::workspace::MAX_ROW_ID && row_id.chars().all(|c| c.is_ascii_alphanumeric());
+    if ok { Ok(row_id) } else { Err(HttpError::not_found(format!("`{row_id}` is not a row id"))) }
+}
