@@ -456,7 +456,12 @@ mod browser {
 
         fn open(&mut self, url: &str) {
             self.call("Page.navigate", json!({"url": url}));
-            self.wait_for("document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)", url);
+            // The old document is complete too: wait for the new one at its address.
+            let loaded = format!(
+                "location.href === {} && document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)",
+                json!(url)
+            );
+            self.wait_for(&loaded, url);
         }
 
         fn key(&mut self, key: &str) {
@@ -534,7 +539,7 @@ mod browser {
 #[test]
 fn the_dag_page_follows_a_run() {
     let p = Project::new();
-    let items: String = (0..6).map(|n| format!("{{\"n\": {n}}}\n")).collect();
+    let items: String = (0..12).map(|n| format!("{{\"n\": {n}}}\n")).collect();
     p.write("items.jsonl", &items);
     p.dag(
         r#"[dag]

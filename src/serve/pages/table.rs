@@ -150,7 +150,7 @@ fn render(spec: &Spec, batches: &[RecordBatch], thumbs: &Thumbnails, labels: &BT
         None if pairs_possible => Layout::Pairs,
         _ => Layout::Grid,
     };
-    let made = make_thumbs(batches, rows.min(PAGE_ROWS), thumbs);
+    let made = make_thumbs(batches, thumbs);
 
     let mut body = String::new();
     let name = &spec.name;
@@ -240,22 +240,21 @@ fn link(name: &str, which: Rows, params: &TableParams, replace: &[(&str, &str)])
     if query.is_empty() { base } else { format!("{base}?{}", escape(&query)) }
 }
 
-/// The thumbnails of every image cell of the first `rows` rows, by (batch, row, column).
-fn make_thumbs(batches: &[RecordBatch], rows: usize, thumbs: &Thumbnails) -> HashMap<(usize, usize, usize), Result<Thumb, String>> {
+/// The rows a page shows, as (batch index, batch, row): the query reads one more, to know
+/// whether there is a next page.
+fn page_rows(batches: &[RecordBatch]) -> impl Iterator<Item = (usize, &RecordBatch, usize)> {
+    batches.iter().enumerate().flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, batch, r))).take(PAGE_ROWS)
+}
+
+/// The thumbnails of every image cell the page shows, by (batch, row, column).
+fn make_thumbs(batches: &[RecordBatch], thumbs: &Thumbnails) -> HashMap<(usize, usize, usize), Result<Thumb, String>> {
     let mut keys = Vec::new();
     let mut images: Vec<&[u8]> = Vec::new();
-    let mut seen = 0;
-    for (b, batch) in batches.iter().enumerate() {
-        for r in 0..batch.num_rows() {
-            if seen == rows {
-                break;
-            }
-            seen += 1;
-            for (c, column) in batch.columns().iter().enumerate() {
-                if let Some(bytes) = binary_value(column, r).filter(|b| is_image(b)) {
-                    keys.push((b, r, c));
-                    images.push(bytes);
-                }
+    for (b, batch, r) in page_rows(batches) {
+        for (c, column) in batch.columns().iter().enumerate() {
+            if let Some(bytes) = binary_value(column, r).filter(|b| is_image(b)) {
+                keys.push((b, r, c));
+                images.push(bytes);
             }
         }
     }
@@ -321,34 +320,27 @@ fn grid(
         let _ = write!(body, "<th>{}</th>", escape(c));
     }
     let _ = write!(body, "</tr></thead><tbody>");
-    let mut shown = 0;
-    for (b, batch) in batches.iter().enumerate() {
-        for r in 0..batch.num_rows() {
-            if shown == PAGE_ROWS {
-                break;
+    for (b, batch, r) in page_rows(batches) {
+        let id = row_id_of(batch, r);
+        let _ = write!(body, "<tr class=\"row\"{}>", row_attributes(name, id.as_deref(), labels, labelled));
+        match (&id, spec.which) {
+            (Some(id), Rows::Output) => {
+                let _ = write!(
+                    body,
+                    "<td class=\"label-cell\"><a href=\"/node/{}/row/{}\">row</a> <span class=\"badge\"></span></td>",
+                    url_part(name),
+                    url_part(id)
+                );
             }
-            shown += 1;
-            let id = row_id_of(batch, r);
-            let _ = write!(body, "<tr class=\"row\"{}>", row_attributes(name, id.as_deref(), labels, labelled));
-            match (&id, spec.which) {
-                (Some(id), Rows::Output) => {
-                    let _ = write!(
-                        body,
-                        "<td class=\"label-cell\"><a href=\"/node/{}/row/{}\">row</a> <span class=\"badge\"></span></td>",
-                        url_part(name),
-                        url_part(id)
-                    );
-                }
-                _ => {
-                    let _ = write!(body, "<td></td>");
-                }
+            _ => {
+                let _ = write!(body, "<td></td>");
             }
-            for (c, column) in batch.columns().iter().enumerate() {
-                let cell = thumb_html(made, (b, r, c), name, id.as_deref(), &columns[c]).unwrap_or_else(|| cell_text(column, r));
-                let _ = write!(body, "<td>{cell}</td>");
-            }
-            let _ = write!(body, "</tr>");
         }
+        for (c, column) in batch.columns().iter().enumerate() {
+            let cell = thumb_html(made, (b, r, c), name, id.as_deref(), &columns[c]).unwrap_or_else(|| cell_text(column, r));
+            let _ = write!(body, "<td>{cell}</td>");
+        }
+        let _ = write!(body, "</tr>");
     }
     let _ = write!(body, "</tbody></table>");
 }
@@ -362,47 +354,40 @@ fn pair_cards(
 ) {
     let name = &spec.name;
     let _ = write!(body, "<div class=\"pairs\">");
-    let mut shown = 0;
-    for (b, batch) in batches.iter().enumerate() {
+    for (b, batch, r) in page_rows(batches) {
         let schema = batch.schema();
-        for r in 0..batch.num_rows() {
-            if shown == PAGE_ROWS {
-                break;
-            }
-            shown += 1;
-            let id = row_id_of(batch, r);
-            let _ = write!(body, "<section class=\"pair row\"{}>", row_attributes(name, id.as_deref(), labels, true));
-            let _ = write!(body, "<header>");
-            if let Some(id) = &id {
-                let _ = write!(body, "<a href=\"/node/{}/row/{}\">{}</a> ", url_part(name), url_part(id), escape(&id[..id.len().min(12)]));
-            }
-            let _ = write!(body, "<span class=\"badge\"></span> ");
-            let subjects: Vec<String> =
-                PAIR_TEXT[..2].iter().filter_map(|c| batch.column_by_name(c).and_then(|col| string_value(col, r))).collect();
-            let _ = write!(body, "<span class=\"subjects\">{}</span></header>", escape(&subjects.join(" · ")));
-            let _ = write!(body, "<div class=\"images\">");
-            for column in PAIR_IMAGES {
-                if let Some((c, _)) = schema.column_with_name(column) {
-                    let img = thumb_html(made, (b, r, c), name, id.as_deref(), column)
-                        .unwrap_or_else(|| "<span class=\"null\">none</span>".into());
-                    let _ = write!(body, "<figure>{img}<figcaption>{}</figcaption></figure>", escape(column));
-                }
-            }
-            let _ = write!(body, "</div><dl class=\"scores\">");
-            for (c, field) in schema.fields().iter().enumerate() {
-                if is_score(field.name()) {
-                    let _ = write!(body, "<dt>{}</dt><dd>{}</dd>", escape(field.name()), cell_text(batch.column(c), r));
-                }
-            }
-            let _ = write!(body, "</dl>");
-            if let Some(prompt) = batch.column_by_name(PAIR_TEXT[2]).and_then(|c| string_value(c, r)) {
-                let _ = write!(body, "<p class=\"prompt\">{}</p>", escape(&prompt));
-            }
-            if let Some(reasoning) = batch.column_by_name("vlm_reasoning").and_then(|c| string_value(c, r)) {
-                let _ = write!(body, "<p class=\"reasoning\">{}</p>", escape(&reasoning));
-            }
-            let _ = write!(body, "</section>");
+        let id = row_id_of(batch, r);
+        let _ = write!(body, "<section class=\"pair row\"{}>", row_attributes(name, id.as_deref(), labels, true));
+        let _ = write!(body, "<header>");
+        if let Some(id) = &id {
+            let _ = write!(body, "<a href=\"/node/{}/row/{}\">{}</a> ", url_part(name), url_part(id), escape(&id[..id.len().min(12)]));
         }
+        let _ = write!(body, "<span class=\"badge\"></span> ");
+        let subjects: Vec<String> =
+            PAIR_TEXT[..2].iter().filter_map(|c| batch.column_by_name(c).and_then(|col| string_value(col, r))).collect();
+        let _ = write!(body, "<span class=\"subjects\">{}</span></header>", escape(&subjects.join(" · ")));
+        let _ = write!(body, "<div class=\"images\">");
+        for column in PAIR_IMAGES {
+            if let Some((c, _)) = schema.column_with_name(column) {
+                let img =
+                    thumb_html(made, (b, r, c), name, id.as_deref(), column).unwrap_or_else(|| "<span class=\"null\">none</span>".into());
+                let _ = write!(body, "<figure>{img}<figcaption>{}</figcaption></figure>", escape(column));
+            }
+        }
+        let _ = write!(body, "</div><dl class=\"scores\">");
+        for (c, field) in schema.fields().iter().enumerate() {
+            if is_score(field.name()) {
+                let _ = write!(body, "<dt>{}</dt><dd>{}</dd>", escape(field.name()), cell_text(batch.column(c), r));
+            }
+        }
+        let _ = write!(body, "</dl>");
+        if let Some(prompt) = batch.column_by_name(PAIR_TEXT[2]).and_then(|c| string_value(c, r)) {
+            let _ = write!(body, "<p class=\"prompt\">{}</p>", escape(&prompt));
+        }
+        if let Some(reasoning) = batch.column_by_name("vlm_reasoning").and_then(|c| string_value(c, r)) {
+            let _ = write!(body, "<p class=\"reasoning\">{}</p>", escape(&reasoning));
+        }
+        let _ = write!(body, "</section>");
     }
     let _ = write!(body, "</div>");
 }
