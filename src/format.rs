@@ -34,6 +34,22 @@ pub fn describe_binary(bytes: &[u8]) -> String {
     }
 }
 
+/// One cell as text, as `unoflow lineage` and the review page show it: `NULL`, binary as
+/// [`describe_binary`], anything else as Arrow displays it.
+pub fn cell_text(column: &ArrayRef, row: usize) -> String {
+    if column.is_null(row) {
+        return "NULL".into();
+    }
+    if is_binary(column.data_type())
+        && let Ok(bin) = cast(&column.slice(row, 1), &DataType::Binary)
+    {
+        return describe_binary(bin.as_binary::<i32>().value(0));
+    }
+    ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())
+        .map(|f| f.value(row).to_string())
+        .unwrap_or_else(|e| format!("<{e}>"))
+}
+
 fn human_bytes(n: usize) -> String {
     match n {
         n if n < 1024 => format!("{n} B"),

@@ -5,13 +5,11 @@ use std::fmt::Write;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{col, lit};
 use unoflow_api::columns::{PARENT_IDS, ROW_ID};
 
 use crate::catalog::{Catalog, Located};
 use crate::error::{Error, Result};
-use crate::format::describe_binary;
 use crate::query;
 
 /// Deepest ancestry printed; DAGs are shallow, this only guards against surprises.
@@ -160,16 +158,8 @@ fn trace<'a>(
 }
 
 fn write_row(out: &mut String, indent: &str, batch: &RecordBatch, row: usize) -> Result<()> {
-    let options = FormatOptions::default().with_null("NULL");
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        let value = match field.data_type() {
-            DataType::Binary | DataType::LargeBinary | DataType::BinaryView if !column.is_null(row) => {
-                let bin = datafusion::arrow::compute::cast(column, &DataType::Binary)?;
-                describe_binary(bin.as_binary::<i32>().value(row))
-            }
-            _ => ArrayFormatter::try_new(column.as_ref(), &options)?.value(row).to_string(),
-        };
-        let _ = writeln!(out, "{indent}    {} = {value}", field.name());
+        let _ = writeln!(out, "{indent}    {} = {}", field.name(), crate::format::cell_text(column, row));
     }
     Ok(())
 }

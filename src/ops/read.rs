@@ -308,13 +308,7 @@ fn walk(root: &Path, dir: &Path, keep: &dyn Fn(&str) -> bool, out: &mut Vec<(Pat
         if file_type.is_dir() {
             walk(root, &path, keep, out)?;
         } else if keep(&name) {
-            let relative = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
+            let relative = crate::workspace::store::relative_key(root, &path);
             out.push((path, relative));
         }
     }

@@ -4,7 +4,6 @@ use std::fmt::Write;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 /// `text` safe inside HTML text and quoted attribute values.
 pub fn escape(text: &str) -> String {
@@ -52,25 +51,13 @@ pub fn cell_text(column: &ArrayRef, row: usize) -> String {
     if column.is_null(row) {
         return "<span class=\"null\">NULL</span>".into();
     }
-    let text = value_text(column, row);
+    let text = crate::format::cell_text(column, row);
     if text.chars().count() > CELL_CHARS {
         let short: String = text.chars().take(CELL_CHARS).collect();
         format!("<span title=\"{}\">{}…</span>", escape(&text), escape(&short))
     } else {
         escape(&text)
     }
-}
-
-/// A value as plain text, whole.
-pub fn value_text(column: &ArrayRef, row: usize) -> String {
-    if column.is_null(row) {
-        return "NULL".into();
-    }
-    if let Some(bytes) = binary_value(column, row) {
-        return crate::format::describe_binary(bytes);
-    }
-    let options = FormatOptions::default().with_null("NULL");
-    ArrayFormatter::try_new(column.as_ref(), &options).map(|f| f.value(row).to_string()).unwrap_or_else(|e| format!("<{e}>"))
 }
 
 /// The bytes of a binary cell.
@@ -97,10 +84,6 @@ pub fn string_value(column: &ArrayRef, row: usize) -> Option<String> {
         DataType::Utf8View => Some(column.as_string_view().value(row).to_string()),
         _ => None,
     }
-}
-
-pub fn is_numeric(ty: &DataType) -> bool {
-    ty.is_numeric()
 }
 
 #[cfg(test)]

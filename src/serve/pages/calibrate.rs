@@ -15,7 +15,7 @@ use super::{ident, literal, read_rows, require_node};
 use crate::catalog::LABELS;
 use crate::serve::App;
 use crate::serve::calibration::{Calibration, Point, calibrate};
-use crate::serve::html::{escape, is_numeric, page as frame, url_part};
+use crate::serve::html::{escape, page as frame, url_part};
 use crate::serve::http::HttpError;
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,7 +41,7 @@ pub async fn page(
     let ctx = catalog.session_for(&format!("SELECT * FROM {}", ident(&name))).await?;
     let schema = ctx.table(datafusion::common::TableReference::bare(name.as_str())).await?.schema().as_arrow().clone();
     let numeric: Vec<String> =
-        schema.fields().iter().filter(|f| is_numeric(f.data_type()) && f.name() != "seed").map(|f| f.name().clone()).collect();
+        schema.fields().iter().filter(|f| f.data_type().is_numeric() && f.name() != "seed").map(|f| f.name().clone()).collect();
     let column = match params.column {
         Some(c) if numeric.contains(&c) => c,
         Some(c) => {

@@ -11,13 +11,14 @@ use axum::response::{Html, IntoResponse, Response};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use super::{ident, literal, read_rows, require_node, require_row_id};
+use crate::format::cell_text;
 use crate::serve::App;
-use crate::serve::html::{binary_value, escape, page as frame, string_value, url_part, value_text};
+use crate::serve::html::{binary_value, escape, page as frame, string_value, url_part};
 use crate::serve::http::HttpError;
 use crate::serve::thumbs::{Thumbnails, content_type, is_image};
 
 /// `GET /node/NAME/row/ROW_ID`.
-pub async fn page_handler(app: Arc<App>, name: String, row_id: String) -> Result<Html<String>, HttpError> {
+pub async fn page(State(app): State<Arc<App>>, Path((name, row_id)): Path<(String, String)>) -> Result<Html<String>, HttpError> {
     let catalog = app.catalog().await?;
     require_node(&catalog, &name)?;
     let id = require_row_id(&row_id)?.to_string();
@@ -32,10 +33,6 @@ pub async fn page_handler(app: Arc<App>, name: String, row_id: String) -> Result
     let thumbs = app.thumbs().clone();
     let html = tokio::task::spawn_blocking(move || render(&name, &id, &rows, &failed, &steps, label, &thumbs)).await?;
     Ok(Html(html))
-}
-
-pub async fn page(State(app): State<Arc<App>>, Path((name, row_id)): Path<(String, String)>) -> Result<Html<String>, HttpError> {
-    page_handler(app, name, row_id).await
 }
 
 /// `GET /image/NAME/ROW_ID/COLUMN`: the image in that cell, as stored.
@@ -101,7 +98,7 @@ fn render(
                     }
                     cell
                 }
-                None => format!("<pre>{}</pre>", escape(&value_text(column, 0))),
+                None => format!("<pre>{}</pre>", escape(&cell_text(column, 0))),
             };
             let _ = write!(body, "<tr><th>{}</th><td>{value}</td></tr>", escape(field.name()));
         }

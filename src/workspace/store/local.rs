@@ -156,13 +156,7 @@ impl Store for LocalStore {
                 if meta.is_dir() {
                     walk(root, &path, out)?;
                 } else {
-                    let key = path
-                        .strip_prefix(root)
-                        .unwrap_or(&path)
-                        .components()
-                        .map(|c| c.as_os_str().to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join("/");
+                    let key = relative_key(root, &path);
                     let modified_ms =
                         meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64);
                     out.push(Listed { key, size: meta.len(), modified_ms });
@@ -218,4 +212,9 @@ impl Store for LocalStore {
     fn describe(&self) -> String {
         self.root.display().to_string()
     }
+}
+
+/// `path` below `root` as a `/`-separated key (the same on every platform).
+pub fn relative_key(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
 }

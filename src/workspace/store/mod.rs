@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
-pub use local::LocalStore;
+pub use local::{LocalStore, relative_key};
 pub use object::{ObjectBackend, requests};
 
 use crate::error::Result;
