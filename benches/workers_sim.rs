@@ -2,7 +2,8 @@
 //! `exec::run` in worker mode, as tokio tasks) over an in-memory object store share a node of
 //! U units whose time is a fixed sleep. Measured: throughput against the ideal (U × unit time /
 //! slots), and object-store calls per unit (claims, commits, part uploads, listings,
-//! heartbeats — everything the engine asks of the store, a listing counted once). Then the same
+//! heartbeats — everything the engine asks of the store, a listing counted as one call per
+//! thousand keys, as object storage pages it). Then the same
 //! with a tenth of the workers killed mid-unit (their tasks aborted): their units are taken
 //! over after the lease.
 //!

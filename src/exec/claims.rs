@@ -6,6 +6,7 @@
 //! A unit that fails on `max_attempts` attempts (by any workers) is committed as failed rows
 //! instead of being retried for ever.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,7 +41,7 @@ impl Default for WorkerOptions {
 
 /// A worker's claims on the units of a workspace.
 #[derive(Debug)]
-pub(super) struct Claims {
+pub struct Claims {
     leases: Leases,
     /// This worker's id: host, process and a random part.
     pub id: String,
@@ -57,9 +58,7 @@ impl Claims {
 
     /// Whether the unit with `key` is this worker's first choice.
     pub fn is_own(&self, key: &str) -> bool {
-        let hash = blake3::hash(key.as_bytes());
-        let n = u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or_default());
-        (n % self.opts.world.max(1) as u64) as usize == self.opts.rank
+        first_choice(key, self.opts.world) == self.opts.rank
     }
 
     /// How often a worker waiting for units others hold looks again.
@@ -77,6 +76,15 @@ impl Claims {
     pub async fn claim_named(&self, fp: &str, name: &str) -> Result<LeaseOutcome> {
         let (leases, fp, name, owner, lease) = (self.leases.clone(), fp.to_string(), name.to_string(), self.id.clone(), self.opts.lease);
         blocking(move || leases.claim_named(&fp, &name, &owner, lease)).await
+    }
+
+    /// Which of `units` of node `fp` other workers hold now (by a listing of the leases), each
+    /// with when its lease may be taken over if it is not renewed (Unix ms).
+    pub async fn held_among(&self, fp: &str, units: &[usize]) -> Result<BTreeMap<usize, i64>> {
+        let (leases, fp, units) = (self.leases.clone(), fp.to_string(), units.to_vec());
+        let written = blocking(move || leases.written_among(&fp, &units)).await?;
+        let hold = (self.opts.lease + Leases::margin(self.opts.lease)).as_millis() as i64;
+        Ok(written.into_iter().map(|(unit, at)| (unit, at + hold)).collect())
     }
 
     /// Keeps `lease` alive while the returned guard lives.
@@ -169,9 +177,16 @@ impl Claims {
     }
 }
 
+/// The rank of the worker (of `world`) whose first choice the unit with `key` is.
+pub fn first_choice(key: &str, world: usize) -> usize {
+    let hash = blake3::hash(key.as_bytes());
+    let n = u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or_default());
+    (n % world.max(1) as u64) as usize
+}
+
 /// A background task (lease renewal, heartbeat) that stops when this is dropped.
 #[derive(Debug)]
-pub(super) struct Renewal {
+pub struct Renewal {
     task: tokio::task::JoinHandle<()>,
 }
 

@@ -18,6 +18,8 @@ use unoflow_api::{ExecContext, RowError};
 
 use super::RunCtx;
 use super::claims::Claims;
+use super::queue::{self, UnitQueue};
+use super::units::{UnitDriver, UnitEnd, UnitFuture};
 use crate::data::NodeData;
 use crate::error::{Error, Result};
 use crate::ops::{OpenContext, Unit, UnitOutput, UnitPlan, UnitRunner, Work};
@@ -214,13 +216,19 @@ impl NodeRun<'_> {
         let node = self.ctx.node(self.i);
         let fp = self.fingerprint().to_string();
         let damaged = |why: String| Error::Workspace { path: PathBuf::from(self.store.fingerprint()), message: why };
+        // The manifest is usually written moments after the last commit: look again soon,
+        // then less often.
+        let mut wait = Duration::from_millis(queue::MIN_POLL_MS as u64);
         loop {
             if let Some(manifest) = self.store.manifest().map_err(damaged)? {
                 return Ok(manifest);
             }
             let lease = match claims.claim_named(&fp, "manifest").await? {
                 LeaseOutcome::Claimed(lease) => lease,
-                LeaseOutcome::Held { .. } if self.wait_for_others().await => continue,
+                LeaseOutcome::Held { .. } if self.wait_for_others(wait).await => {
+                    wait = (wait * 2).min(claims.poll_interval());
+                    continue;
+                }
                 LeaseOutcome::Held { .. } => return Err(Error::Interrupted("waiting for another worker's manifest".into())),
             };
             let _renewal = claims.keep_alive(lease);
@@ -257,10 +265,10 @@ impl NodeRun<'_> {
         }
     }
 
-    /// Waits before looking again for units other workers hold; `false` if the run is stopping.
-    async fn wait_for_others(&self) -> bool {
-        let Some(claims) = &self.ctx.claims else { return false };
-        let until = Instant::now() + claims.poll_interval();
+    /// Waits `wait` before looking again for what other workers hold; `false` if the run is
+    /// stopping.
+    async fn wait_for_others(&self, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
         while Instant::now() < until {
             if self.ctx.stop_requested() {
                 return false;
@@ -272,7 +280,7 @@ impl NodeRun<'_> {
 
     /// Runs the units not committed yet, as many at once as there are CPU permits. Workers
     /// take their own units first, then the others nobody holds, then wait for the units other
-    /// workers hold (taking over those whose holder went quiet).
+    /// workers hold (taking over those whose holder went quiet); see `exec::queue`.
     async fn run_listed(&self, units: Vec<Unit>, committed: &mut Committed<'_>) -> Result<(Vec<Commit>, usize)> {
         let total = units.len();
         let mut done: Vec<Commit> = Vec::with_capacity(units.len());
@@ -289,66 +297,31 @@ impl NodeRun<'_> {
         }
         let reused = done.len() + committed.elsewhere.len();
         committed.remove_stale(todo.iter().map(|u| u.index))?;
-        // Own units first; the others once those are done, from a point that depends on the
-        // rank, so workers that finished early spread over what is left instead of queueing
-        // behind each other.
-        let mut others = Vec::new();
-        if let Some(claims) = &self.ctx.claims {
-            let n = total.max(1);
-            let start = claims.opts.rank * n / claims.opts.world.max(1);
-            (todo, others) = todo.into_iter().partition(|u| claims.is_own(&u.key));
-            others.sort_by_key(|u| (u.index + n - start) % n);
+        let queue = match &self.ctx.claims {
+            None => UnitQueue::alone(todo.iter().map(|u| u.index)),
+            Some(claims) => {
+                let start = claims.opts.rank * total / claims.opts.world.max(1);
+                let first_choices = todo.iter().map(|u| (u.index, claims.is_own(&u.key)));
+                let window = if self.store.store().lists_by_range() { queue::WINDOW } else { usize::MAX };
+                let poll = claims.poll_interval().as_millis() as i64;
+                UnitQueue::shared(first_choices, total, start, window, 2 * self.ctx.cpu_permits, poll)
+            }
+        };
+        let todo: BTreeMap<usize, Unit> = todo.into_iter().map(|u| (u.index, u)).collect();
+        let stop = || self.ctx.stop_requested();
+        let driver = UnitDriver {
+            claims: self.ctx.claims.as_deref(),
+            fingerprint: self.fingerprint(),
+            store: self.store,
+            permits: Arc::clone(&self.ctx.cpu),
+            stop: &stop,
+        };
+        let driven = driver.run(queue, |index, lease| self.unit_task(todo[&index].clone(), lease)).await?;
+        for unit in driven.elsewhere.iter().filter_map(|u| todo.get(u)) {
+            self.ctx.observer.rows_done(self.name(), unit.rows);
         }
-        // Among others' units, after this many held ones in a row the rest are most likely
-        // held too: they are looked at again after a wait, not asked for one by one now.
-        let give_up = 2 * self.ctx.cpu_permits;
-        // When each unit another worker holds may be asked for again.
-        let mut not_before: BTreeMap<usize, i64> = BTreeMap::new();
-        loop {
-            let mut pool = UnitPool::default();
-            let mut waiting = Vec::new();
-            let mut held_in_a_row = 0;
-            for unit in todo {
-                let later = not_before.get(&unit.index).is_some_and(|t| *t > now_ms());
-                if self.ctx.stop_requested() || pool.failed() || later || held_in_a_row >= give_up {
-                    waiting.push(unit);
-                    continue;
-                }
-                match self.start(&mut pool, unit.clone(), committed).await? {
-                    None => held_in_a_row = 0,
-                    Some(retry_at) => {
-                        not_before.insert(unit.index, retry_at);
-                        waiting.push(unit);
-                        held_in_a_row += 1;
-                    }
-                }
-            }
-            let (commits, retry) = pool.finish(self).await?;
-            done.extend(commits);
-            waiting.extend(retry);
-            let turning_to_others = !others.is_empty();
-            waiting.append(&mut others);
-            if waiting.is_empty() || self.ctx.stop_requested() {
-                break;
-            }
-            // Right after its own units a worker looks at the others' at once; then it waits
-            // for their holders between looks.
-            if !turning_to_others && !self.wait_for_others().await {
-                break;
-            }
-            committed.refresh(&waiting.iter().map(|u| u.index).collect())?;
-            todo = Vec::new();
-            for unit in waiting {
-                if committed.elsewhere.contains(&unit.index) {
-                    self.ctx.observer.rows_done(self.name(), unit.rows);
-                } else {
-                    todo.push(unit);
-                }
-            }
-            if todo.is_empty() {
-                break;
-            }
-        }
+        done.extend(driven.done);
+        committed.elsewhere.extend(driven.elsewhere);
         self.complete(done, &committed.elsewhere, total).map(|c| (c, reused))
     }
 
@@ -422,7 +395,7 @@ impl NodeRun<'_> {
             }
             // Units left after the first pass are others' first choices: look at once; after
             // that, wait for their holders between passes.
-            if pass > 0 && !self.wait_for_others().await {
+            if pass > 0 && !self.wait_for_others(self.ctx.claims.as_ref().map_or(Duration::ZERO, |c| c.poll_interval())).await {
                 break;
             }
             committed.refresh(&waiting)?;
@@ -444,15 +417,38 @@ impl NodeRun<'_> {
         Ok(commits)
     }
 
+    /// The task that runs `unit` under `lease` for the unit driver.
+    fn unit_task(&self, unit: Unit, lease: Option<Lease>) -> UnitFuture<Commit> {
+        let ctx = Arc::clone(self.ctx);
+        let (i, store, digest, runner) = (self.i, self.store.clone(), self.input_digest.to_string(), self.runner.clone());
+        Box::pin(async move {
+            let run = NodeRun { ctx: &ctx, i, store: &store, input_digest: &digest, runner: &runner };
+            match run.run_unit(unit, lease).await? {
+                UnitDone::Committed(commit) => run.fail_fast(&commit).map(|()| UnitEnd::Committed(commit)),
+                UnitDone::Retry(_) => Ok(UnitEnd::Retry),
+            }
+        })
+    }
+
+    /// With `--fail-fast`, a committed unit with failed rows stops the run.
+    fn fail_fast(&self, commit: &Commit) -> Result<()> {
+        if !self.ctx.fail_fast || commit.errors.is_none() {
+            return Ok(());
+        }
+        self.ctx.interrupt.request_stop();
+        let name = self.name();
+        Err(Error::Execution(format!(
+            "node `{name}`: a row failed and --fail-fast is set; see `unoflow sql \"SELECT * FROM errors.{name}\"`"
+        )))
+    }
+
     /// Runs one unit and commits it. A worker's failed attempt is recorded and the unit left
     /// for another attempt, until it failed `max_attempts` times: then its rows are committed
-    /// as failed rows, so the node completes.
+    /// as failed rows, so the node completes. The caller keeps the lease alive meanwhile.
     async fn run_unit(&self, unit: Unit, lease: Option<Lease>) -> Result<UnitDone> {
         let claims = self.ctx.claims.as_ref().zip(lease);
-        let renewal = claims.as_ref().map(|(c, lease)| c.keep_alive(lease.clone()));
         let attempt = self.store.attempt(unit.index);
         let result = self.attempt_unit(&attempt, unit.clone()).await;
-        drop(renewal);
         let Some((claims, lease)) = claims else { return result.map(UnitDone::Committed) };
         match result {
             Ok(commit) => {
@@ -615,8 +611,9 @@ impl UnitPool {
         }
         let ctx = Arc::clone(run.ctx);
         let (i, store, digest, runner) = (run.i, run.store.clone(), run.input_digest.to_string(), run.runner.clone());
+        let renewal = run.ctx.claims.as_ref().zip(lease.clone()).map(|(c, l)| c.keep_alive(l));
         self.tasks.spawn(async move {
-            let _permit = permit;
+            let _held = (permit, renewal);
             let run = NodeRun { ctx: &ctx, i, store: &store, input_digest: &digest, runner: &runner };
             run.run_unit(unit, lease).await
         });
@@ -626,12 +623,8 @@ impl UnitPool {
     fn collect(&mut self, run: &NodeRun<'_>, finished: std::result::Result<Result<UnitDone>, tokio::task::JoinError>) {
         match finished {
             Ok(Ok(UnitDone::Committed(commit))) => {
-                if run.ctx.fail_fast && commit.errors.is_some() && self.error.is_none() {
-                    let name = run.name();
-                    self.error = Some(Error::Execution(format!(
-                        "node `{name}`: a row failed and --fail-fast is set; see `unoflow sql \"SELECT * FROM errors.{name}\"`"
-                    )));
-                    run.ctx.interrupt.request_stop();
+                if let Err(e) = run.fail_fast(&commit) {
+                    self.error.get_or_insert(e);
                 }
                 self.done.push(commit);
             }

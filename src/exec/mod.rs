@@ -16,6 +16,8 @@
 mod claims;
 mod materialize;
 mod observer;
+mod queue;
+mod units;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -26,8 +28,10 @@ use futures::future::{BoxFuture, Shared};
 use tokio::sync::Semaphore;
 use unoflow_api::{Device, Environment, Resource};
 
-pub use claims::{DEFAULT_LEASE, WorkerOptions};
+pub use claims::{Claims, DEFAULT_LEASE, WorkerOptions, first_choice};
 pub use observer::{RunObserver, Unobserved};
+pub use queue::{Next, UnitQueue};
+pub use units::{Driven, UnitDriver, UnitEnd, UnitFuture};
 
 use crate::dag::{Dag, Node};
 use crate::data::{NodeData, TableData, ViewData};

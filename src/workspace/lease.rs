@@ -12,6 +12,7 @@
 //! A lease is taken over only once it expired more than [`Leases::margin`] ago by the taker's
 //! clock, so clocks that differ by less than that are harmless.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::store::{Store, Version};
+use super::unit_keys::{listed_units, unit_key, unit_of};
 use crate::error::{Error, Result};
 
 /// What a lease object holds.
@@ -88,6 +90,13 @@ impl Leases {
         format!("leases/{fp}/{name}.json")
     }
 
+    /// Which of `units` of node `fp` have a lease, and when each was last written (claimed or
+    /// renewed; Unix ms by the store's clock): one listing, without reading the leases.
+    pub fn written_among(&self, fp: &str, units: &[usize]) -> Result<BTreeMap<usize, i64>> {
+        let wanted: BTreeSet<usize> = units.iter().copied().collect();
+        Ok(listed_units(self.store.as_ref(), &format!("leases/{fp}"), &wanted)?.into_iter().map(|(u, l)| (u, l.modified_ms)).collect())
+    }
+
     fn record(owner: &str, lease: Duration) -> Result<Vec<u8>> {
         let record = LeaseRecord { owner: owner.to_string(), expires_at_ms: now_ms() + lease.as_millis() as i64 };
         serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))
@@ -96,12 +105,16 @@ impl Leases {
     /// Claims unit `unit` of node `fp` for `owner` for `lease`: creates the lease if absent, or
     /// takes it over if it expired (by more than the margin).
     pub fn claim(&self, fp: &str, unit: usize, owner: &str, lease: Duration) -> Result<LeaseOutcome> {
-        self.claim_named(fp, &format!("u{unit:06}"), owner, lease)
+        let key = unit_key(&format!("leases/{fp}"), unit);
+        self.claim_key(key, owner, lease)
     }
 
     /// Claims the task `name` of node `fp` (a unit, or writing the manifest), as [`Self::claim`].
     pub fn claim_named(&self, fp: &str, name: &str, owner: &str, lease: Duration) -> Result<LeaseOutcome> {
-        let key = Self::key(fp, name);
+        self.claim_key(Self::key(fp, name), owner, lease)
+    }
+
+    fn claim_key(&self, key: String, owner: &str, lease: Duration) -> Result<LeaseOutcome> {
         let bytes = Self::record(owner, lease)?;
         if let Some(version) = self.store.create(&key, &bytes)? {
             return Ok(LeaseOutcome::Claimed(Lease { key, version, owner: owner.into(), taken_over: false }));
@@ -153,10 +166,7 @@ impl Leases {
     pub fn held(&self, fp: &str) -> Result<Vec<(usize, String, i64)>> {
         let mut out = Vec::new();
         for object in self.store.list(&format!("leases/{fp}"))? {
-            let Some(unit) = object.key.rsplit('/').next().and_then(|n| n.strip_prefix('u')).and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            let Ok(unit) = unit.parse::<usize>() else { continue };
+            let Some(unit) = unit_of(&object.key) else { continue };
             if let Some((bytes, _)) = self.store.get(&object.key)?
                 && let Ok(record) = serde_json::from_slice::<LeaseRecord>(&bytes)
             {

@@ -36,6 +36,7 @@ mod records;
 mod runs;
 pub mod store;
 mod tables;
+mod unit_keys;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

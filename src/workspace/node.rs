@@ -28,6 +28,7 @@ use datafusion::parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, 
 use super::part_writer::PartWriter;
 use super::records::{Commit, FORMAT, FileDigest, FormatOnly, Manifest};
 use super::store::Store;
+use super::unit_keys::{listed_units, unit_key, unit_of};
 use crate::error::{Error, IoContext, Result};
 
 /// The output of one fingerprint.
@@ -90,7 +91,7 @@ impl NodeStore {
     }
 
     fn commit_key(&self, unit: usize) -> String {
-        self.key(&format!("commits/u{unit:06}.json"))
+        unit_key(&self.key("commits"), unit)
     }
 
     /// The complete output, if there is one. A manifest that cannot be read, or was written in
@@ -200,6 +201,23 @@ impl NodeStore {
     /// The units that have a commit record (from a listing, without reading the records).
     pub fn committed_units(&self) -> Result<BTreeSet<usize>> {
         Ok(self.store.list(&self.key("commits"))?.iter().filter_map(|l| unit_of(&l.key)).collect())
+    }
+
+    /// Which of `units` have a commit record: a request each for a few, else one listing of the
+    /// records from the first to the last.
+    pub fn committed_among(&self, units: &[usize]) -> Result<BTreeSet<usize>> {
+        const ONE_BY_ONE: usize = 32;
+        let wanted: BTreeSet<usize> = units.iter().copied().collect();
+        if wanted.len() > ONE_BY_ONE {
+            return Ok(listed_units(self.store.as_ref(), &self.key("commits"), &wanted)?.into_keys().collect());
+        }
+        let mut out = BTreeSet::new();
+        for &unit in &wanted {
+            if self.has_commit(unit)? {
+                out.insert(unit);
+            }
+        }
+        Ok(out)
     }
 
     /// The commit records present, by unit, and the records that cannot be read (with why).
@@ -322,11 +340,6 @@ fn read_parquet<R: datafusion::parquet::file::reader::ChunkReader + 'static>(
         builder = builder.with_row_selection(RowSelection::from(vec![RowSelector::skip(offset), RowSelector::select(len)]));
     }
     Ok(builder.build()?.collect::<std::result::Result<Vec<_>, _>>()?)
-}
-
-/// The unit a commit record's key names (`…/commits/u000042.json`).
-fn unit_of(key: &str) -> Option<usize> {
-    key.rsplit('/').next()?.strip_prefix('u')?.strip_suffix(".json")?.parse().ok()
 }
 
 /// One attempt at a unit: the folder its files go to.

@@ -131,9 +131,15 @@ impl Store for LocalStore {
 
     fn delete_prefix(&self, prefix: &str) -> Result<()> {
         let path = self.path(prefix);
-        match std::fs::remove_dir_all(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-            _ => Ok(()),
+        // Another process may add a file while the folder is emptied (a worker claiming a
+        // lease as the node completes): empty it again, as object storage deletes what it lists.
+        let mut tries = 0;
+        loop {
+            match std::fs::remove_dir_all(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < 3 => tries += 1,
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(path, e)),
+                _ => return Ok(()),
+            }
         }
     }
 

@@ -63,7 +63,24 @@ pub trait Store: Send + Sync + Debug {
     /// The objects under `prefix/` (at any depth), sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<Listed>>;
 
-    /// The object's size, if it exists.
+    /// Whether [`Store::list_range`] lists only the range (else it filters a whole listing,
+    /// and one listing of many keys costs what one of a few does).
+    fn lists_by_range(&self) -> bool {
+        false
+    }
+
+    /// Whether a request costs no more than one object of a listing (an in-memory store): then
+    /// asking about a few units one by one beats listing all of them.
+    fn cheap_requests(&self) -> bool {
+        false
+    }
+
+    /// The objects under `prefix` whose keys sort after `after` and up to `last` (included), in
+    /// key order. Object storage lists from `after` and stops past `last`.
+    fn list_range(&self, prefix: &str, after: &str, last: &str) -> Result<Vec<Listed>> {
+        Ok(self.list(prefix)?.into_iter().filter(|l| l.key.as_str() > after && l.key.as_str() <= last).collect())
+    }
+
     fn size(&self, key: &str) -> Result<Option<u64>>;
 
     /// A local file to write the object `key` through; [`Store::finish_file`] makes it the

@@ -33,6 +33,9 @@ pub struct ObjectBackend {
     location: String,
     /// Local files being uploaded, and downloaded copies.
     scratch: PathBuf,
+    /// Whether a listing can start at a key (S3's `start-after`, and the like) instead of
+    /// filtering a listing of everything.
+    lists_by_range: bool,
 }
 
 impl std::fmt::Debug for ObjectBackend {
@@ -47,6 +50,12 @@ static REQUESTS: AtomicU64 = AtomicU64::new(0);
 /// How many object-store calls this process made, for benchmarks.
 pub fn requests() -> u64 {
     REQUESTS.load(Ordering::Relaxed)
+}
+
+/// Counts the pages of a listing beyond its first (object stores return a thousand keys a
+/// page), so a listing of many objects costs what it costs.
+fn count_pages(objects: usize) {
+    REQUESTS.fetch_add((objects.saturating_sub(1) / 1000) as u64, Ordering::Relaxed);
 }
 
 /// Runs an object-store request from synchronous code: on the current runtime when there is one
@@ -104,7 +113,8 @@ impl ObjectBackend {
         let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| Error::Usage(format!("workspace {location}: {e}")))?;
         let id = blake3::hash(format!("{location}-{}", std::process::id()).as_bytes()).to_hex()[..12].to_string();
         let scratch = std::env::temp_dir().join("unoflow-scratch").join(id);
-        Ok(Self { store, base, prefix, location: location.to_string(), scratch })
+        let lists_by_range = url.scheme() != "memory";
+        Ok(Self { store, base, prefix, location: location.to_string(), scratch, lists_by_range })
     }
 
     /// Up to `n` keys under the prefix, leaving out those starting with `skip`: what shows that
@@ -129,6 +139,17 @@ impl ObjectBackend {
             path = path.join(part);
         }
         path
+    }
+
+    /// An object of a listing, its key relative to the workspace.
+    fn listed(&self, meta: &object_store::ObjectMeta) -> Listed {
+        let (location, prefix) = (meta.location.as_ref(), self.prefix.as_ref());
+        let key = match location.strip_prefix(prefix) {
+            Some(rest) if prefix.is_empty() => rest,
+            Some(rest) => rest.strip_prefix('/').unwrap_or(rest),
+            None => location,
+        };
+        Listed { key: key.to_string(), size: meta.size, modified_ms: meta.last_modified.timestamp_millis() }
     }
 
     fn fail(&self, e: object_store::Error) -> Error {
@@ -214,23 +235,34 @@ impl Store for ObjectBackend {
 
     fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
         let path = self.path(prefix);
-        let root: Vec<String> = self.prefix.parts().map(|p| p.as_ref().to_string()).collect();
-        let mut out: Vec<Listed> = wait(async {
+        let mut out: Vec<Listed> =
+            wait(async { self.store.list(Some(&path)).map_ok(|m| self.listed(&m)).try_collect().await.map_err(|e| self.fail(e)) })?;
+        count_pages(out.len());
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn lists_by_range(&self) -> bool {
+        self.lists_by_range
+    }
+
+    fn cheap_requests(&self) -> bool {
+        // The in-memory store (simulations) lists by filtering everything it holds.
+        !self.lists_by_range
+    }
+
+    fn list_range(&self, prefix: &str, after: &str, last: &str) -> Result<Vec<Listed>> {
+        let (path, offset) = (self.path(prefix), self.path(after));
+        let out: Vec<Listed> = wait(async {
             self.store
-                .list(Some(&path))
-                .map_ok(|m| {
-                    let parts: Vec<String> = m.location.parts().map(|p| p.as_ref().to_string()).collect();
-                    Listed {
-                        key: parts[root.len().min(parts.len())..].join("/"),
-                        size: m.size,
-                        modified_ms: m.last_modified.timestamp_millis(),
-                    }
-                })
+                .list_with_offset(Some(&path), &offset)
+                .map_ok(|m| self.listed(&m))
+                .try_take_while(|l| std::future::ready(Ok(l.key.as_str() <= last)))
                 .try_collect()
                 .await
                 .map_err(|e| self.fail(e))
         })?;
-        out.sort_by(|a, b| a.key.cmp(&b.key));
+        count_pages(out.len());
         Ok(out)
     }
 

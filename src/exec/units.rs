@@ -1,0 +1,194 @@
+//! Running a node's units: as many at once as there are permits, in the order a [`UnitQueue`]
+//! gives, each claimed first when workers share the workspace. A worker never waits for its
+//! other units to end before it asks for the next one: a unit starts as soon as a permit is
+//! free, so the slowest unit of a batch does not hold the others' slots idle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use super::claims::Claims;
+use super::queue::{Next, UnitQueue};
+use crate::error::{Error, Result};
+use crate::workspace::{Lease, LeaseOutcome, Leases, NodeStore, now_ms};
+
+/// How a unit's task ended.
+#[derive(Debug)]
+pub enum UnitEnd<T> {
+    /// Committed (by this attempt, or found committed).
+    Committed(T),
+    /// This attempt failed and the unit is left for another one.
+    Retry,
+}
+
+/// A unit's task: given the unit and the lease it runs under (renewed meanwhile by the driver).
+pub type UnitFuture<T> = BoxFuture<'static, Result<UnitEnd<T>>>;
+
+/// What a node's units came to.
+#[derive(Debug)]
+pub struct Driven<T> {
+    /// What this worker's committed units returned.
+    pub done: Vec<T>,
+    /// The units found committed by other workers.
+    pub elsewhere: BTreeSet<usize>,
+}
+
+/// Runs the units of one node of one worker (or of a run alone, without claims).
+pub struct UnitDriver<'a> {
+    pub claims: Option<&'a Claims>,
+    /// The node's fingerprint (its leases are under it).
+    pub fingerprint: &'a str,
+    pub store: &'a NodeStore,
+    /// One per unit running at once (shared with other nodes of the run).
+    pub permits: Arc<Semaphore>,
+    /// Whether to stop asking for units (the running ones end first).
+    pub stop: &'a (dyn Fn() -> bool + Send + Sync),
+}
+
+impl std::fmt::Debug for UnitDriver<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnitDriver").field("fingerprint", &self.fingerprint).field("claims", &self.claims).finish_non_exhaustive()
+    }
+}
+
+/// From how many units a check lists their leases too (fewer are asked for), unless requests
+/// are as cheap as listed objects.
+const LEASES_LISTED_FROM: usize = 8;
+
+/// The longest sleep before the driver looks at `stop` again.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+impl UnitDriver<'_> {
+    /// Asks for the units `queue` gives until it is empty (or `stop`), running each claimed
+    /// one with `start`. The first error stops the asking; the units running then end first.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        mut queue: UnitQueue,
+        mut start: impl FnMut(usize, Option<Lease>) -> UnitFuture<T>,
+    ) -> Result<Driven<T>> {
+        let mut running: JoinSet<(usize, Result<UnitEnd<T>>)> = JoinSet::new();
+        let mut out = Driven { done: Vec::new(), elsewhere: BTreeSet::new() };
+        let mut error: Option<Error> = None;
+        let mut permit: Option<OwnedSemaphorePermit> = None;
+        while error.is_none() && !(self.stop)() {
+            let held = match permit.take() {
+                Some(p) => p,
+                None => {
+                    tokio::select! {
+                        biased;
+                        Some(ended) = running.join_next(), if !running.is_empty() => {
+                            collect(ended, &mut queue, &mut out, &mut error);
+                            continue;
+                        }
+                        p = Arc::clone(&self.permits).acquire_owned() => p.map_err(|_| Error::Internal("the unit permits closed".into()))?,
+                    }
+                }
+            };
+            let now = now_ms();
+            match queue.next(now) {
+                Next::Ask(unit) => match self.ask(unit, &mut queue, &mut out, now).await {
+                    Ok(Some(lease)) => {
+                        let renewal = self.claims.zip(lease.clone()).map(|(c, l)| c.keep_alive(l));
+                        let task = start(unit, lease);
+                        running.spawn(async move {
+                            let ended = task.await;
+                            drop((renewal, held));
+                            (unit, ended)
+                        });
+                    }
+                    Ok(None) => permit = Some(held),
+                    Err(e) => error = Some(e),
+                },
+                Next::Check(units) => match self.look_up(&units, true, &mut queue, &mut out).await {
+                    Ok(()) => permit = Some(held),
+                    Err(e) => error = Some(e),
+                },
+                Next::Recheck(units) => match self.look_up(&units, false, &mut queue, &mut out).await {
+                    Ok(()) => permit = Some(held),
+                    Err(e) => error = Some(e),
+                },
+                Next::Wait(until) => {
+                    drop(held);
+                    let nap = Duration::from_millis(until.saturating_sub(now).max(1) as u64).min(STOP_CHECK);
+                    tokio::select! {
+                        Some(ended) = running.join_next(), if !running.is_empty() => collect(ended, &mut queue, &mut out, &mut error),
+                        () = tokio::time::sleep(nap) => {}
+                    }
+                }
+                Next::Empty => {
+                    drop(held);
+                    match running.join_next().await {
+                        Some(ended) => collect(ended, &mut queue, &mut out, &mut error),
+                        None => break,
+                    }
+                }
+            }
+        }
+        while let Some(ended) = running.join_next().await {
+            collect(ended, &mut queue, &mut out, &mut error);
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Tells `queue` which of `units` are committed, and, with `leases` when many are not,
+    /// which others hold (one listing of the leases, so held units are not asked for one by one).
+    async fn look_up<T>(&self, units: &[usize], leases: bool, queue: &mut UnitQueue, out: &mut Driven<T>) -> Result<()> {
+        let committed = self.store.committed_among(units)?;
+        let pending: Vec<usize> = units.iter().copied().filter(|u| !committed.contains(u)).collect();
+        let others_hold = match self.claims {
+            Some(claims) if leases && pending.len() > LEASES_LISTED_FROM && !self.store.store().cheap_requests() => {
+                claims.held_among(self.fingerprint, &pending).await?
+            }
+            _ => BTreeMap::new(),
+        };
+        out.elsewhere.extend(committed.iter().copied());
+        queue.checked(units, &committed, &others_hold, now_ms());
+        Ok(())
+    }
+
+    /// Claims `unit` when workers share the workspace: its lease, or `None` when another worker
+    /// holds it or it turned out committed. Alone, every unit is this run's (`Some(None)`).
+    async fn ask<T>(&self, unit: usize, queue: &mut UnitQueue, out: &mut Driven<T>, now: i64) -> Result<Option<Option<Lease>>> {
+        let Some(claims) = self.claims else { return Ok(Some(None)) };
+        match claims.claim(self.fingerprint, unit).await? {
+            LeaseOutcome::Claimed(lease) => {
+                queue.claimed();
+                // Its last holder may have committed it before going quiet.
+                if lease.taken_over && self.store.has_commit(unit)? {
+                    out.elsewhere.insert(unit);
+                    return Ok(None);
+                }
+                Ok(Some(Some(lease)))
+            }
+            LeaseOutcome::Held { expires_at_ms, .. } => {
+                queue.held(unit, expires_at_ms + Leases::margin(claims.opts.lease).as_millis() as i64, now);
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn collect<T>(
+    ended: std::result::Result<(usize, Result<UnitEnd<T>>), tokio::task::JoinError>,
+    queue: &mut UnitQueue,
+    out: &mut Driven<T>,
+    error: &mut Option<Error>,
+) {
+    match ended {
+        Ok((_, Ok(UnitEnd::Committed(done)))) => out.done.push(done),
+        Ok((unit, Ok(UnitEnd::Retry))) => queue.retry(unit),
+        Ok((_, Err(e))) => {
+            error.get_or_insert(e);
+        }
+        Err(join) => {
+            error.get_or_insert(Error::Internal(format!("a unit panicked: {join}")));
+        }
+    }
+}
