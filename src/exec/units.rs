@@ -192,3 +192,68 @@ fn collect<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::exec::WorkerOptions;
+    use crate::workspace::{Location, Workspace};
+
+    /// Three workers drive the same twelve units over an in-memory bucket, one of them asking
+    /// for units slowly: every unit is committed once, and each worker ends knowing every unit
+    /// committed (by itself, or found committed elsewhere).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workers_sharing_units_commit_each_once_and_each_sees_them_all() {
+        const UNITS: usize = 12;
+        let ws = Workspace::create(&Location::parse("memory://driver-test/ws", std::path::Path::new("."))).unwrap();
+        let store = ws.node("fp");
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for rank in 0..3 {
+            let (ws, store, attempts) = (ws.clone(), store.clone(), Arc::clone(&attempts));
+            workers.push(tokio::spawn(async move {
+                let opts = WorkerOptions { rank, world: 3, lease: Duration::from_secs(2), ..WorkerOptions::default() };
+                let claims = Claims::new(ws.leases(), opts);
+                let first_choices = (0..UNITS).map(|u| (u, crate::exec::first_choice(&format!("k{u}"), 3) == rank));
+                let queue = UnitQueue::shared(first_choices, UNITS, rank * UNITS / 3, 4, 4, 250);
+                let stop = || false;
+                let driver = UnitDriver {
+                    claims: Some(&claims),
+                    fingerprint: "fp",
+                    store: &store,
+                    permits: Arc::new(Semaphore::new(2)),
+                    stop: &stop,
+                };
+                let pause = Duration::from_millis(if rank == 0 { 60 } else { 15 });
+                driver
+                    .run(queue, |unit, lease| {
+                        assert!(lease.is_some(), "a shared unit runs under a lease");
+                        let (store, attempts) = (store.clone(), Arc::clone(&attempts));
+                        Box::pin(async move {
+                            attempts.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(pause).await;
+                            let attempt = store.attempt(unit);
+                            let commit = store.commit(&attempt, attempt.record(&format!("k{unit}"), "d", Vec::new(), None, 0.0))?;
+                            Ok(UnitEnd::Committed(commit.into_commit().unit))
+                        })
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut committed_by_workers = Vec::new();
+        for worker in workers {
+            let driven = worker.await.unwrap();
+            let mut seen: BTreeSet<usize> = driven.done.iter().copied().collect();
+            seen.extend(&driven.elsewhere);
+            assert_eq!(seen, (0..UNITS).collect(), "a worker ended without seeing every unit committed");
+            committed_by_workers.extend(driven.done);
+        }
+        committed_by_workers.sort_unstable();
+        assert_eq!(committed_by_workers, (0..UNITS).collect::<Vec<_>>(), "each unit is committed by exactly one worker");
+        assert_eq!(attempts.load(Ordering::Relaxed), UNITS, "no unit was run twice");
+        assert_eq!(store.committed_units().unwrap().len(), UNITS);
+    }
+}

@@ -33,19 +33,32 @@ pub(super) fn listed_units(store: &dyn Store, folder: &str, units: &BTreeSet<usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workspace::store::LocalStore;
+    use crate::workspace::store::{LocalStore, ObjectBackend};
 
-    #[test]
-    fn a_range_of_units_is_listed_without_its_neighbours() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path().to_path_buf());
+    fn range(store: &dyn Store) {
         for unit in [0, 1, 5, 9, 10, 11] {
             store.put(&unit_key("c", unit), b"{}").unwrap();
         }
         store.put("c/other.json", b"{}").unwrap();
-        let wanted = BTreeSet::from([0, 5, 6, 10]);
-        assert_eq!(listed_units(&store, "c", &wanted).unwrap().into_keys().collect::<Vec<_>>(), vec![0, 5, 10]);
+        store.put("d/u000007.json", b"{}").unwrap();
+        let listed =
+            |wanted: &[usize]| listed_units(store, "c", &wanted.iter().copied().collect()).unwrap().into_keys().collect::<Vec<_>>();
+        assert_eq!(listed(&[0, 5, 6, 10]), vec![0, 5, 10]);
+        assert_eq!(listed(&[1, 9]), vec![1, 9]);
+        assert_eq!(listed(&[6, 7, 8]), Vec::<usize>::new());
+        assert_eq!(listed(&[11]), vec![11]);
+    }
+
+    #[test]
+    fn a_range_of_units_is_listed_without_its_neighbours_in_a_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        range(&LocalStore::new(dir.path().to_path_buf()));
         assert_eq!(unit_of("x/y/u000042.json"), Some(42));
         assert_eq!(unit_of("x/y/manifest.json"), None);
+    }
+
+    #[test]
+    fn a_range_of_units_is_listed_without_its_neighbours_in_object_storage() {
+        range(&ObjectBackend::open("memory://unit-keys/ws").unwrap());
     }
 }
