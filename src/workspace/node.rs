@@ -204,11 +204,17 @@ impl NodeStore {
     }
 
     /// Which of `units` have a commit record: a request each for a few, else one listing of the
-    /// records from the first to the last.
+    /// records from the first to the last (where a listing starts at a key, whichever takes
+    /// fewer requests: a page lists a thousand).
     pub fn committed_among(&self, units: &[usize]) -> Result<BTreeSet<usize>> {
         const ONE_BY_ONE: usize = 32;
         let wanted: BTreeSet<usize> = units.iter().copied().collect();
-        if wanted.len() > ONE_BY_ONE {
+        let span = match (wanted.first(), wanted.last()) {
+            (Some(first), Some(last)) => last - first + 1,
+            _ => return Ok(BTreeSet::new()),
+        };
+        let pages = span.div_ceil(1000);
+        if wanted.len() > ONE_BY_ONE || (self.store.lists_by_range() && pages < wanted.len()) {
             return Ok(listed_units(self.store.as_ref(), &self.key("commits"), &wanted)?.into_keys().collect());
         }
         let mut out = BTreeSet::new();
