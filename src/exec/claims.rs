@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::workspace::{Lease, LeaseOutcome, Leases, WorkerBeat};
+use crate::workspace::{Lease, LeaseOutcome, Leases, NodeStore, WorkerBeat};
 
 /// Who this worker is among the workers of a workspace, and its lease settings.
 #[derive(Debug, Clone)]
@@ -37,6 +37,18 @@ impl Default for WorkerOptions {
     fn default() -> Self {
         Self { rank: 0, world: 1, lease: DEFAULT_LEASE, max_attempts: 3, group: None }
     }
+}
+
+/// What asking for a unit came to.
+#[derive(Debug)]
+pub enum Asked {
+    /// This worker runs it, under this lease.
+    Claimed(Lease),
+    /// It was committed (by a worker whose lease was taken over).
+    Committed,
+    /// Another worker holds it; its lease may be taken over from this time (Unix ms) if it is
+    /// not renewed.
+    Held { retry_at_ms: i64 },
 }
 
 /// A worker's claims on the units of a workspace.
@@ -70,6 +82,20 @@ impl Claims {
     pub async fn claim(&self, fp: &str, unit: usize) -> Result<LeaseOutcome> {
         let (leases, fp, owner, lease) = (self.leases.clone(), fp.to_string(), self.id.clone(), self.opts.lease);
         blocking(move || leases.claim(&fp, unit, &owner, lease)).await
+    }
+
+    /// Asks for unit `unit` of node `fp`, whose commits are in `store`: claims it, unless
+    /// another worker holds it or a worker that went quiet committed it before its lease was
+    /// taken over.
+    pub async fn ask(&self, fp: &str, unit: usize, store: &NodeStore) -> Result<Asked> {
+        match self.claim(fp, unit).await? {
+            // Its last holder may have committed it before going quiet.
+            LeaseOutcome::Claimed(lease) if lease.taken_over && store.has_commit(unit)? => Ok(Asked::Committed),
+            LeaseOutcome::Claimed(lease) => Ok(Asked::Claimed(lease)),
+            LeaseOutcome::Held { expires_at_ms, .. } => {
+                Ok(Asked::Held { retry_at_ms: expires_at_ms + Leases::margin(self.opts.lease).as_millis() as i64 })
+            }
+        }
     }
 
     /// Tries to claim the node-wide task `name` of node `fp` (writing its manifest).

@@ -17,7 +17,7 @@ use unoflow_api::columns::ROW_ID;
 use unoflow_api::{ExecContext, RowError};
 
 use super::RunCtx;
-use super::claims::Claims;
+use super::claims::{Asked, Claims};
 use super::queue::{self, UnitQueue};
 use super::units::{UnitDriver, UnitEnd, UnitFuture};
 use crate::data::NodeData;
@@ -144,16 +144,8 @@ impl Committed<'_> {
 
     /// Learns which of `waiting` other workers committed since (without reading the records).
     fn refresh(&mut self, waiting: &BTreeSet<usize>) -> Result<()> {
-        // A few units are looked up one by one; many by one listing of the commits.
-        if waiting.len() <= 32 {
-            for &unit in waiting {
-                if self.store.has_commit(unit)? {
-                    self.elsewhere.insert(unit);
-                }
-            }
-        } else {
-            self.elsewhere.extend(self.store.committed_units()?.intersection(waiting));
-        }
+        let waiting: Vec<usize> = waiting.iter().copied().collect();
+        self.elsewhere.extend(self.store.committed_among(&waiting)?);
         Ok(())
     }
 }
@@ -191,21 +183,13 @@ impl NodeRun<'_> {
             pool.admit(self, unit, None).await?;
             return Ok(None);
         };
-        match claims.claim(self.fingerprint(), unit.index).await? {
-            LeaseOutcome::Claimed(lease) => {
-                if lease.taken_over {
-                    // Its last holder may have committed it before going quiet.
-                    committed.refresh(&BTreeSet::from([unit.index]))?;
-                    if committed.elsewhere.contains(&unit.index) {
-                        return Ok(None);
-                    }
-                }
-                pool.admit(self, unit, Some(lease)).await?;
+        match claims.ask(self.fingerprint(), unit.index, self.store).await? {
+            Asked::Claimed(lease) => pool.admit(self, unit, Some(lease)).await.map(|()| None),
+            Asked::Committed => {
+                committed.elsewhere.insert(unit.index);
                 Ok(None)
             }
-            LeaseOutcome::Held { expires_at_ms, .. } => {
-                Ok(Some(expires_at_ms + crate::workspace::Leases::margin(claims.opts.lease).as_millis() as i64))
-            }
+            Asked::Held { retry_at_ms } => Ok(Some(retry_at_ms)),
         }
     }
 

@@ -11,10 +11,10 @@ use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::claims::Claims;
+use super::claims::{Asked, Claims};
 use super::queue::{Next, UnitQueue};
 use crate::error::{Error, Result};
-use crate::workspace::{Lease, LeaseOutcome, Leases, NodeStore, now_ms};
+use crate::workspace::{Lease, NodeStore, now_ms};
 
 /// How a unit's task ended.
 #[derive(Debug)]
@@ -157,18 +157,18 @@ impl UnitDriver<'_> {
     /// holds it or it turned out committed. Alone, every unit is this run's (`Some(None)`).
     async fn ask<T>(&self, unit: usize, queue: &mut UnitQueue, out: &mut Driven<T>, now: i64) -> Result<Option<Option<Lease>>> {
         let Some(claims) = self.claims else { return Ok(Some(None)) };
-        match claims.claim(self.fingerprint, unit).await? {
-            LeaseOutcome::Claimed(lease) => {
+        match claims.ask(self.fingerprint, unit, self.store).await? {
+            Asked::Claimed(lease) => {
                 queue.claimed();
-                // Its last holder may have committed it before going quiet.
-                if lease.taken_over && self.store.has_commit(unit)? {
-                    out.elsewhere.insert(unit);
-                    return Ok(None);
-                }
                 Ok(Some(Some(lease)))
             }
-            LeaseOutcome::Held { expires_at_ms, .. } => {
-                queue.held(unit, expires_at_ms + Leases::margin(claims.opts.lease).as_millis() as i64, now);
+            Asked::Committed => {
+                queue.claimed();
+                out.elsewhere.insert(unit);
+                Ok(None)
+            }
+            Asked::Held { retry_at_ms } => {
+                queue.held(unit, retry_at_ms, now);
                 Ok(None)
             }
         }
