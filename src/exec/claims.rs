@@ -14,6 +14,10 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::workspace::{Lease, LeaseOutcome, Leases, NodeStore, WorkerBeat};
 
+/// The name of a node's manifest lease: its holder writes the manifest, and watches for the
+/// node's end (see `exec::queue`).
+pub(super) const MANIFEST_LEASE: &str = "manifest";
+
 /// Who this worker is among the workers of a workspace, and its lease settings.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {

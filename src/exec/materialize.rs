@@ -3,7 +3,6 @@
 //! committed; the node's manifest is written once every unit has a commit.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,15 +16,16 @@ use unoflow_api::columns::ROW_ID;
 use unoflow_api::{ExecContext, RowError};
 
 use super::RunCtx;
-use super::claims::{Asked, Claims};
+use super::claims::{Asked, Renewal};
+use super::gather::ManifestWriter;
 use super::queue::{self, UnitQueue};
-use super::units::{UnitDriver, UnitEnd, UnitFuture};
+use super::units::{UnitDriver, UnitEnd, UnitFuture, sleep_unless};
 use crate::data::NodeData;
 use crate::error::{Error, Result};
 use crate::ops::{OpenContext, Unit, UnitOutput, UnitPlan, UnitRunner, Work};
 use crate::query::ids::IdAssigner;
 use crate::query::{self, IdPolicy, Verify};
-use crate::workspace::{Attempt, Commit, FileDigest, Garbage, Lease, LeaseOutcome, Manifest, NodeStore, error_schema, now_ms};
+use crate::workspace::{Attempt, Commit, FileDigest, Garbage, Lease, Manifest, NodeStore, error_schema, now_ms};
 
 /// Rows per part file: a large unit's rows go to several parts, encoded in parallel.
 const PART_ROWS: usize = 256 * 1024;
@@ -71,7 +71,7 @@ pub(super) async fn materialize(
 
     let runner = LazyRunner::new(ctx, i, inputs);
     let node_ctx = NodeRun { ctx, i, store, input_digest: &input_digest, runner: &runner };
-    let (commits, reused) = match node.op.units(inputs)? {
+    let Ran { commits, reused, watching } = match node.op.units(inputs)? {
         UnitPlan::Listed(units) => {
             ctx.observer.node_started(&node.name, Some(units.iter().map(|u| u.rows).sum()));
             if ctx.claims.is_some() {
@@ -91,7 +91,21 @@ pub(super) async fn materialize(
             store.finish(&manifest)?;
             manifest
         }
-        Some(claims) => node_ctx.gather(claims, commits, &committed.elsewhere).await?,
+        Some(claims) => {
+            let stop = || ctx.stop_requested();
+            let warn = |message: &str| ctx.observer.warn(message);
+            let writer = ManifestWriter {
+                claims,
+                store,
+                fingerprint: &ctx.fingerprints[i],
+                node: &node.name,
+                op: node.op_name(),
+                input_digest: &input_digest,
+                stop: &stop,
+                warn: &warn,
+            };
+            writer.gather(commits, &committed.elsewhere, watching).await?
+        }
     };
     Ok(Materialized { manifest, reused })
 }
@@ -150,6 +164,16 @@ impl Committed<'_> {
     }
 }
 
+/// What running a node's units came to.
+struct Ran {
+    /// This worker's commits (all of them, when it is alone).
+    commits: Vec<Commit>,
+    /// How many units were found committed when the node started.
+    reused: usize,
+    /// The node's manifest lease, if this worker watched the node's end.
+    watching: Option<Renewal>,
+}
+
 /// How a unit task ended.
 enum UnitDone {
     Committed(Commit),
@@ -193,79 +217,10 @@ impl NodeRun<'_> {
         }
     }
 
-    /// Writes the node's manifest once every unit is committed, or reads the one another worker
-    /// wrote. One worker at a time (the holder of the node's manifest lease) reads the commit
-    /// records of the units others committed; the rest wait for its manifest.
-    async fn gather(&self, claims: &Claims, own: Vec<Commit>, elsewhere: &BTreeSet<usize>) -> Result<Manifest> {
-        let node = self.ctx.node(self.i);
-        let fp = self.fingerprint().to_string();
-        let damaged = |why: String| Error::Workspace { path: PathBuf::from(self.store.fingerprint()), message: why };
-        // The manifest is usually written moments after the last commit: look again soon,
-        // then less often.
-        let mut wait = Duration::from_millis(queue::MIN_POLL_MS as u64);
-        loop {
-            if let Some(manifest) = self.store.manifest().map_err(damaged)? {
-                return Ok(manifest);
-            }
-            let lease = match claims.claim_named(&fp, "manifest").await? {
-                LeaseOutcome::Claimed(lease) => lease,
-                LeaseOutcome::Held { .. } if self.wait_for_others(wait).await => {
-                    wait = (wait * 2).min(claims.poll_interval());
-                    continue;
-                }
-                LeaseOutcome::Held { .. } => return Err(Error::Interrupted("waiting for another worker's manifest".into())),
-            };
-            let _renewal = claims.keep_alive(lease);
-            let mut commits = own.clone();
-            let known: BTreeSet<usize> = commits.iter().map(|c| c.unit).collect();
-            let mut stale = Vec::new();
-            for &unit in elsewhere.difference(&known) {
-                match self.store.commit_of(unit) {
-                    Ok(Some(commit)) if commit.unit == unit && commit.input_digest == self.input_digest => commits.push(commit),
-                    _ => stale.push(unit),
-                }
-            }
-            if !stale.is_empty() {
-                self.store.remove_commits(&stale)?;
-                return Err(Error::Execution(format!(
-                    "node `{}`: {} commit records were damaged or made from other input data, and were removed; run again to compute those units",
-                    node.name,
-                    stale.len()
-                )));
-            }
-            commits.sort_by_key(|c| c.unit);
-            let manifest = Manifest::new(&fp, &node.name, node.op_name(), self.input_digest, commits, super::now());
-            if self.store.finish(&manifest)? {
-                // Every unit has its winner now: other attempts' files are garbage, and the
-                // leases are of no use.
-                if let Err(e) = self.store.collect_garbage(Garbage::Losers, Some(&manifest.commits)) {
-                    self.ctx.observer.warn(&format!("node `{}`: losing attempts stay: {e}", node.name));
-                }
-                if let Err(e) = claims.clear(&fp).await {
-                    self.ctx.observer.warn(&format!("node `{}`: its leases stay: {e}", node.name));
-                }
-                return Ok(manifest);
-            }
-        }
-    }
-
-    /// Waits `wait` before looking again for what other workers hold; `false` if the run is
-    /// stopping.
-    async fn wait_for_others(&self, wait: Duration) -> bool {
-        let until = Instant::now() + wait;
-        while Instant::now() < until {
-            if self.ctx.stop_requested() {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(100).min(until - Instant::now())).await;
-        }
-        !self.ctx.stop_requested()
-    }
-
     /// Runs the units not committed yet, as many at once as there are CPU permits. Workers
     /// take their own units first, then the others nobody holds, then wait for the units other
     /// workers hold (taking over those whose holder went quiet); see `exec::queue`.
-    async fn run_listed(&self, units: Vec<Unit>, committed: &mut Committed<'_>) -> Result<(Vec<Commit>, usize)> {
+    async fn run_listed(&self, units: Vec<Unit>, committed: &mut Committed<'_>) -> Result<Ran> {
         let total = units.len();
         let mut done: Vec<Commit> = Vec::with_capacity(units.len());
         let mut todo = Vec::new();
@@ -306,14 +261,15 @@ impl NodeRun<'_> {
         }
         done.extend(driven.done);
         committed.elsewhere.extend(driven.elsewhere);
-        self.complete(done, &committed.elsewhere, total).map(|c| (c, reused))
+        let commits = self.complete(done, &committed.elsewhere, total)?;
+        Ok(Ran { commits, reused, watching: driven.watching })
     }
 
     /// Cuts a view's rows into units as they stream, keyed by their ids, and runs those not
     /// committed. At most one unit per CPU permit (plus the one being cut) is held in memory.
     /// Workers sharing the workspace stream the view once per pass: the first pass takes their
     /// own units, later ones any unit left, until every unit has a commit.
-    async fn run_chunks(&self, source: &NodeData, rows_per_unit: usize, committed: &mut Committed<'_>) -> Result<(Vec<Commit>, usize)> {
+    async fn run_chunks(&self, source: &NodeData, rows_per_unit: usize, committed: &mut Committed<'_>) -> Result<Ran> {
         let (mut done, mut reused, mut units) = (Vec::new(), 0, 0);
         let mut done_units: BTreeSet<usize> = BTreeSet::new();
         let mut not_before: BTreeMap<usize, i64> = BTreeMap::new();
@@ -379,12 +335,14 @@ impl NodeRun<'_> {
             }
             // Units left after the first pass are others' first choices: look at once; after
             // that, wait for their holders between passes.
-            if pass > 0 && !self.wait_for_others(self.ctx.claims.as_ref().map_or(Duration::ZERO, |c| c.poll_interval())).await {
+            let poll = self.ctx.claims.as_ref().map_or(Duration::ZERO, |c| c.poll_interval());
+            if pass > 0 && !sleep_unless(&|| self.ctx.stop_requested(), poll).await {
                 break;
             }
             committed.refresh(&waiting)?;
         }
-        self.complete(done, &committed.elsewhere, units).map(|c| (c, reused))
+        let commits = self.complete(done, &committed.elsewhere, units)?;
+        Ok(Ran { commits, reused, watching: None })
     }
 
     /// The commits in unit order, or why the node is not complete.

@@ -14,6 +14,7 @@
 //! The engine prints nothing: it reports to a [`RunObserver`] (the CLI's progress bars).
 
 mod claims;
+mod gather;
 mod materialize;
 mod observer;
 mod queue;
@@ -28,9 +29,10 @@ use futures::future::{BoxFuture, Shared};
 use tokio::sync::Semaphore;
 use unoflow_api::{Device, Environment, Resource};
 
-pub use claims::{Claims, DEFAULT_LEASE, WorkerOptions, first_choice};
+pub use claims::{Asked, Claims, DEFAULT_LEASE, Renewal, WorkerOptions, first_choice};
+pub use gather::ManifestWriter;
 pub use observer::{RunObserver, Unobserved};
-pub use queue::{Next, UnitQueue};
+pub use queue::{Next, UnitQueue, WINDOW};
 pub use units::{Driven, UnitDriver, UnitEnd, UnitFuture};
 
 use crate::dag::{Dag, Node};

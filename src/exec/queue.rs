@@ -11,6 +11,13 @@
 //! (is it committed?) every poll, the poll growing from [`MIN_POLL_MS`] to the worker's poll
 //! interval while nothing changes. After `give_up` held units in a row the rest are most likely
 //! held too: the worker pauses for a poll instead of asking for them one by one.
+//!
+//! At scale the cost is at the end of a node, when every worker has turned to the others'
+//! units: windows that give nothing to ask for are checked more and more slowly, and a worker
+//! with units put aside does not look them all up every poll (a thousand workers each
+//! looking up the thousand units the others run is a million requests): one worker, the
+//! watcher, does; the others look up a unit only when its lease could be taken over, and
+//! otherwise watch for the node's manifest.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -21,10 +28,22 @@ pub const MIN_POLL_MS: i64 = 25;
 /// Up to how many units put aside are looked up quickly again after one of them was committed.
 const FEW: usize = 32;
 
+/// Windows in a row with nothing to ask for after which the rest is set aside.
+const IDLE_WINDOWS: usize = 2;
+
+/// For how many of the longest polls (a poll is an eighth of a lease) units set aside unchecked
+/// wait before they are looked up.
+const SET_ASIDE_POLLS: i64 = 8;
+
 /// How many of the other workers' units are checked against the commits at once where a
 /// listing can start at a key (one page of an object-store listing); elsewhere all are, by one
 /// listing.
 pub const WINDOW: usize = 1000;
+
+/// A unit's place in a scattered order (a bijection of `usize`, so no two units tie).
+fn scattered(unit: usize) -> u64 {
+    (unit as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
 
 /// What a worker should do next for a node's units.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +56,12 @@ pub enum Next {
     /// Look up which of these units, put aside as held by others, have a commit now, then tell
     /// [`UnitQueue::checked`] (when their leases may be taken over is known already).
     Recheck(Vec<usize>),
+    /// Nothing to ask for now, and units put aside: look whether the node is complete (its
+    /// manifest exists) rather than looking them all up, and tell [`UnitQueue::complete`]
+    /// if it is. One worker, the watcher ([`UnitQueue::watch`]), looks them up every poll: a
+    /// thousand workers each looking up the thousand units the others run would cost a
+    /// million requests at the end of every node.
+    Watch,
     /// Nothing to ask for before this time (Unix ms), unless a unit of this worker ends.
     Wait(i64),
     /// Every unit was asked for or found committed.
@@ -66,6 +91,21 @@ pub struct UnitQueue {
     next_poll_at: i64,
     poll_ms: i64,
     max_poll_ms: i64,
+    /// Whether this worker looks up all the units put aside every poll (else only those whose
+    /// lease may be taken over, and it watches for the node's end).
+    watcher: bool,
+    /// When the next window of the others' units is checked, and the wait after a window that
+    /// gave nothing to ask for (it doubles while windows give nothing).
+    scan_at: i64,
+    scan_poll_ms: i64,
+    /// Whether the check asked for last is of a window (not a look-up of units put aside).
+    checking: bool,
+    /// Windows in a row that gave nothing to ask for.
+    idle_windows: usize,
+    /// Others' units set aside unchecked (after windows with nothing to ask for), in order, and
+    /// when they come back to be checked.
+    set_aside: VecDeque<usize>,
+    set_aside_due: i64,
 }
 
 impl UnitQueue {
@@ -91,6 +131,10 @@ impl UnitQueue {
         for (unit, first_choice) in units {
             if first_choice { own.push_back(unit) } else { others.push(unit) }
         }
+        // Own units in a scattered order: the ones a worker has not reached yet are then spread
+        // over the node, not bunched at its end, so a window with nothing to claim means the
+        // others' units are taken (see `set_aside_unchecked`), not that their owners are behind.
+        own.make_contiguous().sort_by_key(|&u| scattered(u));
         let n = total.max(1);
         others.sort_by_key(|u| (u + n - start % n) % n);
         Self { window: window.max(1), ..Self::with(own, others.into(), give_up, max_poll_ms) }
@@ -110,6 +154,13 @@ impl UnitQueue {
             next_poll_at: 0,
             poll_ms: MIN_POLL_MS,
             max_poll_ms: max_poll_ms.max(MIN_POLL_MS),
+            watcher: false,
+            scan_at: 0,
+            scan_poll_ms: MIN_POLL_MS,
+            checking: false,
+            idle_windows: 0,
+            set_aside: VecDeque::new(),
+            set_aside_due: 0,
         }
     }
 
@@ -121,22 +172,65 @@ impl UnitQueue {
         if let Some(unit) = self.ready.pop_front() {
             return Next::Ask(unit);
         }
-        if !self.unchecked.is_empty() {
+        if !self.unchecked.is_empty() && now >= self.scan_at {
             self.turned = true;
+            self.checking = true;
             let take = self.window.min(self.unchecked.len());
             return Next::Check(self.unchecked.drain(..take).collect());
         }
-        let Some(&first_due) = self.deferred.values().min() else { return Next::Empty };
-        if now >= self.next_poll_at || now >= first_due {
-            // Many units put aside take a listing to look up: only at the slower poll.
-            if self.deferred.len() > FEW {
-                self.poll_ms = self.max_poll_ms;
+        let scan_at = (!self.unchecked.is_empty()).then_some(self.scan_at);
+        let first_due = self.deferred.values().min().copied();
+        if first_due.is_none() && self.set_aside.is_empty() {
+            return scan_at.map_or(Next::Empty, Next::Wait);
+        }
+        let first_due = first_due.unwrap_or(i64::MAX);
+        if self.watcher {
+            if now >= self.next_poll_at || now >= first_due {
+                // Many units put aside take a listing to look up: only at the slower poll.
+                if self.deferred.len() + self.set_aside.len() > FEW {
+                    self.poll_ms = self.max_poll_ms;
+                }
+                self.next_poll_at = now + self.poll_ms;
+                self.poll_ms = (self.poll_ms * 2).min(self.max_poll_ms);
+                // The watcher must see every unit committed: those set aside unchecked are
+                // checked (commits and leases) all at once.
+                if !self.set_aside.is_empty() {
+                    return Next::Check(self.set_aside.drain(..).collect());
+                }
+                return Next::Recheck(self.deferred.keys().copied().collect());
             }
+        } else if now >= first_due {
+            return Next::Recheck(self.deferred.iter().filter(|(_, due)| **due <= now).map(|(unit, _)| *unit).collect());
+        } else if !self.set_aside.is_empty() && now >= self.set_aside_due {
+            // Back to the windows: the node took longer than the others' checks.
+            self.unchecked.extend(self.set_aside.drain(..));
+            self.idle_windows = 0;
+            self.scan_at = now;
+            return self.next(now);
+        } else if now >= self.next_poll_at {
             self.next_poll_at = now + self.poll_ms;
             self.poll_ms = (self.poll_ms * 2).min(self.max_poll_ms);
-            return Next::Recheck(self.deferred.keys().copied().collect());
+            return Next::Watch;
         }
-        Next::Wait(self.next_poll_at.min(first_due))
+        let set_aside_due = if self.set_aside.is_empty() || self.watcher { i64::MAX } else { self.set_aside_due };
+        Next::Wait(self.next_poll_at.min(first_due).min(scan_at.unwrap_or(i64::MAX)).min(set_aside_due))
+    }
+
+    /// This worker becomes the node's watcher: it looks up every unit put aside each poll, and
+    /// so sees first when the node is complete.
+    pub fn watch(&mut self) {
+        self.watcher = true;
+        self.next_poll_at = 0;
+    }
+
+    /// The answer to a [`Next::Watch`] that found the node complete: every unit this worker
+    /// did not see committed was committed by others. Returns them; the queue is empty then.
+    pub fn complete(&mut self) -> Vec<usize> {
+        let mut rest: Vec<usize> = std::mem::take(&mut self.deferred).into_keys().collect();
+        rest.extend(self.unchecked.drain(..));
+        rest.extend(self.set_aside.drain(..));
+        rest.extend(self.ready.drain(..));
+        rest
     }
 
     /// The answer to a [`Next::Check`]: which of `units` have a commit, and which others hold
@@ -144,6 +238,7 @@ impl UnitQueue {
     /// their lease may be taken over.
     pub fn checked(&mut self, units: &[usize], committed: &BTreeSet<usize>, held: &BTreeMap<usize, i64>, now: i64) {
         self.checked_at = now;
+        let (window, ready_before) = (std::mem::take(&mut self.checking), self.ready.len());
         let mut news = false;
         for &unit in units {
             if committed.contains(&unit) {
@@ -169,6 +264,39 @@ impl UnitQueue {
         if news && self.deferred.len() <= FEW {
             self.poll_ms = MIN_POLL_MS;
         }
+        // Of a window, only what this worker will ask for soon stays ready: the rest would be
+        // stale (claimed by others meanwhile) by the time its turn came, and is checked again
+        // then, one listing for all of it, instead of failing claims that each force a check.
+        let keep = ready_before + self.give_up * 4;
+        if window && self.ready.len() > keep {
+            for unit in self.ready.drain(keep..).rev() {
+                self.unchecked.push_front(unit);
+            }
+        }
+        // A window that gave nothing to ask for: the others' units are taken as fast as they
+        // are checked, so the next window waits (a little longer each time it gives nothing).
+        if window && self.ready.len() == ready_before {
+            self.scan_at = now + self.scan_poll_ms;
+            self.scan_poll_ms = (self.scan_poll_ms * 2).min(self.max_poll_ms);
+            self.idle_windows += 1;
+            if self.idle_windows >= IDLE_WINDOWS {
+                self.set_aside_unchecked(now);
+            }
+        } else if window {
+            self.scan_poll_ms = MIN_POLL_MS;
+            self.idle_windows = 0;
+        }
+    }
+
+    /// Puts the units not checked yet aside for about a lease: windows in a row with nothing
+    /// to ask for mean the others' units are all taken (workers started at other points check
+    /// these), and a thousand workers each checking every window cost a listing per thousand
+    /// units each. They come back to the windows if the node is not complete by then (a worker
+    /// that died before claiming its units leaves them to those checks); the watcher checks
+    /// them at once.
+    fn set_aside_unchecked(&mut self, now: i64) {
+        self.set_aside.extend(self.unchecked.drain(..));
+        self.set_aside_due = now + SET_ASIDE_POLLS * self.max_poll_ms;
     }
 
     /// The unit asked for was claimed.
@@ -239,14 +367,17 @@ mod tests {
         // Units 0..10; this worker's own are 2 and 7; it starts among the others at 5.
         let mut queue = UnitQueue::shared((0..10).map(|u| (u, u == 2 || u == 7)), 10, 5, WINDOW, 4, 1000);
         let window = vec![5, 6, 8, 9, 0, 1, 3, 4];
-        assert_eq!(asks(&mut queue, 0), (vec![2, 7], Next::Check(window.clone())));
+        let (mut own, next) = asks(&mut queue, 0);
+        own.sort_unstable();
+        assert_eq!((own, next), (vec![2, 7], Next::Check(window.clone())));
         queue.checked(&window, &BTreeSet::from([5, 6, 0]), &BTreeMap::new(), 0);
         assert_eq!(asks(&mut queue, 0), (vec![8, 9, 1, 3, 4], Next::Empty));
     }
 
     #[test]
-    fn a_held_unit_is_looked_up_every_poll_and_asked_again_once_its_lease_may_be_taken_over() {
+    fn the_watcher_looks_up_a_held_unit_every_poll_and_asks_again_once_its_lease_may_be_taken_over() {
         let mut queue = UnitQueue::shared([(4, true)], 1, 0, WINDOW, 10, 1000);
+        queue.watch();
         assert_eq!(queue.next(0), Next::Ask(4));
         queue.held(4, 1_000, 0);
         // Looked up at once, then after polls that double while nothing changes.
@@ -292,11 +423,23 @@ mod tests {
     #[test]
     fn own_units_others_took_are_each_asked_for_once_without_a_pause() {
         let mut queue = UnitQueue::shared((0..4).map(|u| (u, true)), 4, 0, WINDOW, 2, 300);
-        for unit in 0..4 {
-            assert_eq!(queue.next(0), Next::Ask(unit));
+        let mut asked = Vec::new();
+        for _ in 0..4 {
+            let Next::Ask(unit) = queue.next(0) else { panic!("each own unit is asked for") };
             queue.held(unit, 9_000, 0);
+            asked.push(unit);
         }
-        assert_eq!(queue.next(0), Next::Recheck(vec![0, 1, 2, 3]));
+        asked.sort_unstable();
+        assert_eq!(asked, [0, 1, 2, 3]);
+        assert_eq!(queue.next(0), Next::Watch);
+    }
+
+    #[test]
+    fn of_a_window_only_what_is_asked_for_soon_stays_ready_the_rest_is_checked_again_later() {
+        let mut queue = UnitQueue::shared((0..20).map(|u| (u, false)), 20, 0, WINDOW, 2, 1000);
+        assert_eq!(queue.next(0), Next::Check((0..20).collect()));
+        queue.checked(&(0..20).collect::<Vec<_>>(), &BTreeSet::new(), &BTreeMap::new(), 0);
+        assert_eq!(asks(&mut queue, 0), ((0..8).collect(), Next::Check((8..20).collect())));
     }
 
     #[test]
@@ -305,7 +448,7 @@ mod tests {
         assert_eq!(queue.next(0), Next::Check(vec![0, 1, 2, 3]));
         // 1 is committed, 2 held until 500, 3's lease lapsed at -1.
         queue.checked(&[0, 1, 2, 3], &BTreeSet::from([1]), &BTreeMap::from([(2, 500), (3, -1)]), 0);
-        assert_eq!(asks(&mut queue, 0), (vec![0, 3], Next::Recheck(vec![2])));
+        assert_eq!(asks(&mut queue, 0), (vec![0, 3], Next::Watch));
     }
 
     #[test]
@@ -314,7 +457,61 @@ mod tests {
         let mut queue = UnitQueue::shared((0..n).map(|u| (u, false)), n, 0, WINDOW, 4, 1000);
         let Next::Check(first) = queue.next(0) else { panic!("a check first") };
         assert_eq!(first.len(), WINDOW);
+        // All committed: nothing to ask for, so the next window waits a poll.
         queue.checked(&first, &first.iter().copied().collect(), &BTreeMap::new(), 0);
-        assert_eq!(queue.next(0), Next::Check((WINDOW..n).collect()));
+        assert_eq!(queue.next(0), Next::Wait(MIN_POLL_MS));
+        assert_eq!(queue.next(MIN_POLL_MS), Next::Check((WINDOW..n).collect()));
+    }
+
+    #[test]
+    fn after_windows_in_a_row_with_nothing_to_ask_for_the_rest_is_set_aside_until_it_comes_due() {
+        let n = 3 * WINDOW;
+        let mut queue = UnitQueue::shared((0..n).map(|u| (u, false)), n, 0, WINDOW, 4, 1000);
+        let mut now = 0;
+        for _ in 0..IDLE_WINDOWS {
+            let Next::Check(window) = queue.next(now) else { panic!("a window to check") };
+            queue.checked(&window, &window.iter().copied().collect(), &BTreeMap::new(), now);
+            now += 1000;
+        }
+        // The last window is not checked: the node may end first; it is checked when due.
+        let set_aside = (IDLE_WINDOWS * WINDOW..n).collect::<Vec<_>>();
+        assert_eq!(queue.next(now), Next::Watch);
+        let due = now - 1000 + SET_ASIDE_POLLS * 1000;
+        assert_eq!(queue.next(due), Next::Check(set_aside.clone()));
+        queue.checked(&set_aside, &BTreeSet::new(), &BTreeMap::new(), due);
+        assert_eq!(queue.next(due), Next::Ask(IDLE_WINDOWS * WINDOW));
+        // A watcher checks units set aside at once, at its poll.
+        let mut watcher = UnitQueue::shared((0..n).map(|u| (u, false)), n, 0, WINDOW, 4, 1000);
+        for at in 0..IDLE_WINDOWS as i64 {
+            let Next::Check(window) = watcher.next(1000 * at) else { panic!("a window to check") };
+            watcher.checked(&window, &window.iter().copied().collect(), &BTreeMap::new(), 1000 * at);
+        }
+        watcher.watch();
+        assert_eq!(watcher.next(1000 * IDLE_WINDOWS as i64), Next::Check(set_aside));
+    }
+
+    #[test]
+    fn with_many_units_put_aside_one_watcher_looks_them_up_and_the_others_watch_for_the_end() {
+        let n = 3 * FEW;
+        let others_hold: BTreeMap<usize, i64> = (0..n).map(|u| (u, 5_000 + u as i64)).collect();
+        let mut watcher = UnitQueue::shared((0..n).map(|u| (u, false)), n, 0, WINDOW, 4, 1000);
+        let mut other = UnitQueue::shared((0..n).map(|u| (u, false)), n, 0, WINDOW, 4, 1000);
+        for queue in [&mut watcher, &mut other] {
+            let Next::Check(window) = queue.next(0) else { panic!("a check first") };
+            queue.checked(&window, &BTreeSet::new(), &others_hold, 0);
+        }
+        watcher.watch();
+        assert_eq!(watcher.next(0), Next::Recheck((0..n).collect()));
+        // The other watches for the node's end, each poll, until a lease may be taken over;
+        // then it looks up only the units whose lease may be.
+        assert_eq!(other.next(0), Next::Watch);
+        assert_eq!(other.next(1), Next::Wait(MIN_POLL_MS));
+        assert_eq!(other.next(MIN_POLL_MS), Next::Watch);
+        assert_eq!(other.next(5_001), Next::Recheck(vec![0, 1]));
+        other.checked(&[0, 1], &BTreeSet::from([0]), &BTreeMap::new(), 5_001);
+        assert_eq!(other.next(5_001), Next::Ask(1));
+        // The node's manifest appears: the rest were committed by others.
+        assert_eq!(other.complete(), (2..n).collect::<Vec<_>>());
+        assert_eq!(other.next(5_002), Next::Empty);
     }
 }

@@ -11,10 +11,10 @@ use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::claims::{Asked, Claims};
+use super::claims::{Asked, Claims, MANIFEST_LEASE, Renewal};
 use super::queue::{Next, UnitQueue};
 use crate::error::{Error, Result};
-use crate::workspace::{Lease, NodeStore, now_ms};
+use crate::workspace::{Lease, LeaseOutcome, Leases, NodeStore, now_ms};
 
 /// How a unit's task ended.
 #[derive(Debug)]
@@ -35,6 +35,9 @@ pub struct Driven<T> {
     pub done: Vec<T>,
     /// The units found committed by other workers.
     pub elsewhere: BTreeSet<usize>,
+    /// The node's manifest lease, when this worker became the node's watcher (renewed while
+    /// this lives): it writes the manifest (see [`super::ManifestWriter`]).
+    pub watching: Option<Renewal>,
 }
 
 /// Runs the units of one node of one worker (or of a run alone, without claims).
@@ -55,8 +58,7 @@ impl std::fmt::Debug for UnitDriver<'_> {
     }
 }
 
-/// From how many units a check lists their leases too (fewer are asked for), unless requests
-/// are as cheap as listed objects.
+/// From how many units a check lists their leases too (fewer are asked for).
 const LEASES_LISTED_FROM: usize = 8;
 
 /// The longest sleep before the driver looks at `stop` again.
@@ -71,7 +73,9 @@ impl UnitDriver<'_> {
         mut start: impl FnMut(usize, Option<Lease>) -> UnitFuture<T>,
     ) -> Result<Driven<T>> {
         let mut running: JoinSet<(usize, Result<UnitEnd<T>>)> = JoinSet::new();
-        let mut out = Driven { done: Vec::new(), elsewhere: BTreeSet::new() };
+        let mut out = Driven { done: Vec::new(), elsewhere: BTreeSet::new(), watching: None };
+        // When to ask for the manifest lease again (its holder may have stopped renewing it).
+        let mut watch_claim_at = 0;
         let mut error: Option<Error> = None;
         let mut permit: Option<OwnedSemaphorePermit> = None;
         while error.is_none() && !(self.stop)() {
@@ -111,6 +115,10 @@ impl UnitDriver<'_> {
                     Ok(()) => permit = Some(held),
                     Err(e) => error = Some(e),
                 },
+                Next::Watch => match self.watch(&mut queue, &mut out, &mut watch_claim_at, now).await {
+                    Ok(()) => permit = Some(held),
+                    Err(e) => error = Some(e),
+                },
                 Next::Wait(until) => {
                     drop(held);
                     let nap = Duration::from_millis(until.saturating_sub(now).max(1) as u64).min(STOP_CHECK);
@@ -143,13 +151,33 @@ impl UnitDriver<'_> {
         let committed = self.store.committed_among(units)?;
         let pending: Vec<usize> = units.iter().copied().filter(|u| !committed.contains(u)).collect();
         let others_hold = match self.claims {
-            Some(claims) if leases && pending.len() > LEASES_LISTED_FROM && !self.store.store().cheap_requests() => {
-                claims.held_among(self.fingerprint, &pending).await?
-            }
+            Some(claims) if leases && pending.len() > LEASES_LISTED_FROM => claims.held_among(self.fingerprint, &pending).await?,
             _ => BTreeMap::new(),
         };
         out.elsewhere.extend(committed.iter().copied());
         queue.checked(units, &committed, &others_hold, now_ms());
+        Ok(())
+    }
+
+    /// Becomes the node's watcher if nobody is (claims its manifest lease), else looks whether
+    /// the node is complete (one request).
+    async fn watch<T>(&self, queue: &mut UnitQueue, out: &mut Driven<T>, claim_at: &mut i64, now: i64) -> Result<()> {
+        let Some(claims) = self.claims else { return Ok(()) };
+        if out.watching.is_none() && now >= *claim_at {
+            match claims.claim_named(self.fingerprint, MANIFEST_LEASE).await? {
+                LeaseOutcome::Claimed(lease) => {
+                    out.watching = Some(claims.keep_alive(lease));
+                    queue.watch();
+                    return Ok(());
+                }
+                LeaseOutcome::Held { expires_at_ms, .. } => {
+                    *claim_at = expires_at_ms + Leases::margin(claims.opts.lease).as_millis() as i64;
+                }
+            }
+        }
+        if self.store.has_manifest()? {
+            out.elsewhere.extend(queue.complete());
+        }
         Ok(())
     }
 
@@ -173,6 +201,18 @@ impl UnitDriver<'_> {
             }
         }
     }
+}
+
+/// Sleeps `wait`, looking at `stop` meanwhile; `false` if it said to stop.
+pub(super) async fn sleep_unless(stop: &(dyn Fn() -> bool + Send + Sync), wait: Duration) -> bool {
+    let until = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < until {
+        if stop() {
+            return false;
+        }
+        tokio::time::sleep(STOP_CHECK.min(until - tokio::time::Instant::now())).await;
+    }
+    !stop()
 }
 
 fn collect<T>(

@@ -203,18 +203,13 @@ impl NodeStore {
         Ok(self.store.list(&self.key("commits"))?.iter().filter_map(|l| unit_of(&l.key)).collect())
     }
 
-    /// Which of `units` have a commit record: a request each for a few, else one listing of the
-    /// records from the first to the last (where a listing starts at a key, whichever takes
-    /// fewer requests: a page lists a thousand).
+    /// Which of `units` have a commit record: by listings of runs of them where a listing
+    /// starts at a key (never more requests than one each), else by a request each for a few
+    /// and one listing of the records for many.
     pub fn committed_among(&self, units: &[usize]) -> Result<BTreeSet<usize>> {
         const ONE_BY_ONE: usize = 32;
         let wanted: BTreeSet<usize> = units.iter().copied().collect();
-        let span = match (wanted.first(), wanted.last()) {
-            (Some(first), Some(last)) => last - first + 1,
-            _ => return Ok(BTreeSet::new()),
-        };
-        let pages = span.div_ceil(1000);
-        if wanted.len() > ONE_BY_ONE || (self.store.lists_by_range() && pages < wanted.len()) {
+        if self.store.lists_by_range() || wanted.len() > ONE_BY_ONE {
             return Ok(listed_units(self.store.as_ref(), &self.key("commits"), &wanted)?.into_keys().collect());
         }
         let mut out = BTreeSet::new();
@@ -275,6 +270,11 @@ impl NodeStore {
             .map_err(|why| Error::Workspace { path: PathBuf::from(self.store.url(&key)), message: why })?
             .ok_or_else(|| Error::Internal(format!("the commit record of unit {} refused ours and then vanished", commit.unit)))?;
         Ok(Committed::Lost(theirs))
+    }
+
+    /// Whether the node's manifest exists (one request, without reading it).
+    pub fn has_manifest(&self) -> Result<bool> {
+        Ok(self.store.size(&self.key("manifest.json"))?.is_some())
     }
 
     /// Records the node as complete, unless another worker did first (`false`: read theirs).

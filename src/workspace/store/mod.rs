@@ -13,6 +13,7 @@
 //! object storage runs its requests on the runtime and waits for them.
 
 mod local;
+mod memory;
 mod object;
 
 use std::fmt::Debug;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
 pub use local::{LocalStore, relative_key};
-pub use object::{ObjectBackend, requests};
+pub use object::{Call, ObjectBackend, calls, requests};
 
 use crate::error::Result;
 
@@ -66,12 +67,6 @@ pub trait Store: Send + Sync + Debug {
     /// Whether [`Store::list_range`] lists only the range (else it filters a whole listing,
     /// and one listing of many keys costs what one of a few does).
     fn lists_by_range(&self) -> bool {
-        false
-    }
-
-    /// Whether a request costs no more than one object of a listing (an in-memory store): then
-    /// asking about a few units one by one beats listing all of them.
-    fn cheap_requests(&self) -> bool {
         false
     }
 

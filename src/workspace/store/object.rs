@@ -33,9 +33,6 @@ pub struct ObjectBackend {
     location: String,
     /// Local files being uploaded, and downloaded copies.
     scratch: PathBuf,
-    /// Whether a listing can start at a key (S3's `start-after`, and the like) instead of
-    /// filtering a listing of everything.
-    lists_by_range: bool,
 }
 
 impl std::fmt::Debug for ObjectBackend {
@@ -44,24 +41,65 @@ impl std::fmt::Debug for ObjectBackend {
     }
 }
 
-/// Object-store calls made by this process (a listing counts once, whatever its pages).
-static REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// What an object-store call asks, for the benchmarks' count of calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Get,
+    Head,
+    Put,
+    /// A put if absent (claims, commits, manifests).
+    Create,
+    /// A put if unchanged (lease renewals and take-overs).
+    Update,
+    /// A delete (of up to a thousand keys: S3 deletes them a request a thousand).
+    Delete,
+    /// A page of a listing (a thousand keys).
+    List,
+}
+
+impl Call {
+    pub const ALL: [Call; 7] = [Call::Get, Call::Head, Call::Put, Call::Create, Call::Update, Call::Delete, Call::List];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Get => "get",
+            Call::Head => "head",
+            Call::Put => "put",
+            Call::Create => "create",
+            Call::Update => "update",
+            Call::Delete => "delete",
+            Call::List => "list page",
+        }
+    }
+}
+
+/// Object-store calls made by this process, by [`Call`].
+static CALLS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+
+fn count(call: Call, n: u64) {
+    CALLS[call as usize].fetch_add(n, Ordering::Relaxed);
+}
+
+/// How many object-store calls of a kind this process made, for benchmarks.
+pub fn calls(call: Call) -> u64 {
+    CALLS[call as usize].load(Ordering::Relaxed)
+}
 
 /// How many object-store calls this process made, for benchmarks.
 pub fn requests() -> u64 {
-    REQUESTS.load(Ordering::Relaxed)
+    Call::ALL.into_iter().map(calls).sum()
 }
 
 /// Counts the pages of a listing beyond its first (object stores return a thousand keys a
 /// page), so a listing of many objects costs what it costs.
 fn count_pages(objects: usize) {
-    REQUESTS.fetch_add((objects.saturating_sub(1) / 1000) as u64, Ordering::Relaxed);
+    count(Call::List, (objects.saturating_sub(1) / 1000) as u64);
 }
 
 /// Runs an object-store request from synchronous code: on the current runtime when there is one
 /// (letting the runtime use this thread meanwhile), else on a runtime of its own.
-fn wait<T>(future: impl Future<Output = T>) -> T {
-    REQUESTS.fetch_add(1, Ordering::Relaxed);
+fn wait<T>(call: Call, future: impl Future<Output = T>) -> T {
+    count(call, 1);
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => tokio::task::block_in_place(|| handle.block_on(future)),
         Err(_) => {
@@ -79,7 +117,7 @@ fn memory_bucket(name: &str) -> Arc<dyn ObjectStore> {
     static BUCKETS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Arc<dyn ObjectStore>>>> =
         std::sync::LazyLock::new(Default::default);
     let mut buckets = BUCKETS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    Arc::clone(buckets.entry(name.to_string()).or_insert_with(|| Arc::new(object_store::memory::InMemory::new())))
+    Arc::clone(buckets.entry(name.to_string()).or_insert_with(|| Arc::new(super::memory::MemoryBucket::default())))
 }
 
 fn fail(location: &str, e: object_store::Error) -> Error {
@@ -113,15 +151,14 @@ impl ObjectBackend {
         let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| Error::Usage(format!("workspace {location}: {e}")))?;
         let id = blake3::hash(format!("{location}-{}", std::process::id()).as_bytes()).to_hex()[..12].to_string();
         let scratch = std::env::temp_dir().join("unoflow-scratch").join(id);
-        let lists_by_range = url.scheme() != "memory";
-        Ok(Self { store, base, prefix, location: location.to_string(), scratch, lists_by_range })
+        Ok(Self { store, base, prefix, location: location.to_string(), scratch })
     }
 
     /// Up to `n` keys under the prefix, leaving out those starting with `skip`: what shows that
     /// a prefix is not empty, without listing all of it (a user's bucket may hold millions).
     pub fn first_keys(&self, n: usize, skip: &str) -> Result<Vec<String>> {
         let root = self.prefix.parts().count();
-        wait(async {
+        wait(Call::List, async {
             self.store
                 .list(Some(&self.prefix))
                 .map_ok(|m| m.location.parts().skip(root).map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
@@ -179,7 +216,7 @@ fn unversion(v: &Version) -> UpdateVersion {
 impl Store for ObjectBackend {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>> {
         let path = self.path(key);
-        wait(async {
+        wait(Call::Get, async {
             match self.store.get(&path).await {
                 Ok(result) => {
                     let version = version_of(result.meta.e_tag.clone(), result.meta.version.clone());
@@ -194,13 +231,13 @@ impl Store for ObjectBackend {
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
         let path = self.path(key);
-        wait(self.store.put(&path, PutPayload::from(bytes.to_vec()))).map(|_| ()).map_err(|e| self.fail(e))
+        wait(Call::Put, self.store.put(&path, PutPayload::from(bytes.to_vec()))).map(|_| ()).map_err(|e| self.fail(e))
     }
 
     fn create(&self, key: &str, bytes: &[u8]) -> Result<Option<Version>> {
         let path = self.path(key);
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match wait(self.store.put_opts(&path, PutPayload::from(bytes.to_vec()), opts)) {
+        match wait(Call::Create, self.store.put_opts(&path, PutPayload::from(bytes.to_vec()), opts)) {
             Ok(result) => Ok(Some(version_of(result.e_tag, result.version))),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(None),
             Err(e) => Err(self.fail(e)),
@@ -210,7 +247,7 @@ impl Store for ObjectBackend {
     fn update(&self, key: &str, bytes: &[u8], version: &Version) -> Result<Option<Version>> {
         let path = self.path(key);
         let opts = PutOptions { mode: PutMode::Update(unversion(version)), ..Default::default() };
-        match wait(self.store.put_opts(&path, PutPayload::from(bytes.to_vec()), opts)) {
+        match wait(Call::Update, self.store.put_opts(&path, PutPayload::from(bytes.to_vec()), opts)) {
             Ok(result) => Ok(Some(version_of(result.e_tag, result.version))),
             Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.fail(e)),
@@ -219,7 +256,7 @@ impl Store for ObjectBackend {
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
-        match wait(self.store.delete(&path)) {
+        match wait(Call::Delete, self.store.delete(&path)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.fail(e)),
         }
@@ -227,33 +264,34 @@ impl Store for ObjectBackend {
 
     fn delete_prefix(&self, prefix: &str) -> Result<()> {
         let path = self.path(prefix);
-        wait(async {
+        let deleted = wait(Call::List, async {
             let locations = self.store.list(Some(&path)).map_ok(|m| m.location).boxed();
-            self.store.delete_stream(locations).try_collect::<Vec<_>>().await.map(|_| ()).map_err(|e| self.fail(e))
-        })
+            self.store.delete_stream(locations).try_collect::<Vec<_>>().await.map_err(|e| self.fail(e))
+        })?;
+        // The listing's pages, and S3's deletes of a thousand keys a request.
+        count_pages(deleted.len());
+        count(Call::Delete, deleted.len().div_ceil(1000) as u64);
+        Ok(())
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
         let path = self.path(prefix);
-        let mut out: Vec<Listed> =
-            wait(async { self.store.list(Some(&path)).map_ok(|m| self.listed(&m)).try_collect().await.map_err(|e| self.fail(e)) })?;
+        let mut out: Vec<Listed> = wait(Call::List, async {
+            self.store.list(Some(&path)).map_ok(|m| self.listed(&m)).try_collect().await.map_err(|e| self.fail(e))
+        })?;
         count_pages(out.len());
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
     fn lists_by_range(&self) -> bool {
-        self.lists_by_range
-    }
-
-    fn cheap_requests(&self) -> bool {
-        // The in-memory store (simulations) lists by filtering everything it holds.
-        !self.lists_by_range
+        // S3 and GCS list after a key, Azure from one; the in-memory bucket does too.
+        true
     }
 
     fn list_range(&self, prefix: &str, after: &str, last: &str) -> Result<Vec<Listed>> {
         let (path, offset) = (self.path(prefix), self.path(after));
-        let out: Vec<Listed> = wait(async {
+        let out: Vec<Listed> = wait(Call::List, async {
             self.store
                 .list_with_offset(Some(&path), &offset)
                 .map_ok(|m| self.listed(&m))
@@ -268,7 +306,7 @@ impl Store for ObjectBackend {
 
     fn size(&self, key: &str) -> Result<Option<u64>> {
         let path = self.path(key);
-        match wait(self.store.head(&path)) {
+        match wait(Call::Head, self.store.head(&path)) {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.fail(e)),
@@ -286,24 +324,29 @@ impl Store for ObjectBackend {
     fn finish_file(&self, key: &str, file: &Path) -> Result<()> {
         let path = self.path(key);
         let size = std::fs::metadata(file).at(file)?.len();
-        let uploaded = wait(async {
-            if size <= MULTIPART_BYTES {
-                let bytes = tokio::fs::read(file).await.map_err(|e| Error::io(file, e))?;
-                return self.store.put(&path, PutPayload::from(bytes)).await.map(|_| ()).map_err(|e| self.fail(e));
-            }
-            let upload = self.store.put_multipart(&path).await.map_err(|e| self.fail(e))?;
-            let mut writer = WriteMultipart::new(upload);
-            let mut reader = tokio::fs::File::open(file).await.map_err(|e| Error::io(file, e))?;
-            let mut chunk = vec![0u8; 8 << 20];
-            loop {
-                let n = tokio::io::AsyncReadExt::read(&mut reader, &mut chunk).await.map_err(|e| Error::io(file, e))?;
-                if n == 0 {
-                    break;
+        // The file is read with blocking reads: this thread waits for the upload anyway, and
+        // tokio's file reads would each need a thread of the blocking pool, which the callers
+        // (unit writers) may all hold.
+        let uploaded = if size <= MULTIPART_BYTES {
+            let bytes = std::fs::read(file).at(file)?;
+            wait(Call::Put, self.store.put(&path, PutPayload::from(bytes))).map(|_| ()).map_err(|e| self.fail(e))
+        } else {
+            let mut reader = std::fs::File::open(file).at(file)?;
+            wait(Call::Put, async {
+                let upload = self.store.put_multipart(&path).await.map_err(|e| self.fail(e))?;
+                let mut writer = WriteMultipart::new(upload);
+                let mut chunk = vec![0u8; 8 << 20];
+                loop {
+                    let n = std::io::Read::read(&mut reader, &mut chunk).at(file)?;
+                    if n == 0 {
+                        break;
+                    }
+                    writer.wait_for_capacity(4).await.map_err(|e| self.fail(e))?;
+                    writer.write(&chunk[..n]);
                 }
-                writer.write(&chunk[..n]);
-            }
-            writer.finish().await.map(|_| ()).map_err(|e| self.fail(e))
-        });
+                writer.finish().await.map(|_| ()).map_err(|e| self.fail(e))
+            })
+        };
         let _ = std::fs::remove_file(file);
         uploaded
     }

@@ -1,0 +1,188 @@
+//! Many workers sharing one node, the workspace protocol only: W workers (tokio tasks, one GPU
+//! slot each) over an in-memory bucket that lists from a key as S3 does, U units whose time is
+//! a fixed sleep. Each worker does what a worker does for a node (`exec::materialize`) through
+//! the engine's own parts: lists the commits, drives its units with `UnitDriver` in the order of
+//! a `UnitQueue` (own units first, then the others', checked a window at a time), claims each
+//! with `Claims` and renews its lease while it runs, uploads the unit's part (4 KiB) and
+//! creates its commit record, sends heartbeats, and at the end reads or writes the
+//! node's manifest with `ManifestWriter`. What it leaves out is the data path around that
+//! (planning the node, reading its input): 1,000 whole engines in one 2-core process measure
+//! the host, not the protocol (see the `workers_sim` bench for whole engines).
+//!
+//! Measured: throughput against the ideal (U × unit time / W), and object-store calls per unit,
+//! by kind (a listing counts a call per page of a thousand keys). Then the same with a tenth of
+//! the workers killed mid-unit (their tasks aborted): their units are taken over after the
+//! lease; the ideal is then over the workers left.
+//!
+//! ```sh
+//! cargo bench --bench protocol_sim                       # 1,000 workers, 100,000 units of 1 s
+//! cargo bench --bench protocol_sim -- --quick            # 100 workers, 5,000 units of 200 ms
+//! cargo bench --bench protocol_sim -- WORKERS UNITS MS [LEASE_S]
+//! ```
+//!
+//! The lease (10 s by default) is to the unit time what the default lease (120 s) is to a GPU
+//! unit of 10 s: renewals and heartbeats cost per unit what they would there.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use unoflow::exec::{Claims, ManifestWriter, UnitDriver, UnitEnd, UnitQueue, WorkerOptions, first_choice};
+use unoflow::workspace::store::{Call, calls};
+use unoflow::workspace::{Location, NodeStore, Workspace};
+
+const FINGERPRINT: &str = "sim";
+const INPUT: &str = "input-digest";
+/// The bytes a unit uploads.
+const PART: [u8; 4096] = [7; 4096];
+
+struct Job {
+    workers: usize,
+    units: usize,
+    unit_time: Duration,
+    lease: Duration,
+}
+
+struct Outcome {
+    seconds: f64,
+    calls: Vec<(Call, u64)>,
+    manifest_units: usize,
+}
+
+fn unit_key(unit: usize) -> String {
+    format!("k{unit}")
+}
+
+/// One worker's share of the node: its units, then the manifest.
+async fn worker(claims: Arc<Claims>, store: NodeStore, queue: UnitQueue, job: Arc<Job>) -> unoflow::Result<()> {
+    let _beat = claims.heartbeat("sim".into());
+    let stop = || false;
+    let driver =
+        UnitDriver { claims: Some(&claims), fingerprint: FINGERPRINT, store: &store, permits: Arc::new(Semaphore::new(1)), stop: &stop };
+    let driven = driver
+        .run(queue, |unit, _lease| {
+            let (store, claims, unit_time) = (store.clone(), Arc::clone(&claims), job.unit_time);
+            Box::pin(async move {
+                tokio::time::sleep(unit_time).await;
+                let commit = tokio::task::spawn_blocking(move || {
+                    let attempt = store.attempt(unit);
+                    // The unit's output: one upload of a part's bytes (made in memory: a
+                    // thousand workers' scratch files in one folder of one disk would measure
+                    // that disk), then the commit record.
+                    store.store().put(&format!("sim-parts/u{unit:06}-{}.bin", attempt.id()), &PART)?;
+                    let record = attempt.record(&unit_key(unit), INPUT, Vec::new(), None, unit_time.as_secs_f64());
+                    store.commit(&attempt, record)
+                })
+                .await
+                .map_err(|e| unoflow::Error::Internal(e.to_string()))??;
+                claims.unit_done();
+                Ok(UnitEnd::Committed(commit.into_commit()))
+            })
+        })
+        .await?;
+    let warn = |message: &str| eprintln!("{message}");
+    let writer = ManifestWriter {
+        claims: &claims,
+        store: &store,
+        fingerprint: FINGERPRINT,
+        node: "work",
+        op: "sleep",
+        input_digest: INPUT,
+        stop: &stop,
+        warn: &warn,
+    };
+    // A worker that saw the manifest (it ended watching for it) would read it to go on to the
+    // next node: one request, counted here, but the thousand parsed copies of a 100,000-unit
+    // manifest at once do not fit this machine's memory, where each worker has a host's.
+    let seen = driven.watching.is_none() && store.has_manifest()?;
+    if !seen {
+        writer.gather(driven.done, &driven.elsewhere, driven.watching).await?;
+    }
+    claims.finish("sim").await;
+    Ok(())
+}
+
+async fn simulate(job: Arc<Job>, owners: Arc<Vec<usize>>, kill_tenth: bool, bucket: &str) -> Outcome {
+    let ws = Workspace::create(&Location::parse(&format!("memory://{bucket}/ws"), std::path::Path::new("."))).expect("workspace");
+    let store = ws.node(FINGERPRINT);
+    let before: Vec<(Call, u64)> = Call::ALL.iter().map(|&c| (c, calls(c))).collect();
+    // Each worker plans on its own host; here the plans are made before the clock starts, so
+    // a thousand of them do not queue on two cores.
+    let mut queues = Vec::with_capacity(job.workers);
+    for rank in 0..job.workers {
+        let committed = store.committed_units().expect("a listing of the commits");
+        let first_choices = (0..job.units).filter(|u| !committed.contains(u)).map(|u| (u, owners[u] == rank));
+        let lease = job.lease;
+        let poll = (lease / 8).clamp(Duration::from_millis(100), Duration::from_secs(15)).as_millis() as i64;
+        queues.push(UnitQueue::shared(first_choices, job.units, rank * job.units / job.workers, unoflow::exec::WINDOW, 2, poll));
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (rank, queue) in queues.into_iter().enumerate() {
+        let opts = WorkerOptions { rank, world: job.workers, lease: job.lease, ..WorkerOptions::default() };
+        let claims = Arc::new(Claims::new(ws.leases(), opts));
+        tasks.push(tokio::spawn(worker(claims, store.clone(), queue, Arc::clone(&job))));
+    }
+    if kill_tenth {
+        tokio::time::sleep(job.unit_time * 3 + job.unit_time / 2).await;
+        for task in tasks.iter().step_by(10) {
+            task.abort();
+        }
+    }
+    for task in tasks {
+        match task.await {
+            Ok(result) => result.expect("a worker failed"),
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => panic!("a worker panicked: {e}"),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let calls = before.into_iter().map(|(c, n)| (c, calls(c) - n)).collect();
+    let manifest = store.manifest().expect("the manifest reads").expect("a manifest");
+    let units: BTreeSet<usize> = manifest.commits.iter().map(|c| c.unit).collect();
+    assert_eq!((units.len(), manifest.commits.len()), (job.units, job.units), "the manifest names every unit once");
+    assert_eq!(store.committed_units().expect("commits").len(), job.units);
+    let manifest_units = job.units;
+    Outcome { seconds, calls, manifest_units }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let quick = std::env::args().any(|a| a == "--quick");
+    let number = |s: &String, what: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("{what}: a number, not `{s}`"));
+    let (workers, units, ms, lease_s) = match args.as_slice() {
+        [w, u, m, rest @ ..] => {
+            (number(w, "WORKERS"), number(u, "UNITS"), number(m, "MS"), rest.first().map_or(10, |l| number(l, "LEASE_S")))
+        }
+        _ if quick => (100, 5_000, 200, 2),
+        _ => (1_000, 100_000, 1_000, 10),
+    };
+    let job = Arc::new(Job {
+        workers: workers as usize,
+        units: units as usize,
+        unit_time: Duration::from_millis(ms),
+        lease: Duration::from_secs(lease_s),
+    });
+    let owners: Arc<Vec<usize>> = Arc::new((0..job.units).map(|u| first_choice(&unit_key(u), job.workers)).collect());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(512).build().expect("runtime");
+    println!("{workers} workers × 1 slot, {units} units of {ms} ms, lease {lease_s} s, in-memory bucket listing from a key (2 cores)");
+    println!("{:<24} {:>8} {:>8} {:>9} {:>11}  calls / unit by kind", "case", "ideal s", "took s", "of ideal", "calls/unit");
+    for (label, kill) in [("all workers live", false), ("a tenth killed mid-unit", true)] {
+        let bucket = if kill { "protocol-killed" } else { "protocol-live" };
+        let outcome = runtime.block_on(simulate(Arc::clone(&job), Arc::clone(&owners), kill, bucket));
+        let live = if kill { job.workers - job.workers.div_ceil(10) } else { job.workers };
+        let ideal = job.units as f64 * job.unit_time.as_secs_f64() / live as f64;
+        let total: u64 = outcome.calls.iter().map(|(_, n)| n).sum();
+        let per_unit = |n: u64| n as f64 / outcome.manifest_units as f64;
+        let kinds: Vec<String> =
+            outcome.calls.iter().filter(|(_, n)| *n > 0).map(|(c, n)| format!("{} {:.2}", c.name(), per_unit(*n))).collect();
+        println!(
+            "{label:<24} {ideal:>8.1} {:>8.1} {:>8.0}% {:>11.2}  {}",
+            outcome.seconds,
+            100.0 * ideal / outcome.seconds,
+            per_unit(total),
+            kinds.join(", ")
+        );
+    }
+}
