@@ -109,21 +109,19 @@ async fn simulate(job: Arc<Job>, owners: Arc<Vec<usize>>, kill_tenth: bool, buck
     let before: Vec<(Call, u64)> = Call::ALL.iter().map(|&c| (c, calls(c))).collect();
     // Each worker plans on its own host; here the plans are made before the clock starts, so
     // a thousand of them do not queue on two cores.
-    let mut queues = Vec::with_capacity(job.workers);
+    let mut workers = Vec::with_capacity(job.workers);
     for rank in 0..job.workers {
-        let committed = store.committed_units().expect("a listing of the commits");
-        let first_choices = (0..job.units).filter(|u| !committed.contains(u)).map(|u| (u, owners[u] == rank));
-        let lease = job.lease;
-        let poll = (lease / 8).clamp(Duration::from_millis(100), Duration::from_secs(15)).as_millis() as i64;
-        queues.push(UnitQueue::shared(first_choices, job.units, rank * job.units / job.workers, unoflow::exec::WINDOW, 2, poll));
-    }
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (rank, queue) in queues.into_iter().enumerate() {
         let opts = WorkerOptions { rank, world: job.workers, lease: job.lease, ..WorkerOptions::default() };
         let claims = Arc::new(Claims::new(ws.leases(), opts));
-        tasks.push(tokio::spawn(worker(claims, store.clone(), queue, Arc::clone(&job))));
+        let committed = store.committed_units().expect("a listing of the commits");
+        let first_choices = (0..job.units).filter(|u| !committed.contains(u)).map(|u| (u, owners[u] == rank));
+        let poll = claims.poll_interval().as_millis() as i64;
+        let queue = UnitQueue::shared(first_choices, job.units, rank * job.units / job.workers, unoflow::exec::WINDOW, 2, poll);
+        workers.push((claims, queue));
     }
+    let started = Instant::now();
+    let tasks: Vec<_> =
+        workers.into_iter().map(|(claims, queue)| tokio::spawn(worker(claims, store.clone(), queue, Arc::clone(&job)))).collect();
     if kill_tenth {
         tokio::time::sleep(job.unit_time * 3 + job.unit_time / 2).await;
         for task in tasks.iter().step_by(10) {

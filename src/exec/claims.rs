@@ -96,10 +96,14 @@ impl Claims {
             // Its last holder may have committed it before going quiet.
             LeaseOutcome::Claimed(lease) if lease.taken_over && store.has_commit(unit)? => Ok(Asked::Committed),
             LeaseOutcome::Claimed(lease) => Ok(Asked::Claimed(lease)),
-            LeaseOutcome::Held { expires_at_ms, .. } => {
-                Ok(Asked::Held { retry_at_ms: expires_at_ms + Leases::margin(self.opts.lease).as_millis() as i64 })
-            }
+            LeaseOutcome::Held { expires_at_ms, .. } => Ok(Asked::Held { retry_at_ms: self.take_over_at(expires_at_ms) }),
         }
+    }
+
+    /// When a lease that expires at `expires_at_ms` (Unix ms) may be taken over if its holder
+    /// does not renew it: past the clock margin.
+    pub fn take_over_at(&self, expires_at_ms: i64) -> i64 {
+        expires_at_ms + Leases::margin(self.opts.lease).as_millis() as i64
     }
 
     /// Tries to claim the node-wide task `name` of node `fp` (writing its manifest).

@@ -110,3 +110,48 @@ impl ManifestWriter<'_> {
         (commits, stale)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::exec::WorkerOptions;
+    use crate::workspace::{Location, Workspace};
+
+    /// The watcher holds the manifest lease when its units end: it writes the manifest with
+    /// that lease at once (not waiting for the lease to lapse as if another worker held it),
+    /// from its own commits and the records of the units others committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watcher_writes_the_manifest_with_the_lease_it_holds() {
+        let ws = Workspace::create(&Location::parse("memory://gather-test/ws", std::path::Path::new("."))).unwrap();
+        let store = ws.node("fp");
+        let commit = |unit: usize| {
+            let attempt = store.attempt(unit);
+            store.commit(&attempt, attempt.record(&format!("k{unit}"), "digest", Vec::new(), None, 0.0)).unwrap().into_commit()
+        };
+        let own = vec![commit(0), commit(2)];
+        let _others = (commit(1), commit(3));
+        let claims = Claims::new(ws.leases(), WorkerOptions { lease: Duration::from_secs(60), ..WorkerOptions::default() });
+        let LeaseOutcome::Claimed(lease) = claims.claim_named("fp", MANIFEST_LEASE).await.unwrap() else { panic!("the lease is free") };
+        let held = claims.keep_alive(lease);
+        let (stop, warn) = (|| false, |_: &str| {});
+        let writer = ManifestWriter {
+            claims: &claims,
+            store: &store,
+            fingerprint: "fp",
+            node: "work",
+            op: "sleep",
+            input_digest: "digest",
+            stop: &stop,
+            warn: &warn,
+        };
+        let elsewhere = BTreeSet::from([1, 3]);
+        let manifest = tokio::time::timeout(Duration::from_secs(10), writer.gather(own, &elsewhere, Some(held)))
+            .await
+            .expect("written at once, not after the lease lapses")
+            .unwrap();
+        assert_eq!(manifest.commits.iter().map(|c| c.unit).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert!(store.has_manifest().unwrap());
+    }
+}

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use super::claims::{Asked, Claims, MANIFEST_LEASE, Renewal};
 use super::queue::{Next, UnitQueue};
 use crate::error::{Error, Result};
-use crate::workspace::{Lease, LeaseOutcome, Leases, NodeStore, now_ms};
+use crate::workspace::{Lease, LeaseOutcome, NodeStore, now_ms};
 
 /// How a unit's task ended.
 #[derive(Debug)]
@@ -171,7 +171,7 @@ impl UnitDriver<'_> {
                     return Ok(());
                 }
                 LeaseOutcome::Held { expires_at_ms, .. } => {
-                    *claim_at = expires_at_ms + Leases::margin(claims.opts.lease).as_millis() as i64;
+                    *claim_at = claims.take_over_at(expires_at_ms);
                 }
             }
         }

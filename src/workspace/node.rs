@@ -97,7 +97,7 @@ impl NodeStore {
     /// The complete output, if there is one. A manifest that cannot be read, or was written in
     /// another format, is an error saying so (the node is then recomputed).
     pub fn manifest(&self) -> std::result::Result<Option<Manifest>, String> {
-        let key = self.key("manifest.json");
+        let key = self.key(MANIFEST);
         match self.store.get(&key) {
             Ok(Some((bytes, _))) => parse_record(&bytes).map(Some).map_err(|why| format!("{}: {why}", self.store.url(&key))),
             Ok(None) => Ok(None),
@@ -154,7 +154,7 @@ impl NodeStore {
 
     /// Makes the node incomplete again (its manifest goes; its commits stay).
     pub fn remove_manifest(&self) -> Result<()> {
-        self.store.delete(&self.key("manifest.json"))
+        self.store.delete(&self.key(MANIFEST))
     }
 
     /// Forgets the commits of `units` (their files become garbage), and the manifest.
@@ -274,13 +274,13 @@ impl NodeStore {
 
     /// Whether the node's manifest exists (one request, without reading it).
     pub fn has_manifest(&self) -> Result<bool> {
-        Ok(self.store.size(&self.key("manifest.json"))?.is_some())
+        Ok(self.store.size(&self.key(MANIFEST))?.is_some())
     }
 
     /// Records the node as complete, unless another worker did first (`false`: read theirs).
     pub fn finish(&self, manifest: &Manifest) -> Result<bool> {
         let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(self.store.create(&self.key("manifest.json"), &bytes)?.is_some())
+        Ok(self.store.create(&self.key(MANIFEST), &bytes)?.is_some())
     }
 
     /// Reads rows `offset..offset+len` (all rows if `None`) of a committed file, which the caller
@@ -347,6 +347,9 @@ fn read_parquet<R: datafusion::parquet::file::reader::ChunkReader + 'static>(
     }
     Ok(builder.build()?.collect::<std::result::Result<Vec<_>, _>>()?)
 }
+
+/// The node's manifest, in its folder.
+const MANIFEST: &str = "manifest.json";
 
 /// One attempt at a unit: the folder its files go to.
 #[derive(Debug, Clone)]
