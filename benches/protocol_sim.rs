@@ -9,8 +9,10 @@
 //! (planning the node, reading its input): 1,000 whole engines in one 2-core process measure
 //! the host, not the protocol (see the `workers_sim` bench for whole engines).
 //!
-//! Measured: throughput against the ideal (U × unit time / W), and object-store calls per unit,
-//! by kind (a listing counts a call per page of a thousand keys). Then the same with a tenth of
+//! Measured: throughput against the ideal (U × unit time / W) up to when every worker is through
+//! the node (wrote or saw its manifest: it would go on to the next node then; the manifest's
+//! writer then cleans up, timed apart), and object-store calls per unit, all of them, by kind
+//! (a listing counts a call per page of a thousand keys). Then the same with a tenth of
 //! the workers killed mid-unit (their tasks aborted): their units are taken over after the
 //! lease; the ideal is then over the workers left.
 //!
@@ -18,6 +20,7 @@
 //! cargo bench --bench protocol_sim                       # 1,000 workers, 100,000 units of 1 s
 //! cargo bench --bench protocol_sim -- --quick            # 100 workers, 5,000 units of 200 ms
 //! cargo bench --bench protocol_sim -- WORKERS UNITS MS [LEASE_S]
+//! cargo bench --bench protocol_sim -- --killed --timeline  # one case; slots busy over time
 //! ```
 //!
 //! The lease (10 s by default) is to the unit time what the default lease (120 s) is to a GPU
@@ -25,6 +28,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -42,12 +46,40 @@ struct Job {
     units: usize,
     unit_time: Duration,
     lease: Duration,
+    /// Units running now, and when the last commit was made (Unix ms), for `--timeline`.
+    busy: AtomicUsize,
+    last_commit_ms: AtomicI64,
+    /// When the last worker was through the node (Unix ms): it wrote or saw the manifest.
+    through_ms: AtomicI64,
 }
 
 struct Outcome {
+    /// Seconds the manifest's writer cleaned up after every other worker was through.
+    clean_up: f64,
+    /// Seconds from the start to the last commit.
+    last_commit: f64,
+    /// How many slots were busy, sampled every `unit_time`.
+    busy: Vec<usize>,
+    /// Seconds until every worker was through the node (wrote or saw its manifest).
     seconds: f64,
     calls: Vec<(Call, u64)>,
     manifest_units: usize,
+}
+
+/// A unit counted as running until this drops (also when its worker is killed).
+struct Running<'a>(&'a AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn start(busy: &'a AtomicUsize) -> Self {
+        busy.fetch_add(1, Ordering::Relaxed);
+        Self(busy)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn unit_key(unit: usize) -> String {
@@ -63,8 +95,11 @@ async fn worker(claims: Arc<Claims>, store: NodeStore, queue: UnitQueue, job: Ar
     let driven = driver
         .run(queue, |unit, _lease| {
             let (store, claims, unit_time) = (store.clone(), Arc::clone(&claims), job.unit_time);
+            let job = Arc::clone(&job);
             Box::pin(async move {
+                let running = Running::start(&job.busy);
                 tokio::time::sleep(unit_time).await;
+                drop(running);
                 let commit = tokio::task::spawn_blocking(move || {
                     let attempt = store.attempt(unit);
                     // The unit's output: one upload of a part's bytes (made in memory: a
@@ -77,7 +112,8 @@ async fn worker(claims: Arc<Claims>, store: NodeStore, queue: UnitQueue, job: Ar
                 .await
                 .map_err(|e| unoflow::Error::Internal(e.to_string()))??;
                 claims.unit_done();
-                Ok(UnitEnd::Committed(commit.into_commit()))
+                job.last_commit_ms.fetch_max(unoflow::workspace::now_ms(), Ordering::Relaxed);
+                Ok(UnitEnd::Committed(claims.settle(FINGERPRINT, commit)))
             })
         })
         .await?;
@@ -96,8 +132,15 @@ async fn worker(claims: Arc<Claims>, store: NodeStore, queue: UnitQueue, job: Ar
     // next node: one request, counted here, but the thousand parsed copies of a 100,000-unit
     // manifest at once do not fit this machine's memory, where each worker has a host's.
     let seen = driven.watching.is_none() && store.has_manifest()?;
-    if !seen {
-        writer.gather(driven.done, &driven.elsewhere, driven.watching).await?;
+    let written = match seen {
+        true => None,
+        false => Some(writer.gather(driven.done, &driven.elsewhere, driven.watching).await?).filter(|g| g.written),
+    };
+    // Through the node: this worker would go on to the next one now. The worker that wrote the
+    // manifest cleans up first (nobody waits for that; it is timed apart).
+    job.through_ms.fetch_max(unoflow::workspace::now_ms(), Ordering::Relaxed);
+    if let Some(gathered) = written {
+        writer.clean_up(&gathered.manifest).await;
     }
     claims.finish("sim").await;
     Ok(())
@@ -119,7 +162,20 @@ async fn simulate(job: Arc<Job>, owners: Arc<Vec<usize>>, kill_tenth: bool, buck
         let queue = UnitQueue::shared(first_choices, job.units, rank * job.units / job.workers, unoflow::exec::WINDOW, 2, poll);
         workers.push((claims, queue));
     }
-    let started = Instant::now();
+    let (started, started_ms) = (Instant::now(), unoflow::workspace::now_ms());
+    let ended = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (job, ended) = (Arc::clone(&job), Arc::clone(&ended));
+        tokio::spawn(async move {
+            let mut busy = Vec::new();
+            let mut tick = tokio::time::interval(job.unit_time);
+            while !ended.load(Ordering::Relaxed) {
+                tick.tick().await;
+                busy.push(job.busy.load(Ordering::Relaxed));
+            }
+            busy
+        })
+    };
     let tasks: Vec<_> =
         workers.into_iter().map(|(claims, queue)| tokio::spawn(worker(claims, store.clone(), queue, Arc::clone(&job)))).collect();
     if kill_tenth {
@@ -135,19 +191,28 @@ async fn simulate(job: Arc<Job>, owners: Arc<Vec<usize>>, kill_tenth: bool, buck
             Err(e) => panic!("a worker panicked: {e}"),
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let ended_s = started.elapsed().as_secs_f64();
+    ended.store(true, Ordering::Relaxed);
+    let busy = sampler.await.expect("the sampler");
     let calls = before.into_iter().map(|(c, n)| (c, calls(c) - n)).collect();
     let manifest = store.manifest().expect("the manifest reads").expect("a manifest");
     let units: BTreeSet<usize> = manifest.commits.iter().map(|c| c.unit).collect();
     assert_eq!((units.len(), manifest.commits.len()), (job.units, job.units), "the manifest names every unit once");
     assert_eq!(store.committed_units().expect("commits").len(), job.units);
     let manifest_units = job.units;
-    Outcome { seconds, calls, manifest_units }
+    let last_commit = (job.last_commit_ms.load(Ordering::Relaxed) - started_ms) as f64 / 1000.0;
+    let seconds = (job.through_ms.load(Ordering::Relaxed) - started_ms) as f64 / 1000.0;
+    Outcome { last_commit, clean_up: ended_s - seconds, busy, seconds, calls, manifest_units }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let quick = std::env::args().any(|a| a == "--quick");
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    let (quick, timeline) = (flag("--quick"), flag("--timeline"));
+    let cases: Vec<(&str, bool)> = [("all workers live", false), ("a tenth killed mid-unit", true)]
+        .into_iter()
+        .filter(|(_, kill)| if *kill { !flag("--live") } else { !flag("--killed") })
+        .collect();
     let number = |s: &String, what: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("{what}: a number, not `{s}`"));
     let (workers, units, ms, lease_s) = match args.as_slice() {
         [w, u, m, rest @ ..] => {
@@ -161,12 +226,15 @@ fn main() {
         units: units as usize,
         unit_time: Duration::from_millis(ms),
         lease: Duration::from_secs(lease_s),
+        busy: AtomicUsize::new(0),
+        last_commit_ms: AtomicI64::new(0),
+        through_ms: AtomicI64::new(0),
     });
     let owners: Arc<Vec<usize>> = Arc::new((0..job.units).map(|u| first_choice(&unit_key(u), job.workers)).collect());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(512).build().expect("runtime");
     println!("{workers} workers × 1 slot, {units} units of {ms} ms, lease {lease_s} s, in-memory bucket listing from a key (2 cores)");
     println!("{:<24} {:>8} {:>8} {:>9} {:>11}  calls / unit by kind", "case", "ideal s", "took s", "of ideal", "calls/unit");
-    for (label, kill) in [("all workers live", false), ("a tenth killed mid-unit", true)] {
+    for (label, kill) in cases {
         let bucket = if kill { "protocol-killed" } else { "protocol-live" };
         let outcome = runtime.block_on(simulate(Arc::clone(&job), Arc::clone(&owners), kill, bucket));
         let live = if kill { job.workers - job.workers.div_ceil(10) } else { job.workers };
@@ -182,5 +250,23 @@ fn main() {
             per_unit(total),
             kinds.join(", ")
         );
+        if timeline {
+            // Slots busy (of the live workers') in each tenth of the run.
+            let tenth = outcome.busy.len().div_ceil(10).max(1);
+            let shares: Vec<String> = outcome
+                .busy
+                .chunks(tenth)
+                .map(|c| format!("{:.0}", 100.0 * c.iter().sum::<usize>() as f64 / (c.len() * live) as f64))
+                .collect();
+            println!("{:<24} busy % by tenth of the run: {}", "", shares.join(" "));
+            let tail: Vec<String> = outcome.busy.iter().rev().take(30).rev().map(|b| b.to_string()).collect();
+            println!(
+                "{:<24} last commit at {:.1} s; the manifest's writer cleaned up {:.1} s more; slots busy, the last samples: {}",
+                "",
+                outcome.last_commit,
+                outcome.clean_up,
+                tail.join(" ")
+            );
+        }
     }
 }

@@ -7,12 +7,13 @@
 //! instead of being retried for ever.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::workspace::{Lease, LeaseOutcome, Leases, NodeStore, WorkerBeat};
+use crate::workspace::store::Version;
+use crate::workspace::{Commit, CommitSummary, Committed, Lease, LeaseOutcome, Leases, NodeStore, SummarizedCommit, WorkerBeat};
 
 /// The name of a node's manifest lease: its holder writes the manifest, and watches for the
 /// node's end (see `exec::queue`).
@@ -63,13 +64,22 @@ pub struct Claims {
     pub id: String,
     pub opts: WorkerOptions,
     units_done: AtomicU64,
+    /// The commits this worker won, by node fingerprint, for its commit summaries.
+    won: Mutex<BTreeMap<String, Won>>,
+}
+
+/// The commits a worker won at a node, and how many of them its summary names.
+#[derive(Debug, Default)]
+struct Won {
+    summary: CommitSummary,
+    written: usize,
 }
 
 impl Claims {
     pub fn new(leases: Leases, opts: WorkerOptions) -> Self {
         let salt = blake3::hash(format!("{:?}-{}", std::time::SystemTime::now(), std::process::id()).as_bytes()).to_hex();
         let id = format!("{}-{}-{}", crate::workspace::hostname(), std::process::id(), &salt[..6]);
-        Self { leases, id, opts, units_done: AtomicU64::new(0) }
+        Self { leases, id, opts, units_done: AtomicU64::new(0), won: Mutex::default() }
     }
 
     /// Whether the unit with `key` is this worker's first choice.
@@ -168,12 +178,65 @@ impl Claims {
         blocking(move || leases.clear(&fp)).await
     }
 
+    /// The commit of a unit of node `fp`, remembered for this worker's commit summary when this
+    /// worker's attempt won it.
+    pub fn settle(&self, fp: &str, committed: Committed) -> Commit {
+        if let Committed::Won(commit, version) = &committed {
+            self.remember(fp, commit, version);
+        }
+        committed.into_commit()
+    }
+
+    fn remember(&self, fp: &str, commit: &Commit, version: &Version) {
+        let Some(e_tag) = version.e_tag() else { return };
+        if let Ok(mut won) = self.won.lock() {
+            won.entry(fp.to_string())
+                .or_default()
+                .summary
+                .commits
+                .push(SummarizedCommit { e_tag: e_tag.to_string(), commit: commit.clone() });
+        }
+    }
+
+    /// Writes this worker's summary of the commits it won at the node of `store`, if it won
+    /// any since the last one (one request).
+    pub async fn write_summary(&self, store: &NodeStore) -> Result<()> {
+        let summary = {
+            let mut won = self.won.lock().map_err(|_| Error::Internal("the commit summaries' lock is poisoned".into()))?;
+            match won.get_mut(store.fingerprint()) {
+                Some(w) if w.summary.commits.len() > w.written && store.keeps_summaries() => {
+                    w.written = w.summary.commits.len();
+                    Some(w.summary.clone())
+                }
+                _ => None,
+            }
+        };
+        let Some(summary) = summary else { return Ok(()) };
+        let (store, id) = (store.clone(), self.id.clone());
+        blocking(move || store.write_summary(&id, &summary)).await
+    }
+
+    /// Forgets the commits this worker won at node `fp` (it summarises them no more).
+    pub fn forget_wins(&self, fp: &str) {
+        if let Ok(mut won) = self.won.lock() {
+            won.remove(fp);
+        }
+    }
+
     pub fn unit_done(&self) {
         self.units_done.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Writes this worker's heartbeat every third of a lease until the returned guard drops;
-    /// `finish` writes the last one.
+    /// How often this worker records its heartbeat: half a lease, at most a minute. Readers
+    /// (`unoflow status`, the review page) count a worker live for minutes after its last beat,
+    /// and the leases, not the beats, decide when its units are taken over: more often would
+    /// only cost requests (a beat every third of a lease was a third of a request per unit).
+    pub fn beat_interval(&self) -> Duration {
+        (self.opts.lease / 2).min(Duration::from_secs(60))
+    }
+
+    /// Writes this worker's heartbeat every [`Self::beat_interval`] until the returned guard
+    /// drops; `finish` writes the last one.
     pub fn heartbeat(self: &Arc<Self>, device: String) -> Renewal {
         let claims = Arc::clone(self);
         let started_at_ms = crate::workspace::now_ms();
@@ -182,7 +245,7 @@ impl Claims {
                 let beat = claims.beat(&device, started_at_ms, "working");
                 let leases = claims.leases.clone();
                 let _ = tokio::task::spawn_blocking(move || leases.beat(&beat)).await;
-                tokio::time::sleep(claims.opts.lease / 3).await;
+                tokio::time::sleep(claims.beat_interval()).await;
             }
         });
         Renewal { task }

@@ -12,11 +12,19 @@ use super::claims::{Claims, MANIFEST_LEASE, Renewal};
 use super::queue;
 use super::units::sleep_unless;
 use crate::error::{Error, Result};
-use crate::workspace::{Commit, Garbage, LeaseOutcome, Manifest, NodeStore};
+use crate::workspace::{Commit, Garbage, LeaseOutcome, Manifest, NodeStore, SummarizedCommit, WatchReport};
 
 /// How many commit records are read at once: a request each on object storage, where one after
 /// another 100,000 of them would keep the node's end waiting for half an hour.
 const READS_AT_ONCE: usize = 32;
+
+/// A node's manifest, and whether this worker wrote it (it then cleans up after the node, see
+/// [`ManifestWriter::clean_up`]).
+#[derive(Debug)]
+pub struct Gathered {
+    pub manifest: Manifest,
+    pub written: bool,
+}
 
 /// Writes or reads the manifest of one node.
 pub struct ManifestWriter<'a> {
@@ -44,7 +52,7 @@ impl ManifestWriter<'_> {
     /// The node's manifest: written from `own` (this worker's commits) and the records of
     /// `elsewhere` (units other workers committed), or the one another worker wrote. `held` is
     /// the manifest lease when this worker holds it already (it watched the node's end).
-    pub async fn gather(&self, own: Vec<Commit>, elsewhere: &BTreeSet<usize>, held: Option<Renewal>) -> Result<Manifest> {
+    pub async fn gather(&self, own: Vec<Commit>, elsewhere: &BTreeSet<usize>, held: Option<Renewal>) -> Result<Gathered> {
         let mut held = held;
         let damaged = |why: String| Error::Workspace { path: PathBuf::from(self.store.fingerprint()), message: why };
         // The manifest is usually written moments after the last commit: look again soon,
@@ -52,7 +60,7 @@ impl ManifestWriter<'_> {
         let mut wait = Duration::from_millis(queue::MIN_POLL_MS as u64);
         loop {
             if let Some(manifest) = self.store.manifest().map_err(damaged)? {
-                return Ok(manifest);
+                return Ok(Gathered { manifest, written: false });
             }
             let _renewal = match held.take() {
                 Some(renewal) => renewal,
@@ -66,7 +74,9 @@ impl ManifestWriter<'_> {
                 },
             };
             let known: BTreeSet<usize> = own.iter().map(|c| c.unit).collect();
-            let (mut commits, stale) = self.read_records(elsewhere.difference(&known).copied().collect()).await;
+            let (mut commits, unread) = self.summarised(elsewhere.difference(&known).copied().collect()).await?;
+            let (records, stale) = self.read_records(unread).await?;
+            commits.extend(records);
             if !stale.is_empty() {
                 self.store.remove_commits(&stale)?;
                 return Err(Error::Execution(format!(
@@ -79,36 +89,85 @@ impl ManifestWriter<'_> {
             commits.sort_by_key(|c| c.unit);
             let manifest = Manifest::new(self.fingerprint, self.node, self.op, self.input_digest, commits, super::now());
             if self.store.finish(&manifest)? {
-                // Every unit has its winner now: other attempts' files are garbage, and the
-                // leases are of no use.
-                if let Err(e) = self.store.collect_garbage(Garbage::Losers, Some(&manifest.commits)) {
-                    (self.warn)(&format!("node `{}`: losing attempts stay: {e}", self.node));
-                }
-                if let Err(e) = self.claims.clear(self.fingerprint).await {
-                    (self.warn)(&format!("node `{}`: its leases stay: {e}", self.node));
-                }
-                return Ok(manifest);
+                return Ok(Gathered { manifest, written: true });
             }
         }
     }
 
-    /// The commit records of `units`, read [`READS_AT_ONCE`] at a time, and the units whose
-    /// record is missing, damaged or made from other input data.
-    async fn read_records(&self, units: Vec<usize>) -> (Vec<Commit>, Vec<usize>) {
-        let reads = futures::stream::iter(units).map(|unit| {
-            let store = self.store.clone();
-            async move { (unit, tokio::task::spawn_blocking(move || store.commit_of(unit)).await) }
-        });
-        let mut reads = reads.buffer_unordered(READS_AT_ONCE);
-        let (mut commits, mut stale) = (Vec::new(), Vec::new());
-        while let Some((unit, read)) = reads.next().await {
-            match read {
-                Ok(Ok(Some(commit))) if commit.unit == unit && commit.input_digest == self.input_digest => commits.push(commit),
-                _ => stale.push(unit),
+    /// After this worker wrote the manifest: tells the workers watching the node that it is
+    /// complete, and removes what is of no use now (losing attempts' files, the leases, the
+    /// workers' hints). Nothing waits for this but this worker; what cannot be removed is told.
+    pub async fn clean_up(&self, manifest: &Manifest) {
+        let complete = WatchReport { complete: true, ..WatchReport::default() };
+        if let Err(e) = self.store.report_watch(&complete) {
+            (self.warn)(&format!("node `{}`: the watch report is not updated: {e}", self.node));
+        }
+        if let Err(e) = self.store.collect_garbage(Garbage::Losers, Some(&manifest.commits)) {
+            (self.warn)(&format!("node `{}`: losing attempts stay: {e}", self.node));
+        }
+        if let Err(e) = self.claims.clear(self.fingerprint).await {
+            (self.warn)(&format!("node `{}`: its leases stay: {e}", self.node));
+        }
+        if let Err(e) = self.store.clear_hints() {
+            (self.warn)(&format!("node `{}`: its commit summaries and watch report stay: {e}", self.node));
+        }
+    }
+
+    /// The commits of `units` that the workers' summaries name, each while a listing shows its
+    /// record unchanged since (an object per worker read, not a record per unit), and the units
+    /// whose records are to be read.
+    async fn summarised(&self, units: BTreeSet<usize>) -> Result<(Vec<Commit>, BTreeSet<usize>)> {
+        if units.is_empty() || !self.store.keeps_summaries() {
+            return Ok((Vec::new(), units));
+        }
+        let (store, wanted) = (self.store.clone(), units.clone());
+        let listed = tokio::task::spawn_blocking(move || Ok::<_, Error>((store.summary_keys()?, store.listed_commits(&wanted)?)));
+        let (keys, records) = listed.await.map_err(|e| Error::Internal(format!("listing the commits panicked: {e}")))??;
+        let store = self.store.clone();
+        let summaries = read_at_once(keys, move |key| store.summary(&key)).await;
+        let (mut commits, mut unread) = (Vec::new(), units);
+        for summary in summaries.into_iter().filter_map(|read| read?.ok().flatten()) {
+            for SummarizedCommit { e_tag, commit } in summary.commits {
+                let unchanged = records.get(&commit.unit).is_some_and(|listed| listed.written_as(&e_tag));
+                if unchanged && commit.input_digest == self.input_digest && unread.remove(&commit.unit) {
+                    commits.push(commit);
+                }
             }
         }
-        (commits, stale)
+        Ok((commits, unread))
     }
+
+    /// The commit records of `units`, and the units whose record is missing, damaged or made
+    /// from other input data. A record the store failed to give is an error (it is not damaged:
+    /// removing it would throw the unit's work away).
+    async fn read_records(&self, units: BTreeSet<usize>) -> Result<(Vec<Commit>, Vec<usize>)> {
+        let store = self.store.clone();
+        let reads = read_at_once(units.iter().copied().collect(), move |unit| (unit, store.read_commit(unit))).await;
+        let mut commits = Vec::with_capacity(reads.len());
+        for read in reads {
+            let (unit, read) = read.ok_or_else(|| Error::Internal("reading a commit record panicked".into()))?;
+            match read? {
+                Some(Ok(commit)) if commit.unit == unit && commit.input_digest == self.input_digest => commits.push(commit),
+                _ => {}
+            }
+        }
+        let read: BTreeSet<usize> = commits.iter().map(|c| c.unit).collect();
+        Ok((commits, units.difference(&read).copied().collect()))
+    }
+}
+
+/// `read` of each of `items` (a request each on object storage), [`READS_AT_ONCE`] at a time,
+/// in the order they end; `None` for a read that panicked.
+async fn read_at_once<I, T>(items: Vec<I>, read: impl Fn(I) -> T + Clone + Send + 'static) -> Vec<Option<T>>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+{
+    let reads = futures::stream::iter(items).map(|item| {
+        let read = read.clone();
+        async move { tokio::task::spawn_blocking(move || read(item)).await.ok() }
+    });
+    reads.buffer_unordered(READS_AT_ONCE).collect().await
 }
 
 #[cfg(test)]
@@ -151,7 +210,55 @@ mod tests {
             .await
             .expect("written at once, not after the lease lapses")
             .unwrap();
+        assert!(manifest.written, "written by the watcher");
+        let manifest = manifest.manifest;
         assert_eq!(manifest.commits.iter().map(|c| c.unit).collect::<Vec<_>>(), [0, 1, 2, 3]);
         assert!(store.has_manifest().unwrap());
+    }
+
+    /// The manifest's writer takes a commit from a worker's summary only while a listing shows
+    /// its record with the ETag the summary names: a record removed and made again since (by
+    /// another attempt) is read instead, so the manifest names the attempt that holds the unit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_summarised_commit_is_used_only_while_its_record_is_unchanged() {
+        let ws = Workspace::create(&Location::parse("memory://gather-summary/ws", std::path::Path::new("."))).unwrap();
+        let store = ws.node("fp");
+        let record = |unit: usize| {
+            let attempt = store.attempt(unit);
+            let record = attempt.record(&format!("k{unit}"), "digest", Vec::new(), None, 0.0);
+            store.commit(&attempt, record).unwrap()
+        };
+        // Another worker won units 1 and 3 and summarised them.
+        let other = Claims::new(ws.leases(), WorkerOptions::default());
+        for unit in [1, 3] {
+            other.settle("fp", record(unit));
+        }
+        other.write_summary(&store).await.unwrap();
+        assert_eq!(store.summary_keys().unwrap().len(), 1);
+        // Unit 3 is recomputed: its record removed and made again by another attempt.
+        store.remove_commits(&[3]).unwrap();
+        let remade = record(3).into_commit();
+
+        let own = vec![record(0).into_commit()];
+        let claims = Claims::new(ws.leases(), WorkerOptions::default());
+        let (stop, warn) = (|| false, |_: &str| {});
+        let writer = ManifestWriter {
+            claims: &claims,
+            store: &store,
+            fingerprint: "fp",
+            node: "work",
+            op: "sleep",
+            input_digest: "digest",
+            stop: &stop,
+            warn: &warn,
+        };
+        let gathered = writer.gather(own, &BTreeSet::from([1, 3]), None).await.unwrap();
+        assert!(gathered.written);
+        let commits: Vec<(usize, String)> = gathered.manifest.commits.iter().map(|c| (c.unit, c.attempt.clone())).collect();
+        assert_eq!(commits.len(), 3);
+        assert_eq!(commits[2], (3, remade.attempt), "the record made again, not the summary's");
+        writer.clean_up(&gathered.manifest).await;
+        assert!(store.summary_keys().unwrap().is_empty(), "summaries go with the node's end");
+        assert_eq!(store.watch_report().unwrap(), None);
     }
 }

@@ -104,7 +104,11 @@ pub(super) async fn materialize(
                 stop: &stop,
                 warn: &warn,
             };
-            writer.gather(commits, &committed.elsewhere, watching).await?
+            let gathered = writer.gather(commits, &committed.elsewhere, watching).await?;
+            if gathered.written {
+                writer.clean_up(&gathered.manifest).await;
+            }
+            gathered.manifest
         }
     };
     Ok(Materialized { manifest, reused })
@@ -372,6 +376,14 @@ impl NodeRun<'_> {
         })
     }
 
+    /// The unit's commit, remembered for this worker's commit summary when its attempt won.
+    fn settle(&self, committed: crate::workspace::Committed) -> Commit {
+        match &self.ctx.claims {
+            Some(claims) => claims.settle(self.fingerprint(), committed),
+            None => committed.into_commit(),
+        }
+    }
+
     /// With `--fail-fast`, a committed unit with failed rows stops the run.
     fn fail_fast(&self, commit: &Commit) -> Result<()> {
         if !self.ctx.fail_fast || commit.errors.is_none() {
@@ -428,7 +440,7 @@ impl NodeRun<'_> {
         match written {
             Ok((rows, errors)) => {
                 let record = attempt.record(&key, self.input_digest, rows, errors, started.elapsed().as_secs_f64());
-                Ok(self.store.commit(attempt, record)?.into_commit())
+                Ok(self.settle(self.store.commit(attempt, record)?))
             }
             Err(e) => {
                 attempt.discard();
@@ -463,7 +475,7 @@ impl NodeRun<'_> {
         .map_err(|e| Error::Internal(format!("writing a failed unit panicked: {e}")))??;
         let errors = write_errors(&attempt, errors).await?;
         let record = attempt.record(&unit.key, self.input_digest, vec![part], Some(errors), 0.0);
-        Ok(self.store.commit(&attempt, record)?.into_commit())
+        Ok(self.settle(self.store.commit(&attempt, record)?))
     }
 }
 

@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use unoflow_api::{Device, Environment, Resource};
 
 pub use claims::{Asked, Claims, DEFAULT_LEASE, Renewal, WorkerOptions, first_choice};
-pub use gather::ManifestWriter;
+pub use gather::{Gathered, ManifestWriter};
 pub use observer::{RunObserver, Unobserved};
 pub use queue::{Next, UnitQueue, WINDOW};
 pub use units::{Driven, UnitDriver, UnitEnd, UnitFuture};

@@ -106,6 +106,8 @@ pub struct UnitQueue {
     /// when they come back to be checked.
     set_aside: VecDeque<usize>,
     set_aside_due: i64,
+    /// Mixed into the order in which this worker asks for the units of a window.
+    salt: usize,
 }
 
 impl UnitQueue {
@@ -137,7 +139,7 @@ impl UnitQueue {
         own.make_contiguous().sort_by_key(|&u| scattered(u));
         let n = total.max(1);
         others.sort_by_key(|u| (u + n - start % n) % n);
-        Self { window: window.max(1), ..Self::with(own, others.into(), give_up, max_poll_ms) }
+        Self { window: window.max(1), salt: scattered(start) as usize, ..Self::with(own, others.into(), give_up, max_poll_ms) }
     }
 
     fn with(ready: VecDeque<usize>, unchecked: VecDeque<usize>, give_up: usize, max_poll_ms: i64) -> Self {
@@ -161,6 +163,7 @@ impl UnitQueue {
             idle_windows: 0,
             set_aside: VecDeque::new(),
             set_aside_due: 0,
+            salt: 0,
         }
     }
 
@@ -172,32 +175,33 @@ impl UnitQueue {
         if let Some(unit) = self.ready.pop_front() {
             return Next::Ask(unit);
         }
-        if !self.unchecked.is_empty() && now >= self.scan_at {
+        if !self.watcher && !self.unchecked.is_empty() && now >= self.scan_at {
             self.turned = true;
             self.checking = true;
             let take = self.window.min(self.unchecked.len());
             return Next::Check(self.unchecked.drain(..take).collect());
         }
-        let scan_at = (!self.unchecked.is_empty()).then_some(self.scan_at);
+        let scan_at = (!self.unchecked.is_empty() && !self.watcher).then_some(self.scan_at);
         let first_due = self.deferred.values().min().copied();
-        if first_due.is_none() && self.set_aside.is_empty() {
+        let unseen = if self.watcher { self.unchecked.len() } else { 0 };
+        if first_due.is_none() && self.set_aside.is_empty() && unseen == 0 {
             return scan_at.map_or(Next::Empty, Next::Wait);
         }
         let first_due = first_due.unwrap_or(i64::MAX);
         if self.watcher {
             if now >= self.next_poll_at || now >= first_due {
-                // Many units put aside take a listing to look up: only at the slower poll.
-                if self.deferred.len() + self.set_aside.len() > FEW {
+                // Many units take listings to look up: only at the slower poll.
+                if self.deferred.len() + self.set_aside.len() + self.unchecked.len() > FEW {
                     self.poll_ms = self.max_poll_ms;
                 }
                 self.next_poll_at = now + self.poll_ms;
                 self.poll_ms = (self.poll_ms * 2).min(self.max_poll_ms);
-                // The watcher must see every unit committed: those set aside unchecked are
-                // checked (commits and leases) all at once.
-                if !self.set_aside.is_empty() {
-                    return Next::Check(self.set_aside.drain(..).collect());
-                }
-                return Next::Recheck(self.deferred.keys().copied().collect());
+                // The watcher must see every unit committed, and finds the unclaimed ones for
+                // the others (see `offer`): it looks up every unit it has not seen committed,
+                // commits and leases, at once (listings of the runs they make).
+                let mut units: Vec<usize> = self.set_aside.drain(..).chain(self.unchecked.drain(..)).collect();
+                units.extend(self.deferred.keys());
+                return Next::Check(units);
             }
         } else if now >= first_due {
             return Next::Recheck(self.deferred.iter().filter(|(_, due)| **due <= now).map(|(unit, _)| *unit).collect());
@@ -267,8 +271,13 @@ impl UnitQueue {
         // Of a window, only what this worker will ask for soon stays ready: the rest would be
         // stale (claimed by others meanwhile) by the time its turn came, and is checked again
         // then, one listing for all of it, instead of failing claims that each force a check.
+        // Which units those are follows an order of this worker's own, so that workers checking
+        // the same window at once (neighbours in rank start close together) ask for different
+        // units, not all for the first few.
         let keep = ready_before + self.give_up * 4;
         if window && self.ready.len() > keep {
+            let salt = self.salt;
+            self.ready.make_contiguous()[ready_before..].sort_by_key(|&u| scattered(u ^ salt));
             for unit in self.ready.drain(keep..).rev() {
                 self.unchecked.push_front(unit);
             }
@@ -332,6 +341,35 @@ impl UnitQueue {
         }
     }
 
+    /// Whether this worker is the node's watcher.
+    pub fn is_watcher(&self) -> bool {
+        self.watcher
+    }
+
+    /// The watcher's units to ask for (those it found neither committed nor held), offered to
+    /// the workers with nothing to do, who otherwise find them only when the windows they set
+    /// aside come back: up to `most` go in the offer, and the watcher keeps to ask for only
+    /// its own share of them (`share`); the rest it looks up again at its next poll.
+    pub fn offer(&mut self, most: usize, share: impl Fn(&[usize]) -> BTreeSet<usize>) -> Vec<usize> {
+        let offered: Vec<usize> = self.ready.iter().take(most).copied().collect();
+        let own = share(&offered);
+        let (keep, rest): (VecDeque<usize>, VecDeque<usize>) = self.ready.drain(..).partition(|u| own.contains(u));
+        self.ready = keep;
+        self.set_aside.extend(rest);
+        offered
+    }
+
+    /// Units the watcher offered this worker (its share of those it found unclaimed): asked
+    /// for next. An offer may be stale; the claim decides.
+    pub fn take_offered(&mut self, units: impl IntoIterator<Item = usize>) {
+        for unit in units {
+            if !self.ready.contains(&unit) {
+                self.deferred.remove(&unit);
+                self.ready.push_back(unit);
+            }
+        }
+    }
+
     /// An attempt at the unit failed; it is asked for again (by this or another worker).
     pub fn retry(&mut self, unit: usize) {
         self.ready.push_back(unit);
@@ -381,20 +419,20 @@ mod tests {
         assert_eq!(queue.next(0), Next::Ask(4));
         queue.held(4, 1_000, 0);
         // Looked up at once, then after polls that double while nothing changes.
-        assert_eq!(queue.next(0), Next::Recheck(vec![4]));
+        assert_eq!(queue.next(0), Next::Check(vec![4]));
         queue.checked(&[4], &BTreeSet::new(), &BTreeMap::new(), 0);
         assert_eq!(queue.next(0), Next::Wait(MIN_POLL_MS));
-        assert_eq!(queue.next(MIN_POLL_MS), Next::Recheck(vec![4]));
+        assert_eq!(queue.next(MIN_POLL_MS), Next::Check(vec![4]));
         queue.checked(&[4], &BTreeSet::new(), &BTreeMap::new(), MIN_POLL_MS);
         assert_eq!(queue.next(MIN_POLL_MS), Next::Wait(3 * MIN_POLL_MS));
         // Past the lease: asked for again (to take it over).
-        assert_eq!(queue.next(1_000), Next::Recheck(vec![4]));
+        assert_eq!(queue.next(1_000), Next::Check(vec![4]));
         queue.checked(&[4], &BTreeSet::new(), &BTreeMap::new(), 1_000);
         assert_eq!(queue.next(1_000), Next::Ask(4));
         // Held again, then found committed: nothing left.
         queue.held(4, 2_000, 1_000);
         assert_eq!(queue.next(1_000), Next::Wait(1_000 + 4 * MIN_POLL_MS));
-        assert_eq!(queue.next(1_100), Next::Recheck(vec![4]));
+        assert_eq!(queue.next(1_100), Next::Check(vec![4]));
         queue.checked(&[4], &BTreeSet::from([4]), &BTreeMap::new(), 1_100);
         assert_eq!(queue.next(1_100), Next::Empty);
     }
@@ -439,7 +477,45 @@ mod tests {
         let mut queue = UnitQueue::shared((0..20).map(|u| (u, false)), 20, 0, WINDOW, 2, 1000);
         assert_eq!(queue.next(0), Next::Check((0..20).collect()));
         queue.checked(&(0..20).collect::<Vec<_>>(), &BTreeSet::new(), &BTreeMap::new(), 0);
-        assert_eq!(asks(&mut queue, 0), ((0..8).collect(), Next::Check((8..20).collect())));
+        let (mut asked, Next::Check(mut rest)) = asks(&mut queue, 0) else { panic!("the rest is checked again") };
+        assert_eq!(asked.len(), 8, "give_up × 4 stay ready");
+        asked.append(&mut rest);
+        asked.sort_unstable();
+        assert_eq!(asked, (0..20).collect::<Vec<_>>());
+        // Workers starting elsewhere keep other units of the same window: they do not all ask
+        // for the first few.
+        let kept = |start: usize| {
+            let mut queue = UnitQueue::shared((0..20).map(|u| (u, false)), 20, start, WINDOW, 2, 1000);
+            let Next::Check(window) = queue.next(0) else { panic!("a check first") };
+            queue.checked(&window, &BTreeSet::new(), &BTreeMap::new(), 0);
+            let mut asked = asks(&mut queue, 0).0;
+            asked.sort_unstable();
+            asked
+        };
+        assert_ne!(kept(0), kept(5));
+    }
+
+    #[test]
+    fn the_watcher_keeps_its_share_of_the_units_it_offers_and_the_others_take_theirs() {
+        let n = 12;
+        let mut watcher = UnitQueue::shared((0..n).map(|u| (u, false)), n, 0, WINDOW, 4, 1000);
+        watcher.watch();
+        // Every unit not seen committed is looked up at once; 0..4 are committed, 4..6 held.
+        assert_eq!(watcher.next(0), Next::Check((0..n).collect()));
+        let held: BTreeMap<usize, i64> = [(4, 9_000), (5, 9_000)].into();
+        watcher.checked(&(0..n).collect::<Vec<_>>(), &(0..4).collect(), &held, 0);
+        // It offers the unclaimed ones (up to 4 here) and keeps only its share (every other).
+        let offered = watcher.offer(4, |units| units.iter().step_by(2).copied().collect());
+        assert_eq!(offered, [6, 7, 8, 9]);
+        assert_eq!(asks(&mut watcher, 0).0, [6, 8]);
+        // The rest (not its share, or beyond the offer) is looked up again at its next poll.
+        let Next::Check(mut again) = watcher.next(1_000) else { panic!("the watcher's poll") };
+        again.sort_unstable();
+        assert_eq!(again, [4, 5, 7, 9, 10, 11]);
+        // An idle worker asks for its share of the offer (after what it had ready).
+        let mut other = UnitQueue::shared([(20, true)], 21, 0, WINDOW, 4, 1000);
+        other.take_offered([7, 9]);
+        assert_eq!(asks(&mut other, 0).0, [20, 7, 9]);
     }
 
     #[test]
@@ -479,7 +555,7 @@ mod tests {
         let due = now - 1000 + SET_ASIDE_POLLS * 1000;
         assert_eq!(queue.next(due), Next::Check(set_aside.clone()));
         queue.checked(&set_aside, &BTreeSet::new(), &BTreeMap::new(), due);
-        assert_eq!(queue.next(due), Next::Ask(IDLE_WINDOWS * WINDOW));
+        assert!(matches!(queue.next(due), Next::Ask(unit) if set_aside.contains(&unit)));
         // A watcher checks units set aside at once, at its poll.
         let mut watcher = UnitQueue::shared((0..n).map(|u| (u, false)), n, 0, WINDOW, 4, 1000);
         for at in 0..IDLE_WINDOWS as i64 {
@@ -501,7 +577,7 @@ mod tests {
             queue.checked(&window, &BTreeSet::new(), &others_hold, 0);
         }
         watcher.watch();
-        assert_eq!(watcher.next(0), Next::Recheck((0..n).collect()));
+        assert_eq!(watcher.next(0), Next::Check((0..n).collect()));
         // The other watches for the node's end, each poll, until a lease may be taken over;
         // then it looks up only the units whose lease may be.
         assert_eq!(other.next(0), Next::Watch);

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use super::claims::{Asked, Claims, MANIFEST_LEASE, Renewal};
 use super::queue::{Next, UnitQueue};
 use crate::error::{Error, Result};
-use crate::workspace::{Lease, LeaseOutcome, NodeStore, now_ms};
+use crate::workspace::{Lease, LeaseOutcome, NodeStore, WatchReport, now_ms};
 
 /// How a unit's task ended.
 #[derive(Debug)]
@@ -76,6 +76,7 @@ impl UnitDriver<'_> {
         let mut out = Driven { done: Vec::new(), elsewhere: BTreeSet::new(), watching: None };
         // When to ask for the manifest lease again (its holder may have stopped renewing it).
         let mut watch_claim_at = 0;
+        let mut reports = Reports::default();
         let mut error: Option<Error> = None;
         let mut permit: Option<OwnedSemaphorePermit> = None;
         while error.is_none() && !(self.stop)() {
@@ -107,20 +108,21 @@ impl UnitDriver<'_> {
                     Ok(None) => permit = Some(held),
                     Err(e) => error = Some(e),
                 },
-                Next::Check(units) => match self.look_up(&units, true, &mut queue, &mut out).await {
+                Next::Check(units) => match self.look_up(&units, true, &mut queue, &mut out, &mut reports).await {
                     Ok(()) => permit = Some(held),
                     Err(e) => error = Some(e),
                 },
-                Next::Recheck(units) => match self.look_up(&units, false, &mut queue, &mut out).await {
+                Next::Recheck(units) => match self.look_up(&units, false, &mut queue, &mut out, &mut reports).await {
                     Ok(()) => permit = Some(held),
                     Err(e) => error = Some(e),
                 },
-                Next::Watch => match self.watch(&mut queue, &mut out, &mut watch_claim_at, now).await {
+                Next::Watch => match self.watch(&mut queue, &mut out, &mut watch_claim_at, &mut reports, now).await {
                     Ok(()) => permit = Some(held),
                     Err(e) => error = Some(e),
                 },
                 Next::Wait(until) => {
                     drop(held);
+                    self.summarize(&out).await;
                     let nap = Duration::from_millis(until.saturating_sub(now).max(1) as u64).min(STOP_CHECK);
                     tokio::select! {
                         Some(ended) = running.join_next(), if !running.is_empty() => collect(ended, &mut queue, &mut out, &mut error),
@@ -129,6 +131,7 @@ impl UnitDriver<'_> {
                 }
                 Next::Empty => {
                     drop(held);
+                    self.summarize(&out).await;
                     match running.join_next().await {
                         Some(ended) => collect(ended, &mut queue, &mut out, &mut error),
                         None => break,
@@ -139,6 +142,10 @@ impl UnitDriver<'_> {
         while let Some(ended) = running.join_next().await {
             collect(ended, &mut queue, &mut out, &mut error);
         }
+        // This worker asks for no more of the node's units.
+        if let Some(claims) = self.claims {
+            claims.forget_wins(self.fingerprint);
+        }
         match error {
             Some(e) => Err(e),
             None => Ok(out),
@@ -147,7 +154,14 @@ impl UnitDriver<'_> {
 
     /// Tells `queue` which of `units` are committed, and, with `leases` when many are not,
     /// which others hold (one listing of the leases, so held units are not asked for one by one).
-    async fn look_up<T>(&self, units: &[usize], leases: bool, queue: &mut UnitQueue, out: &mut Driven<T>) -> Result<()> {
+    async fn look_up<T>(
+        &self,
+        units: &[usize],
+        leases: bool,
+        queue: &mut UnitQueue,
+        out: &mut Driven<T>,
+        reports: &mut Reports,
+    ) -> Result<()> {
         let committed = self.store.committed_among(units)?;
         let pending: Vec<usize> = units.iter().copied().filter(|u| !committed.contains(u)).collect();
         let others_hold = match self.claims {
@@ -156,15 +170,44 @@ impl UnitDriver<'_> {
         };
         out.elsewhere.extend(committed.iter().copied());
         queue.checked(units, &committed, &others_hold, now_ms());
+        if let Some(claims) = self.claims.filter(|_| queue.is_watcher()) {
+            let (rank, world, round) = (claims.opts.rank, claims.opts.world, reports.written);
+            let share = |units: &[usize]| WatchReport::share_of(units, round, rank, world).collect();
+            let unclaimed = queue.offer(OFFERED_PER_WORKER * world.max(1), share);
+            reports.write(self.store, unclaimed)?;
+        }
         Ok(())
+    }
+
+    /// Brings this worker's summary of the commits it won up to date, when it has nothing to
+    /// ask for now: the node's watcher reads it instead of a commit record per unit, and may
+    /// see the node complete any moment. The watcher writes none (its own commits reach the
+    /// manifest directly). A summary only saves requests: if it cannot be written, the
+    /// records are read instead.
+    async fn summarize<T>(&self, out: &Driven<T>) {
+        if let Some(claims) = self.claims.filter(|_| out.watching.is_none()) {
+            let _ = claims.write_summary(self.store).await;
+        }
     }
 
     /// Becomes the node's watcher if nobody is (claims its manifest lease), else looks whether
     /// the node is complete (one request).
-    async fn watch<T>(&self, queue: &mut UnitQueue, out: &mut Driven<T>, claim_at: &mut i64, now: i64) -> Result<()> {
+    async fn watch<T>(
+        &self,
+        queue: &mut UnitQueue,
+        out: &mut Driven<T>,
+        claim_at: &mut i64,
+        reports: &mut Reports,
+        now: i64,
+    ) -> Result<()> {
         let Some(claims) = self.claims else { return Ok(()) };
         if out.watching.is_none() && now >= *claim_at {
             match claims.claim_named(self.fingerprint, MANIFEST_LEASE).await? {
+                // A late worker may find the lease gone with the node's (complete) leases.
+                LeaseOutcome::Claimed(_) if self.store.has_manifest()? => {
+                    out.elsewhere.extend(queue.complete());
+                    return Ok(());
+                }
                 LeaseOutcome::Claimed(lease) => {
                     out.watching = Some(claims.keep_alive(lease));
                     queue.watch();
@@ -175,8 +218,12 @@ impl UnitDriver<'_> {
                 }
             }
         }
-        if self.store.has_manifest()? {
-            out.elsewhere.extend(queue.complete());
+        // The watcher's report, while it comes anew each poll; else (the node complete, the
+        // watcher gone or not there yet) whether the manifest is written.
+        match reports.read_new(self.store)? {
+            Some(report) if !report.complete => queue.take_offered(report.share(claims.opts.rank, claims.opts.world)),
+            _ if self.store.has_manifest()? => out.elsewhere.extend(queue.complete()),
+            _ => {}
         }
         Ok(())
     }
@@ -200,6 +247,37 @@ impl UnitDriver<'_> {
                 Ok(None)
             }
         }
+    }
+}
+
+/// How many unclaimed units the watcher offers per worker at most (the rest wait for its
+/// next look).
+const OFFERED_PER_WORKER: usize = 2;
+
+/// The node's watch reports: how many the watcher wrote, or the round of the last one this
+/// worker read.
+#[derive(Debug, Default)]
+struct Reports {
+    written: u64,
+    seen_round: Option<u64>,
+}
+
+impl Reports {
+    /// Writes the watcher's report of `unclaimed` units (every poll, also when nothing is
+    /// unclaimed: a report that comes anew tells the others the watcher is at work).
+    fn write(&mut self, store: &NodeStore, unclaimed: Vec<usize>) -> Result<()> {
+        store.report_watch(&WatchReport { round: self.written, unclaimed, complete: false })?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// The watcher's report, if it wrote a new one since this worker looked (one request).
+    fn read_new(&mut self, store: &NodeStore) -> Result<Option<WatchReport>> {
+        let report = store.watch_report()?.filter(|r| self.seen_round != Some(r.round));
+        if let Some(report) = &report {
+            self.seen_round = Some(report.round);
+        }
+        Ok(report)
     }
 }
 

@@ -49,7 +49,7 @@ pub use lock::RunLock;
 pub(crate) use node::hostname;
 pub use node::{Attempt, Committed, Garbage, NodeStore};
 pub use part_writer::PartWriter;
-pub use records::{Commit, FileDigest, Manifest, error_schema};
+pub use records::{Commit, CommitSummary, FileDigest, Manifest, SummarizedCommit, WatchReport, error_schema};
 pub use runs::{NodeRecord, RunList, RunRecord};
 use store::{LocalStore, Store};
 

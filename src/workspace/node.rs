@@ -6,6 +6,10 @@
 //! nodes/FP/attempts/uNNNNNN-ATTEMPT/pKKK.parquet   rows written by one attempt at unit NNNNNN
 //! nodes/FP/attempts/uNNNNNN-ATTEMPT/errors.parquet its failed rows
 //! nodes/FP/commits/uNNNNNN.json               the unit's commit record: which attempt's files
+//! nodes/FP/summaries/WORKER.json              the commits one worker won, with their ETags
+//!                                             (object storage; read instead of the records)
+//! nodes/FP/watch.json                         what the node's watcher last saw: units unclaimed
+//!                                             (offered to idle workers), whether complete
 //! nodes/FP/manifest.json                      every unit committed: the node is complete
 //! ```
 //!
@@ -26,8 +30,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 
 use super::part_writer::PartWriter;
-use super::records::{Commit, FORMAT, FileDigest, FormatOnly, Manifest};
-use super::store::Store;
+use super::records::{Commit, CommitSummary, FORMAT, FileDigest, FormatOnly, Manifest, WatchReport};
+use super::store::{Listed, Store, Version};
 use super::unit_keys::{listed_units, unit_key, unit_of};
 use crate::error::{Error, IoContext, Result};
 
@@ -43,8 +47,8 @@ pub struct NodeStore {
 /// How a commit ended.
 #[derive(Debug)]
 pub enum Committed {
-    /// This attempt's record is the unit's.
-    Won(Commit),
+    /// This attempt's record is the unit's; created at this version.
+    Won(Commit, Version),
     /// Another attempt committed the unit first; its record is returned, this attempt's files
     /// were discarded.
     Lost(Commit),
@@ -54,7 +58,7 @@ impl Committed {
     /// The unit's commit, whoever made it.
     pub fn into_commit(self) -> Commit {
         match self {
-            Self::Won(c) | Self::Lost(c) => c,
+            Self::Won(c, _) | Self::Lost(c) => c,
         }
     }
 }
@@ -240,11 +244,13 @@ impl NodeStore {
 
     /// The commit record of `unit`, if there is one.
     pub fn commit_of(&self, unit: usize) -> std::result::Result<Option<Commit>, String> {
-        match self.store.get(&self.commit_key(unit)) {
-            Ok(Some((bytes, _))) => parse_record(&bytes).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
+        self.read_commit(unit).map_err(|e| e.to_string())?.transpose()
+    }
+
+    /// Unit `unit`'s commit record: `None` when there is none, the inner error when it cannot be
+    /// parsed (damaged, or of another format), the outer one when the store failed to answer.
+    pub fn read_commit(&self, unit: usize) -> Result<Option<std::result::Result<Commit, String>>> {
+        Ok(self.store.get(&self.commit_key(unit))?.map(|(bytes, _)| parse_record(&bytes)))
     }
 
     /// A new attempt at `unit`, with a folder of its own.
@@ -261,8 +267,8 @@ impl NodeStore {
     pub fn commit(&self, attempt: &Attempt, commit: Commit) -> Result<Committed> {
         let key = self.commit_key(commit.unit);
         let bytes = serde_json::to_vec_pretty(&commit).map_err(|e| Error::Internal(e.to_string()))?;
-        if self.store.create(&key, &bytes)?.is_some() {
-            return Ok(Committed::Won(commit));
+        if let Some(version) = self.store.create(&key, &bytes)? {
+            return Ok(Committed::Won(commit, version));
         }
         attempt.discard();
         let theirs = self
@@ -270,6 +276,53 @@ impl NodeStore {
             .map_err(|why| Error::Workspace { path: PathBuf::from(self.store.url(&key)), message: why })?
             .ok_or_else(|| Error::Internal(format!("the commit record of unit {} refused ours and then vanished", commit.unit)))?;
         Ok(Committed::Lost(theirs))
+    }
+
+    /// Whether commits are summarised per worker ([`CommitSummary`]): where a listing of the
+    /// records tells whether each is still the one a summary names.
+    pub fn keeps_summaries(&self) -> bool {
+        self.store.lists_e_tags()
+    }
+
+    /// Writes (replaces) the summary of the commits worker `worker` won.
+    pub fn write_summary(&self, worker: &str, summary: &CommitSummary) -> Result<()> {
+        let bytes = serde_json::to_vec(summary).map_err(|e| Error::Internal(e.to_string()))?;
+        self.store.put(&self.key(&format!("summaries/{worker}.json")), &bytes)
+    }
+
+    /// The keys of the workers' commit summaries (one listing).
+    pub fn summary_keys(&self) -> Result<Vec<String>> {
+        Ok(self.store.list(&self.key("summaries"))?.into_iter().map(|l| l.key).collect())
+    }
+
+    /// A commit summary, by its key from [`Self::summary_keys`]; `None` when it is gone or
+    /// cannot be read (its commits' records are read instead).
+    pub fn summary(&self, key: &str) -> Result<Option<CommitSummary>> {
+        let Some((bytes, _)) = self.store.get(key)? else { return Ok(None) };
+        Ok(serde_json::from_slice::<CommitSummary>(&bytes).ok().filter(|s| s.format == FORMAT))
+    }
+
+    /// Writes the node's watch report (see [`WatchReport`]).
+    pub fn report_watch(&self, report: &WatchReport) -> Result<()> {
+        let bytes = serde_json::to_vec(report).map_err(|e| Error::Internal(e.to_string()))?;
+        self.store.put(&self.key(WATCH), &bytes)
+    }
+
+    /// The node's last watch report, if there is one (one request).
+    pub fn watch_report(&self) -> Result<Option<WatchReport>> {
+        Ok(self.store.get(&self.key(WATCH))?.and_then(|(bytes, _)| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Removes what the workers told each other about the node's units (commit summaries, the
+    /// watch report): the manifest says it all now.
+    pub fn clear_hints(&self) -> Result<()> {
+        self.store.delete_prefix(&self.key("summaries"))?;
+        self.store.delete(&self.key(WATCH))
+    }
+
+    /// The commit records of `units` as listed (with their ETags, on object storage), by unit.
+    pub fn listed_commits(&self, units: &BTreeSet<usize>) -> Result<BTreeMap<usize, Listed>> {
+        listed_units(self.store.as_ref(), &self.key("commits"), units)
     }
 
     /// Whether the node's manifest exists (one request, without reading it).
@@ -350,6 +403,9 @@ fn read_parquet<R: datafusion::parquet::file::reader::ChunkReader + 'static>(
 
 /// The node's manifest, in its folder.
 const MANIFEST: &str = "manifest.json";
+
+/// The node watcher's report.
+const WATCH: &str = "watch.json";
 
 /// One attempt at a unit: the folder its files go to.
 #[derive(Debug, Clone)]

@@ -42,6 +42,58 @@ pub struct Commit {
     pub committed_at: i64,
 }
 
+/// The commits one worker won at one node, written by the worker when it has nothing left to
+/// ask for, so that the worker writing the manifest reads an object per worker instead of a
+/// commit record per unit. Each commit comes with the ETag its record was created with: it is
+/// used only while a listing shows the record unchanged (a record removed and made again by
+/// another attempt has another ETag), else the record is read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitSummary {
+    pub format: u32,
+    pub commits: Vec<SummarizedCommit>,
+}
+
+impl Default for CommitSummary {
+    fn default() -> Self {
+        Self { format: FORMAT, commits: Vec::new() }
+    }
+}
+
+/// A commit in a [`CommitSummary`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SummarizedCommit {
+    /// The ETag of the commit record as it was created.
+    pub e_tag: String,
+    pub commit: Commit,
+}
+
+/// What a node's watcher tells the other workers each time it looks up the node's units (see
+/// `exec::queue`): the units it found neither committed nor held, offered to the workers with
+/// nothing to do (each takes its share, by rank, turning with `round` so the shares of workers
+/// that died go to others), and whether the node is complete (its manifest written). A hint
+/// only: the claims decide who runs a unit, the manifest whether the node is complete.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchReport {
+    /// How many reports the watcher wrote before this one.
+    pub round: u64,
+    pub unclaimed: Vec<usize>,
+    pub complete: bool,
+}
+
+impl WatchReport {
+    /// The unclaimed units that are the share of the worker of rank `rank` among `world`.
+    pub fn share(&self, rank: usize, world: usize) -> impl Iterator<Item = usize> + '_ {
+        Self::share_of(&self.unclaimed, self.round, rank, world)
+    }
+
+    /// The share of the worker of rank `rank` among `world` of `unclaimed` in round `round`.
+    pub fn share_of(unclaimed: &[usize], round: u64, rank: usize, world: usize) -> impl Iterator<Item = usize> + '_ {
+        let world = world.max(1);
+        let turn = (round % world as u64) as usize;
+        unclaimed.iter().enumerate().filter(move |(i, _)| (i + turn) % world == rank % world).map(|(_, u)| *u)
+    }
+}
+
 impl Commit {
     /// Rows committed (without failed rows).
     pub fn row_count(&self) -> u64 {
@@ -134,4 +186,18 @@ pub(super) struct FormatOnly {
 /// The schema of a node's error table.
 pub fn error_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("row_id", DataType::Utf8, false), Field::new("message", DataType::Utf8, false)]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_unclaimed_unit_is_one_workers_share_and_the_shares_turn_with_the_round() {
+        let report = |round| WatchReport { round, unclaimed: (100..107).collect(), complete: false };
+        let shares = |round| (0..3).map(|rank| report(round).share(rank, 3).collect::<Vec<_>>()).collect::<Vec<_>>();
+        assert_eq!(shares(0), [vec![100, 103, 106], vec![101, 104], vec![102, 105]]);
+        // Next round, rank 0's units go to another rank (a dead worker's share is taken).
+        assert_eq!(shares(1), [vec![102, 105], vec![100, 103, 106], vec![101, 104]]);
+    }
 }

@@ -165,7 +165,7 @@ impl Store for LocalStore {
                     let key = relative_key(root, &path);
                     let modified_ms =
                         meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64);
-                    out.push(Listed { key, size: meta.len(), modified_ms });
+                    out.push(Listed { key, size: meta.len(), modified_ms, e_tag: None });
                 }
             }
             Ok(())

@@ -37,6 +37,28 @@ pub struct Listed {
     pub size: u64,
     /// When it was last written (Unix milliseconds).
     pub modified_ms: i64,
+    /// Its ETag, where the listing gives one (object storage): a new one for every write.
+    pub e_tag: Option<String>,
+}
+
+impl Version {
+    /// The ETag part of the version (object storage), as a listing names it.
+    pub fn e_tag(&self) -> Option<&str> {
+        let e_tag = self.0.split('\n').next().map(unquoted)?;
+        (!e_tag.is_empty()).then_some(e_tag)
+    }
+}
+
+impl Listed {
+    /// Whether the object listed is the one written with `e_tag` (no other write since).
+    pub fn written_as(&self, e_tag: &str) -> bool {
+        self.e_tag.as_deref().map(unquoted).is_some_and(|listed| !listed.is_empty() && listed == unquoted(e_tag))
+    }
+}
+
+/// An ETag without its quotes (S3 quotes them in headers and listings alike; one may not).
+fn unquoted(e_tag: &str) -> &str {
+    e_tag.trim_matches('"')
 }
 
 /// The operations the workspace needs of where it is stored.
@@ -74,6 +96,12 @@ pub trait Store: Send + Sync + Debug {
     /// key order. Object storage lists from `after` and stops past `last`.
     fn list_range(&self, prefix: &str, after: &str, last: &str) -> Result<Vec<Listed>> {
         Ok(self.list(prefix)?.into_iter().filter(|l| l.key.as_str() > after && l.key.as_str() <= last).collect())
+    }
+
+    /// Whether listings give each object's ETag ([`Listed::e_tag`]), so that a listing tells
+    /// whether an object is still the one written with a known version.
+    fn lists_e_tags(&self) -> bool {
+        false
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>>;

@@ -186,7 +186,7 @@ impl ObjectBackend {
             Some(rest) => rest.strip_prefix('/').unwrap_or(rest),
             None => location,
         };
-        Listed { key: key.to_string(), size: meta.size, modified_ms: meta.last_modified.timestamp_millis() }
+        Listed { key: key.to_string(), size: meta.size, modified_ms: meta.last_modified.timestamp_millis(), e_tag: meta.e_tag.clone() }
     }
 
     fn fail(&self, e: object_store::Error) -> Error {
@@ -286,6 +286,11 @@ impl Store for ObjectBackend {
 
     fn lists_by_range(&self) -> bool {
         // S3 and GCS list after a key, Azure from one; the in-memory bucket does too.
+        true
+    }
+
+    fn lists_e_tags(&self) -> bool {
+        // S3, GCS and Azure listings name each object's ETag, and so does the in-memory bucket.
         true
     }
 
