@@ -85,6 +85,11 @@ pub(super) async fn materialize(
             node_ctx.run_chunks(&source, rows_per_unit, &mut committed).await?
         }
     };
+    if let Some(claims) = &ctx.claims {
+        // Its units are all asked for: the commits this worker won there need no summary now
+        // (a streamed view's units are not summarised).
+        claims.forget_wins(&ctx.fingerprints[i]);
+    }
     let manifest = match &ctx.claims {
         None => {
             let manifest = Manifest::new(&ctx.fingerprints[i], &node.name, node.op_name(), &input_digest, commits, super::now());
