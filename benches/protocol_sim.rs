@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use unoflow::exec::{Claims, ManifestWriter, UnitDriver, UnitEnd, UnitQueue, WorkerOptions, first_choice};
 use unoflow::workspace::store::{Call, calls};
-use unoflow::workspace::{Location, NodeStore, Workspace};
+use unoflow::workspace::{Location, Manifest, NodeStore, Workspace};
 
 const FINGERPRINT: &str = "sim";
 const INPUT: &str = "input-digest";
@@ -54,7 +54,7 @@ struct Job {
 }
 
 struct Outcome {
-    /// Seconds the manifest's writer cleaned up after every other worker was through.
+    /// Seconds the manifest's writer took to clean up after the node.
     clean_up: f64,
     /// Seconds from the start to the last commit.
     last_commit: f64,
@@ -87,7 +87,27 @@ fn unit_key(unit: usize) -> String {
 }
 
 /// One worker's share of the node: its units, then the manifest.
-async fn worker(claims: Arc<Claims>, store: NodeStore, queue: UnitQueue, job: Arc<Job>) -> unoflow::Result<()> {
+/// Whether to stop: a simulated worker never does.
+fn never() -> bool {
+    false
+}
+
+fn warn(message: &str) {
+    eprintln!("{message}");
+}
+
+fn manifest_writer<'a>(claims: &'a Claims, store: &'a NodeStore) -> ManifestWriter<'a> {
+    ManifestWriter { claims, store, fingerprint: FINGERPRINT, node: "work", op: "sleep", input_digest: INPUT, stop: &never, warn: &warn }
+}
+
+/// One worker's share of the node: its units, then the manifest. Returns the manifest if this
+/// worker wrote it (it cleans up after the node then).
+async fn worker(
+    claims: Arc<Claims>,
+    store: NodeStore,
+    queue: UnitQueue,
+    job: Arc<Job>,
+) -> unoflow::Result<Option<(Arc<Claims>, Manifest)>> {
     let _beat = claims.heartbeat("sim".into());
     let stop = || false;
     let driver =
@@ -117,33 +137,22 @@ async fn worker(claims: Arc<Claims>, store: NodeStore, queue: UnitQueue, job: Ar
             })
         })
         .await?;
-    let warn = |message: &str| eprintln!("{message}");
-    let writer = ManifestWriter {
-        claims: &claims,
-        store: &store,
-        fingerprint: FINGERPRINT,
-        node: "work",
-        op: "sleep",
-        input_digest: INPUT,
-        stop: &stop,
-        warn: &warn,
-    };
     // A worker that saw the manifest (it ended watching for it) would read it to go on to the
     // next node: one request, counted here, but the thousand parsed copies of a 100,000-unit
     // manifest at once do not fit this machine's memory, where each worker has a host's.
     let seen = driven.watching.is_none() && store.has_manifest()?;
     let written = match seen {
         true => None,
-        false => Some(writer.gather(driven.done, &driven.elsewhere, driven.watching).await?).filter(|g| g.written),
+        false => {
+            Some(manifest_writer(&claims, &store).gather(driven.done, &driven.elsewhere, driven.watching).await?).filter(|g| g.written)
+        }
     };
-    // Through the node: this worker would go on to the next one now. The worker that wrote the
-    // manifest cleans up first (nobody waits for that; it is timed apart).
+    // Through the node: this worker would go on to the next one now. The one that wrote the
+    // manifest cleans up on its own host: here, once the others are through (on two shared
+    // cores, removing 100,000 leases would slow the others' requests).
     job.through_ms.fetch_max(unoflow::workspace::now_ms(), Ordering::Relaxed);
-    if let Some(gathered) = written {
-        writer.clean_up(&gathered.manifest).await;
-    }
     claims.finish("sim").await;
-    Ok(())
+    Ok(written.map(|g| (claims, g.manifest)))
 }
 
 async fn simulate(job: Arc<Job>, owners: Arc<Vec<usize>>, kill_tenth: bool, bucket: &str) -> Outcome {
@@ -162,7 +171,7 @@ async fn simulate(job: Arc<Job>, owners: Arc<Vec<usize>>, kill_tenth: bool, buck
         let queue = UnitQueue::shared(first_choices, job.units, rank * job.units / job.workers, unoflow::exec::WINDOW, 2, poll);
         workers.push((claims, queue));
     }
-    let (started, started_ms) = (Instant::now(), unoflow::workspace::now_ms());
+    let started_ms = unoflow::workspace::now_ms();
     let ended = Arc::new(AtomicBool::new(false));
     let sampler = {
         let (job, ended) = (Arc::clone(&job), Arc::clone(&ended));
@@ -184,14 +193,18 @@ async fn simulate(job: Arc<Job>, owners: Arc<Vec<usize>>, kill_tenth: bool, buck
             task.abort();
         }
     }
+    let mut writer = None;
     for task in tasks {
         match task.await {
-            Ok(result) => result.expect("a worker failed"),
+            Ok(result) => writer = writer.or(result.expect("a worker failed")),
             Err(e) if e.is_cancelled() => {}
             Err(e) => panic!("a worker panicked: {e}"),
         }
     }
-    let ended_s = started.elapsed().as_secs_f64();
+    let (claims, manifest) = writer.expect("a worker wrote the manifest");
+    let cleaning = Instant::now();
+    manifest_writer(&claims, &store).clean_up(&manifest).await;
+    let clean_up = cleaning.elapsed().as_secs_f64();
     ended.store(true, Ordering::Relaxed);
     let busy = sampler.await.expect("the sampler");
     let calls = before.into_iter().map(|(c, n)| (c, calls(c) - n)).collect();
@@ -202,7 +215,7 @@ async fn simulate(job: Arc<Job>, owners: Arc<Vec<usize>>, kill_tenth: bool, buck
     let manifest_units = job.units;
     let last_commit = (job.last_commit_ms.load(Ordering::Relaxed) - started_ms) as f64 / 1000.0;
     let seconds = (job.through_ms.load(Ordering::Relaxed) - started_ms) as f64 / 1000.0;
-    Outcome { last_commit, clean_up: ended_s - seconds, busy, seconds, calls, manifest_units }
+    Outcome { last_commit, clean_up, busy, seconds, calls, manifest_units }
 }
 
 fn main() {
@@ -261,7 +274,7 @@ fn main() {
             println!("{:<24} busy % by tenth of the run: {}", "", shares.join(" "));
             let tail: Vec<String> = outcome.busy.iter().rev().take(30).rev().map(|b| b.to_string()).collect();
             println!(
-                "{:<24} last commit at {:.1} s; the manifest's writer cleaned up {:.1} s more; slots busy, the last samples: {}",
+                "{:<24} last commit at {:.1} s; the manifest's writer then cleaned up in {:.1} s; slots busy, the last samples: {}",
                 "",
                 outcome.last_commit,
                 outcome.clean_up,

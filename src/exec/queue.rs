@@ -45,6 +45,53 @@ fn scattered(unit: usize) -> u64 {
     (unit as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// Units put aside as held by others, each with when its lease may be taken over (Unix ms),
+/// also ordered by that time: a worker asks for the first every time it looks what to do next,
+/// and with thousands put aside a scan each time kept two cores busy at the end of a node.
+#[derive(Debug, Default)]
+struct Deferred {
+    by_unit: BTreeMap<usize, i64>,
+    by_due: BTreeSet<(i64, usize)>,
+}
+
+impl Deferred {
+    fn insert(&mut self, unit: usize, due: i64) {
+        if let Some(before) = self.by_unit.insert(unit, due) {
+            self.by_due.remove(&(before, unit));
+        }
+        self.by_due.insert((due, unit));
+    }
+
+    fn remove(&mut self, unit: &usize) -> Option<i64> {
+        let due = self.by_unit.remove(unit)?;
+        self.by_due.remove(&(due, *unit));
+        Some(due)
+    }
+
+    fn get(&self, unit: &usize) -> Option<&i64> {
+        self.by_unit.get(unit)
+    }
+
+    fn len(&self) -> usize {
+        self.by_unit.len()
+    }
+
+    fn first_due(&self) -> Option<i64> {
+        self.by_due.first().map(|(due, _)| *due)
+    }
+
+    /// The units whose leases may be taken over by `now`, in unit order.
+    fn due_by(&self, now: i64) -> Vec<usize> {
+        let mut due: Vec<usize> = self.by_due.range(..(now.saturating_add(1), 0)).map(|(_, unit)| *unit).collect();
+        due.sort_unstable();
+        due
+    }
+
+    fn units(&self) -> impl Iterator<Item = usize> + '_ {
+        self.by_unit.keys().copied()
+    }
+}
+
 /// What a worker should do next for a node's units.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
@@ -76,7 +123,7 @@ pub struct UnitQueue {
     /// The other workers' first choices, in the order to ask, not yet checked for commits.
     unchecked: VecDeque<usize>,
     /// Held by another worker: when its lease may be taken over if not renewed (Unix ms).
-    deferred: BTreeMap<usize, i64>,
+    deferred: Deferred,
     held_in_a_row: usize,
     give_up: usize,
     /// How many of `unchecked` are checked at once.
@@ -146,7 +193,7 @@ impl UnitQueue {
         Self {
             ready,
             unchecked,
-            deferred: BTreeMap::new(),
+            deferred: Deferred::default(),
             held_in_a_row: 0,
             give_up: give_up.max(1),
             window: usize::MAX,
@@ -182,7 +229,7 @@ impl UnitQueue {
             return Next::Check(self.unchecked.drain(..take).collect());
         }
         let scan_at = (!self.unchecked.is_empty() && !self.watcher).then_some(self.scan_at);
-        let first_due = self.deferred.values().min().copied();
+        let first_due = self.deferred.first_due();
         let unseen = if self.watcher { self.unchecked.len() } else { 0 };
         if first_due.is_none() && self.set_aside.is_empty() && unseen == 0 {
             return scan_at.map_or(Next::Empty, Next::Wait);
@@ -200,11 +247,11 @@ impl UnitQueue {
                 // the others (see `offer`): it looks up every unit it has not seen committed,
                 // commits and leases, at once (listings of the runs they make).
                 let mut units: Vec<usize> = self.set_aside.drain(..).chain(self.unchecked.drain(..)).collect();
-                units.extend(self.deferred.keys());
+                units.extend(self.deferred.units());
                 return Next::Check(units);
             }
         } else if now >= first_due {
-            return Next::Recheck(self.deferred.iter().filter(|(_, due)| **due <= now).map(|(unit, _)| *unit).collect());
+            return Next::Recheck(self.deferred.due_by(now));
         } else if !self.set_aside.is_empty() && now >= self.set_aside_due {
             // Back to the windows: the node took longer than the others' checks.
             self.unchecked.extend(self.set_aside.drain(..));
@@ -230,7 +277,7 @@ impl UnitQueue {
     /// The answer to a [`Next::Watch`] that found the node complete: every unit this worker
     /// did not see committed was committed by others. Returns them; the queue is empty then.
     pub fn complete(&mut self) -> Vec<usize> {
-        let mut rest: Vec<usize> = std::mem::take(&mut self.deferred).into_keys().collect();
+        let mut rest: Vec<usize> = std::mem::take(&mut self.deferred).units().collect();
         rest.extend(self.unchecked.drain(..));
         rest.extend(self.set_aside.drain(..));
         rest.extend(self.ready.drain(..));
@@ -250,7 +297,10 @@ impl UnitQueue {
                 continue;
             }
             let put_aside = match held.get(&unit) {
-                Some(&due) if due > now => Some(*self.deferred.entry(unit).and_modify(|d| *d = due).or_insert(due)),
+                Some(&due) if due > now => {
+                    self.deferred.insert(unit, due);
+                    Some(due)
+                }
                 _ => self.deferred.get(&unit).copied(),
             };
             match put_aside {
