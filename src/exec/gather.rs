@@ -178,6 +178,15 @@ mod tests {
     use crate::exec::WorkerOptions;
     use crate::workspace::{Location, Workspace};
 
+    /// The manifest writer of node `fp` (inputs `digest`) for the tests, never stopped.
+    fn writer<'a>(claims: &'a Claims, store: &'a NodeStore) -> ManifestWriter<'a> {
+        fn never() -> bool {
+            false
+        }
+        fn ignore(_: &str) {}
+        ManifestWriter { claims, store, fingerprint: "fp", node: "work", op: "sleep", input_digest: "digest", stop: &never, warn: &ignore }
+    }
+
     /// The watcher holds the manifest lease when its units end: it writes the manifest with
     /// that lease at once (not waiting for the lease to lapse as if another worker held it),
     /// from its own commits and the records of the units others committed.
@@ -194,17 +203,7 @@ mod tests {
         let claims = Claims::new(ws.leases(), WorkerOptions { lease: Duration::from_secs(60), ..WorkerOptions::default() });
         let LeaseOutcome::Claimed(lease) = claims.claim_named("fp", MANIFEST_LEASE).await.unwrap() else { panic!("the lease is free") };
         let held = claims.keep_alive(lease);
-        let (stop, warn) = (|| false, |_: &str| {});
-        let writer = ManifestWriter {
-            claims: &claims,
-            store: &store,
-            fingerprint: "fp",
-            node: "work",
-            op: "sleep",
-            input_digest: "digest",
-            stop: &stop,
-            warn: &warn,
-        };
+        let writer = writer(&claims, &store);
         let elsewhere = BTreeSet::from([1, 3]);
         let manifest = tokio::time::timeout(Duration::from_secs(10), writer.gather(own, &elsewhere, Some(held)))
             .await
@@ -241,17 +240,7 @@ mod tests {
 
         let own = vec![record(0).into_commit()];
         let claims = Claims::new(ws.leases(), WorkerOptions::default());
-        let (stop, warn) = (|| false, |_: &str| {});
-        let writer = ManifestWriter {
-            claims: &claims,
-            store: &store,
-            fingerprint: "fp",
-            node: "work",
-            op: "sleep",
-            input_digest: "digest",
-            stop: &stop,
-            warn: &warn,
-        };
+        let writer = writer(&claims, &store);
         let gathered = writer.gather(own, &BTreeSet::from([1, 3]), None).await.unwrap();
         assert!(gathered.written);
         let commits: Vec<(usize, String)> = gathered.manifest.commits.iter().map(|c| (c.unit, c.attempt.clone())).collect();

@@ -74,9 +74,7 @@ impl UnitDriver<'_> {
     ) -> Result<Driven<T>> {
         let mut running: JoinSet<(usize, Result<UnitEnd<T>>)> = JoinSet::new();
         let mut out = Driven { done: Vec::new(), elsewhere: BTreeSet::new(), watching: None };
-        // When to ask for the manifest lease again (its holder may have stopped renewing it).
-        let mut watch_claim_at = 0;
-        let mut reports = Reports::default();
+        let mut watching = Watching::default();
         let mut error: Option<Error> = None;
         let mut permit: Option<OwnedSemaphorePermit> = None;
         while error.is_none() && !(self.stop)() {
@@ -108,15 +106,15 @@ impl UnitDriver<'_> {
                     Ok(None) => permit = Some(held),
                     Err(e) => error = Some(e),
                 },
-                Next::Check(units) => match self.look_up(&units, true, &mut queue, &mut out, &mut reports).await {
+                Next::Check(units) => match self.look_up(&units, true, &mut queue, &mut out, &mut watching).await {
                     Ok(()) => permit = Some(held),
                     Err(e) => error = Some(e),
                 },
-                Next::Recheck(units) => match self.look_up(&units, false, &mut queue, &mut out, &mut reports).await {
+                Next::Recheck(units) => match self.look_up(&units, false, &mut queue, &mut out, &mut watching).await {
                     Ok(()) => permit = Some(held),
                     Err(e) => error = Some(e),
                 },
-                Next::Watch => match self.watch(&mut queue, &mut out, &mut watch_claim_at, &mut reports, now).await {
+                Next::Watch => match self.watch(&mut queue, &mut out, &mut watching, now).await {
                     Ok(()) => permit = Some(held),
                     Err(e) => error = Some(e),
                 },
@@ -160,7 +158,7 @@ impl UnitDriver<'_> {
         leases: bool,
         queue: &mut UnitQueue,
         out: &mut Driven<T>,
-        reports: &mut Reports,
+        watching: &mut Watching,
     ) -> Result<()> {
         let committed = self.store.committed_among(units)?;
         let pending: Vec<usize> = units.iter().copied().filter(|u| !committed.contains(u)).collect();
@@ -171,10 +169,10 @@ impl UnitDriver<'_> {
         out.elsewhere.extend(committed.iter().copied());
         queue.checked(units, &committed, &others_hold, now_ms());
         if let Some(claims) = self.claims.filter(|_| queue.is_watcher()) {
-            let (rank, world, round) = (claims.opts.rank, claims.opts.world, reports.written);
+            let (rank, world, round) = (claims.opts.rank, claims.opts.world, watching.written);
             let share = |units: &[usize]| WatchReport::share_of(units, round, rank, world).collect();
             let unclaimed = queue.offer(OFFERED_PER_WORKER * world.max(1), share);
-            reports.write(self.store, unclaimed)?;
+            watching.report(self.store, unclaimed)?;
         }
         Ok(())
     }
@@ -190,18 +188,12 @@ impl UnitDriver<'_> {
         }
     }
 
-    /// Becomes the node's watcher if nobody is (claims its manifest lease), else looks whether
-    /// the node is complete (one request).
-    async fn watch<T>(
-        &self,
-        queue: &mut UnitQueue,
-        out: &mut Driven<T>,
-        claim_at: &mut i64,
-        reports: &mut Reports,
-        now: i64,
-    ) -> Result<()> {
+    /// Becomes the node's watcher if nobody is (claims its manifest lease), else reads the
+    /// watcher's report (one request): takes this worker's share of the units it offers, or
+    /// looks whether the node is complete.
+    async fn watch<T>(&self, queue: &mut UnitQueue, out: &mut Driven<T>, watching: &mut Watching, now: i64) -> Result<()> {
         let Some(claims) = self.claims else { return Ok(()) };
-        if out.watching.is_none() && now >= *claim_at {
+        if out.watching.is_none() && now >= watching.claim_at {
             match claims.claim_named(self.fingerprint, MANIFEST_LEASE).await? {
                 // A late worker may find the lease gone with the node's (complete) leases.
                 LeaseOutcome::Claimed(_) if self.store.has_manifest()? => {
@@ -214,13 +206,13 @@ impl UnitDriver<'_> {
                     return Ok(());
                 }
                 LeaseOutcome::Held { expires_at_ms, .. } => {
-                    *claim_at = claims.take_over_at(expires_at_ms);
+                    watching.claim_at = claims.take_over_at(expires_at_ms);
                 }
             }
         }
         // The watcher's report, while it comes anew each poll; else (the node complete, the
         // watcher gone or not there yet) whether the manifest is written.
-        match reports.read_new(self.store)? {
+        match watching.new_report(self.store)? {
             Some(report) if !report.complete => queue.take_offered(report.share(claims.opts.rank, claims.opts.world)),
             _ if self.store.has_manifest()? => out.elsewhere.extend(queue.complete()),
             _ => {}
@@ -254,25 +246,27 @@ impl UnitDriver<'_> {
 /// next look).
 const OFFERED_PER_WORKER: usize = 2;
 
-/// The node's watch reports: how many the watcher wrote, or the round of the last one this
-/// worker read.
+/// A worker's part in watching a node: when to ask for the manifest lease again (its holder may
+/// have stopped renewing it), and the watch reports — how many it wrote as the watcher, or the
+/// round of the last one it read.
 #[derive(Debug, Default)]
-struct Reports {
+struct Watching {
+    claim_at: i64,
     written: u64,
     seen_round: Option<u64>,
 }
 
-impl Reports {
+impl Watching {
     /// Writes the watcher's report of `unclaimed` units (every poll, also when nothing is
     /// unclaimed: a report that comes anew tells the others the watcher is at work).
-    fn write(&mut self, store: &NodeStore, unclaimed: Vec<usize>) -> Result<()> {
+    fn report(&mut self, store: &NodeStore, unclaimed: Vec<usize>) -> Result<()> {
         store.report_watch(&WatchReport { round: self.written, unclaimed, complete: false })?;
         self.written += 1;
         Ok(())
     }
 
     /// The watcher's report, if it wrote a new one since this worker looked (one request).
-    fn read_new(&mut self, store: &NodeStore) -> Result<Option<WatchReport>> {
+    fn new_report(&mut self, store: &NodeStore) -> Result<Option<WatchReport>> {
         let report = store.watch_report()?.filter(|r| self.seen_round != Some(r.round));
         if let Some(report) = &report {
             self.seen_round = Some(report.round);
