@@ -49,8 +49,8 @@ struct Job {
     /// Units running now, and when the last commit was made (Unix ms), for `--timeline`.
     busy: AtomicUsize,
     last_commit_ms: AtomicI64,
-    /// When the last worker was through the node (Unix ms): it wrote or saw the manifest.
-    through_ms: AtomicI64,
+    /// When each worker was through the node (Unix ms): it wrote or saw the manifest.
+    through_ms: std::sync::Mutex<Vec<i64>>,
 }
 
 struct Outcome {
@@ -62,6 +62,8 @@ struct Outcome {
     busy: Vec<usize>,
     /// Seconds until every worker was through the node (wrote or saw its manifest).
     seconds: f64,
+    /// Seconds from the last commit until the first, the median and the last worker was through.
+    through_after: [f64; 3],
     calls: Vec<(Call, u64)>,
     manifest_units: usize,
 }
@@ -150,7 +152,7 @@ async fn worker(
     // Through the node: this worker would go on to the next one now. The one that wrote the
     // manifest cleans up on its own host: here, once the others are through (on two shared
     // cores, removing 100,000 leases would slow the others' requests).
-    job.through_ms.fetch_max(unoflow::workspace::now_ms(), Ordering::Relaxed);
+    job.through_ms.lock().expect("the times through").push(unoflow::workspace::now_ms());
     claims.finish("sim").await;
     Ok(written.map(|g| (claims, g.manifest)))
 }
@@ -214,8 +216,12 @@ async fn simulate(job: Arc<Job>, owners: Arc<Vec<usize>>, kill_tenth: bool, buck
     assert_eq!(store.committed_units().expect("commits").len(), job.units);
     let manifest_units = job.units;
     let last_commit = (job.last_commit_ms.load(Ordering::Relaxed) - started_ms) as f64 / 1000.0;
-    let seconds = (job.through_ms.load(Ordering::Relaxed) - started_ms) as f64 / 1000.0;
-    Outcome { last_commit, clean_up, busy, seconds, calls, manifest_units }
+    let mut through = std::mem::take(&mut *job.through_ms.lock().expect("the times through"));
+    through.sort_unstable();
+    let after_last_commit = |ms: i64| (ms - job.last_commit_ms.load(Ordering::Relaxed)) as f64 / 1000.0;
+    let through_after = [through[0], through[through.len() / 2], through[through.len() - 1]].map(after_last_commit);
+    let seconds = (through[through.len() - 1] - started_ms) as f64 / 1000.0;
+    Outcome { last_commit, clean_up, busy, seconds, through_after, calls, manifest_units }
 }
 
 fn main() {
@@ -241,7 +247,7 @@ fn main() {
         lease: Duration::from_secs(lease_s),
         busy: AtomicUsize::new(0),
         last_commit_ms: AtomicI64::new(0),
-        through_ms: AtomicI64::new(0),
+        through_ms: Default::default(),
     });
     let owners: Arc<Vec<usize>> = Arc::new((0..job.units).map(|u| first_choice(&unit_key(u), job.workers)).collect());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(512).build().expect("runtime");
@@ -273,12 +279,11 @@ fn main() {
                 .collect();
             println!("{:<24} busy % by tenth of the run: {}", "", shares.join(" "));
             let tail: Vec<String> = outcome.busy.iter().rev().take(30).rev().map(|b| b.to_string()).collect();
+            println!("{:<24} last commit at {:.1} s; slots busy, the last samples: {}", "", outcome.last_commit, tail.join(" "));
+            let [first, median, last] = outcome.through_after;
             println!(
-                "{:<24} last commit at {:.1} s; the manifest's writer then cleaned up in {:.1} s; slots busy, the last samples: {}",
-                "",
-                outcome.last_commit,
-                outcome.clean_up,
-                tail.join(" ")
+                "{:<24} workers through the node (wrote or saw the manifest) after the last commit: first +{first:.1} s, median +{median:.1} s, last +{last:.1} s; the writer then cleaned up in {:.1} s",
+                "", outcome.clean_up
             );
         }
     }

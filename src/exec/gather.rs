@@ -10,6 +10,7 @@ use futures::StreamExt;
 
 use super::claims::{Claims, MANIFEST_LEASE, Renewal};
 use super::queue;
+use super::unit_set::UnitSet;
 use super::units::sleep_unless;
 use crate::error::{Error, Result};
 use crate::workspace::{Commit, Garbage, LeaseOutcome, Manifest, NodeStore, SummarizedCommit, WatchReport};
@@ -52,7 +53,7 @@ impl ManifestWriter<'_> {
     /// The node's manifest: written from `own` (this worker's commits) and the records of
     /// `elsewhere` (units other workers committed), or the one another worker wrote. `held` is
     /// the manifest lease when this worker holds it already (it watched the node's end).
-    pub async fn gather(&self, own: Vec<Commit>, elsewhere: &BTreeSet<usize>, held: Option<Renewal>) -> Result<Gathered> {
+    pub async fn gather(&self, own: Vec<Commit>, elsewhere: &UnitSet, held: Option<Renewal>) -> Result<Gathered> {
         let mut held = held;
         let damaged = |why: String| Error::Workspace { path: PathBuf::from(self.store.fingerprint()), message: why };
         // The manifest is usually written moments after the last commit: look again soon,
@@ -74,7 +75,7 @@ impl ManifestWriter<'_> {
                 },
             };
             let known: BTreeSet<usize> = own.iter().map(|c| c.unit).collect();
-            let (mut commits, unread) = self.summarised(elsewhere.difference(&known).copied().collect()).await?;
+            let (mut commits, unread) = self.summarised(elsewhere.iter().filter(|u| !known.contains(u)).collect()).await?;
             let (records, stale) = self.read_records(unread).await?;
             commits.extend(records);
             if !stale.is_empty() {
@@ -204,7 +205,7 @@ mod tests {
         let LeaseOutcome::Claimed(lease) = claims.claim_named("fp", MANIFEST_LEASE).await.unwrap() else { panic!("the lease is free") };
         let held = claims.keep_alive(lease);
         let writer = writer(&claims, &store);
-        let elsewhere = BTreeSet::from([1, 3]);
+        let elsewhere = UnitSet::from_iter([1, 3]);
         let manifest = tokio::time::timeout(Duration::from_secs(10), writer.gather(own, &elsewhere, Some(held)))
             .await
             .expect("written at once, not after the lease lapses")
@@ -241,7 +242,7 @@ mod tests {
         let own = vec![record(0).into_commit()];
         let claims = Claims::new(ws.leases(), WorkerOptions::default());
         let writer = writer(&claims, &store);
-        let gathered = writer.gather(own, &BTreeSet::from([1, 3]), None).await.unwrap();
+        let gathered = writer.gather(own, &UnitSet::from_iter([1, 3]), None).await.unwrap();
         assert!(gathered.written);
         let commits: Vec<(usize, String)> = gathered.manifest.commits.iter().map(|c| (c.unit, c.attempt.clone())).collect();
         assert_eq!(commits.len(), 3);

@@ -19,6 +19,7 @@ use super::RunCtx;
 use super::claims::{Asked, Renewal};
 use super::gather::ManifestWriter;
 use super::queue::{self, UnitQueue};
+use super::unit_set::UnitSet;
 use super::units::{UnitDriver, UnitEnd, UnitFuture, sleep_unless};
 use crate::data::NodeData;
 use crate::error::{Error, Result};
@@ -52,7 +53,7 @@ pub(super) async fn materialize(
     store.begin(&node_json)?;
     let input_digest = input_digest(ctx, i, inputs);
     let mut committed =
-        Committed { commits: Vec::new(), elsewhere: BTreeSet::new(), verified: verified.clone(), store, input_digest: &input_digest };
+        Committed { commits: Vec::new(), elsewhere: UnitSet::new(), verified: verified.clone(), store, input_digest: &input_digest };
     if ctx.claims.is_none() {
         // Alone in the workspace: attempts no commit names are from killed or failed runs, and
         // every record is read and checked before it is reused.
@@ -66,7 +67,7 @@ pub(super) async fn materialize(
     } else {
         // Shared: which units are committed is one listing; their records are read once, by
         // the worker that writes the manifest.
-        committed.elsewhere = store.committed_units()?;
+        committed.elsewhere = store.committed_units()?.into_iter().collect();
     }
 
     let runner = LazyRunner::new(ctx, i, inputs);
@@ -137,7 +138,7 @@ fn input_digest(ctx: &RunCtx, i: usize, inputs: &[NodeData]) -> String {
 /// units' files were already verified.
 struct Committed<'a> {
     commits: Vec<Commit>,
-    elsewhere: BTreeSet<usize>,
+    elsewhere: UnitSet,
     verified: BTreeSet<usize>,
     store: &'a NodeStore,
     input_digest: &'a str,
@@ -265,11 +266,11 @@ impl NodeRun<'_> {
             stop: &stop,
         };
         let driven = driver.run(queue, |index, lease| self.unit_task(todo[&index].clone(), lease)).await?;
-        for unit in driven.elsewhere.iter().filter_map(|u| todo.get(u)) {
+        for unit in driven.elsewhere.iter().filter_map(|u| todo.get(&u)) {
             self.ctx.observer.rows_done(self.name(), unit.rows);
         }
         done.extend(driven.done);
-        committed.elsewhere.extend(driven.elsewhere);
+        committed.elsewhere.extend(driven.elsewhere.iter());
         let commits = self.complete(done, &committed.elsewhere, total)?;
         Ok(Ran { commits, reused, watching: driven.watching })
     }
@@ -355,10 +356,10 @@ impl NodeRun<'_> {
     }
 
     /// The commits in unit order, or why the node is not complete.
-    fn complete(&self, mut commits: Vec<Commit>, elsewhere: &BTreeSet<usize>, units: usize) -> Result<Vec<Commit>> {
+    fn complete(&self, mut commits: Vec<Commit>, elsewhere: &UnitSet, units: usize) -> Result<Vec<Commit>> {
         commits.sort_by_key(|c| c.unit);
         commits.dedup_by_key(|c| c.unit);
-        let found = commits.len() + elsewhere.iter().filter(|u| commits.binary_search_by_key(u, |c| &c.unit).is_err()).count();
+        let found = commits.len() + elsewhere.iter().filter(|u| commits.binary_search_by_key(u, |c| c.unit).is_err()).count();
         if found < units {
             if self.ctx.stop_requested() {
                 return Err(Error::Interrupted(format!("{found} of {units} units committed")));

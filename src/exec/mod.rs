@@ -18,6 +18,7 @@ mod gather;
 mod materialize;
 mod observer;
 mod queue;
+mod unit_set;
 mod units;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +34,7 @@ pub use claims::{Asked, Claims, DEFAULT_LEASE, Renewal, WorkerOptions, first_cho
 pub use gather::{Gathered, ManifestWriter};
 pub use observer::{RunObserver, Unobserved};
 pub use queue::{Next, UnitQueue, WINDOW};
+pub use unit_set::UnitSet;
 pub use units::{Driven, UnitDriver, UnitEnd, UnitFuture};
 
 use crate::dag::{Dag, Node};

@@ -313,9 +313,12 @@ impl UnitQueue {
                 None => self.ready.push_back(unit),
             }
         }
-        // Waiting for a few units, look again soon after one is committed (the others may
-        // follow); waiting for many, keep to the slower poll (each look is a listing).
-        if news && self.deferred.len() <= FEW {
+        // The watcher waiting for a few units looks again soon after one is committed (the
+        // others may follow); waiting for many, it keeps to the slower poll (each look is a
+        // listing). The others' polls are for the watcher's report and the manifest, which
+        // a commit they saw does not bring sooner: a thousand workers polling every 25 ms at
+        // the end of a node would swamp the store (and, in one process, its host).
+        if news && self.watcher && self.deferred.len() <= FEW {
             self.poll_ms = MIN_POLL_MS;
         }
         // Of a window, only what this worker will ask for soon stays ready: the rest would be
@@ -566,6 +569,25 @@ mod tests {
         let mut other = UnitQueue::shared([(20, true)], 21, 0, WINDOW, 4, 1000);
         other.take_offered([7, 9]);
         assert_eq!(asks(&mut other, 0).0, [20, 7, 9]);
+    }
+
+    #[test]
+    fn a_commit_a_worker_sees_does_not_quicken_its_watch_for_the_report() {
+        // Two units others hold, whose leases may be taken over at 5 s and 9 s.
+        let mut queue = UnitQueue::shared((0..2).map(|u| (u, false)), 2, 0, WINDOW, 4, 1000);
+        assert_eq!(queue.next(0), Next::Check(vec![0, 1]));
+        queue.checked(&[0, 1], &BTreeSet::new(), &BTreeMap::from([(0, 5_000), (1, 9_000)]), 0);
+        // It watches for the watcher's report, each poll twice as long while nothing changes.
+        for at in [0, 25, 75] {
+            assert_eq!(queue.next(at), Next::Watch);
+        }
+        assert_eq!(queue.next(5_000), Next::Recheck(vec![0]));
+        queue.checked(&[0], &BTreeSet::from([0]), &BTreeMap::new(), 5_000);
+        assert_eq!(queue.next(5_000), Next::Watch);
+        assert_eq!(queue.next(5_200), Next::Watch);
+        // Unit 0's commit tells nothing of the report: the poll keeps growing (a thousand
+        // workers back at 25 ms at the end of a node kept two cores busy for seconds).
+        assert_eq!(queue.next(5_201), Next::Wait(5_600));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! other units to end before it asks for the next one: a unit starts as soon as a permit is
 //! free, so the slowest unit of a batch does not hold the others' slots idle.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use super::claims::{Asked, Claims, MANIFEST_LEASE, Renewal};
 use super::queue::{Next, UnitQueue};
+use super::unit_set::UnitSet;
 use crate::error::{Error, Result};
 use crate::workspace::{Lease, LeaseOutcome, NodeStore, WatchReport, now_ms};
 
@@ -34,7 +35,7 @@ pub struct Driven<T> {
     /// What this worker's committed units returned.
     pub done: Vec<T>,
     /// The units found committed by other workers.
-    pub elsewhere: BTreeSet<usize>,
+    pub elsewhere: UnitSet,
     /// The node's manifest lease, when this worker became the node's watcher (renewed while
     /// this lives): it writes the manifest (see [`super::ManifestWriter`]).
     pub watching: Option<Renewal>,
@@ -73,7 +74,7 @@ impl UnitDriver<'_> {
         mut start: impl FnMut(usize, Option<Lease>) -> UnitFuture<T>,
     ) -> Result<Driven<T>> {
         let mut running: JoinSet<(usize, Result<UnitEnd<T>>)> = JoinSet::new();
-        let mut out = Driven { done: Vec::new(), elsewhere: BTreeSet::new(), watching: None };
+        let mut out = Driven { done: Vec::new(), elsewhere: UnitSet::new(), watching: None };
         let mut watching = Watching::default();
         let mut error: Option<Error> = None;
         let mut permit: Option<OwnedSemaphorePermit> = None;
@@ -307,6 +308,7 @@ fn collect<T>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
@@ -359,7 +361,7 @@ mod tests {
         for worker in workers {
             let driven = worker.await.unwrap();
             let mut seen: BTreeSet<usize> = driven.done.iter().copied().collect();
-            seen.extend(&driven.elsewhere);
+            seen.extend(driven.elsewhere.iter());
             assert_eq!(seen, (0..UNITS).collect(), "a worker ended without seeing every unit committed");
             committed_by_workers.extend(driven.done);
         }
