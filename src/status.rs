@@ -96,6 +96,6 @@ pub fn progress(ws: &Workspace, nodes_in: &[NodeRef]) -> Result<Progress> {
         let eta_s = pending.filter(|_| units_per_s > 0.0).map(|p| (p + held) as f64 / units_per_s);
         nodes.push(NodeProgress { node: name, fingerprint, complete: false, done, held, pending, rows: None, units_per_s, eta_s });
     }
-    let workers = ws.leases().live_workers(Duration::from_secs(600))?;
+    let workers = ws.leases().live_workers()?;
     Ok(Progress { nodes, workers })
 }

@@ -297,3 +297,25 @@ impl Drop for Renewal {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("a workspace request panicked: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workspace::{BEAT_COUNTS_FOR, Location, Workspace};
+
+    fn claims(lease: Duration) -> Claims {
+        let ws = Workspace::create(&Location::parse("memory://claims-test/ws", std::path::Path::new("."))).unwrap();
+        Claims::new(ws.leases(), WorkerOptions { lease, ..WorkerOptions::default() })
+    }
+
+    #[test]
+    fn heartbeats_come_every_half_lease_at_most_a_minute_apart_well_within_what_counts_a_worker_live() {
+        assert_eq!(claims(Duration::from_secs(10)).beat_interval(), Duration::from_secs(5));
+        assert_eq!(claims(DEFAULT_LEASE).beat_interval(), (DEFAULT_LEASE / 2).min(Duration::from_secs(60)));
+        for lease_s in [1, 30, 120, 600, 3_600, 86_400] {
+            let beat = claims(Duration::from_secs(lease_s)).beat_interval();
+            assert!(beat <= Duration::from_secs(60), "lease {lease_s} s: a beat every {beat:?}");
+            assert!(beat * 5 <= BEAT_COUNTS_FOR, "lease {lease_s} s: a worker two beats late would count as gone");
+        }
+    }
+}

@@ -316,8 +316,9 @@ mod tests {
     use crate::workspace::{Location, Workspace};
 
     /// Three workers drive the same twelve units over an in-memory bucket, one of them asking
-    /// for units slowly: every unit is committed once, and each worker ends knowing every unit
-    /// committed (by itself, or found committed elsewhere).
+    /// for units slowly: every unit is committed once, each worker ends knowing every unit
+    /// committed (by itself, or found committed elsewhere), and each that did not watch the
+    /// node left a summary of the commits it won (for the manifest's writer).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn workers_sharing_units_commit_each_once_and_each_sees_them_all() {
         const UNITS: usize = 12;
@@ -329,7 +330,7 @@ mod tests {
             let (ws, store, attempts) = (ws.clone(), store.clone(), Arc::clone(&attempts));
             workers.push(tokio::spawn(async move {
                 let opts = WorkerOptions { rank, world: 3, lease: Duration::from_secs(2), ..WorkerOptions::default() };
-                let claims = Claims::new(ws.leases(), opts);
+                let claims = Arc::new(Claims::new(ws.leases(), opts));
                 let first_choices = (0..UNITS).map(|u| (u, crate::exec::first_choice(&format!("k{u}"), 3) == rank));
                 let queue = UnitQueue::shared(first_choices, UNITS, rank * UNITS / 3, 4, 4, 250);
                 let stop = || false;
@@ -344,27 +345,41 @@ mod tests {
                 driver
                     .run(queue, |unit, lease| {
                         assert!(lease.is_some(), "a shared unit runs under a lease");
-                        let (store, attempts) = (store.clone(), Arc::clone(&attempts));
+                        let (store, attempts, claims) = (store.clone(), Arc::clone(&attempts), Arc::clone(&claims));
                         Box::pin(async move {
                             attempts.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(pause).await;
                             let attempt = store.attempt(unit);
                             let commit = store.commit(&attempt, attempt.record(&format!("k{unit}"), "d", Vec::new(), None, 0.0))?;
-                            Ok(UnitEnd::Committed(commit.into_commit().unit))
+                            Ok(UnitEnd::Committed(claims.settle("fp", commit).unit))
                         })
                     })
                     .await
                     .unwrap()
             }));
         }
-        let mut committed_by_workers = Vec::new();
+        let (mut committed_by_workers, mut won, mut watchers) = (Vec::new(), Vec::new(), 0);
         for worker in workers {
             let driven = worker.await.unwrap();
             let mut seen: BTreeSet<usize> = driven.done.iter().copied().collect();
             seen.extend(driven.elsewhere.iter());
             assert_eq!(seen, (0..UNITS).collect(), "a worker ended without seeing every unit committed");
+            watchers += usize::from(driven.watching.is_some());
+            if driven.watching.is_none() && !driven.done.is_empty() {
+                won.push(driven.done.iter().copied().collect::<BTreeSet<usize>>());
+            }
             committed_by_workers.extend(driven.done);
         }
+        assert!(watchers <= 1, "one watcher at most");
+        let mut summarised: Vec<BTreeSet<usize>> = store
+            .summary_keys()
+            .unwrap()
+            .iter()
+            .map(|key| store.summary(key).unwrap().expect("a summary").commits.iter().map(|c| c.commit.unit).collect())
+            .collect();
+        summarised.sort();
+        won.sort();
+        assert_eq!(summarised, won, "each worker that did not watch summarised all it won, when it had nothing to ask for");
         committed_by_workers.sort_unstable();
         assert_eq!(committed_by_workers, (0..UNITS).collect::<Vec<_>>(), "each unit is committed by exactly one worker");
         assert_eq!(attempts.load(Ordering::Relaxed), UNITS, "no unit was run twice");

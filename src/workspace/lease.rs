@@ -50,6 +50,11 @@ pub enum LeaseOutcome {
     Held { owner: String, expires_at_ms: i64 },
 }
 
+/// How long after its last heartbeat a worker counts as live (for `unoflow status`, and for
+/// whether a run holds the workspace): five of the longest gaps between beats (a minute, see
+/// `exec::Claims::beat_interval`), so a worker late with a beat or two is not counted gone.
+pub const BEAT_COUNTS_FOR: Duration = Duration::from_secs(300);
+
 /// A worker's heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerBeat {
@@ -182,9 +187,10 @@ impl Leases {
         self.store.put(&format!("workers/{}.json", beat.id), &bytes)
     }
 
-    /// The workers whose last heartbeat is within `within`.
-    pub fn live_workers(&self, within: Duration) -> Result<Vec<WorkerBeat>> {
-        let cutoff = now_ms() - within.as_millis() as i64;
+    /// The workers counted live: their last heartbeat is within [`BEAT_COUNTS_FOR`], and
+    /// they did not say they were done.
+    pub fn live_workers(&self) -> Result<Vec<WorkerBeat>> {
+        let cutoff = now_ms() - BEAT_COUNTS_FOR.as_millis() as i64;
         let mut out = Vec::new();
         for object in self.store.list("workers")? {
             if let Some((bytes, _)) = self.store.get(&object.key)?

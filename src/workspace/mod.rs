@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 pub use index::{Index, IndexEntry, Storage};
 pub use labels::{Label, Labels, MAX_ROW_ID, Verdict};
-pub use lease::{Lease, LeaseOutcome, Leases, WorkerBeat, now_ms};
+pub use lease::{BEAT_COUNTS_FOR, Lease, LeaseOutcome, Leases, WorkerBeat, now_ms};
 pub use location::Location;
 pub use lock::RunLock;
 pub(crate) use node::hostname;
@@ -181,7 +181,7 @@ impl Workspace {
     pub fn run_is_live(&self) -> bool {
         match &self.location {
             Location::Folder(root) if RunLock::is_held(root) => true,
-            _ => self.leases().live_workers(std::time::Duration::from_secs(300)).is_ok_and(|w| !w.is_empty()),
+            _ => self.leases().live_workers().is_ok_and(|w| !w.is_empty()),
         }
     }
 
