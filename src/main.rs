@@ -6,7 +6,12 @@ use clap::Parser;
 use unoflow::cli::{Cli, Command};
 use unoflow::interrupt::Interrupt;
 
+/// Models allocate and free a tensor per op: see `unoflow_models::allocator`.
+#[global_allocator]
+static ALLOCATOR: unoflow_models::allocator::Allocator = unoflow_models::allocator::Allocator;
+
 fn main() {
+    unoflow_models::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

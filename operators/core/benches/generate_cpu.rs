@@ -15,10 +15,15 @@ use unoflow_models::flux::PeMode;
 use unoflow_models::flux::sampling::ShiftRule;
 use unoflow_operators::generate::{GenerateOptions, Models, generate};
 
+/// The allocator of the `unoflow` binary, so the numbers are the CLI's.
+#[global_allocator]
+static ALLOCATOR: unoflow_models::allocator::Allocator = unoflow_models::allocator::Allocator;
+
 const THREADS: usize = 2;
 const REPEATS: usize = 3;
 
 fn main() {
+    unoflow_models::allocator::keep_freed_memory();
     let _ = rayon::ThreadPoolBuilder::new().num_threads(THREADS).build_global();
     let reference = DynamicImage::ImageRgb8(image::RgbImage::from_fn(512, 512, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8])));
     let options = GenerateOptions {

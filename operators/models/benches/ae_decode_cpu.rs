@@ -16,6 +16,10 @@ use burn::tensor::{DType, Distribution, Tensor};
 use unoflow_models::flux::autoencoder::{AutoEncoder, AutoEncoderConfig};
 use unoflow_models::vb::Vb;
 
+/// The allocator of the `unoflow` binary, so the numbers are the CLI's.
+#[global_allocator]
+static ALLOCATOR: unoflow_models::allocator::Allocator = unoflow_models::allocator::Allocator;
+
 const THREADS: usize = 2;
 
 /// A `/proc/self/status` field in MiB (Linux only; `None` elsewhere).
@@ -27,6 +31,7 @@ fn proc_status_mib(field: &str) -> Option<f64> {
 }
 
 fn main() {
+    unoflow_models::allocator::keep_freed_memory();
     let _ = rayon::ThreadPoolBuilder::new().num_threads(THREADS).build_global();
     let device = Default::default();
     Flex::seed(&device, 0);

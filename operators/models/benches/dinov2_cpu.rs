@@ -17,11 +17,16 @@ use burn::tensor::{DType, Distribution, Tensor};
 use unoflow_models::dinov2::{Dinov2, Dinov2Config};
 use unoflow_models::vb::Vb;
 
+/// The allocator of the `unoflow` binary, so the numbers are the CLI's.
+#[global_allocator]
+static ALLOCATOR: unoflow_models::allocator::Allocator = unoflow_models::allocator::Allocator;
+
 const BATCH: usize = 8;
 const THREADS: usize = 2;
 const REPEATS: usize = 5;
 
 fn main() {
+    unoflow_models::allocator::keep_freed_memory();
     let _ = rayon::ThreadPoolBuilder::new().num_threads(THREADS).build_global();
     let device = Default::default();
     Flex::seed(&device, 0);

@@ -18,6 +18,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use unoflow_models::flux::{Flux, FluxConfig, FluxInput, PeMode, TokenGrid, position_ids};
 
+/// The allocator of the `unoflow` binary, so the numbers are the CLI's.
+#[global_allocator]
+static ALLOCATOR: unoflow_models::allocator::Allocator = unoflow_models::allocator::Allocator;
+
 const REPEATS: usize = 5;
 const THREADS: usize = 2;
 
@@ -92,6 +96,7 @@ fn torch_forward() -> Result<f64, String> {
 }
 
 fn main() {
+    unoflow_models::allocator::keep_freed_memory();
     // Both sides get the same number of threads: rayon's pool for burn, torch.set_num_threads.
     if std::env::var("RAYON_NUM_THREADS").is_err() {
         rayon_threads(THREADS);

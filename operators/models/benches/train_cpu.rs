@@ -21,6 +21,10 @@ use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use unoflow_models::flux::train::{FlowBatch, LoraTrainer, OptimSettings};
 use unoflow_models::flux::{Flux, FluxConfig, PeMode, TokenGrid, position_ids};
 
+/// The allocator of the `unoflow` binary, so the numbers are the CLI's.
+#[global_allocator]
+static ALLOCATOR: unoflow_models::allocator::Allocator = unoflow_models::allocator::Allocator;
+
 const REPEATS: usize = 3;
 const THREADS: usize = 2;
 const RANK: usize = 16;
@@ -104,6 +108,7 @@ fn theirs() -> Result<(f64, f64), String> {
 }
 
 fn main() {
+    unoflow_models::allocator::keep_freed_memory();
     let _ = rayon::ThreadPoolBuilder::new().num_threads(THREADS).build_global();
     println!("UNO LoRA training step, CPU, f32: hidden 256, 4+4 blocks, rank {RANK}, 256 txt + 1024 target + 1024 ref, {THREADS} threads");
     // `--recompute`: burn's balanced checkpointing (the `recompute` option of train_lora). Run

@@ -3,6 +3,7 @@
 //! Models mirror their reference implementation's module tree, so checkpoint keys map onto
 //! struct fields plainly ([`vb::Vb`]). This crate knows nothing of DAGs, tables or workspaces.
 
+pub mod allocator;
 pub mod clip;
 pub mod device;
 pub mod dino;
