@@ -6,10 +6,19 @@
 //! once: as a `BTreeSet` that was tens of megabytes and 5–30 ms of inserts per worker at
 //! 100,000 units; as bits it is 12.5 KB and a pass over a vector.
 
+use std::collections::BTreeSet;
+
+/// Indices from here on are kept in a tree, not as bits: a unit number comes from a listing of
+/// the store, and one stray key naming unit 10¹² must not make a terabyte of bits (the bits
+/// below this take 8 MiB at most).
+const DENSE_UNITS: usize = 1 << 26;
+
 /// A set of unit indices, one bit each (the vector grows to the largest index inserted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnitSet {
     words: Vec<u64>,
+    /// Indices of [`DENSE_UNITS`] and above.
+    sparse: BTreeSet<usize>,
     len: usize,
 }
 
@@ -20,6 +29,11 @@ impl UnitSet {
 
     /// Adds `unit`; whether it was new.
     pub fn insert(&mut self, unit: usize) -> bool {
+        if unit >= DENSE_UNITS {
+            let new = self.sparse.insert(unit);
+            self.len += usize::from(new);
+            return new;
+        }
         let (word, bit) = (unit / 64, 1u64 << (unit % 64));
         if word >= self.words.len() {
             self.words.resize(word + 1, 0);
@@ -31,6 +45,9 @@ impl UnitSet {
     }
 
     pub fn contains(&self, unit: &usize) -> bool {
+        if *unit >= DENSE_UNITS {
+            return self.sparse.contains(unit);
+        }
         self.words.get(unit / 64).is_some_and(|w| w & (1u64 << (unit % 64)) != 0)
     }
 
@@ -44,7 +61,7 @@ impl UnitSet {
 
     /// The units, in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.words.iter().enumerate().flat_map(|(i, &word)| {
+        let dense = self.words.iter().enumerate().flat_map(|(i, &word)| {
             let mut rest = word;
             std::iter::from_fn(move || {
                 (rest != 0).then(|| {
@@ -53,7 +70,8 @@ impl UnitSet {
                     i * 64 + bit
                 })
             })
-        })
+        });
+        dense.chain(self.sparse.iter().copied())
     }
 }
 
@@ -99,5 +117,15 @@ mod tests {
         assert!(again.insert(5_000), "a unit beyond the words grows them");
         assert_eq!((again.len(), again.iter().last()), (set.len() + 1, Some(5_000)));
         assert!(UnitSet::new().is_empty() && !UnitSet::new().contains(&0));
+    }
+
+    #[test]
+    fn a_huge_index_costs_no_more_than_a_small_one() {
+        let mut set: UnitSet = [3, 1_000_000_000_000, DENSE_UNITS, DENSE_UNITS - 1].into_iter().collect();
+        assert!(set.words.len() <= DENSE_UNITS / 64, "bits only below the dense limit");
+        assert!(!set.insert(1_000_000_000_000));
+        assert_eq!(set.len(), 4);
+        assert!(set.contains(&1_000_000_000_000) && set.contains(&DENSE_UNITS) && !set.contains(&(DENSE_UNITS + 1)));
+        assert_eq!(set.iter().collect::<Vec<_>>(), [3, DENSE_UNITS - 1, DENSE_UNITS, 1_000_000_000_000]);
     }
 }
