@@ -177,7 +177,7 @@ mod tests {
 
     use super::*;
     use crate::exec::WorkerOptions;
-    use crate::workspace::{Location, Workspace};
+    use crate::workspace::{Committed, Location, Workspace};
 
     /// The manifest writer of node `fp` (inputs `digest`) for the tests, never stopped.
     fn writer<'a>(claims: &'a Claims, store: &'a NodeStore) -> ManifestWriter<'a> {
@@ -188,6 +188,12 @@ mod tests {
         ManifestWriter { claims, store, fingerprint: "fp", node: "work", op: "sleep", input_digest: "digest", stop: &never, warn: &ignore }
     }
 
+    /// Commits unit `unit` (key `kUNIT`, input digest `digest`) by a new attempt.
+    fn commit_unit(store: &NodeStore, unit: usize) -> Committed {
+        let attempt = store.attempt(unit);
+        store.commit(&attempt, attempt.record(&format!("k{unit}"), "digest", Vec::new(), None, 0.0)).unwrap()
+    }
+
     /// The watcher holds the manifest lease when its units end: it writes the manifest with
     /// that lease at once (not waiting for the lease to lapse as if another worker held it),
     /// from its own commits and the records of the units others committed.
@@ -195,10 +201,7 @@ mod tests {
     async fn the_watcher_writes_the_manifest_with_the_lease_it_holds() {
         let ws = Workspace::create(&Location::parse("memory://gather-test/ws", std::path::Path::new("."))).unwrap();
         let store = ws.node("fp");
-        let commit = |unit: usize| {
-            let attempt = store.attempt(unit);
-            store.commit(&attempt, attempt.record(&format!("k{unit}"), "digest", Vec::new(), None, 0.0)).unwrap().into_commit()
-        };
+        let commit = |unit: usize| commit_unit(&store, unit).into_commit();
         let own = vec![commit(0), commit(2)];
         let _others = (commit(1), commit(3));
         let claims = Claims::new(ws.leases(), WorkerOptions { lease: Duration::from_secs(60), ..WorkerOptions::default() });
@@ -223,11 +226,7 @@ mod tests {
     async fn a_summarised_commit_is_used_only_while_its_record_is_unchanged() {
         let ws = Workspace::create(&Location::parse("memory://gather-summary/ws", std::path::Path::new("."))).unwrap();
         let store = ws.node("fp");
-        let record = |unit: usize| {
-            let attempt = store.attempt(unit);
-            let record = attempt.record(&format!("k{unit}"), "digest", Vec::new(), None, 0.0);
-            store.commit(&attempt, record).unwrap()
-        };
+        let record = |unit: usize| commit_unit(&store, unit);
         // Another worker won units 1 and 3 and summarised them.
         let other = Claims::new(ws.leases(), WorkerOptions::default());
         for unit in [1, 3] {

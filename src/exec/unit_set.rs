@@ -83,12 +83,6 @@ impl Extend<usize> for UnitSet {
     }
 }
 
-impl<'a> Extend<&'a usize> for UnitSet {
-    fn extend<I: IntoIterator<Item = &'a usize>>(&mut self, units: I) {
-        self.extend(units.into_iter().copied());
-    }
-}
-
 impl FromIterator<usize> for UnitSet {
     fn from_iter<I: IntoIterator<Item = usize>>(units: I) -> Self {
         let mut set = Self::new();
