@@ -76,7 +76,7 @@ pub async fn run(args: GenerateArgs, interrupt: Interrupt) -> Result<i32> {
     .map_err(|e| Error::Internal(format!("generation panicked: {e}")))?
 }
 
-fn run_on<B: unoflow_models::Backend>(
+fn run_on<B: unoflow_models::Kernels>(
     args: &GenerateArgs,
     options: &GenerateOptions,
     device: B::Device,

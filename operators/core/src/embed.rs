@@ -11,6 +11,7 @@ use burn::tensor::{Tensor, TensorData};
 use image::DynamicImage;
 use rayon::prelude::*;
 use unoflow_models::Device;
+use unoflow_models::Kernels;
 use unoflow_models::clip::{Clip, ClipConfig};
 use unoflow_models::dino::{Dino, DinoConfig};
 use unoflow_models::dinov2::{Dinov2, Dinov2Config};
@@ -191,7 +192,7 @@ pub struct Dinov2Encoder<B: Backend> {
     preprocess: Preprocess,
 }
 
-impl<B: Backend> Dinov2Encoder<B> {
+impl<B: Kernels> Dinov2Encoder<B> {
     pub fn open(path: &Path, pooling: Pooling, device: B::Device) -> Result<Self> {
         let (weights, config) = model_files(path)?;
         let text = std::fs::read(&config).map_err(|e| load_err(format!("{}: {e}", config.display())))?;
@@ -209,7 +210,7 @@ impl<B: Backend> Dinov2Encoder<B> {
     }
 }
 
-impl<B: Backend> ImageEncoder for Dinov2Encoder<B>
+impl<B: Kernels> ImageEncoder for Dinov2Encoder<B>
 where
     B::Device: Send + Sync,
 {
@@ -237,7 +238,7 @@ pub struct DinoEncoder<B: Backend> {
     preprocess: Preprocess,
 }
 
-impl<B: Backend> DinoEncoder<B> {
+impl<B: Kernels> DinoEncoder<B> {
     /// A folder with `model.safetensors` (timm's `vit_small_patch16_224.dino` layout) and
     /// optionally a `config.json` with `img_size`, `patch_size`, `embed_dim`, `depth`,
     /// `num_heads`, `mlp_ratio`; without one, the sizes are read from the tensors (64-dim heads).
@@ -283,7 +284,7 @@ fn infer_dino_config(ckpt: &Checkpoint) -> Option<DinoConfig> {
     })
 }
 
-impl<B: Backend> ImageEncoder for DinoEncoder<B>
+impl<B: Kernels> ImageEncoder for DinoEncoder<B>
 where
     B::Device: Send + Sync,
 {
@@ -305,7 +306,7 @@ pub struct ClipEncoder<B: Backend> {
     preprocess: Preprocess,
 }
 
-impl<B: Backend> ClipEncoder<B> {
+impl<B: Kernels> ClipEncoder<B> {
     pub fn open(path: &Path, device: B::Device) -> Result<Self> {
         let (weights, config) = model_files(path)?;
         let text = std::fs::read(&config).map_err(|e| load_err(format!("{}: {e}", config.display())))?;
@@ -332,7 +333,7 @@ impl<B: Backend> ClipEncoder<B> {
 struct ClipImages<B: Backend>(std::sync::Arc<ClipEncoder<B>>);
 struct ClipTexts<B: Backend>(std::sync::Arc<ClipEncoder<B>>);
 
-impl<B: Backend> ImageEncoder for ClipImages<B>
+impl<B: Kernels> ImageEncoder for ClipImages<B>
 where
     B::Device: Send + Sync,
 {
@@ -345,7 +346,7 @@ where
     }
 }
 
-impl<B: Backend> TextEncoder for ClipTexts<B>
+impl<B: Kernels> TextEncoder for ClipTexts<B>
 where
     B::Device: Send + Sync,
 {

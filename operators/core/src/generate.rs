@@ -19,6 +19,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use image::imageops::FilterType;
 use image::{DynamicImage, RgbImage};
+use unoflow_models::Kernels;
 use unoflow_models::Precision;
 use unoflow_models::clip::{ClipText, ClipTextConfig};
 use unoflow_models::flux::autoencoder::{self, AutoEncoder, AutoEncoderConfig};
@@ -98,7 +99,7 @@ pub struct Models<B: Backend> {
 const TINY_T5_TOKENIZER: &[u8] = include_bytes!("../../models/fixtures/t5/tokenizer/tokenizer.json");
 const TINY_CLIP_TOKENIZER: &[u8] = include_bytes!("../../models/fixtures/clip_text/tokenizer/tokenizer.json");
 
-impl<B: Backend> Models<B> {
+impl<B: Kernels> Models<B> {
     /// A tiny random model set (fixed seed): the whole pipeline with no downloads.
     pub fn tiny(device: &B::Device) -> Result<Self> {
         B::seed(device, 20_250_402);
@@ -225,7 +226,7 @@ fn tokenizer_err(e: unoflow_models::tokenizer::TokenizerError) -> OpError {
     err(e.to_string())
 }
 
-fn load_encoder<B: Backend, C: serde::de::DeserializeOwned, M>(
+fn load_encoder<B: Kernels, C: serde::de::DeserializeOwned, M>(
     dir: &Path,
     device: &B::Device,
     dtype: Option<DType>,
@@ -362,7 +363,7 @@ pub fn position_plan(opts: &GenerateOptions, prepared_refs: &[RgbImage], txt_len
 /// Generates `num_images` images for `opts.prompt`, dropping the text encoders as soon as the
 /// prompt is encoded; `progress(image, step)` is called after each step, and generation stops
 /// with [`OpError::Cancelled`] when it breaks.
-pub fn generate<B: Backend>(
+pub fn generate<B: Kernels>(
     models: &mut Models<B>,
     opts: &GenerateOptions,
     progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
@@ -374,7 +375,7 @@ pub fn generate<B: Backend>(
 
 /// Generates `num_images` images from an encoded prompt (`opts.prompt` is not read), one at a
 /// time: image `j` uses seed `opts.seed + j`.
-pub fn sample<B: Backend>(
+pub fn sample<B: Kernels>(
     models: &Models<B>,
     prompt: &PromptEmbedding<B>,
     opts: &GenerateOptions,
@@ -390,7 +391,7 @@ pub fn sample<B: Backend>(
 /// Generates one image per `(prompts[i], seeds[i])` in one batch (the same size, steps,
 /// guidance and references for all); `progress(step)` is called after each step, and sampling
 /// stops with [`OpError::Cancelled`] when it breaks.
-pub fn sample_batch<B: Backend>(
+pub fn sample_batch<B: Kernels>(
     models: &Models<B>,
     prompts: &[&PromptEmbedding<B>],
     seeds: &[u64],
@@ -554,7 +555,7 @@ struct Pipeline<B: Backend> {
     device: B::Device,
 }
 
-impl<B: Backend> SubjectGenerator for Pipeline<B>
+impl<B: Kernels> SubjectGenerator for Pipeline<B>
 where
     B::Device: Send + Sync,
 {

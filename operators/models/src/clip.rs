@@ -18,7 +18,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{AttentionKernel, LayerNorm, causal_scaled_dot_product, scaled_dot_product};
+use crate::kernels::Kernels;
+use crate::nn::{LayerNorm, causal_scaled_dot_product, scaled_dot_product};
 use crate::vb::Vb;
 use crate::weights::Result;
 
@@ -148,7 +149,7 @@ impl Act {
         if name == "quick_gelu" { Self::QuickGelu } else { Self::Gelu }
     }
 
-    fn apply<B: Backend>(self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn apply<B: Kernels>(self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match self {
             Self::QuickGelu => x.clone() * sigmoid(x * 1.702),
             Self::Gelu => gelu(x),
@@ -172,7 +173,7 @@ pub struct EncoderLayer<B: Backend> {
     act: Act,
 }
 
-impl<B: Backend> EncoderLayer<B> {
+impl<B: Kernels> EncoderLayer<B> {
     fn load(vb: &Vb<B>, hidden: usize, intermediate: usize, heads: usize, act: &str, eps: f64) -> Result<Self> {
         let attn = vb.pp("self_attn");
         let mlp = vb.pp("mlp");
@@ -190,18 +191,18 @@ impl<B: Backend> EncoderLayer<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>, causal: bool, kernel: AttentionKernel) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
         let [b, l, d] = x.dims();
         let h = self.layer_norm1.forward(x.clone());
         let split = |t: Tensor<B, 3>| t.reshape([b, l, self.heads, d / self.heads]).swap_dims(1, 2);
         let (q, k, v) = (split(self.q_proj.forward(h.clone())), split(self.k_proj.forward(h.clone())), split(self.v_proj.forward(h)));
-        let a = if causal { causal_scaled_dot_product(q, k, v, kernel) } else { scaled_dot_product(q, k, v, kernel) };
+        let a = if causal { causal_scaled_dot_product(q, k, v) } else { scaled_dot_product(q, k, v) };
         let x = x + self.out_proj.forward(a.swap_dims(1, 2).reshape([b, l, d]));
         x.clone() + self.fc2.forward(self.act.apply(self.fc1.forward(self.layer_norm2.forward(x))))
     }
 }
 
-fn encoder<B: Backend>(
+fn encoder<B: Kernels>(
     vb: &Vb<B>,
     n: usize,
     hidden: usize,
@@ -234,7 +235,7 @@ pub struct ClipText<B: Backend> {
     eos_token_id: u32,
 }
 
-impl<B: Backend> ClipText<B> {
+impl<B: Kernels> ClipText<B> {
     /// `vb` at `text_model`.
     pub fn load(vb: &Vb<B>, c: &ClipTextConfig) -> Result<Self> {
         let h = c.hidden_size;
@@ -262,10 +263,9 @@ impl<B: Backend> ClipText<B> {
         let index = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, l]), &device);
         let weights = self.token_embedding.val();
         let x = embedding(weights, index) + self.position_embedding.val().narrow(0, 0, l).unsqueeze::<3>();
-        let kernel = AttentionKernel::for_backend::<B>(&device);
         let mut x = x;
         for layer in &self.layers {
-            x = layer.forward(x, true, kernel);
+            x = layer.forward(x, true);
         }
         let x = self.final_layer_norm.forward(x);
         // The pooled token: the end-of-text token (legacy configs: the largest id, which is it).
@@ -301,7 +301,7 @@ pub struct ClipVision<B: Backend> {
     patch_size: usize,
 }
 
-impl<B: Backend> ClipVision<B> {
+impl<B: Kernels> ClipVision<B> {
     /// `vb` at `vision_model`.
     pub fn load(vb: &Vb<B>, c: &ClipVisionConfig) -> Result<Self> {
         let (h, p) = (c.hidden_size, c.patch_size);
@@ -330,9 +330,8 @@ impl<B: Backend> ClipVision<B> {
         let cls = self.class_embedding.val().reshape([1, 1, d]).expand([b as i64, 1, d as i64]);
         let x = Tensor::cat(vec![cls, x], 1) + self.position_embedding.val().unsqueeze::<3>();
         let mut x = self.pre_layrnorm.forward(x);
-        let kernel = AttentionKernel::for_backend::<B>(&x.device());
         for layer in &self.layers {
-            x = layer.forward(x, false, kernel);
+            x = layer.forward(x, false);
         }
         self.post_layernorm.forward(x.narrow(1, 0, 1).reshape([b, d]))
     }
@@ -348,12 +347,12 @@ pub struct Clip<B: Backend> {
 }
 
 /// L2-normalises rows.
-pub fn normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn normalize<B: Kernels>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let norm = (x.clone() * x.clone()).sum_dim(1).sqrt();
     x / norm
 }
 
-impl<B: Backend> Clip<B> {
+impl<B: Kernels> Clip<B> {
     pub fn load(vb: &Vb<B>, c: &ClipConfig) -> Result<Self> {
         vb.skip("logit_scale")?; // a training-time temperature
         Ok(Self {

@@ -15,7 +15,8 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{AttentionKernel, LayerNorm, scaled_dot_product};
+use crate::kernels::Kernels;
+use crate::nn::{LayerNorm, scaled_dot_product};
 use crate::vb::Vb;
 use crate::weights::Result;
 
@@ -56,7 +57,7 @@ pub struct Block<B: Backend> {
     heads: usize,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: Kernels> Block<B> {
     fn load(vb: &Vb<B>, c: &DinoConfig) -> Result<Self> {
         let (d, m) = (c.embed_dim, (c.embed_dim as f64 * c.mlp_ratio) as usize);
         Ok(Self {
@@ -70,11 +71,11 @@ impl<B: Backend> Block<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>, kernel: AttentionKernel) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, l, d] = x.dims();
         let qkv = self.qkv.forward(self.norm1.forward(x.clone())).reshape([b, l, 3, self.heads, d / self.heads]);
         let part = |k: usize| qkv.clone().narrow(2, k, 1).reshape([b, l, self.heads, d / self.heads]).swap_dims(1, 2);
-        let a = scaled_dot_product(part(0), part(1), part(2), kernel).swap_dims(1, 2).reshape([b, l, d]);
+        let a = scaled_dot_product(part(0), part(1), part(2)).swap_dims(1, 2).reshape([b, l, d]);
         let x = x + self.proj.forward(a);
         x.clone() + self.fc2.forward(gelu(self.fc1.forward(self.norm2.forward(x))))
     }
@@ -94,7 +95,7 @@ pub struct Dino<B: Backend> {
     img_size: usize,
 }
 
-impl<B: Backend> Dino<B> {
+impl<B: Kernels> Dino<B> {
     pub fn load(vb: &Vb<B>, c: &DinoConfig) -> Result<Self> {
         let (d, p) = (c.embed_dim, c.patch_size);
         let n = (c.img_size / p).pow(2) + 1;
@@ -126,9 +127,8 @@ impl<B: Backend> Dino<B> {
         let x = x.reshape([b, d, gh * gw]).swap_dims(1, 2);
         let cls = self.cls_token.val().expand([b as i64, 1, d as i64]);
         let mut x = Tensor::cat(vec![cls, x], 1) + self.pos_embed.val();
-        let kernel = AttentionKernel::for_backend::<B>(&x.device());
         for block in &self.blocks {
-            x = block.forward(x, kernel);
+            x = block.forward(x);
         }
         self.norm.forward(x).narrow(1, 0, 1).reshape([b, d])
     }

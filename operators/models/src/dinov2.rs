@@ -17,7 +17,8 @@ use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{AttentionKernel, LayerNorm, scaled_dot_product};
+use crate::kernels::Kernels;
+use crate::nn::{LayerNorm, scaled_dot_product};
 use crate::vb::Vb;
 use crate::weights::Result;
 
@@ -105,7 +106,7 @@ pub struct Embeddings<B: Backend> {
     patch_size: usize,
 }
 
-impl<B: Backend> Embeddings<B> {
+impl<B: Kernels> Embeddings<B> {
     fn load(vb: &Vb<B>, c: &Dinov2Config) -> Result<Self> {
         let (h, p) = (c.hidden_size, c.patch_size);
         let grid = c.image_size / p;
@@ -160,7 +161,7 @@ pub struct Attention<B: Backend> {
     heads: usize,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: Kernels> Attention<B> {
     fn load(vb: &Vb<B>, c: &Dinov2Config) -> Result<Self> {
         let h = c.hidden_size;
         let a = vb.pp("attention");
@@ -173,13 +174,13 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>, kernel: AttentionKernel) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, l, d] = x.dims();
         let split = |t: Tensor<B, 3>| t.reshape([b, l, self.heads, d / self.heads]).swap_dims(1, 2);
         let q = split(self.query.forward(x.clone()));
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x));
-        let out = scaled_dot_product(q, k, v, kernel).swap_dims(1, 2).reshape([b, l, d]);
+        let out = scaled_dot_product(q, k, v).swap_dims(1, 2).reshape([b, l, d]);
         self.output.forward(out)
     }
 }
@@ -205,7 +206,7 @@ pub enum Mlp<B: Backend> {
     SwiGlu(SwiGluMlp<B>),
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: Kernels> Mlp<B> {
     fn load(vb: &Vb<B>, c: &Dinov2Config) -> Result<Self> {
         let (h, m) = (c.hidden_size, c.mlp_hidden());
         Ok(if c.use_swiglu_ffn {
@@ -244,7 +245,7 @@ pub struct Layer<B: Backend> {
     pub layer_scale2: Param<Tensor<B, 1>>,
 }
 
-impl<B: Backend> Layer<B> {
+impl<B: Kernels> Layer<B> {
     fn load(vb: &Vb<B>, c: &Dinov2Config) -> Result<Self> {
         let h = c.hidden_size;
         Ok(Self {
@@ -257,10 +258,10 @@ impl<B: Backend> Layer<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>, kernel: AttentionKernel) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let ls1 = self.layer_scale1.val().unsqueeze::<3>();
         let ls2 = self.layer_scale2.val().unsqueeze::<3>();
-        let x = x.clone() + self.attention.forward(self.norm1.forward(x), kernel) * ls1;
+        let x = x.clone() + self.attention.forward(self.norm1.forward(x)) * ls1;
         x.clone() + self.mlp.forward(self.norm2.forward(x)) * ls2
     }
 }
@@ -274,7 +275,7 @@ pub struct Dinov2Output<B: Backend> {
     pub pooler_output: Tensor<B, 2>,
 }
 
-impl<B: Backend> Dinov2Output<B> {
+impl<B: Kernels> Dinov2Output<B> {
     /// The mean of the patch tokens (CLS excluded), `[B, hidden]`.
     pub fn mean_patch_tokens(&self) -> Tensor<B, 2> {
         let [b, n, d] = self.last_hidden_state.dims();
@@ -291,7 +292,7 @@ pub struct Dinov2<B: Backend> {
     pub layernorm: LayerNorm<B>,
 }
 
-impl<B: Backend> Dinov2<B> {
+impl<B: Kernels> Dinov2<B> {
     pub fn load(vb: &Vb<B>, c: &Dinov2Config) -> Result<Self> {
         Ok(Self {
             embeddings: Embeddings::load(&vb.pp("embeddings"), c)?,
@@ -304,10 +305,9 @@ impl<B: Backend> Dinov2<B> {
     /// `pixels` `[B, 3, H, W]`, normalised; H and W need not be multiples of the patch size
     /// (the remainder is cropped, as a strided convolution does).
     pub fn forward(&self, pixels: Tensor<B, 4>) -> Dinov2Output<B> {
-        let kernel = AttentionKernel::for_backend::<B>(&pixels.device());
         let mut x = self.embeddings.forward(pixels);
         for layer in &self.layers {
-            x = layer.forward(x, kernel);
+            x = layer.forward(x);
         }
         let x = self.layernorm.forward(x);
         let [b, _, d] = x.dims();

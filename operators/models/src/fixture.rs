@@ -13,6 +13,7 @@ use burn::tensor::{DType, Tensor};
 
 use crate::device::{Device, Precision};
 use crate::flux::{FluxCheckpoint, FluxConfig, FluxError, FluxInput, load_lora};
+use crate::kernels::Kernels;
 use crate::weights::{Checkpoint, WeightsError};
 
 /// Why a check could not run (as opposed to running and missing the tolerance).
@@ -127,7 +128,7 @@ fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 /// Runs a FLUX fixture: loads the weights (and LoRA), feeds the fixture's inputs, compares
 /// `expected.out`. `dtype` is the compute dtype (F32, or BF16 for the reduced-precision check).
-pub fn check_flux<B: Backend>(
+pub fn check_flux<B: Kernels>(
     fixture: &Fixture,
     weights: &Path,
     lora: Option<&Path>,
@@ -176,7 +177,7 @@ pub fn check(
     }
 }
 
-fn check_on<B: Backend>(
+fn check_on<B: Kernels>(
     fixture: &Fixture,
     weights: &Path,
     lora: Option<&Path>,
@@ -228,7 +229,7 @@ fn against<B: Backend, const D: usize>(
 
 /// Runs a DINOv2 fixture (transformers `Dinov2Model` weights): `last_hidden_state` and
 /// `pooler_output`.
-pub fn check_dinov2<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
+pub fn check_dinov2<B: Kernels>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
     let config: crate::dinov2::Dinov2Config = fixture.config()?;
     let ckpt = Checkpoint::open(weights)?;
     let model = crate::dinov2::Dinov2::<B>::load(&crate::vb::Vb::new(&ckpt, device, Some(dtype)), &config)?;
@@ -254,14 +255,14 @@ fn load_checked<B: Backend, M>(
 }
 
 /// Runs a DINO v1 fixture (timm layout): the CLS embedding.
-pub fn check_dino<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
+pub fn check_dino<B: Kernels>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
     let config: crate::dino::DinoConfig = fixture.config()?;
     let model = load_checked(weights, device, dtype, |vb| crate::dino::Dino::<B>::load(vb, &config))?;
     against(fixture, "cls", model.forward(fixture.tensor("input.pixel_values", device)?), device)
 }
 
 /// Runs a CLIP fixture (transformers `CLIPModel`): normalised image and text embeddings.
-pub fn check_clip<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
+pub fn check_clip<B: Kernels>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
     let config: crate::clip::ClipConfig = fixture.config()?;
     let model = load_checked(weights, device, dtype, |vb| crate::clip::Clip::<B>::load(vb, &config))?;
     let ids = fixture.ids("input.input_ids")?;
@@ -272,7 +273,7 @@ pub fn check_clip<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Dev
 }
 
 /// Runs a CLIP text fixture (transformers `CLIPTextModel`, keys under `text_model.`).
-pub fn check_clip_text<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
+pub fn check_clip_text<B: Kernels>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
     let config: crate::clip::ClipTextConfig = fixture.config()?;
     let model = load_checked(weights, device, dtype, |vb| crate::clip::ClipText::<B>::load_text_model(vb, &config))?;
     let out = model.forward(&fixture.ids("input.input_ids")?);
@@ -284,7 +285,7 @@ pub fn check_clip_text<B: Backend>(fixture: &Fixture, weights: &Path, device: &B
 
 /// Runs an autoencoder fixture (BFL `ae.safetensors` layout): encode `input.x` (the mean,
 /// shifted and scaled) and decode `input.z`.
-pub fn check_ae<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
+pub fn check_ae<B: Kernels>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
     let config: crate::flux::autoencoder::AutoEncoderConfig = fixture.config()?;
     let model = crate::flux::autoencoder::AutoEncoder::<B>::open(weights, &config, device, Some(dtype))?;
     Ok(worst([
@@ -294,7 +295,7 @@ pub fn check_ae<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Devic
 }
 
 /// Runs a T5 encoder fixture (transformers `T5EncoderModel`).
-pub fn check_t5<B: Backend>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
+pub fn check_t5<B: Kernels>(fixture: &Fixture, weights: &Path, device: &B::Device, dtype: DType) -> Result<Comparison, CheckError> {
     let config: crate::t5::T5Config = fixture.config()?;
     let model = load_checked(weights, device, dtype, |vb| crate::t5::T5Encoder::<B>::load(vb, &config))?;
     against(fixture, "last_hidden_state", model.forward(&fixture.ids("input.input_ids")?), device)

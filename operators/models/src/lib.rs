@@ -10,6 +10,7 @@ pub mod dino;
 pub mod dinov2;
 pub mod fixture;
 pub mod flux;
+pub mod kernels;
 pub mod nn;
 pub mod t5;
 pub mod tokenizer;
@@ -18,3 +19,4 @@ pub mod weights;
 
 pub use burn::tensor::backend::Backend;
 pub use device::{Device, DeviceError, Precision};
+pub use kernels::Kernels;

@@ -18,8 +18,9 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::flux::model::gelu_tanh;
-use crate::nn::AttentionKernel;
+use crate::kernels::Kernels;
+use crate::kernels::graph::AttentionKernel;
+use crate::nn::gelu_tanh;
 use crate::vb::Vb;
 use crate::weights::Result;
 
@@ -80,7 +81,7 @@ pub struct T5LayerNorm<B: Backend> {
     eps: f64,
 }
 
-impl<B: Backend> T5LayerNorm<B> {
+impl<B: Kernels> T5LayerNorm<B> {
     fn load(vb: &Vb<B>, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self { weight: Param::from_tensor(vb.tensor("weight", [dim])?), eps })
     }
@@ -128,7 +129,7 @@ pub struct Block<B: Backend> {
     d_kv: usize,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: Kernels> Block<B> {
     fn load(vb: &Vb<B>, c: &T5Config) -> Result<Self> {
         let (d, inner) = (c.d_model, c.num_heads * c.d_kv);
         let sa = vb.pp("layer").pp(0).pp("SelfAttention");
@@ -179,7 +180,7 @@ pub struct T5Encoder<B: Backend> {
     max_distance: usize,
 }
 
-impl<B: Backend> T5Encoder<B> {
+impl<B: Kernels> T5Encoder<B> {
     pub fn load(vb: &Vb<B>, c: &T5Config) -> Result<Self> {
         let enc = vb.pp("encoder");
         // The embedding is tied: checkpoints store it as `shared.weight`, `encoder.embed_tokens.weight`, or both.

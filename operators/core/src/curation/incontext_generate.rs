@@ -10,6 +10,7 @@ use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use burn::tensor::backend::Backend;
 use image::RgbImage;
+use unoflow_models::Kernels;
 use unoflow_models::Precision;
 use unoflow_models::flux::PeMode;
 
@@ -86,7 +87,7 @@ trait TextToImage: Send + Sync {
 /// Models behind a mutex: the sampler is sequential, and a backend's modules need not be `Sync`.
 struct Pipeline<B: Backend>(Mutex<Models<B>>);
 
-impl<B: Backend> TextToImage for Pipeline<B>
+impl<B: Kernels> TextToImage for Pipeline<B>
 where
     B::Device: Send + Sync,
 {

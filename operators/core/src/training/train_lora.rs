@@ -21,6 +21,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use image::imageops::FilterType;
 use image::{DynamicImage, RgbImage};
 use serde::{Deserialize, Serialize};
+use unoflow_models::Kernels;
 use unoflow_models::flux::sampling::ids_tensor;
 use unoflow_models::flux::sampling::{noise, pack};
 use unoflow_models::flux::train::{
@@ -291,7 +292,7 @@ struct Example {
 }
 
 /// A training on backend `B`: the frozen models and the LoRA being trained.
-struct Trainer<B: AutodiffBackend> {
+struct Trainer<B: AutodiffBackend + Kernels> {
     settings: Settings,
     models: Models<B>,
     device: B::Device,
@@ -302,7 +303,7 @@ struct Trainer<B: AutodiffBackend> {
     timesteps: Vec<f32>,
 }
 
-impl<B: AutodiffBackend> Trainer<B> {
+impl<B: AutodiffBackend + Kernels> Trainer<B> {
     fn new(settings: Settings, model_dir: Option<&Path>, device: B::Device) -> Result<Self> {
         let models = match model_dir {
             None => Models::<B>::tiny(&device)?,
@@ -477,7 +478,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
-impl<B: AutodiffBackend> Train for Trainer<B> {
+impl<B: AutodiffBackend + Kernels> Train for Trainer<B> {
     fn learning_rate(&self) -> f64 {
         self.settings.optim.lr
     }

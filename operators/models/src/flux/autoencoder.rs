@@ -18,7 +18,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{AttentionKernel, Conv2d, GroupNorm, scaled_dot_product};
+use crate::kernels::Kernels;
+use crate::nn::{Conv2d, GroupNorm, scaled_dot_product};
 use crate::vb::{TensorSource, Vb};
 use crate::weights::{Checkpoint, Result, WeightsError};
 
@@ -66,7 +67,7 @@ pub struct ResnetBlock<B: Backend> {
     pub nin_shortcut: Option<Conv2d<B>>,
 }
 
-impl<B: Backend> ResnetBlock<B> {
+impl<B: Kernels> ResnetBlock<B> {
     fn load(vb: &Vb<B>, c_in: usize, c_out: usize) -> Result<Self> {
         Ok(Self {
             norm1: GroupNorm::load(&vb.pp("norm1"), GROUPS, c_in, EPS)?,
@@ -98,7 +99,7 @@ pub struct AttnBlock<B: Backend> {
     pub proj_out: Conv2d<B>,
 }
 
-impl<B: Backend> AttnBlock<B> {
+impl<B: Kernels> AttnBlock<B> {
     fn load(vb: &Vb<B>, c: usize) -> Result<Self> {
         let conv = |name: &str| Conv2d::load(&vb.pp(name), c, c, 1, 1, 0, true);
         Ok(Self {
@@ -115,8 +116,7 @@ impl<B: Backend> AttnBlock<B> {
         let n = self.norm.forward(x.clone());
         let tokens = |t: Tensor<B, 4>| t.reshape([b, c, h * w]).swap_dims(1, 2).reshape([b, 1, h * w, c]); // "b c h w -> b 1 (h w) c"
         let (q, k, v) = (tokens(self.q.forward(n.clone())), tokens(self.k.forward(n.clone())), tokens(self.v.forward(n)));
-        let kernel = AttentionKernel::for_backend::<B>(&x.device());
-        let a = scaled_dot_product(q, k, v, kernel).reshape([b, h * w, c]).swap_dims(1, 2).reshape([b, c, h, w]);
+        let a = scaled_dot_product(q, k, v).reshape([b, h * w, c]).swap_dims(1, 2).reshape([b, c, h, w]);
         x + self.proj_out.forward(a)
     }
 }
@@ -129,7 +129,7 @@ pub struct Mid<B: Backend> {
     pub block_2: ResnetBlock<B>,
 }
 
-impl<B: Backend> Mid<B> {
+impl<B: Kernels> Mid<B> {
     fn load(vb: &Vb<B>, c: usize) -> Result<Self> {
         Ok(Self {
             block_1: ResnetBlock::load(&vb.pp("block_1"), c, c)?,
@@ -161,7 +161,7 @@ pub struct Encoder<B: Backend> {
     pub conv_out: Conv2d<B>,
 }
 
-impl<B: Backend> Encoder<B> {
+impl<B: Kernels> Encoder<B> {
     fn load(vb: &Vb<B>, c: &AutoEncoderConfig) -> Result<Self> {
         let mut block_in = c.ch;
         let mut down = Vec::new();
@@ -205,7 +205,7 @@ impl<B: Backend> Encoder<B> {
 }
 
 /// Nearest-neighbour ×2 upsampling (each value copied into a 2×2 block).
-fn upsample_nearest<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+fn upsample_nearest<B: Kernels>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
     x.reshape([b, c, h, 1, w, 1]).expand([b as i64, c as i64, h as i64, 2, w as i64, 2]).reshape([b, c, 2 * h, 2 * w])
 }
@@ -221,7 +221,7 @@ pub struct Decoder<B: Backend> {
     pub conv_out: Conv2d<B>,
 }
 
-impl<B: Backend> Decoder<B> {
+impl<B: Kernels> Decoder<B> {
     fn load(vb: &Vb<B>, c: &AutoEncoderConfig) -> Result<Self> {
         let levels = c.ch_mult.len();
         let mut block_in = c.ch * c.ch_mult[levels - 1];
@@ -273,7 +273,7 @@ pub struct AutoEncoder<B: Backend> {
     z_channels: usize,
 }
 
-impl<B: Backend> AutoEncoder<B> {
+impl<B: Kernels> AutoEncoder<B> {
     pub fn load(vb: &Vb<B>, c: &AutoEncoderConfig) -> Result<Self> {
         Ok(Self {
             encoder: Encoder::load(&vb.pp("encoder"), c)?,
@@ -297,7 +297,7 @@ impl<B: Backend> AutoEncoder<B> {
     }
 }
 
-impl<B: Backend> AutoEncoder<B> {
+impl<B: Kernels> AutoEncoder<B> {
     /// Loads `ae.safetensors` (BFL layout) or a diffusers `vae/` folder
     /// (`diffusion_pytorch_model.safetensors`), checking every tensor is used.
     pub fn open(path: &std::path::Path, c: &AutoEncoderConfig, device: &B::Device, dtype: Option<burn::tensor::DType>) -> Result<Self> {

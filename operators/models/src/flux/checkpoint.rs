@@ -9,10 +9,10 @@
 
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, TensorData};
 
 use super::model::{Flux, FluxConfig};
+use crate::kernels::Kernels;
 use crate::vb::{TensorSource, Vb};
 use crate::weights::{Checkpoint, Result, WeightsError, cat_rows, split_rows};
 
@@ -68,7 +68,7 @@ impl FluxCheckpoint {
 
     /// Builds the model. `dtype` casts every weight (e.g. a bf16 file computed in f32); `None`
     /// keeps the file's dtype. Fails on missing, misshapen or unexpected tensors.
-    pub fn load<B: Backend>(&self, config: &FluxConfig, device: &B::Device, dtype: Option<DType>) -> Result<Flux<B>> {
+    pub fn load<B: Kernels>(&self, config: &FluxConfig, device: &B::Device, dtype: Option<DType>) -> Result<Flux<B>> {
         config.validate().map_err(|message| WeightsError::Format { path: self.checkpoint().path().to_path_buf(), message })?;
         let source = self.source();
         let model = Flux::load(&Vb::new(source.as_ref(), device, dtype), config)?;
@@ -78,7 +78,7 @@ impl FluxCheckpoint {
 }
 
 /// Loads UNO LoRA weights from `path` into `model`, scaled by `weight`; returns the rank.
-pub fn load_lora<B: Backend>(model: &mut Flux<B>, config: &FluxConfig, path: &Path, weight: f64, device: &B::Device) -> Result<usize> {
+pub fn load_lora<B: Kernels>(model: &mut Flux<B>, config: &FluxConfig, path: &Path, weight: f64, device: &B::Device) -> Result<usize> {
     let ckpt = Checkpoint::open(path)?;
     let view = BflView(&ckpt);
     let rank = model.load_lora(&Vb::new(&view, device, Some(model.dtype())), config, weight)?;

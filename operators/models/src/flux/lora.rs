@@ -15,6 +15,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 
 use super::model::{Flux, FluxConfig};
+use crate::kernels::Kernels;
 use crate::vb::Vb;
 use crate::weights::{Result, WeightsError};
 
@@ -139,7 +140,7 @@ fn add_columns<B: Backend>(w: &Param<Tensor<B, 2>>, delta: Tensor<B, 2>, start: 
     Param::from_tensor(w.slice_assign([0..d_in, start..start + cols], updated))
 }
 
-impl<B: Backend> Flux<B> {
+impl<B: Kernels> Flux<B> {
     /// Attaches UNO LoRA branches read from `vb` (a LoRA checkpoint), scaled by `weight`. Blocks
     /// without LoRA tensors stay as they are (UNO can restrict LoRA to some blocks). Returns the
     /// rank, read from the file.

@@ -10,11 +10,12 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use serde::{Deserialize, Serialize};
 
 use super::lora::{DoubleStreamLora, SingleStreamLora};
-use crate::nn::{AttentionKernel, scaled_dot_product};
+use crate::kernels::Kernels;
+use crate::nn::{gelu_tanh, scaled_dot_product};
 use crate::vb::Vb;
 use crate::weights::Result;
 
@@ -134,7 +135,7 @@ impl RopeTables {
     }
 
     /// The tables as tensors `[B, L, 1, head_dim/2, 1]`, ready to broadcast over heads.
-    fn tensors<B: Backend>(&self, device: &B::Device) -> (Tensor<B, 5>, Tensor<B, 5>) {
+    fn tensors<B: Kernels>(&self, device: &B::Device) -> (Tensor<B, 5>, Tensor<B, 5>) {
         let shape = [self.batch, self.len, 1, self.half_dim, 1];
         let make = |v: &Vec<f32>| Tensor::<B, 5>::from_data(TensorData::new(v.clone(), shape), (device, DType::F32));
         (make(&self.cos), make(&self.sin))
@@ -142,27 +143,13 @@ impl RopeTables {
 }
 
 /// Rotates interleaved pairs of `x` `[B, L, H, D]` in f32; returns `x`'s dtype.
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 5>, sin: &Tensor<B, 5>) -> Tensor<B, 4> {
-    let dtype = x.dtype();
-    let [b, l, h, d] = x.dims();
-    let x = x.cast(DType::F32).reshape([b, l, h, d / 2, 2]); // (b, l, h, pair, 2)
-    let x0 = x.clone().narrow(4, 0, 1);
-    let x1 = x.narrow(4, 1, 1);
-    let out0 = cos.clone() * x0.clone() - sin.clone() * x1.clone();
-    let out1 = sin.clone() * x0 + cos.clone() * x1;
-    Tensor::cat(vec![out0, out1], 4).reshape([b, l, h, d]).cast(dtype)
-}
-
-/// GELU with the tanh approximation (PyTorch `approximate="tanh"`), written with products
-/// instead of `powf` (the CPU backend's `powf` is scalar libm).
-pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    const K: f64 = 0.797_884_560_802_865_4; // sqrt(2/π)
-    let inner = (x.clone() * x.clone() * 0.044_715 + 1.0) * x.clone() * K;
-    x * (inner.tanh() + 1.0) * 0.5
+fn apply_rope<B: Kernels>(x: Tensor<B, 4>, cos: &Tensor<B, 5>, sin: &Tensor<B, 5>) -> Tensor<B, 4> {
+    let (cos, sin) = (cos.clone().into_primitive().tensor(), sin.clone().into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(B::rope(x.into_primitive().tensor(), cos, sin)))
 }
 
 /// LayerNorm without affine parameters (eps 1e-6), statistics in f32.
-fn layer_norm<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+fn layer_norm<B: Kernels>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     let dtype = x.dtype();
     let x = x.cast(DType::F32);
     let (var, mean) = x.clone().var_mean_bias(2);
@@ -171,7 +158,7 @@ fn layer_norm<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
 
 /// Splits a fused projection `[B, L, 3·H·D]` ("B L (K H D)") into q, k, v, each `[B, L, H, D]`.
 /// Heads stay inside tokens until attention, so norms and RoPE work on contiguous rows.
-fn split_qkv<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
+fn split_qkv<B: Kernels>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
     let [b, l, n] = qkv.dims();
     let hd = n / 3;
     let part = |k: usize| qkv.clone().narrow(2, k * hd, hd).reshape([b, l, heads, hd / heads]);
@@ -179,21 +166,20 @@ fn split_qkv<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
 }
 
 /// Attention with RoPE; q, k, v `[B, L, H, D]` in, `[B, L, H·D]` out.
-fn rope_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, pe: &Pe<B>) -> Tensor<B, 3> {
+fn rope_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, pe: &Pe<B>) -> Tensor<B, 3> {
     let q = apply_rope(q, &pe.cos, &pe.sin).swap_dims(1, 2); // (b, h, l, d)
     let k = apply_rope(k, &pe.cos, &pe.sin).swap_dims(1, 2);
     let v = v.swap_dims(1, 2);
-    let x = scaled_dot_product(q, k, v, pe.kernel);
+    let x = scaled_dot_product(q, k, v);
     let [b, h, l, d] = x.dims();
     x.swap_dims(1, 2).reshape([b, l, h * d])
 }
 
-/// RoPE tables on the device, built once per forward, and the attention kernel to use.
+/// RoPE tables on the device, built once per forward.
 #[derive(Debug, Clone)]
 pub struct Pe<B: Backend> {
     cos: Tensor<B, 5>,
     sin: Tensor<B, 5>,
-    kernel: AttentionKernel,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -206,7 +192,7 @@ pub struct MlpEmbedder<B: Backend> {
     pub out_layer: Linear<B>,
 }
 
-impl<B: Backend> MlpEmbedder<B> {
+impl<B: Kernels> MlpEmbedder<B> {
     fn load(vb: &Vb<B>, d_in: usize, hidden: usize) -> Result<Self> {
         Ok(Self { in_layer: vb.linear("in_layer", d_in, hidden, true)?, out_layer: vb.linear("out_layer", hidden, hidden, true)? })
     }
@@ -222,7 +208,7 @@ pub struct RmsNorm<B: Backend> {
     pub scale: Param<Tensor<B, 1>>,
 }
 
-impl<B: Backend> RmsNorm<B> {
+impl<B: Kernels> RmsNorm<B> {
     fn load(vb: &Vb<B>, dim: usize) -> Result<Self> {
         Ok(Self { scale: Param::from_tensor(vb.tensor("scale", [dim])?) })
     }
@@ -243,7 +229,7 @@ pub struct QkNorm<B: Backend> {
     pub key_norm: RmsNorm<B>,
 }
 
-impl<B: Backend> QkNorm<B> {
+impl<B: Kernels> QkNorm<B> {
     fn load(vb: &Vb<B>, head_dim: usize) -> Result<Self> {
         Ok(Self { query_norm: RmsNorm::load(&vb.pp("query_norm"), head_dim)?, key_norm: RmsNorm::load(&vb.pp("key_norm"), head_dim)? })
     }
@@ -261,7 +247,7 @@ pub struct SelfAttention<B: Backend> {
     pub proj: Linear<B>,
 }
 
-impl<B: Backend> SelfAttention<B> {
+impl<B: Kernels> SelfAttention<B> {
     fn load(vb: &Vb<B>, c: &FluxConfig) -> Result<Self> {
         let h = c.hidden_size;
         Ok(Self {
@@ -280,7 +266,7 @@ struct ModulationOut<B: Backend> {
     gate: Tensor<B, 3>,
 }
 
-impl<B: Backend> ModulationOut<B> {
+impl<B: Kernels> ModulationOut<B> {
     /// `(1 + scale)·x + shift`.
     fn modulate(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         (self.scale.clone() + 1.0) * x + self.shift.clone()
@@ -295,7 +281,7 @@ pub struct Modulation<B: Backend> {
     triples: usize,
 }
 
-impl<B: Backend> Modulation<B> {
+impl<B: Kernels> Modulation<B> {
     fn load(vb: &Vb<B>, hidden: usize, double: bool) -> Result<Self> {
         let triples = if double { 2 } else { 1 };
         Ok(Self { lin: vb.linear("lin", hidden, 3 * triples * hidden, true)?, triples })
@@ -317,7 +303,7 @@ pub struct Mlp<B: Backend> {
     pub fc2: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: Kernels> Mlp<B> {
     fn load(vb: &Vb<B>, hidden: usize, mlp_hidden: usize) -> Result<Self> {
         Ok(Self { fc1: vb.linear("0", hidden, mlp_hidden, true)?, fc2: vb.linear("2", mlp_hidden, hidden, true)? })
     }
@@ -345,7 +331,7 @@ pub struct DoubleStreamBlock<B: Backend> {
     num_heads: usize,
 }
 
-impl<B: Backend> DoubleStreamBlock<B> {
+impl<B: Kernels> DoubleStreamBlock<B> {
     fn load(vb: &Vb<B>, c: &FluxConfig) -> Result<Self> {
         let (h, m) = (c.hidden_size, c.mlp_hidden());
         Ok(Self {
@@ -425,7 +411,7 @@ pub struct SingleStreamBlock<B: Backend> {
     mlp_hidden: usize,
 }
 
-impl<B: Backend> SingleStreamBlock<B> {
+impl<B: Kernels> SingleStreamBlock<B> {
     fn load(vb: &Vb<B>, c: &FluxConfig) -> Result<Self> {
         let (h, m) = (c.hidden_size, c.mlp_hidden());
         Ok(Self {
@@ -474,7 +460,7 @@ pub struct LastLayer<B: Backend> {
     pub ada_ln_modulation: Linear<B>,
 }
 
-impl<B: Backend> LastLayer<B> {
+impl<B: Kernels> LastLayer<B> {
     fn load(vb: &Vb<B>, hidden: usize, out_channels: usize) -> Result<Self> {
         Ok(Self {
             linear: vb.linear("linear", hidden, out_channels, true)?,
@@ -543,7 +529,7 @@ pub struct Flux<B: Backend> {
     pub bf16_time: bool,
 }
 
-impl<B: Backend> Flux<B> {
+impl<B: Kernels> Flux<B> {
     /// Builds the model from tensors in the BFL/UNO key layout.
     pub fn load(vb: &Vb<B>, c: &FluxConfig) -> Result<Self> {
         let h = c.hidden_size;
@@ -583,7 +569,7 @@ impl<B: Backend> Flux<B> {
         let device = ids.device();
         let host: Vec<f32> = ids.into_data().iter::<f32>().collect();
         let (cos, sin) = RopeTables::new(&host, b, l, &self.axes_dim, self.theta).tensors::<B>(&device);
-        Pe { cos, sin, kernel: AttentionKernel::for_backend::<B>(&device) }
+        Pe { cos, sin }
     }
 
     fn embed_time(&self, t: Tensor<B, 1>) -> Tensor<B, 2> {

@@ -15,6 +15,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::model::{Flux, FluxError, FluxInput};
+use crate::kernels::Kernels;
 
 /// One training batch: everything the step needs, noise and t included, so a step is a
 /// function of its batch (the caller draws them from a seeded generator).
@@ -35,7 +36,7 @@ pub struct FlowBatch<B: Backend> {
 }
 
 /// The rectified-flow loss of `model` on `batch` (f32 scalar `[1]`), guidance embedding 1.
-pub fn rectified_flow_loss<B: Backend>(model: &Flux<B>, batch: FlowBatch<B>) -> Result<Tensor<B, 1>, FluxError> {
+pub fn rectified_flow_loss<B: Kernels>(model: &Flux<B>, batch: FlowBatch<B>) -> Result<Tensor<B, 1>, FluxError> {
     let [b, _, _] = batch.x_1.dims();
     let dtype = model.dtype();
     let t = batch.t.clone().cast(DType::F32).reshape([b, 1, 1]);
@@ -59,7 +60,7 @@ pub fn rectified_flow_loss<B: Backend>(model: &Flux<B>, batch: FlowBatch<B>) -> 
     Ok((diff.clone() * diff).mean())
 }
 
-impl<B: Backend> Flux<B> {
+impl<B: Kernels> Flux<B> {
     /// The model with only its LoRA branches tracked by autodiff (base weights frozen).
     pub fn with_trainable_lora(self) -> Self {
         self.no_grad().map_lora_branches(|_, branch| branch.trainable())
@@ -101,7 +102,10 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 }
 
 /// The loss of `batch` and the gradients of the LoRA matrices.
-pub fn lora_gradients<B: AutodiffBackend>(model: &Flux<B>, batch: FlowBatch<B>) -> Result<(LoraGrads<B::InnerBackend>, f64), FluxError> {
+pub fn lora_gradients<B: AutodiffBackend + Kernels>(
+    model: &Flux<B>,
+    batch: FlowBatch<B>,
+) -> Result<(LoraGrads<B::InnerBackend>, f64), FluxError> {
     let loss = rectified_flow_loss(model, batch)?;
     let value = scalar(loss.clone());
     let grads = loss.backward();
@@ -151,13 +155,13 @@ struct Moments<B: Backend> {
 /// square root) over the LoRA branches of a FLUX model, with global gradient clipping. Its
 /// state is keyed by UNO's tensor names, so it is saved and resumed next to the LoRA.
 #[derive(Debug)]
-pub struct LoraTrainer<B: AutodiffBackend> {
+pub struct LoraTrainer<B: AutodiffBackend + Kernels> {
     settings: OptimSettings,
     steps_taken: u64,
     state: std::collections::BTreeMap<String, Moments<B::InnerBackend>>,
 }
 
-impl<B: AutodiffBackend> LoraTrainer<B> {
+impl<B: AutodiffBackend + Kernels> LoraTrainer<B> {
     pub fn new(settings: OptimSettings) -> Self {
         Self { settings, steps_taken: 0, state: Default::default() }
     }
@@ -239,7 +243,11 @@ pub const CHECKPOINT_LORA: &str = "lora.safetensors";
 pub const CHECKPOINT_OPTIMIZER: &str = "optimizer.safetensors";
 
 /// Writes a checkpoint: the LoRA and the optimiser state, into `dir` (created).
-pub fn save_checkpoint<B: AutodiffBackend>(dir: &std::path::Path, model: &Flux<B>, trainer: &LoraTrainer<B>) -> crate::weights::Result<()> {
+pub fn save_checkpoint<B: AutodiffBackend + Kernels>(
+    dir: &std::path::Path,
+    model: &Flux<B>,
+    trainer: &LoraTrainer<B>,
+) -> crate::weights::Result<()> {
     use crate::weights::{WeightsError, write_safetensors};
     std::fs::create_dir_all(dir).map_err(|source| WeightsError::Io { path: dir.to_path_buf(), source })?;
     let meta = |k: &str, v: String| std::collections::BTreeMap::from([(k.to_string(), v)]);
@@ -250,7 +258,7 @@ pub fn save_checkpoint<B: AutodiffBackend>(dir: &std::path::Path, model: &Flux<B
 
 /// Restores the optimiser state of a checkpoint written by [`save_checkpoint`] (the LoRA loads
 /// with [`load_lora`](super::load_lora)).
-pub fn load_optimizer<B: AutodiffBackend>(
+pub fn load_optimizer<B: AutodiffBackend + Kernels>(
     dir: &std::path::Path,
     trainer: &mut LoraTrainer<B>,
     device: &burn::tensor::Device<B::InnerBackend>,

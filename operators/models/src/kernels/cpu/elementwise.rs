@@ -1,0 +1,106 @@
+//! Element-wise kernels over f32 slices, in parallel chunks on rayon's pool.
+
+use pulp::Simd;
+use rayon::prelude::*;
+
+use super::simd;
+
+/// Elements per parallel work item: large enough that scheduling costs nothing, small enough
+/// that every core gets several.
+const CHUNK: usize = 16 * 1024;
+
+/// GELU with the tanh approximation, in place: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`,
+/// computed as `x / (1 + e^(−2u))`, the same value without tanh's cancellation near 0.
+pub fn gelu_tanh(xs: &mut [f32]) {
+    xs.par_chunks_mut(CHUNK).for_each(|chunk| pulp::Arch::new().dispatch(GeluTanh(chunk)));
+}
+
+/// `√(2/π)`.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044_715;
+
+struct GeluTanh<'a>(&'a mut [f32]);
+
+impl pulp::WithSimd for GeluTanh<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let (vectors, tail) = S::as_mut_simd_f32s(self.0);
+        let minus_two_k = simd.splat_f32s(-2.0 * SQRT_2_OVER_PI);
+        let (cubic, one) = (simd.splat_f32s(GELU_CUBIC), simd.splat_f32s(1.0));
+        for v in vectors {
+            let x = *v;
+            let inner = simd.mul_add_f32s(simd.mul_f32s(cubic, x), x, one); // 1 + 0.044715·x²
+            let e = simd::exp_vector(simd, simd.mul_f32s(minus_two_k, simd.mul_f32s(inner, x)));
+            *v = simd.div_f32s(x, simd.add_f32s(one, e));
+        }
+        for x in tail {
+            *x = gelu_tanh_one(*x);
+        }
+    }
+}
+
+#[inline(always)]
+fn gelu_tanh_one(x: f32) -> f32 {
+    let u = SQRT_2_OVER_PI * x * (GELU_CUBIC * x).mul_add(x, 1.0);
+    x / (1.0 + simd::exp(-2.0 * u))
+}
+
+/// FLUX's rotary embedding: `x` is `[rows, heads, dim]` (rows = batch × tokens) with the
+/// rotated pairs interleaved along `dim`; `cos` and `sin` are `[rows, dim / 2]`, shared by the
+/// heads. Pair `(a, b)` becomes `(cos·a − sin·b, sin·a + cos·b)`.
+pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], heads: usize, dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    assert_eq!(dim % 2, 0, "rope: the head dimension {dim} is odd");
+    assert_eq!(cos.len(), sin.len(), "rope: cos and sin differ in length");
+    assert_eq!(x.len() / (heads * dim) * half, cos.len(), "rope: {} tables for {} values of {heads} heads × {dim}", cos.len(), x.len());
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(heads * dim).zip(x.par_chunks(heads * dim)).enumerate().for_each(|(row, (out, x))| {
+        let (cos, sin) = (&cos[row * half..][..half], &sin[row * half..][..half]);
+        for (out, x) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+            for (((out, x), &c), &s) in out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(cos).zip(sin) {
+                out[0] = c * x[0] - s * x[1];
+                out[1] = s * x[0] + c * x[1];
+            }
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_tanh_matches_the_tanh_formula_in_vectors_and_tail() {
+        let xs: Vec<f32> = (0..2_000).map(|i| (i as f32 - 1_000.0) / 97.0).chain([-30.0, 30.0, 0.0, -1e-6]).collect();
+        let mut ys = xs.clone();
+        gelu_tanh(&mut ys);
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let x64 = x as f64;
+            let want = 0.5 * x64 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044_715 * x64.powi(3))).tanh());
+            assert!((y as f64 - want).abs() <= 2e-6 * want.abs().max(1.0), "gelu({x}) = {y}, want {want}");
+        }
+    }
+
+    #[test]
+    fn rope_rotates_each_pair_by_its_rows_angle_for_every_head() {
+        // 2 rows, 2 heads, dim 4: angles per (row, pair).
+        let angles = [0.0f32, 0.5, 1.0, -2.0];
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let x: Vec<f32> = (0..16).map(|i| i as f32 + 1.0).collect();
+        let out = rope(&x, &cos, &sin, 2, 4);
+        for row in 0..2 {
+            for head in 0..2 {
+                for pair in 0..2 {
+                    let at = row * 8 + head * 4 + pair * 2;
+                    let (a, b) = (x[at], x[at + 1]);
+                    let (c, s) = (cos[row * 2 + pair], sin[row * 2 + pair]);
+                    assert_eq!([out[at], out[at + 1]], [c * a - s * b, s * a + c * b]);
+                }
+            }
+        }
+    }
+}

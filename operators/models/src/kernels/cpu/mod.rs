@@ -1,0 +1,5 @@
+//! The CPU backend's kernels, over plain f32 slices: they know nothing of burn's tensors.
+
+pub mod attention;
+pub mod elementwise;
+pub mod simd;

@@ -1,0 +1,99 @@
+//! The unfused forms of the kernels: graphs of burn tensor operations. Every backend can run
+//! them, and under autodiff burn differentiates them step by step.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, DType, Tensor};
+
+/// How an unfused attention is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// The backend's attention (flash attention on CUDA).
+    Fused,
+    /// Scores by matrix product, softmax, product with the values: on the CPU this uses every
+    /// core (burn Flex's own attention runs one head at a time on one thread). Heads are
+    /// processed in groups so the scores stay under [`SCORE_BYTES`].
+    Matmul,
+}
+
+impl AttentionKernel {
+    /// The faster kernel for backend `B`.
+    pub fn for_backend<B: Backend>(device: &B::Device) -> Self {
+        if B::name(device).contains("flex") { Self::Matmul } else { Self::Fused }
+    }
+}
+
+/// The most memory the attention scores of one head group may take.
+pub const SCORE_BYTES: usize = 256 << 20;
+
+/// Scaled dot-product attention, `[B, H, L, D]`, scale `1/√D`; `causal`: token i sees keys
+/// `0..=i`.
+pub fn attention_graph<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, causal: bool) -> Tensor<B, 4> {
+    match AttentionKernel::for_backend::<B>(&q.device()) {
+        AttentionKernel::Fused => attention(q, k, v, None, None, AttentionModuleOptions { is_causal: causal, ..Default::default() }),
+        AttentionKernel::Matmul => matmul_attention(q, k, v, causal),
+    }
+}
+
+fn matmul_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, causal: bool) -> Tensor<B, 4> {
+    let [b, h, l, d] = q.dims();
+    let lk = k.dims()[2];
+    let scale = 1.0 / (d as f64).sqrt();
+    let per_head = l * lk * 4;
+    // Batch items one at a time when the whole batch's scores would not fit the budget.
+    if b > 1 && b * h * per_head > SCORE_BYTES {
+        let outs = (0..b)
+            .map(|i| matmul_attention(q.clone().narrow(0, i, 1), k.clone().narrow(0, i, 1), v.clone().narrow(0, i, 1), causal))
+            .collect();
+        return Tensor::cat(outs, 0);
+    }
+    // One head whose scores alone exceed the budget (the autoencoder's single-head attention
+    // at high resolution): process the queries in blocks. Exact, only the peak changes.
+    if h == 1 && b == 1 && per_head > SCORE_BYTES && !causal {
+        let block = (SCORE_BYTES / (lk * 4)).max(1);
+        let outs = (0..l)
+            .step_by(block)
+            .map(|s| matmul_attention(q.clone().narrow(2, s, block.min(l - s)), k.clone(), v.clone(), false))
+            .collect();
+        return Tensor::cat(outs, 2);
+    }
+    let group = (SCORE_BYTES / (b * per_head).max(1)).clamp(1, h);
+    let outs: Vec<Tensor<B, 4>> = (0..h)
+        .step_by(group)
+        .map(|start| {
+            let n = group.min(h - start);
+            let (q, k, v) = (q.clone().narrow(1, start, n), k.clone().narrow(1, start, n), v.clone().narrow(1, start, n));
+            let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
+            if causal {
+                let device = scores.device();
+                let future = Tensor::<B, 2, Bool>::tril_mask([l, lk], 0, &device).unsqueeze::<4>();
+                scores = scores.mask_fill(future, f32::NEG_INFINITY);
+            }
+            softmax(scores, 3).matmul(v)
+        })
+        .collect();
+    if outs.len() == 1 { outs.into_iter().next().expect("one group") } else { Tensor::cat(outs, 1) }
+}
+
+/// GELU with the tanh approximation (PyTorch `approximate="tanh"`), written with products
+/// instead of `powf` (the CPU backend's `powf` is scalar libm).
+pub fn gelu_tanh_graph<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const K: f64 = 0.797_884_560_802_865_4; // sqrt(2/π)
+    let inner = (x.clone() * x.clone() * 0.044_715 + 1.0) * x.clone() * K;
+    x * (inner.tanh() + 1.0) * 0.5
+}
+
+/// FLUX's rotary embedding of `x` `[B, L, H, D]` (pairs interleaved along D) with `cos`, `sin`
+/// `[B, L, 1, D/2, 1]`, in f32; returns `x`'s dtype.
+pub fn rope_graph<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 5>, sin: Tensor<B, 5>) -> Tensor<B, 4> {
+    let dtype = x.dtype();
+    let [b, l, h, d] = x.dims();
+    let x = x.cast(DType::F32).reshape([b, l, h, d / 2, 2]); // (b, l, h, pair, 2)
+    let x0 = x.clone().narrow(4, 0, 1);
+    let x1 = x.narrow(4, 1, 1);
+    let out0 = cos.clone() * x0.clone() - sin.clone() * x1.clone();
+    let out1 = sin * x0 + cos * x1;
+    Tensor::cat(vec![out0, out1], 4).reshape([b, l, h, d]).cast(dtype)
+}

@@ -1,0 +1,179 @@
+//! Fused kernels: operations a backend may compute in one pass instead of as a graph of tensor
+//! operations, through burn's backend-extension pattern (a trait over `Backend`).
+//!
+//! Model code calls them through [`Kernels`] and stays one code for every backend; each backend
+//! says which of them it fuses. The CPU backend (burn Flex) runs the kernels of [`cpu`]; CUDA
+//! runs burn's own attention (flash attention); under autodiff every kernel is its unfused
+//! graph ([`graph`]), so gradients come from burn's backward of each step.
+
+pub mod cpu;
+pub mod graph;
+
+use burn::backend::Flex;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive};
+
+pub use cpu::attention::Mask;
+
+/// The operations a backend may fuse. Each method has the unfused graph as its default.
+pub trait Kernels: Backend {
+    /// Scaled dot-product attention: `q` `[B, H, Lq, D]`, `k` `[B, H, Lk, D]`, `v`
+    /// `[B, H, Lk, Dv]` → `[B, H, Lq, Dv]`, scale `1/√D`.
+    fn fused_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Mask) -> FloatTensor<Self> {
+        attention_graph::<Self>(q, k, v, mask)
+    }
+
+    /// GELU with the tanh approximation, element-wise, any shape.
+    fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        gelu_tanh_graph::<Self>(x)
+    }
+
+    /// FLUX's rotary embedding: `x` `[B, L, H, D]` with pairs interleaved along D, `cos` and
+    /// `sin` `[B, L, 1, D/2, 1]`.
+    fn rope(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
+        graph::rope_graph(float::<Self, 4>(x), float(cos), float(sin)).into_primitive().tensor()
+    }
+}
+
+fn attention_graph<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, mask: Mask) -> FloatTensor<B> {
+    let out = graph::attention_graph(float::<B, 4>(q), float(k), float(v), mask == Mask::Causal);
+    out.into_primitive().tensor()
+}
+
+fn gelu_tanh_graph<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    // Element-wise: run the graph on the flattened tensor, whatever its rank.
+    let shape = x.shape();
+    let flat = float::<B, 1>(B::float_reshape(x, Shape::new([shape.num_elements()])));
+    B::float_reshape(graph::gelu_tanh_graph(flat).into_primitive().tensor(), shape)
+}
+
+/// A float primitive as a tensor of rank `D`.
+fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+impl Kernels for Flex {
+    fn fused_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Mask) -> FlexTensor {
+        if [&q, &k, &v].iter().any(|t| t.dtype() != DType::F32) {
+            return attention_graph::<Self>(q, k, v, mask);
+        }
+        let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
+        let [batch, heads, seq_q, head_dim] = dims4(&q);
+        let [_, _, seq_kv, _] = dims4(&k);
+        let [_, _, _, val_dim] = dims4(&v);
+        let shape = cpu::attention::AttentionShape { batch, heads, seq_q, seq_kv, head_dim, val_dim };
+        let out = cpu::attention::attention(slice(&q), slice(&k), slice(&v), shape, mask);
+        FlexTensor::from_data(TensorData::new(out, [batch, heads, seq_q, val_dim]))
+    }
+
+    fn gelu_tanh(x: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 {
+            return gelu_tanh_graph::<Self>(x);
+        }
+        // In place when `x` is contiguous and not shared (a layer's fresh output): no copy.
+        let mut x = contiguous(x);
+        cpu::elementwise::gelu_tanh(x.storage_mut::<f32>());
+        x
+    }
+
+    fn rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+        if [&x, &cos, &sin].iter().any(|t| t.dtype() != DType::F32) {
+            return graph::rope_graph(float::<Self, 4>(x), float(cos), float(sin)).into_primitive().tensor();
+        }
+        let (x, cos, sin) = (contiguous(x), contiguous(cos), contiguous(sin));
+        let [batch, tokens, heads, dim] = dims4(&x);
+        let out = cpu::elementwise::rope(slice(&x), slice(&cos), slice(&sin), heads, dim);
+        FlexTensor::from_data(TensorData::new(out, [batch, tokens, heads, dim]))
+    }
+}
+
+/// `t` with a contiguous layout from offset 0; `t` itself (no copy, no second reference) when
+/// it already is.
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.is_contiguous() && t.layout().start_offset() == 0 && t.bytes().len() == t.layout().num_elements() * 4 {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 tensor")
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let shape = t.layout().shape();
+    assert_eq!(shape.num_dims(), 4, "expected a 4-dimensional tensor, got {shape:?}");
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
+impl<B: Kernels, C: CheckpointStrategy> Kernels for burn::backend::Autodiff<B, C> {}
+
+#[cfg(feature = "cuda")]
+impl Kernels for burn::backend::Cuda {}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Distribution;
+
+    use super::*;
+
+    fn attend<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Mask) -> Tensor<B, 4> {
+        float(B::fused_attention(q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor(), mask))
+    }
+
+    fn largest_difference(a: Tensor<Flex, 4>, b: Tensor<Flex, 4>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    #[test]
+    fn the_cpu_kernel_matches_the_graph_on_strided_inputs_with_and_without_mask() {
+        let device = Default::default();
+        Flex::seed(&device, 7);
+        let normal = |shape: [usize; 4]| Tensor::<Flex, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        // `[B, L, H, D]` made `[B, H, L, D]` by a swap, as the models do: not contiguous.
+        let (q, k, v) =
+            (normal([2, 130, 3, 32]).swap_dims(1, 2), normal([2, 300, 3, 32]).swap_dims(1, 2), normal([2, 300, 3, 24]).swap_dims(1, 2));
+        let fused = attend(q.clone(), k.clone(), v.clone(), Mask::None);
+        assert_eq!(fused.dims(), [2, 3, 130, 24]);
+        let unfused = graph::attention_graph(q, k, v, false);
+        assert!(largest_difference(fused, unfused.clone()) < 1e-5);
+
+        let x = normal([1, 2, 90, 16]);
+        let fused = attend(x.clone(), x.clone(), x.clone(), Mask::Causal);
+        let unfused = graph::attention_graph(x.clone(), x.clone(), x, true);
+        assert!(largest_difference(fused, unfused) < 1e-5);
+    }
+
+    #[test]
+    fn gelu_and_rope_match_their_graphs_and_keep_shared_inputs_intact() {
+        let device = Default::default();
+        Flex::seed(&device, 3);
+        let x = Tensor::<Flex, 4>::random([2, 33, 3, 16], Distribution::Normal(0.0, 2.0), &device);
+        let kept = x.clone().into_data();
+        // `x` is shared here: the in-place kernel must copy, not write through.
+        let fused = float::<Flex, 4>(Flex::gelu_tanh(x.clone().into_primitive().tensor()));
+        assert!(largest_difference(fused, graph::gelu_tanh_graph(x.clone())) < 1e-5);
+        assert_eq!(x.into_data(), kept);
+
+        let angles = Tensor::<Flex, 5>::random([2, 33, 1, 8, 1], Distribution::Uniform(-3.0, 3.0), &device);
+        let (cos, sin) = (angles.clone().cos(), angles.sin());
+        // `[B, H, L, D]` seen as `[B, L, H, D]`: not contiguous.
+        let strided = Tensor::<Flex, 4>::random([2, 3, 33, 16], Distribution::Normal(0.0, 1.0), &device).swap_dims(1, 2);
+        let prim = |t: Tensor<Flex, 5>| t.into_primitive().tensor();
+        let fused = float::<Flex, 4>(Flex::rope(strided.clone().into_primitive().tensor(), prim(cos.clone()), prim(sin.clone())));
+        assert!(largest_difference(fused, graph::rope_graph(strided, cos, sin)) < 1e-5);
+    }
+
+    #[test]
+    fn other_dtypes_take_the_graph() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 4>::ones([1, 1, 4, 8], &device).cast(DType::BF16);
+        let out = attend(x.clone(), x.clone(), x, Mask::None);
+        assert_eq!(out.dtype(), DType::BF16);
+        assert_eq!(out.cast(DType::F32).sum().into_scalar(), 32.0);
+    }
+}
