@@ -60,13 +60,14 @@ impl Kernels for Flex {
         if [&q, &k, &v].iter().any(|t| t.dtype() != DType::F32) {
             return attention_graph::<Self>(q, k, v, mask);
         }
-        let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
+        let (q, k, v) = (rows_contiguous(q), rows_contiguous(k), rows_contiguous(v));
         let [batch, heads, seq_q, head_dim] = dims4(&q);
         let [_, _, seq_kv, _] = dims4(&k);
         let [_, _, _, val_dim] = dims4(&v);
         let shape = cpu::attention::AttentionShape { batch, heads, seq_q, seq_kv, head_dim, val_dim };
-        let out = cpu::attention::attention(slice(&q), slice(&k), slice(&v), shape, mask);
-        FlexTensor::from_data(TensorData::new(out, [batch, heads, seq_q, val_dim]))
+        let out = cpu::attention::attention(operand(&q), operand(&k), operand(&v), shape, mask);
+        // Written `[B, L, H, Dv]`, returned as the `[B, H, L, Dv]` view of it.
+        FlexTensor::from_data(TensorData::new(out, [batch, seq_q, heads, val_dim])).transpose(1, 2)
     }
 
     fn gelu_tanh(x: FlexTensor) -> FlexTensor {
@@ -98,6 +99,20 @@ fn contiguous(t: FlexTensor) -> FlexTensor {
     } else {
         t.to_contiguous()
     }
+}
+
+/// `t` if its last dimension is contiguous and its strides are not negative (any view the
+/// models make), else a contiguous copy.
+fn rows_contiguous(t: FlexTensor) -> FlexTensor {
+    let layout = t.layout();
+    if layout.strides().last() == Some(&1) && layout.strides().iter().all(|&s| s >= 0) { t } else { t.to_contiguous() }
+}
+
+/// A 4-dimensional f32 tensor as an attention operand.
+fn operand(t: &FlexTensor) -> cpu::attention::Operand<'_> {
+    let strides = t.layout().strides();
+    let stride = |d: usize| usize::try_from(strides[d]).expect("non-negative strides");
+    cpu::attention::Operand { data: t.storage::<f32>(), offset: t.layout().start_offset(), strides: [stride(0), stride(1), stride(2)] }
 }
 
 fn slice(t: &FlexTensor) -> &[f32] {

@@ -1,22 +1,26 @@
-//! Attention on the CPU in one pass: `softmax(Q Kᵀ / √D) V` over f32 `[B, H, L, D]` slices,
-//! without materialising the `L × L` scores.
+//! Attention on the CPU in one pass: `softmax(Q Kᵀ / √D) V` over f32 slices, without
+//! materialising the `L × L` scores.
 //!
-//! Each work item is one (batch, head, block of query rows). It walks the keys in tiles, keeps
-//! the running maximum and sum of every row (the online softmax of FlashAttention) and rescales
-//! its partial output when a row's maximum grows, so its memory is one tile of scores
-//! (L2-resident) whatever the sequence length. Items run on rayon's pool: a 2,304-token FLUX
-//! attention with 4 heads is 96 items, enough for every core; burn Flex's own attention runs the
-//! heads one after another on one thread.
-
-use rayon::prelude::*;
+//! Each work item is one (batch item, block of query rows), all heads. For each head it walks
+//! the keys in tiles, keeps the running maximum and sum of every row (the online softmax of
+//! FlashAttention) and rescales its partial output when a row's maximum grows, so its memory is
+//! one tile of scores (L2-resident) whatever the sequence length. Items run on rayon's pool; burn
+//! Flex's own attention runs the heads one after another on one thread.
+//!
+//! Layouts: the models hold q, k and v as `[B, L, H, D]` and view them as `[B, H, L, D]`, so
+//! the kernel reads any strides (the last dimension contiguous) and writes `[B, L, H, Dv]`,
+//! which the models' next step (`[B, L, H·Dv]`) takes without a copy.
 
 use pulp::Simd;
+use rayon::prelude::*;
 
 use super::simd::{self, Accumulate, Matmul};
 
-/// Query rows per work item.
+/// Query rows per work item, when there are enough items to share out.
 const BLOCK_Q: usize = 96;
-/// Keys per tile: the tile's scores are `BLOCK_Q × BLOCK_KV` f32, 96 KiB.
+/// Query rows per work item when few batch items and short sequences would leave cores idle.
+const BLOCK_Q_SMALL: usize = 32;
+/// Keys per tile: the tile's scores are at most `BLOCK_Q × BLOCK_KV` f32, 96 KiB.
 const BLOCK_KV: usize = 256;
 
 /// The sizes of one attention call.
@@ -39,51 +43,83 @@ pub enum Mask {
     Causal,
 }
 
-/// Scaled dot-product attention with scale `1/√head_dim`: `q` is `[B, H, seq_q, head_dim]`, `k`
-/// `[B, H, seq_kv, head_dim]`, `v` `[B, H, seq_kv, val_dim]`, all contiguous; the result is
-/// `[B, H, seq_q, val_dim]`.
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape, mask: Mask) -> Vec<f32> {
+/// A `[batch, heads, tokens, dim]` operand: its storage and the element offset of `[0, 0, 0, 0]`,
+/// and the strides of batch, head and token (the last dimension is contiguous).
+#[derive(Debug, Clone, Copy)]
+pub struct Operand<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub strides: [usize; 3],
+}
+
+impl<'a> Operand<'a> {
+    /// A contiguous `[batch, heads, tokens, dim]` slice.
+    pub fn contiguous(data: &'a [f32], heads: usize, tokens: usize, dim: usize) -> Self {
+        Self { data, offset: 0, strides: [heads * tokens * dim, tokens * dim, dim] }
+    }
+
+    /// The rows of head `h` of batch item `b`, from token `first` on (row stride `strides[2]`).
+    fn rows(&self, b: usize, h: usize, first: usize) -> &'a [f32] {
+        let [sb, sh, st] = self.strides;
+        &self.data[self.offset + b * sb + h * sh + first * st..]
+    }
+}
+
+/// Scaled dot-product attention with scale `1/√head_dim`: `q` `[B, H, seq_q, head_dim]`, `k`
+/// `[B, H, seq_kv, head_dim]`, `v` `[B, H, seq_kv, val_dim]`; the result is laid out
+/// `[B, seq_q, H, val_dim]`.
+pub fn attention(q: Operand, k: Operand, v: Operand, shape: AttentionShape, mask: Mask) -> Vec<f32> {
     let AttentionShape { batch, heads, seq_q, seq_kv, head_dim, val_dim } = shape;
-    let heads_total = batch * heads;
-    assert_eq!(q.len(), heads_total * seq_q * head_dim, "attention: query length does not match {shape:?}");
-    assert_eq!(k.len(), heads_total * seq_kv * head_dim, "attention: key length does not match {shape:?}");
-    assert_eq!(v.len(), heads_total * seq_kv * val_dim, "attention: value length does not match {shape:?}");
-    let mut out = vec![0.0f32; heads_total * seq_q * val_dim];
+    let mut out = vec![0.0f32; batch * seq_q * heads * val_dim];
     if out.is_empty() || seq_kv == 0 || head_dim == 0 {
         return out;
     }
-    let keys_t = transpose_keys(k, seq_kv, head_dim);
+    for (name, operand, tokens, dim) in [("query", &q, seq_q, head_dim), ("key", &k, seq_kv, head_dim), ("value", &v, seq_kv, val_dim)] {
+        let [sb, sh, st] = operand.strides;
+        let last = operand.offset + (batch - 1) * sb + (heads - 1) * sh + (tokens - 1) * st + dim;
+        assert!(last <= operand.data.len(), "attention: the {name} ends at {last}, past its {} values ({shape:?})", operand.data.len());
+    }
+    let keys_t = transpose_keys(k, shape);
     let scale = 1.0 / (head_dim as f32).sqrt();
-    out.par_chunks_mut(seq_q * val_dim).enumerate().for_each(|(head, out)| {
-        let q = &q[head * seq_q * head_dim..][..seq_q * head_dim];
-        let keys_t = &keys_t[head * head_dim * seq_kv..][..head_dim * seq_kv];
-        let v = &v[head * seq_kv * val_dim..][..seq_kv * val_dim];
-        out.par_chunks_mut(BLOCK_Q * val_dim).enumerate().for_each(|(block, out)| {
-            let first_row = block * BLOCK_Q;
-            let rows = out.len() / val_dim;
-            pulp::Arch::new().dispatch(QueryBlock {
-                out,
-                q: &q[first_row * head_dim..][..rows * head_dim],
-                keys_t,
-                v,
-                head_dim,
-                seq_kv,
-                val_dim,
-                first_row,
-                scale,
-                mask,
-            });
+    let enough_items = batch * seq_q.div_ceil(BLOCK_Q) >= 4 * rayon::current_num_threads();
+    let block_q = if enough_items { BLOCK_Q } else { BLOCK_Q_SMALL };
+    let row_len = heads * val_dim;
+    out.par_chunks_mut(seq_q * row_len).enumerate().for_each(|(b, out)| {
+        out.par_chunks_mut(block_q * row_len).enumerate().for_each(|(block, out)| {
+            let first_row = block * block_q;
+            let rows = out.len() / row_len;
+            for h in 0..heads {
+                pulp::Arch::new().dispatch(QueryBlock {
+                    out: &mut out[h * val_dim..],
+                    out_stride: row_len,
+                    rows,
+                    q: q.rows(b, h, first_row),
+                    q_stride: q.strides[2],
+                    keys_t: &keys_t[(b * heads + h) * head_dim * seq_kv..][..head_dim * seq_kv],
+                    v: v.rows(b, h, 0),
+                    v_stride: v.strides[2],
+                    head_dim,
+                    seq_kv,
+                    val_dim,
+                    first_row,
+                    scale,
+                    mask,
+                });
+            }
         });
     });
     out
 }
 
-/// `[…, L, D]` → `[…, D, L]` per head, so the scores are a product of row-major operands.
-fn transpose_keys(k: &[f32], seq_kv: usize, head_dim: usize) -> Vec<f32> {
-    let mut keys_t = vec![0.0f32; k.len()];
-    keys_t.par_chunks_mut(seq_kv * head_dim).zip(k.par_chunks(seq_kv * head_dim)).for_each(|(dst, src)| {
-        for (j, key) in src.chunks_exact(head_dim).enumerate() {
-            for (d, &x) in key.iter().enumerate() {
+/// The keys of every head as `[D, L]`, contiguous, so the scores are a product of row-major
+/// operands.
+fn transpose_keys(k: Operand, shape: AttentionShape) -> Vec<f32> {
+    let AttentionShape { heads, seq_kv, head_dim, .. } = shape;
+    let mut keys_t = vec![0.0f32; shape.batch * heads * head_dim * seq_kv];
+    keys_t.par_chunks_mut(head_dim * seq_kv).enumerate().for_each(|(bh, dst)| {
+        let rows = k.rows(bh / heads, bh % heads, 0);
+        for j in 0..seq_kv {
+            for (d, &x) in rows[j * k.strides[2]..][..head_dim].iter().enumerate() {
                 dst[d * seq_kv + j] = x;
             }
         }
@@ -93,14 +129,18 @@ fn transpose_keys(k: &[f32], seq_kv: usize, head_dim: usize) -> Vec<f32> {
 
 /// One work item: a block of query rows of one head against all its keys.
 struct QueryBlock<'a> {
-    /// The block's output rows, `[rows, val_dim]`, zeroed.
+    /// The block's output rows of this head, row `r` at `r · out_stride` (zeroed).
     out: &'a mut [f32],
-    /// `[rows, head_dim]`.
+    out_stride: usize,
+    rows: usize,
+    /// The block's first query row; row `r` at `r · q_stride`.
     q: &'a [f32],
+    q_stride: usize,
     /// `[head_dim, seq_kv]`.
     keys_t: &'a [f32],
-    /// `[seq_kv, val_dim]`.
+    /// Key `j`'s value at `j · v_stride`.
     v: &'a [f32],
+    v_stride: usize,
     head_dim: usize,
     seq_kv: usize,
     val_dim: usize,
@@ -125,8 +165,8 @@ impl pulp::WithSimd for QueryBlock<'_> {
 impl QueryBlock<'_> {
     #[inline(always)]
     fn run<S: Simd>(self, simd: S) {
+        let (rows, dv, ldo) = (self.rows, self.val_dim, self.out_stride);
         let out = self.out;
-        let (dv, rows) = (self.val_dim, out.len() / self.val_dim);
         let mut row_max = vec![f32::NEG_INFINITY; rows];
         let mut row_sum = vec![0.0f32; rows];
         let mut tile = vec![0.0f32; rows * BLOCK_KV];
@@ -139,7 +179,7 @@ impl QueryBlock<'_> {
             let n = BLOCK_KV.min(keys - start);
             let scores = &mut tile[..rows * n];
             let dims = [rows, n, self.head_dim];
-            Matmul { ldc: n, a: self.q, lda: self.head_dim, b: &self.keys_t[start..], ldb: self.seq_kv, dims, accumulate: Accumulate::No }
+            Matmul { ldc: n, a: self.q, lda: self.q_stride, b: &self.keys_t[start..], ldb: self.seq_kv, dims, accumulate: Accumulate::No }
                 .run(simd, scores);
             for (r, row) in scores.chunks_exact_mut(n).enumerate() {
                 let visible = match self.mask {
@@ -158,15 +198,24 @@ impl QueryBlock<'_> {
                 row_sum[r] = row_sum[r] * rescale + sum;
                 row_max[r] = max;
                 if rescale != 1.0 {
-                    out[r * dv..][..dv].iter_mut().for_each(|x| *x *= rescale);
+                    out[r * ldo..][..dv].iter_mut().for_each(|x| *x *= rescale);
                 }
             }
             let dims = [rows, dv, n];
-            Matmul { ldc: dv, a: scores, lda: n, b: &self.v[start * dv..], ldb: dv, dims, accumulate: Accumulate::Yes }.run(simd, out);
+            Matmul {
+                ldc: ldo,
+                a: scores,
+                lda: n,
+                b: &self.v[start * self.v_stride..],
+                ldb: self.v_stride,
+                dims,
+                accumulate: Accumulate::Yes,
+            }
+            .run(simd, out);
         }
-        for (row, sum) in out.chunks_exact_mut(dv).zip(&row_sum) {
+        for (r, sum) in row_sum.iter().enumerate() {
             let inverse = 1.0 / sum;
-            row.iter_mut().for_each(|x| *x *= inverse);
+            out[r * ldo..][..dv].iter_mut().for_each(|x| *x *= inverse);
         }
     }
 }
@@ -216,8 +265,18 @@ mod tests {
         let q = values(s.batch * s.heads * s.seq_q * s.head_dim, 1, spread);
         let k = values(s.batch * s.heads * s.seq_kv * s.head_dim, 2, spread);
         let v = values(s.batch * s.heads * s.seq_kv * s.val_dim, 3, 1.0);
-        let got = attention(&q, &k, &v, s, mask);
+        let operand = |data, tokens, dim| Operand::contiguous(data, s.heads, tokens, dim);
+        let got = attention(operand(&q, s.seq_q, s.head_dim), operand(&k, s.seq_kv, s.head_dim), operand(&v, s.seq_kv, s.val_dim), s, mask);
+        // The kernel writes [B, L, H, Dv]; the reference [B, H, L, Dv].
         let want = reference(&q, &k, &v, s, mask);
+        let want: Vec<f32> = (0..got.len())
+            .map(|at| {
+                let (c, rest) = (at % s.val_dim, at / s.val_dim);
+                let (h, rest) = (rest % s.heads, rest / s.heads);
+                let (i, b) = (rest % s.seq_q, rest / s.seq_q);
+                want[((b * s.heads + h) * s.seq_q + i) * s.val_dim + c]
+            })
+            .collect();
         let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst < 2e-5, "{s:?} {mask:?}: largest difference {worst}");
     }
@@ -250,7 +309,9 @@ mod tests {
 
     #[test]
     fn empty_inputs_give_an_empty_or_zero_output() {
-        assert!(attention(&[], &[0.0; 12], &[0.0; 12], shape(1, 1, 0, 3, 4, 4), Mask::None).is_empty());
-        assert_eq!(attention(&[0.0; 4], &[], &[], shape(1, 1, 1, 0, 4, 2), Mask::None), vec![0.0; 2]);
+        let (none, twelve) = (Operand::contiguous(&[], 1, 0, 4), Operand::contiguous(&[0.0; 12], 1, 3, 4));
+        assert!(attention(none, twelve, twelve, shape(1, 1, 0, 3, 4, 4), Mask::None).is_empty());
+        let one = Operand::contiguous(&[0.0; 4], 1, 1, 4);
+        assert_eq!(attention(one, none, none, shape(1, 1, 1, 0, 4, 2), Mask::None), vec![0.0; 2]);
     }
 }

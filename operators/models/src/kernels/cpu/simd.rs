@@ -35,62 +35,83 @@ pub struct Matmul<'a> {
 
 impl Matmul<'_> {
     /// Computes the product into `c`.
+    ///
+    /// Both operands are first copied into the order the register tile reads them (`a` as
+    /// `[k][TILE_ROWS]` per panel of rows, `b` as `[k]` pairs of vectors per tile of columns),
+    /// zero-padded at the edges: the inner loop is then loads and FMAs only, with no bounds
+    /// checks or strides, and every edge takes the same path. The copies are `m·k + k·n`
+    /// values against `m·n·k` products.
     #[inline(always)]
     pub fn run<S: Simd>(&self, simd: S, c: &mut [f32]) {
-        let m = self.dims[0];
-        let mut row = 0;
-        while row + TILE_ROWS <= m {
-            self.panel::<S, TILE_ROWS>(simd, row, c);
-            row += TILE_ROWS;
+        let [m, n, k] = self.dims;
+        let lanes = S::F32_LANES;
+        let width = TILE_VECTORS * lanes;
+        let panels = m.div_ceil(TILE_ROWS);
+        let mut a_packed = vec![0.0f32; panels * k * TILE_ROWS];
+        for (panel, packed) in a_packed.chunks_exact_mut(k * TILE_ROWS).enumerate() {
+            for r in 0..TILE_ROWS.min(m - panel * TILE_ROWS) {
+                let row = &self.a[(panel * TILE_ROWS + r) * self.lda..][..k];
+                for (p, &x) in row.iter().enumerate() {
+                    packed[p * TILE_ROWS + r] = x;
+                }
+            }
         }
-        match m - row {
-            0 => {}
-            1 => self.panel::<S, 1>(simd, row, c),
-            2 => self.panel::<S, 2>(simd, row, c),
-            3 => self.panel::<S, 3>(simd, row, c),
-            4 => self.panel::<S, 4>(simd, row, c),
-            _ => self.panel::<S, 5>(simd, row, c),
-        }
-    }
-
-    /// Rows `first..first + ROWS`: register tiles across, then the leftover columns.
-    #[inline(always)]
-    fn panel<S: Simd, const ROWS: usize>(&self, simd: S, first: usize, c: &mut [f32]) {
-        let [_, n, k] = self.dims;
-        let width = TILE_VECTORS * S::F32_LANES;
-        let a_rows: [&[f32]; ROWS] = std::array::from_fn(|r| &self.a[(first + r) * self.lda..][..k]);
-        let mut col = 0;
-        while col + width <= n {
-            let mut sums = [[simd.splat_f32s(0.0); TILE_VECTORS]; ROWS];
-            for (p, b_row) in self.b.chunks(self.ldb).take(k).enumerate() {
-                let (b_vectors, _) = S::as_simd_f32s(&b_row[col..col + width]);
-                let b_tile: [S::f32s; TILE_VECTORS] = std::array::from_fn(|v| b_vectors[v]);
-                for (sum, a_row) in sums.iter_mut().zip(&a_rows) {
-                    let x = simd.splat_f32s(a_row[p]);
-                    for (s, b) in sum.iter_mut().zip(b_tile) {
-                        *s = simd.mul_add_f32s(x, b, *s);
+        let zero = simd.splat_f32s(0.0);
+        let mut b_packed = vec![[zero; TILE_VECTORS]; k];
+        let mut padded = [0.0f32; 64];
+        for col in (0..n).step_by(width) {
+            let cols = width.min(n - col);
+            for (packed, b_row) in b_packed.iter_mut().zip(self.b.chunks(self.ldb)) {
+                if cols == width {
+                    let (vectors, _) = S::as_simd_f32s(&b_row[col..col + width]);
+                    *packed = std::array::from_fn(|v| vectors[v]);
+                } else {
+                    padded[..width].fill(0.0);
+                    padded[..cols].copy_from_slice(&b_row[col..col + cols]);
+                    let (vectors, _) = S::as_simd_f32s(&padded[..width]);
+                    *packed = std::array::from_fn(|v| vectors[v]);
+                }
+            }
+            for (panel, a_panel) in a_packed.chunks_exact(k * TILE_ROWS).enumerate() {
+                let mut sums = [[zero; TILE_VECTORS]; TILE_ROWS];
+                for (a_col, b_tile) in a_panel.chunks_exact(TILE_ROWS).zip(&b_packed) {
+                    let a_col: &[f32; TILE_ROWS] = a_col.try_into().expect("a column of the panel");
+                    for (sum, &x) in sums.iter_mut().zip(a_col) {
+                        let x = simd.splat_f32s(x);
+                        for (s, &b) in sum.iter_mut().zip(b_tile) {
+                            *s = simd.mul_add_f32s(x, b, *s);
+                        }
                     }
                 }
-            }
-            for (r, sum) in sums.into_iter().enumerate() {
-                let (c_vectors, _) = S::as_mut_simd_f32s(&mut c[(first + r) * self.ldc + col..][..width]);
-                for (c, s) in c_vectors.iter_mut().zip(sum) {
-                    *c = match self.accumulate {
-                        Accumulate::No => s,
-                        Accumulate::Yes => simd.add_f32s(*c, s),
-                    };
+                // The accumulators leave by value: a reference to them would make the compiler
+                // keep them in memory and store all twelve on every step of the loop above.
+                let first = panel * TILE_ROWS;
+                for (r, sum) in sums.into_iter().enumerate() {
+                    if first + r == m {
+                        break;
+                    }
+                    let c_row = &mut c[(first + r) * self.ldc + col..][..cols];
+                    if cols == width {
+                        let (c_vectors, _) = S::as_mut_simd_f32s(c_row);
+                        for (c, s) in c_vectors.iter_mut().zip(sum) {
+                            *c = match self.accumulate {
+                                Accumulate::No => s,
+                                Accumulate::Yes => simd.add_f32s(*c, s),
+                            };
+                        }
+                    } else {
+                        let (vectors, _) = S::as_mut_simd_f32s(&mut padded[..width]);
+                        for (v, s) in vectors.iter_mut().zip(sum) {
+                            *v = s;
+                        }
+                        for (c, &s) in c_row.iter_mut().zip(&padded[..cols]) {
+                            *c = match self.accumulate {
+                                Accumulate::No => s,
+                                Accumulate::Yes => *c + s,
+                            };
+                        }
+                    }
                 }
-            }
-            col += width;
-        }
-        for (r, a_row) in a_rows.iter().enumerate() {
-            for j in col..n {
-                let sum = a_row.iter().enumerate().fold(0.0f32, |s, (p, x)| x.mul_add(self.b[p * self.ldb + j], s));
-                let c = &mut c[(first + r) * self.ldc + j];
-                *c = match self.accumulate {
-                    Accumulate::No => sum,
-                    Accumulate::Yes => *c + sum,
-                };
             }
         }
     }
