@@ -148,14 +148,6 @@ fn apply_rope<B: Kernels>(x: Tensor<B, 4>, cos: &Tensor<B, 5>, sin: &Tensor<B, 5
     Tensor::from_primitive(TensorPrimitive::Float(B::rope(x.into_primitive().tensor(), cos, sin)))
 }
 
-/// LayerNorm without affine parameters (eps 1e-6), statistics in f32.
-fn layer_norm<B: Kernels>(x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let dtype = x.dtype();
-    let x = x.cast(DType::F32);
-    let (var, mean) = x.clone().var_mean_bias(2);
-    ((x - mean) / (var + 1e-6).sqrt()).cast(dtype)
-}
-
 /// Splits a fused projection `[B, L, 3·H·D]` ("B L (K H D)") into q, k, v, each `[B, L, H, D]`.
 /// Heads stay inside tokens until attention, so norms and RoPE work on contiguous rows.
 fn split_qkv<B: Kernels>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
@@ -267,10 +259,23 @@ struct ModulationOut<B: Backend> {
 }
 
 impl<B: Kernels> ModulationOut<B> {
-    /// `(1 + scale)·x + shift`.
-    fn modulate(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        (self.scale.clone() + 1.0) * x + self.shift.clone()
+    /// `(1 + scale)·LayerNorm(x) + shift`.
+    fn norm_modulate(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        layer_norm_modulate(x, self.shift.clone(), self.scale.clone())
     }
+
+    /// `x + gate·y`.
+    fn add_gated(&self, x: Tensor<B, 3>, y: Tensor<B, 3>) -> Tensor<B, 3> {
+        let (x, gate, y) = (x.into_primitive().tensor(), self.gate.clone().into_primitive().tensor(), y.into_primitive().tensor());
+        Tensor::from_primitive(TensorPrimitive::Float(B::add_gated(x, gate, y)))
+    }
+}
+
+/// `(1 + scale)·LayerNorm(x) + shift`: LayerNorm over the last dimension without affine
+/// parameters (eps 1e-6, statistics in f32), `shift` and `scale` `[B, 1, D]`.
+fn layer_norm_modulate<B: Kernels>(x: Tensor<B, 3>, shift: Tensor<B, 3>, scale: Tensor<B, 3>) -> Tensor<B, 3> {
+    let (x, shift, scale) = (x.into_primitive().tensor(), shift.into_primitive().tensor(), scale.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm_modulate(x, shift, scale, 1e-6)))
 }
 
 /// `Linear(silu(vec))` split into one (single blocks) or two (double blocks) (shift, scale,
@@ -353,7 +358,7 @@ impl<B: Kernels> DoubleStreamBlock<B> {
         let [img_mod1, img_mod2] = <[_; 2]>::try_from(self.img_mod.forward(vec.clone())).expect("double modulation");
         let [txt_mod1, txt_mod2] = <[_; 2]>::try_from(self.txt_mod.forward(vec.clone())).expect("double modulation");
 
-        let img_m = img_mod1.modulate(layer_norm(img.clone()));
+        let img_m = img_mod1.norm_modulate(img.clone());
         let mut img_qkv = self.img_attn.qkv.forward(img_m.clone());
         if let Some(l) = lora {
             img_qkv = img_qkv + l.qkv_lora1.forward(img_m);
@@ -361,7 +366,7 @@ impl<B: Kernels> DoubleStreamBlock<B> {
         let [img_q, img_k, img_v] = split_qkv(img_qkv, self.num_heads);
         let (img_q, img_k) = self.img_attn.norm.forward(img_q, img_k);
 
-        let txt_m = txt_mod1.modulate(layer_norm(txt.clone()));
+        let txt_m = txt_mod1.norm_modulate(txt.clone());
         let mut txt_qkv = self.txt_attn.qkv.forward(txt_m.clone());
         if let Some(l) = lora {
             txt_qkv = txt_qkv + l.qkv_lora2.forward(txt_m);
@@ -383,15 +388,17 @@ impl<B: Kernels> DoubleStreamBlock<B> {
         if let Some(l) = lora {
             img_proj = img_proj + l.proj_lora1.forward(img_a);
         }
-        let img = img + img_mod1.gate.clone() * img_proj;
-        let img = img.clone() + img_mod2.gate.clone() * self.img_mlp.forward(img_mod2.modulate(layer_norm(img)));
+        let img = img_mod1.add_gated(img, img_proj);
+        let img_mlp = self.img_mlp.forward(img_mod2.norm_modulate(img.clone()));
+        let img = img_mod2.add_gated(img, img_mlp);
 
         let mut txt_proj = self.txt_attn.proj.forward(txt_a.clone());
         if let Some(l) = lora {
             txt_proj = txt_proj + l.proj_lora2.forward(txt_a);
         }
-        let txt = txt + txt_mod1.gate.clone() * txt_proj;
-        let txt = txt.clone() + txt_mod2.gate.clone() * self.txt_mlp.forward(txt_mod2.modulate(layer_norm(txt)));
+        let txt = txt_mod1.add_gated(txt, txt_proj);
+        let txt_mlp = self.txt_mlp.forward(txt_mod2.norm_modulate(txt.clone()));
+        let txt = txt_mod2.add_gated(txt, txt_mlp);
         (img, txt)
     }
 }
@@ -431,7 +438,7 @@ impl<B: Kernels> SingleStreamBlock<B> {
     fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Pe<B>) -> Tensor<B, 3> {
         let lora = self.processor.as_ref();
         let [m] = <[_; 1]>::try_from(self.modulation.forward(vec.clone())).expect("single modulation");
-        let x_mod = m.modulate(layer_norm(x.clone()));
+        let x_mod = m.norm_modulate(x.clone());
         let fused = self.linear1.forward(x_mod.clone());
         let mut qkv = fused.clone().narrow(2, 0, 3 * self.hidden_size);
         let mlp = fused.narrow(2, 3 * self.hidden_size, self.mlp_hidden);
@@ -446,7 +453,7 @@ impl<B: Kernels> SingleStreamBlock<B> {
         if let Some(l) = lora {
             out = out + l.proj_lora.forward(hidden);
         }
-        x + m.gate * out
+        m.add_gated(x, out)
     }
 }
 
@@ -471,7 +478,7 @@ impl<B: Kernels> LastLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, vec: Tensor<B, 2>) -> Tensor<B, 3> {
         let mods = self.ada_ln_modulation.forward(silu(vec)).unsqueeze_dim::<3>(1).chunk(2, 2);
         let (shift, scale) = (mods[0].clone(), mods[1].clone());
-        self.linear.forward((scale + 1.0) * layer_norm(x) + shift)
+        self.linear.forward(layer_norm_modulate(x, shift, scale))
     }
 }
 

@@ -97,3 +97,19 @@ pub fn rope_graph<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 5>, sin: Tensor<B,
     let out1 = sin * x0 + cos * x1;
     Tensor::cat(vec![out0, out1], 4).reshape([b, l, h, d]).cast(dtype)
 }
+
+/// FLUX's modulated LayerNorm: `x` `[B, L, D]` normalised over D in f32 (no affine, `eps` added
+/// to the biased variance), back to `x`'s dtype, then `(1 + scale)·x + shift` with `shift`,
+/// `scale` `[B, 1, D]`.
+pub fn layer_norm_modulate_graph<B: Backend>(x: Tensor<B, 3>, shift: Tensor<B, 3>, scale: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
+    let (var, mean) = x.clone().var_mean_bias(2);
+    let normed = ((x - mean) / (var + eps).sqrt()).cast(dtype);
+    (scale + 1.0) * normed + shift
+}
+
+/// A gated residual `x + gate·y`: `x`, `y` `[B, L, D]`, `gate` `[B, 1, D]`.
+pub fn add_gated_graph<B: Backend>(x: Tensor<B, 3>, gate: Tensor<B, 3>, y: Tensor<B, 3>) -> Tensor<B, 3> {
+    x + gate * y
+}

@@ -36,6 +36,17 @@ pub trait Kernels: Backend {
     fn rope(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
         graph::rope_graph(float::<Self, 4>(x), float(cos), float(sin)).into_primitive().tensor()
     }
+
+    /// FLUX's modulated LayerNorm: `x` `[B, L, D]` normalised over D (no affine, `eps` added
+    /// to the variance), then `(1 + scale)·x + shift` with `shift`, `scale` `[B, 1, D]`.
+    fn layer_norm_modulate(x: FloatTensor<Self>, shift: FloatTensor<Self>, scale: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        graph::layer_norm_modulate_graph(float::<Self, 3>(x), float(shift), float(scale), eps).into_primitive().tensor()
+    }
+
+    /// A gated residual `x + gate·y`: `x`, `y` `[B, L, D]`, `gate` `[B, 1, D]`.
+    fn add_gated(x: FloatTensor<Self>, gate: FloatTensor<Self>, y: FloatTensor<Self>) -> FloatTensor<Self> {
+        graph::add_gated_graph(float::<Self, 3>(x), float(gate), float(y)).into_primitive().tensor()
+    }
 }
 
 fn attention_graph<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, mask: Mask) -> FloatTensor<B> {
@@ -89,6 +100,38 @@ impl Kernels for Flex {
         let out = cpu::elementwise::rope(slice(&x), slice(&cos), slice(&sin), heads, dim);
         FlexTensor::from_data(TensorData::new(out, [batch, tokens, heads, dim]))
     }
+
+    fn layer_norm_modulate(x: FlexTensor, shift: FlexTensor, scale: FlexTensor, eps: f64) -> FlexTensor {
+        if [&x, &shift, &scale].iter().any(|t| t.dtype() != DType::F32) {
+            return graph::layer_norm_modulate_graph(float::<Self, 3>(x), float(shift), float(scale), eps).into_primitive().tensor();
+        }
+        let layout = per_batch_rows(&x, &[&shift, &scale]);
+        let (mut x, shift, scale) = (contiguous(x), contiguous(shift), contiguous(scale));
+        cpu::elementwise::layer_norm_modulate(x.storage_mut::<f32>(), slice(&shift), slice(&scale), layout, eps as f32);
+        x
+    }
+
+    fn add_gated(x: FlexTensor, gate: FlexTensor, y: FlexTensor) -> FlexTensor {
+        if [&x, &gate, &y].iter().any(|t| t.dtype() != DType::F32) || x.layout().shape() != y.layout().shape() {
+            return graph::add_gated_graph(float::<Self, 3>(x), float(gate), float(y)).into_primitive().tensor();
+        }
+        let layout = per_batch_rows(&x, &[&gate]);
+        let (mut x, gate, y) = (contiguous(x), contiguous(gate), contiguous(y));
+        cpu::elementwise::add_gated(x.storage_mut::<f32>(), slice(&gate), slice(&y), layout);
+        x
+    }
+}
+
+/// The rows of `x` `[B, L, D]`, each with a `[B, 1, D]` vector per batch item in `vectors`.
+fn per_batch_rows(x: &FlexTensor, vectors: &[&FlexTensor]) -> cpu::elementwise::PerBatchRows {
+    let shape = x.layout().shape();
+    assert_eq!(shape.num_dims(), 3, "expected a [batch, tokens, dim] tensor, got {shape:?}");
+    let (batch, rows, dim) = (shape[0], shape[1], shape[2]);
+    for v in vectors {
+        let v = v.layout().shape();
+        assert!(v.num_dims() == 3 && v[0] == batch && v[1] == 1 && v[2] == dim, "expected a [{batch}, 1, {dim}] vector, got {v:?}");
+    }
+    cpu::elementwise::PerBatchRows { rows, dim }
 }
 
 /// `t` with a contiguous layout from offset 0; `t` itself (no copy, no second reference) when
@@ -181,6 +224,26 @@ mod tests {
         let prim = |t: Tensor<Flex, 5>| t.into_primitive().tensor();
         let fused = float::<Flex, 4>(Flex::rope(strided.clone().into_primitive().tensor(), prim(cos.clone()), prim(sin.clone())));
         assert!(largest_difference(fused, graph::rope_graph(strided, cos, sin)) < 1e-5);
+    }
+
+    #[test]
+    fn modulated_norm_and_gated_residual_match_their_graphs_on_views() {
+        let device = Default::default();
+        Flex::seed(&device, 5);
+        let normal = |shape: [usize; 3]| Tensor::<Flex, 3>::random(shape, Distribution::Normal(0.0, 1.5), &device);
+        let x = normal([2, 40, 24]);
+        // Shift, scale and gate as the model makes them: slices of one modulation output.
+        let mods = normal([2, 1, 72]);
+        let part = |i: usize| mods.clone().narrow(2, i * 24, 24);
+        let prim = |t: Tensor<Flex, 3>| t.into_primitive().tensor();
+        let fused = float::<Flex, 3>(Flex::layer_norm_modulate(prim(x.clone()), prim(part(0)), prim(part(1)), 1e-6));
+        let unfused = graph::layer_norm_modulate_graph(x.clone(), part(0), part(1), 1e-6);
+        assert!((fused - unfused).abs().max().into_scalar() < 1e-5);
+
+        let y = normal([2, 40, 24]);
+        let fused = float::<Flex, 3>(Flex::add_gated(prim(x.clone()), prim(part(2)), prim(y.clone())));
+        let unfused = graph::add_gated_graph(x, part(2), y);
+        assert!((fused - unfused).abs().max().into_scalar() < 1e-6);
     }
 
     #[test]

@@ -68,6 +68,99 @@ pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], heads: usize, dim: usize) -> Ve
     out
 }
 
+/// Rows per parallel work item of the row-wise kernels.
+const ROWS_PER_ITEM: usize = 16;
+
+/// A `[batch · rows, dim]` tensor's rows with a `[batch, dim]` vector per batch item.
+#[derive(Debug, Clone, Copy)]
+pub struct PerBatchRows {
+    /// Rows per batch item.
+    pub rows: usize,
+    pub dim: usize,
+}
+
+/// FLUX's modulated LayerNorm: each row of `x` normalised (no affine, statistics in f32, `eps`
+/// added to the biased variance), then `· (1 + scale) + shift` with its batch item's `shift`
+/// and `scale`, in place.
+pub fn layer_norm_modulate(x: &mut [f32], shift: &[f32], scale: &[f32], layout: PerBatchRows, eps: f32) {
+    let PerBatchRows { rows, dim } = layout;
+    assert_eq!(shift.len(), scale.len(), "layer_norm_modulate: shift and scale differ in length");
+    assert_eq!(x.len() / (rows * dim) * dim, shift.len(), "layer_norm_modulate: one shift per batch item and channel");
+    x.par_chunks_mut(ROWS_PER_ITEM * dim).enumerate().for_each(|(item, block)| {
+        for (i, row) in block.chunks_exact_mut(dim).enumerate() {
+            let batch = (item * ROWS_PER_ITEM + i) / rows;
+            let (shift, scale) = (&shift[batch * dim..][..dim], &scale[batch * dim..][..dim]);
+            pulp::Arch::new().dispatch(NormModulate { row, shift, scale, eps });
+        }
+    });
+}
+
+struct NormModulate<'a> {
+    row: &'a mut [f32],
+    shift: &'a [f32],
+    scale: &'a [f32],
+    eps: f32,
+}
+
+impl pulp::WithSimd for NormModulate<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let n = self.row.len() as f32;
+        let mean = simd::sum(simd, self.row) / n;
+        let variance = simd::sum_squared_deviations(simd, self.row, mean) / n;
+        let inverse_std = 1.0 / (variance + self.eps).sqrt();
+        let (xs, x_tail) = S::as_mut_simd_f32s(self.row);
+        let (shifts, shift_tail) = S::as_simd_f32s(self.shift);
+        let (scales, scale_tail) = S::as_simd_f32s(self.scale);
+        let (mean_v, inverse_v, one) = (simd.splat_f32s(mean), simd.splat_f32s(inverse_std), simd.splat_f32s(1.0));
+        for ((x, &shift), &scale) in xs.iter_mut().zip(shifts).zip(scales) {
+            let normed = simd.mul_f32s(simd.sub_f32s(*x, mean_v), inverse_v);
+            *x = simd.mul_add_f32s(normed, simd.add_f32s(scale, one), shift);
+        }
+        for ((x, &shift), &scale) in x_tail.iter_mut().zip(shift_tail).zip(scale_tail) {
+            *x = ((*x - mean) * inverse_std).mul_add(1.0 + scale, shift);
+        }
+    }
+}
+
+/// A gated residual, in place: `x += gate · y`, with its batch item's `gate` for each row.
+pub fn add_gated(x: &mut [f32], gate: &[f32], y: &[f32], layout: PerBatchRows) {
+    let PerBatchRows { rows, dim } = layout;
+    assert_eq!(x.len(), y.len(), "add_gated: x and y differ in length");
+    assert_eq!(x.len() / (rows * dim) * dim, gate.len(), "add_gated: one gate per batch item and channel");
+    x.par_chunks_mut(ROWS_PER_ITEM * dim).zip(y.par_chunks(ROWS_PER_ITEM * dim)).enumerate().for_each(|(item, (xs, ys))| {
+        for (i, (x, y)) in xs.chunks_exact_mut(dim).zip(ys.chunks_exact(dim)).enumerate() {
+            let gate = &gate[(item * ROWS_PER_ITEM + i) / rows * dim..][..dim];
+            pulp::Arch::new().dispatch(AddGated { x, gate, y });
+        }
+    });
+}
+
+struct AddGated<'a> {
+    x: &'a mut [f32],
+    gate: &'a [f32],
+    y: &'a [f32],
+}
+
+impl pulp::WithSimd for AddGated<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let (xs, x_tail) = S::as_mut_simd_f32s(self.x);
+        let (gates, gate_tail) = S::as_simd_f32s(self.gate);
+        let (ys, y_tail) = S::as_simd_f32s(self.y);
+        for ((x, &g), &y) in xs.iter_mut().zip(gates).zip(ys) {
+            *x = simd.mul_add_f32s(g, y, *x);
+        }
+        for ((x, &g), &y) in x_tail.iter_mut().zip(gate_tail).zip(y_tail) {
+            *x = g.mul_add(y, *x);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +174,32 @@ mod tests {
             let x64 = x as f64;
             let want = 0.5 * x64 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044_715 * x64.powi(3))).tanh());
             assert!((y as f64 - want).abs() <= 2e-6 * want.abs().max(1.0), "gelu({x}) = {y}, want {want}");
+        }
+    }
+
+    #[test]
+    fn layer_norm_modulate_and_add_gated_use_each_rows_batch_item() {
+        // 2 batch items × 3 rows × 19 channels (a vector tail).
+        let layout = PerBatchRows { rows: 3, dim: 19 };
+        let x: Vec<f32> = (0..2 * 3 * 19).map(|i| ((i * 37 % 23) as f32 - 11.0) / 4.0).collect();
+        let shift: Vec<f32> = (0..2 * 19).map(|i| i as f32 / 10.0).collect();
+        let scale: Vec<f32> = (0..2 * 19).map(|i| 1.0 - i as f32 / 20.0).collect();
+        let mut got = x.clone();
+        layer_norm_modulate(&mut got, &shift, &scale, layout, 1e-6);
+        for (r, (row, out)) in x.chunks(19).zip(got.chunks(19)).enumerate() {
+            let b = r / 3;
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / 19.0;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / 19.0;
+            for (c, (&v, &o)) in row.iter().zip(out).enumerate() {
+                let want = (v as f64 - mean) / (var + 1e-6).sqrt() * (1.0 + scale[b * 19 + c] as f64) + shift[b * 19 + c] as f64;
+                assert!((o as f64 - want).abs() < 1e-5, "row {r} channel {c}: {o} != {want}");
+            }
+        }
+        let y: Vec<f32> = x.iter().map(|v| v * 3.0 - 1.0).collect();
+        let mut sum = x.clone();
+        add_gated(&mut sum, &scale, &y, layout);
+        for (i, ((&s, &a), &b)) in sum.iter().zip(&x).zip(&y).enumerate() {
+            assert_eq!(s, scale[i / (3 * 19) * 19 + i % 19].mul_add(b, a));
         }
     }
 

@@ -128,6 +128,26 @@ pub fn max<S: Simd>(simd: S, xs: &[f32]) -> f32 {
     tail.iter().fold(simd.reduce_max_f32s(best), |m, &x| m.max(x))
 }
 
+/// The sum of a slice.
+#[inline(always)]
+pub fn sum<S: Simd>(simd: S, xs: &[f32]) -> f32 {
+    let (vectors, tail) = S::as_simd_f32s(xs);
+    let total = vectors.iter().fold(simd.splat_f32s(0.0), |t, &v| simd.add_f32s(t, v));
+    simd.reduce_sum_f32s(total) + tail.iter().sum::<f32>()
+}
+
+/// `Σ (x − mean)²` over a slice.
+#[inline(always)]
+pub fn sum_squared_deviations<S: Simd>(simd: S, xs: &[f32], mean: f32) -> f32 {
+    let (vectors, tail) = S::as_simd_f32s(xs);
+    let mean_v = simd.splat_f32s(mean);
+    let total = vectors.iter().fold(simd.splat_f32s(0.0), |t, &v| {
+        let d = simd.sub_f32s(v, mean_v);
+        simd.mul_add_f32s(d, d, t)
+    });
+    simd.reduce_sum_f32s(total) + tail.iter().map(|&x| (x - mean) * (x - mean)).sum::<f32>()
+}
+
 /// Replaces every `x` by `exp((x − shift) · scale)` and returns their sum.
 #[inline(always)]
 pub fn exp_shifted_in_place<S: Simd>(simd: S, xs: &mut [f32], shift: f32, scale: f32) -> f32 {
