@@ -11,7 +11,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{conv2d, embedding};
 use burn::tensor::ops::ConvOptions;
@@ -19,7 +19,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::Kernels;
-use crate::nn::{LayerNorm, causal_scaled_dot_product, scaled_dot_product};
+use crate::nn::{LayerNorm, causal_scaled_dot_product, gelu, scaled_dot_product};
 use crate::vb::Vb;
 use crate::weights::Result;
 

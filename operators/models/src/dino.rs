@@ -9,14 +9,13 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::Kernels;
-use crate::nn::{LayerNorm, scaled_dot_product};
+use crate::nn::{LayerNorm, gelu, scaled_dot_product};
 use crate::vb::Vb;
 use crate::weights::Result;
 

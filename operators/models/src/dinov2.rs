@@ -10,7 +10,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::{gelu, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
@@ -18,7 +18,7 @@ use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::Kernels;
-use crate::nn::{LayerNorm, scaled_dot_product};
+use crate::nn::{LayerNorm, gelu, scaled_dot_product};
 use crate::vb::Vb;
 use crate::weights::Result;
 

@@ -93,20 +93,15 @@ pub struct LayerNorm<B: Backend> {
     eps: f64,
 }
 
-impl<B: Backend> LayerNorm<B> {
+impl<B: Kernels> LayerNorm<B> {
     pub fn load(vb: &Vb<B>, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self { weight: Param::from_tensor(vb.tensor("weight", [dim])?), bias: Param::from_tensor(vb.tensor("bias", [dim])?), eps })
     }
 
     /// Normalises over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
-        let x = x.cast(DType::F32);
-        let (var, mean) = x.clone().var_mean_bias(D - 1);
-        let y = (x - mean) / (var + self.eps).sqrt();
-        let w = self.weight.val().cast(DType::F32).unsqueeze::<D>();
-        let b = self.bias.val().cast(DType::F32).unsqueeze::<D>();
-        (y * w + b).cast(dtype)
+        let (weight, bias) = (self.weight.val().into_primitive().tensor(), self.bias.val().into_primitive().tensor());
+        Tensor::from_primitive(TensorPrimitive::Float(B::fused_layer_norm::<D>(x.into_primitive().tensor(), weight, bias, self.eps)))
     }
 }
 
@@ -129,4 +124,9 @@ fn attend<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: M
 /// GELU with the tanh approximation (PyTorch `approximate="tanh"`), element-wise.
 pub fn gelu_tanh<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(B::gelu_tanh(x.into_primitive().tensor())))
+}
+
+/// GELU in its exact (erf) form, element-wise.
+pub fn gelu<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::gelu_erf(x.into_primitive().tensor())))
 }

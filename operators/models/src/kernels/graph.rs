@@ -113,3 +113,13 @@ pub fn layer_norm_modulate_graph<B: Backend>(x: Tensor<B, 3>, shift: Tensor<B, 3
 pub fn add_gated_graph<B: Backend>(x: Tensor<B, 3>, gate: Tensor<B, 3>, y: Tensor<B, 3>) -> Tensor<B, 3> {
     x + gate * y
 }
+
+/// LayerNorm over the last dimension with `weight` and `bias` `[D]`, statistics in f32;
+/// returns `x`'s dtype.
+pub fn layer_norm_graph<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, bias: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
+    let (var, mean) = x.clone().var_mean_bias(D - 1);
+    let y = (x - mean) / (var + eps).sqrt();
+    (y * weight.cast(DType::F32).unsqueeze::<D>() + bias.cast(DType::F32).unsqueeze::<D>()).cast(dtype)
+}

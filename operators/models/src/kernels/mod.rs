@@ -28,7 +28,23 @@ pub trait Kernels: Backend {
 
     /// GELU with the tanh approximation, element-wise, any shape.
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        gelu_tanh_graph::<Self>(x)
+        elementwise_graph::<Self>(x, graph::gelu_tanh_graph)
+    }
+
+    /// GELU in its exact (erf) form, element-wise, any shape.
+    fn gelu_erf(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        elementwise_graph::<Self>(x, burn::tensor::activation::gelu)
+    }
+
+    /// LayerNorm over the last dimension of `x` (rank `D`) with `weight` and `bias` `[dim]`,
+    /// statistics in f32.
+    fn fused_layer_norm<const D: usize>(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        graph::layer_norm_graph(float::<Self, D>(x), float(weight), float(bias), eps).into_primitive().tensor()
     }
 
     /// FLUX's rotary embedding: `x` `[B, L, H, D]` with pairs interleaved along D, `cos` and
@@ -54,11 +70,11 @@ fn attention_graph<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTen
     out.into_primitive().tensor()
 }
 
-fn gelu_tanh_graph<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
-    // Element-wise: run the graph on the flattened tensor, whatever its rank.
+/// An element-wise graph `f` on a tensor of any rank (run on it flattened).
+fn elementwise_graph<B: Backend>(x: FloatTensor<B>, f: fn(Tensor<B, 1>) -> Tensor<B, 1>) -> FloatTensor<B> {
     let shape = x.shape();
     let flat = float::<B, 1>(B::float_reshape(x, Shape::new([shape.num_elements()])));
-    B::float_reshape(graph::gelu_tanh_graph(flat).into_primitive().tensor(), shape)
+    B::float_reshape(f(flat).into_primitive().tensor(), shape)
 }
 
 /// A float primitive as a tensor of rank `D`.
@@ -83,11 +99,29 @@ impl Kernels for Flex {
 
     fn gelu_tanh(x: FlexTensor) -> FlexTensor {
         if x.dtype() != DType::F32 {
-            return gelu_tanh_graph::<Self>(x);
+            return elementwise_graph::<Self>(x, graph::gelu_tanh_graph);
         }
         // In place when `x` is contiguous and not shared (a layer's fresh output): no copy.
         let mut x = contiguous(x);
         cpu::elementwise::gelu_tanh(x.storage_mut::<f32>());
+        x
+    }
+
+    fn gelu_erf(x: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 {
+            return elementwise_graph::<Self>(x, burn::tensor::activation::gelu);
+        }
+        let mut x = contiguous(x);
+        cpu::elementwise::gelu_erf(x.storage_mut::<f32>());
+        x
+    }
+
+    fn fused_layer_norm<const D: usize>(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, eps: f64) -> FlexTensor {
+        if [&x, &weight, &bias].iter().any(|t| t.dtype() != DType::F32) {
+            return graph::layer_norm_graph(float::<Self, D>(x), float(weight), float(bias), eps).into_primitive().tensor();
+        }
+        let (mut x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
+        cpu::elementwise::layer_norm(x.storage_mut::<f32>(), slice(&weight), slice(&bias), eps as f32);
         x
     }
 
@@ -215,7 +249,17 @@ mod tests {
         // `x` is shared here: the in-place kernel must copy, not write through.
         let fused = float::<Flex, 4>(Flex::gelu_tanh(x.clone().into_primitive().tensor()));
         assert!(largest_difference(fused, graph::gelu_tanh_graph(x.clone())) < 1e-5);
-        assert_eq!(x.into_data(), kept);
+        assert_eq!(x.clone().into_data(), kept);
+
+        let fused = float::<Flex, 4>(Flex::gelu_erf(x.clone().into_primitive().tensor()));
+        assert!(largest_difference(fused, burn::tensor::activation::gelu(x.clone())) < 1e-6);
+        let (weight, bias) = (
+            Tensor::<Flex, 1>::random([16], Distribution::Normal(1.0, 0.5), &device),
+            Tensor::<Flex, 1>::random([16], Distribution::Normal(0.0, 0.5), &device),
+        );
+        let (w, b) = (weight.clone().into_primitive().tensor(), bias.clone().into_primitive().tensor());
+        let fused = float::<Flex, 4>(Flex::fused_layer_norm::<4>(x.clone().swap_dims(1, 2).into_primitive().tensor(), w, b, 1e-5));
+        assert!(largest_difference(fused, graph::layer_norm_graph(x.clone().swap_dims(1, 2), weight, bias, 1e-5)) < 1e-5);
 
         let angles = Tensor::<Flex, 5>::random([2, 33, 1, 8, 1], Distribution::Uniform(-3.0, 3.0), &device);
         let (cos, sin) = (angles.clone().cos(), angles.sin());

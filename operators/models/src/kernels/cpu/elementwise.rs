@@ -89,20 +89,35 @@ pub fn layer_norm_modulate(x: &mut [f32], shift: &[f32], scale: &[f32], layout: 
     x.par_chunks_mut(ROWS_PER_ITEM * dim).enumerate().for_each(|(item, block)| {
         for (i, row) in block.chunks_exact_mut(dim).enumerate() {
             let batch = (item * ROWS_PER_ITEM + i) / rows;
-            let (shift, scale) = (&shift[batch * dim..][..dim], &scale[batch * dim..][..dim]);
-            pulp::Arch::new().dispatch(NormModulate { row, shift, scale, eps });
+            let (add, mul) = (&shift[batch * dim..][..dim], &scale[batch * dim..][..dim]);
+            pulp::Arch::new().dispatch(NormRow { row, mul, add, one_plus: true, eps });
         }
     });
 }
 
-struct NormModulate<'a> {
+/// LayerNorm over rows of `dim` values, in place, statistics in f32: `normed · weight + bias`.
+pub fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let dim = weight.len();
+    assert_eq!(bias.len(), dim, "layer_norm: weight and bias differ in length");
+    assert_eq!(x.len() % dim.max(1), 0, "layer_norm: {} values are not rows of {dim}", x.len());
+    x.par_chunks_mut(ROWS_PER_ITEM * dim.max(1)).for_each(|block| {
+        for row in block.chunks_exact_mut(dim.max(1)) {
+            pulp::Arch::new().dispatch(NormRow { row, mul: weight, add: bias, one_plus: false, eps });
+        }
+    });
+}
+
+/// One row normalised, then `· mul + add` (or `· (1 + mul) + add`).
+struct NormRow<'a> {
     row: &'a mut [f32],
-    shift: &'a [f32],
-    scale: &'a [f32],
+    mul: &'a [f32],
+    add: &'a [f32],
+    /// Multiply by `1 + mul` (FLUX's modulation scale) instead of `mul`.
+    one_plus: bool,
     eps: f32,
 }
 
-impl pulp::WithSimd for NormModulate<'_> {
+impl pulp::WithSimd for NormRow<'_> {
     type Output = ();
 
     #[inline(always)]
@@ -111,18 +126,65 @@ impl pulp::WithSimd for NormModulate<'_> {
         let mean = simd::sum(simd, self.row) / n;
         let variance = simd::sum_squared_deviations(simd, self.row, mean) / n;
         let inverse_std = 1.0 / (variance + self.eps).sqrt();
+        let offset = if self.one_plus { 1.0 } else { 0.0 };
         let (xs, x_tail) = S::as_mut_simd_f32s(self.row);
-        let (shifts, shift_tail) = S::as_simd_f32s(self.shift);
-        let (scales, scale_tail) = S::as_simd_f32s(self.scale);
-        let (mean_v, inverse_v, one) = (simd.splat_f32s(mean), simd.splat_f32s(inverse_std), simd.splat_f32s(1.0));
-        for ((x, &shift), &scale) in xs.iter_mut().zip(shifts).zip(scales) {
+        let (adds, add_tail) = S::as_simd_f32s(self.add);
+        let (muls, mul_tail) = S::as_simd_f32s(self.mul);
+        let (mean_v, inverse_v, offset_v) = (simd.splat_f32s(mean), simd.splat_f32s(inverse_std), simd.splat_f32s(offset));
+        for ((x, &add), &mul) in xs.iter_mut().zip(adds).zip(muls) {
             let normed = simd.mul_f32s(simd.sub_f32s(*x, mean_v), inverse_v);
-            *x = simd.mul_add_f32s(normed, simd.add_f32s(scale, one), shift);
+            *x = simd.mul_add_f32s(normed, simd.add_f32s(mul, offset_v), add);
         }
-        for ((x, &shift), &scale) in x_tail.iter_mut().zip(shift_tail).zip(scale_tail) {
-            *x = ((*x - mean) * inverse_std).mul_add(1.0 + scale, shift);
+        for ((x, &add), &mul) in x_tail.iter_mut().zip(add_tail).zip(mul_tail) {
+            *x = ((*x - mean) * inverse_std).mul_add(mul + offset, add);
         }
     }
+}
+
+/// GELU in its exact form, in place: `0.5·x·(1 + erf(x/√2))`. `1 + erf(z)` is computed as
+/// `2 − erfc(z)` or, for `z < 0`, `erfc(|z|)` directly, so the negative tail keeps its relative
+/// precision; erfc by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e−7).
+pub fn gelu_erf(xs: &mut [f32]) {
+    xs.par_chunks_mut(CHUNK).for_each(|chunk| pulp::Arch::new().dispatch(GeluErf(chunk)));
+}
+
+const ERFC_P: f32 = 0.327_591_1;
+/// A&S 7.1.26 coefficients a5 … a1, for Horner's rule.
+const ERFC_A: [f32; 5] = [1.061_405_4, -1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6];
+
+struct GeluErf<'a>(&'a mut [f32]);
+
+impl pulp::WithSimd for GeluErf<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let (vectors, tail) = S::as_mut_simd_f32s(self.0);
+        let (half, one, two) = (simd.splat_f32s(0.5), simd.splat_f32s(1.0), simd.splat_f32s(2.0));
+        let (inv_sqrt2, p, zero) = (simd.splat_f32s(std::f32::consts::FRAC_1_SQRT_2), simd.splat_f32s(ERFC_P), simd.splat_f32s(0.0));
+        for v in vectors {
+            let x = *v;
+            let z = simd.abs_f32s(simd.mul_f32s(x, inv_sqrt2));
+            let t = simd.div_f32s(one, simd.mul_add_f32s(p, z, one));
+            let poly = ERFC_A[1..].iter().fold(simd.splat_f32s(ERFC_A[0]), |acc, &a| simd.mul_add_f32s(acc, t, simd.splat_f32s(a)));
+            let neg_z2 = simd.sub_f32s(zero, simd.mul_f32s(z, z));
+            let erfc = simd.mul_f32s(simd.mul_f32s(poly, t), simd::exp_vector(simd, neg_z2));
+            let one_plus_erf = simd.select_f32s(simd.less_than_f32s(x, zero), erfc, simd.sub_f32s(two, erfc));
+            *v = simd.mul_f32s(simd.mul_f32s(half, x), one_plus_erf);
+        }
+        for x in tail {
+            *x = gelu_erf_one(*x);
+        }
+    }
+}
+
+#[inline(always)]
+fn gelu_erf_one(x: f32) -> f32 {
+    let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
+    let t = 1.0 / ERFC_P.mul_add(z, 1.0);
+    let poly = ERFC_A[1..].iter().fold(ERFC_A[0], |acc, &a| acc.mul_add(t, a));
+    let erfc = poly * t * simd::exp(-z * z);
+    0.5 * x * if x < 0.0 { erfc } else { 2.0 - erfc }
 }
 
 /// A gated residual, in place: `x += gate · y`, with its batch item's `gate` for each row.
@@ -201,6 +263,31 @@ mod tests {
         for (i, ((&s, &a), &b)) in sum.iter().zip(&x).zip(&y).enumerate() {
             assert_eq!(s, scale[i / (3 * 19) * 19 + i % 19].mul_add(b, a));
         }
+    }
+
+    #[test]
+    fn gelu_erf_matches_the_erf_formula_in_vectors_and_tail() {
+        let xs: Vec<f32> = (0..2_000).map(|i| (i as f32 - 1_000.0) / 97.0).chain([-30.0, 30.0, 0.0]).collect();
+        let mut ys = xs.clone();
+        gelu_erf(&mut ys);
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let want = 0.5 * x as f64 * (1.0 + libm_erf(x as f64 / std::f64::consts::SQRT_2));
+            assert!((y as f64 - want).abs() <= 2e-7 * x.abs().max(1.0) as f64, "gelu({x}) = {y}, want {want}");
+        }
+    }
+
+    /// erf by its series (|z| < 3) and its continued fraction beyond: exact enough for f32 checks.
+    fn libm_erf(z: f64) -> f64 {
+        if z.abs() > 3.0 {
+            let erfc = (-z * z).exp() / (z.abs() * std::f64::consts::PI.sqrt()) * (1.0 - 1.0 / (2.0 * z * z) + 3.0 / (4.0 * z.powi(4)));
+            return z.signum() * (1.0 - erfc);
+        }
+        let (mut term, mut sum) = (z, z);
+        for n in 1..200 {
+            term *= -z * z / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 
     #[test]
