@@ -18,6 +18,8 @@ use std::time::Instant;
 use burn::backend::Flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
+use unoflow_models::Kernels;
+use unoflow_models::kernels::Mask;
 
 /// The allocator of the `unoflow` binary, so the numbers are the CLI's.
 #[global_allocator]
@@ -50,6 +52,44 @@ fn gflops(m: usize, k: usize, n: usize, b: usize) -> f64 {
     let reps = ((4e9 / flop) as usize).max(3);
     let seconds: f64 = (0..reps).map(|_| run()).sum::<f64>() / reps as f64;
     flop / seconds / 1e9
+}
+
+/// Seconds per call of `f`, averaged over enough calls for `flop` to reach 4 GFLOP, after one
+/// warm-up call.
+fn seconds_per_call(flop: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let reps = ((4e9 / flop) as usize).max(3);
+    let started = Instant::now();
+    (0..reps).for_each(|_| f());
+    started.elapsed().as_secs_f64() / reps as f64
+}
+
+/// GFLOP/s of the fused linear kernel (`Kernels::fused_linear`) on `[1, m, k]` with a weight as
+/// the loaders hand it out: PyTorch's `[n, k]` seen as `[k, n]`.
+fn linear_kernel_gflops(m: usize, k: usize, n: usize) -> f64 {
+    let device = Default::default();
+    let x = Tensor::<Flex, 3>::random([1, m, k], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<Flex, 2>::random([n, k], Distribution::Normal(0.0, 1.0), &device).transpose();
+    let flop = 2.0 * (m * k * n) as f64;
+    let seconds = seconds_per_call(flop, || {
+        drop(Flex::fused_linear::<3>(x.clone().into_primitive().tensor(), w.clone().into_primitive().tensor(), None));
+    });
+    flop / seconds / 1e9
+}
+
+/// GFLOP/s of the fused attention kernel and of the unfused graph (two products and a softmax)
+/// on the same `[1, heads, tokens, dim]` operands, counting the two products' flops.
+fn attention_gflops(heads: usize, tokens: usize, dim: usize) -> (f64, f64) {
+    let device = Default::default();
+    let normal = || Tensor::<Flex, 4>::random([1, heads, tokens, dim], Distribution::Normal(0.0, 1.0), &device);
+    let (q, k, v) = (normal(), normal(), normal());
+    let flop = 4.0 * (heads * tokens * tokens * dim) as f64;
+    let fused = seconds_per_call(flop, || {
+        let (q, k, v) = (q.clone().into_primitive().tensor(), k.clone().into_primitive().tensor(), v.clone().into_primitive().tensor());
+        drop(Flex::fused_attention(q, k, v, Mask::None));
+    });
+    let graph = seconds_per_call(flop, || drop(unoflow_models::kernels::graph::attention_graph(q.clone(), k.clone(), v.clone(), false)));
+    (flop / fused / 1e9, flop / graph / 1e9)
 }
 
 fn main() {
@@ -89,4 +129,20 @@ fn main() {
         let of_peak = if peak > 0.0 { format!("{:.0} %", 100.0 * ours / peak) } else { "-".into() };
         println!("{:<34} {ours:>16.0} {torch_s:>10} {ratio:>8} {of_peak:>9}  {what}", format!("{m} × {k} × {n} ({b})"));
     }
+    println!();
+    println!("unoflow's kernels (Kernels for Flex) at the same shapes, against burn Flex's product in this run:");
+    for (m, k, n, b, what) in SHAPES.iter().filter(|shape| shape.3 == 1) {
+        let (kernel, flex) = (linear_kernel_gflops(*m, *k, *n), gflops(*m, *k, *n, *b));
+        println!(
+            "{:<34} linear kernel {kernel:>5.0} GFLOP/s, Flex matmul {flex:>5.0}: {:.2}×  {what}",
+            format!("{m} × {k} × {n}"),
+            kernel / flex
+        );
+    }
+    let (fused, graph) = attention_gflops(4, 2304, 64);
+    println!(
+        "{:<34} attention kernel {fused:>5.0} GFLOP/s, Flex graph {graph:>5.0}: {:.2}×  4 heads × 2304 tokens × 64",
+        "attention",
+        fused / graph
+    );
 }

@@ -10,7 +10,6 @@
 //!   DreamBench's CLIP-I and CLIP-T use ViT-B/32.
 
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{conv2d, embedding};
@@ -19,7 +18,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::Kernels;
-use crate::nn::{LayerNorm, causal_scaled_dot_product, gelu, scaled_dot_product};
+use crate::nn::{LayerNorm, Linear, causal_scaled_dot_product, gelu, scaled_dot_product};
 use crate::vb::Vb;
 use crate::weights::Result;
 

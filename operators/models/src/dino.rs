@@ -7,7 +7,6 @@
 //!   final norm (`forward_features(x)[:, 0]`), at the trained resolution (224 for ViT-S/16).
 
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
@@ -15,7 +14,7 @@ use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::Kernels;
-use crate::nn::{LayerNorm, gelu, scaled_dot_product};
+use crate::nn::{LayerNorm, Linear, gelu, scaled_dot_product};
 use crate::vb::Vb;
 use crate::weights::Result;
 

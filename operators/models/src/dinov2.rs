@@ -9,7 +9,6 @@
 //!   (fixtures by `tools/fixtures/make_dinov2.py`).
 
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{conv2d, interpolate};
@@ -18,7 +17,7 @@ use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::Kernels;
-use crate::nn::{LayerNorm, gelu, scaled_dot_product};
+use crate::nn::{LayerNorm, Linear, gelu, scaled_dot_product};
 use crate::vb::Vb;
 use crate::weights::Result;
 

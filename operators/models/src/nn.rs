@@ -85,6 +85,24 @@ impl<B: Backend> Conv2d<B> {
     }
 }
 
+/// `nn.Linear(d_in, d_out)` with the fields of burn's `Linear`: `weight` `[d_in, d_out]` (the
+/// loaders keep PyTorch's `[d_out, d_in]` storage and hold a transposed view of it) and `bias`
+/// `[d_out]`; computed by [`Kernels::fused_linear`].
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Kernels> Linear<B> {
+    /// `x · weight + bias` over the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let weight = self.weight.val().into_primitive().tensor();
+        let bias = self.bias.as_ref().map(|b| b.val().into_primitive().tensor());
+        Tensor::from_primitive(TensorPrimitive::Float(B::fused_linear::<D>(x.into_primitive().tensor(), weight, bias)))
+    }
+}
+
 /// `nn.LayerNorm(dim, eps)` with `weight` and `bias`, statistics in f32.
 #[derive(Module, Debug)]
 pub struct LayerNorm<B: Backend> {

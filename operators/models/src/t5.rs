@@ -10,7 +10,6 @@
 //! `encoder.block.N.layer.1.DenseReluDense.{wi_0,wi_1,wo}.weight`, `encoder.final_layer_norm`.
 
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, embedding};
@@ -20,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernels::Kernels;
 use crate::kernels::graph::AttentionKernel;
-use crate::nn::gelu_tanh;
+use crate::nn::{Linear, gelu_tanh};
 use crate::vb::Vb;
 use crate::weights::Result;
 

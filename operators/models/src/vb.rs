@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 
+use crate::nn::Linear;
 use crate::weights::{Checkpoint, Result};
 
 /// Where tensors come from, by key in the BFL/transformers layout the models are written for.

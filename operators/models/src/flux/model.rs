@@ -7,7 +7,6 @@
 //! RMSNorm scale applied in f32, reference latents appended after the target in the image stream.
 
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
@@ -15,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lora::{DoubleStreamLora, SingleStreamLora};
 use crate::kernels::Kernels;
-use crate::nn::{gelu_tanh, scaled_dot_product};
+use crate::nn::{Linear, gelu_tanh, scaled_dot_product};
 use crate::vb::Vb;
 use crate::weights::Result;
 

@@ -31,6 +31,11 @@ pub trait Kernels: Backend {
         elementwise_graph::<Self>(x, graph::gelu_tanh_graph)
     }
 
+    /// A linear layer: `x` `[…, K]` (rank `D`) times `weight` `[K, N]`, plus `bias` `[N]`.
+    fn fused_linear<const D: usize>(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        linear_graph::<Self, D>(x, weight, bias)
+    }
+
     /// GELU in its exact (erf) form, element-wise, any shape.
     fn gelu_erf(x: FloatTensor<Self>) -> FloatTensor<Self> {
         elementwise_graph::<Self>(x, burn::tensor::activation::gelu)
@@ -70,6 +75,10 @@ fn attention_graph<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTen
     out.into_primitive().tensor()
 }
 
+fn linear_graph<B: Backend, const D: usize>(x: FloatTensor<B>, weight: FloatTensor<B>, bias: Option<FloatTensor<B>>) -> FloatTensor<B> {
+    burn::tensor::module::linear(float::<B, D>(x), float(weight), bias.map(float)).into_primitive().tensor()
+}
+
 /// An element-wise graph `f` on a tensor of any rank (run on it flattened).
 fn elementwise_graph<B: Backend>(x: FloatTensor<B>, f: fn(Tensor<B, 1>) -> Tensor<B, 1>) -> FloatTensor<B> {
     let shape = x.shape();
@@ -105,6 +114,40 @@ impl Kernels for Flex {
         let mut x = contiguous(x);
         cpu::elementwise::gelu_tanh(x.storage_mut::<f32>());
         x
+    }
+
+    fn fused_linear<const D: usize>(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
+        let f32s = |t: &FlexTensor| t.dtype() == DType::F32;
+        if !f32s(&x) || !f32s(&weight) || bias.as_ref().is_some_and(|b| !f32s(b)) || weight.layout().shape().num_dims() != 2 {
+            return linear_graph::<Self, D>(x, weight, bias);
+        }
+        let x = contiguous(x);
+        let shape = x.layout().shape().clone();
+        let k = shape[D - 1];
+        let m = shape.num_elements() / k.max(1);
+        let [k_w, n] = [weight.layout().shape()[0], weight.layout().shape()[1]];
+        assert_eq!(k, k_w, "linear: the input's last dimension is {k}, the weight's rows {k_w}");
+        // The loaders keep PyTorch's `[out, in]` weights and hand out `[in, out]` views of them.
+        let strides = weight.layout().strides();
+        let (weight, b_layout) = match (strides[0], strides[1]) {
+            (_, 1) if weight.layout().start_offset() == 0 && strides[0] >= 0 => {
+                let ld = strides[0] as usize;
+                (weight, cpu::gemm::Layout::RowMajor { ld })
+            }
+            (1, _) if weight.layout().start_offset() == 0 && strides[1] >= 0 => {
+                let ld = strides[1] as usize;
+                (weight, cpu::gemm::Layout::Transposed { ld })
+            }
+            _ => (weight.to_contiguous(), cpu::gemm::Layout::RowMajor { ld: n }),
+        };
+        let bias = bias.map(contiguous);
+        let mut out = vec![0.0f32; m * n];
+        let gemm =
+            cpu::gemm::Gemm { a: slice(&x), lda: k, b: weight.storage::<f32>(), b_layout, bias: bias.as_ref().map(slice), dims: [m, n, k] };
+        gemm.run(&mut out);
+        let mut out_shape = shape.clone();
+        out_shape[D - 1] = n;
+        FlexTensor::from_data(TensorData::new(out, out_shape))
     }
 
     fn gelu_erf(x: FlexTensor) -> FlexTensor {
@@ -288,6 +331,28 @@ mod tests {
         let fused = float::<Flex, 3>(Flex::add_gated(prim(x.clone()), prim(part(2)), prim(y.clone())));
         let unfused = graph::add_gated_graph(x, part(2), y);
         assert!((fused - unfused).abs().max().into_scalar() < 1e-6);
+    }
+
+    #[test]
+    fn the_linear_kernel_matches_the_graph_for_row_major_and_transposed_weights() {
+        let device = Default::default();
+        Flex::seed(&device, 11);
+        let x = Tensor::<Flex, 3>::random([2, 37, 70], Distribution::Normal(0.0, 1.0), &device);
+        let stored = Tensor::<Flex, 2>::random([45, 70], Distribution::Normal(0.0, 1.0), &device); // PyTorch's [out, in]
+        let bias = Tensor::<Flex, 1>::random([45], Distribution::Normal(0.0, 1.0), &device);
+        let transposed_view = stored.clone().transpose();
+        let row_major = Tensor::<Flex, 2>::from_data(transposed_view.to_data(), &device);
+        for weight in [transposed_view, row_major] {
+            for bias in [None, Some(bias.clone())] {
+                let want = burn::tensor::module::linear(x.clone(), weight.clone(), bias.clone());
+                let got = float::<Flex, 3>(Flex::fused_linear::<3>(
+                    x.clone().into_primitive().tensor(),
+                    weight.clone().into_primitive().tensor(),
+                    bias.map(|b| b.into_primitive().tensor()),
+                ));
+                assert!((got - want).abs().max().into_scalar() < 1e-4);
+            }
+        }
     }
 
     #[test]

@@ -2,4 +2,5 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod gemm;
 pub mod simd;

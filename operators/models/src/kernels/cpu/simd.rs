@@ -7,10 +7,10 @@
 use pulp::Simd;
 
 /// Vectors per row of the matrix-product register tile: two, 16 columns with AVX2.
-const TILE_VECTORS: usize = 2;
+pub const TILE_VECTORS: usize = 2;
 /// Rows of the register tile: 6 × 2 accumulators + 2 loads + 1 broadcast fill AVX2's 16
 /// registers.
-const TILE_ROWS: usize = 6;
+pub const TILE_ROWS: usize = 6;
 
 /// Whether a product overwrites its destination or adds to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,83 +34,127 @@ pub struct Matmul<'a> {
 }
 
 impl Matmul<'_> {
-    /// Computes the product into `c`.
-    ///
-    /// Both operands are first copied into the order the register tile reads them (`a` as
-    /// `[k][TILE_ROWS]` per panel of rows, `b` as `[k]` pairs of vectors per tile of columns),
-    /// zero-padded at the edges: the inner loop is then loads and FMAs only, with no bounds
-    /// checks or strides, and every edge takes the same path. The copies are `m·k + k·n`
-    /// values against `m·n·k` products.
+    /// Computes the product into `c`: `a` packed once, `b` one tile of columns at a time
+    /// (for operands that fit in cache; [`super::gemm`] blocks larger ones).
     #[inline(always)]
     pub fn run<S: Simd>(&self, simd: S, c: &mut [f32]) {
         let [m, n, k] = self.dims;
-        let lanes = S::F32_LANES;
-        let width = TILE_VECTORS * lanes;
+        let width = tile_width::<S>();
         let panels = m.div_ceil(TILE_ROWS);
         let mut a_packed = vec![0.0f32; panels * k * TILE_ROWS];
         for (panel, packed) in a_packed.chunks_exact_mut(k * TILE_ROWS).enumerate() {
-            for r in 0..TILE_ROWS.min(m - panel * TILE_ROWS) {
-                let row = &self.a[(panel * TILE_ROWS + r) * self.lda..][..k];
-                for (p, &x) in row.iter().enumerate() {
-                    packed[p * TILE_ROWS + r] = x;
-                }
-            }
+            let first = panel * TILE_ROWS;
+            pack_a_panel(packed, &self.a[first * self.lda..], self.lda, TILE_ROWS.min(m - first), k);
         }
-        let zero = simd.splat_f32s(0.0);
-        let mut b_packed = vec![[zero; TILE_VECTORS]; k];
-        let mut padded = [0.0f32; 64];
+        let mut b_tile = vec![[simd.splat_f32s(0.0); TILE_VECTORS]; k];
         for col in (0..n).step_by(width) {
             let cols = width.min(n - col);
-            for (packed, b_row) in b_packed.iter_mut().zip(self.b.chunks(self.ldb)) {
-                if cols == width {
-                    let (vectors, _) = S::as_simd_f32s(&b_row[col..col + width]);
-                    *packed = std::array::from_fn(|v| vectors[v]);
-                } else {
-                    padded[..width].fill(0.0);
-                    padded[..cols].copy_from_slice(&b_row[col..col + cols]);
-                    let (vectors, _) = S::as_simd_f32s(&padded[..width]);
-                    *packed = std::array::from_fn(|v| vectors[v]);
-                }
-            }
+            pack_b_tile(simd, &mut b_tile, self.b, self.ldb, col, cols);
             for (panel, a_panel) in a_packed.chunks_exact(k * TILE_ROWS).enumerate() {
-                let mut sums = [[zero; TILE_VECTORS]; TILE_ROWS];
-                for (a_col, b_tile) in a_panel.chunks_exact(TILE_ROWS).zip(&b_packed) {
-                    let a_col: &[f32; TILE_ROWS] = a_col.try_into().expect("a column of the panel");
-                    for (sum, &x) in sums.iter_mut().zip(a_col) {
-                        let x = simd.splat_f32s(x);
-                        for (s, &b) in sum.iter_mut().zip(b_tile) {
-                            *s = simd.mul_add_f32s(x, b, *s);
-                        }
-                    }
-                }
-                // The accumulators leave by value: a reference to them would make the compiler
-                // keep them in memory and store all twelve on every step of the loop above.
                 let first = panel * TILE_ROWS;
-                for (r, sum) in sums.into_iter().enumerate() {
-                    if first + r == m {
-                        break;
-                    }
-                    let c_row = &mut c[(first + r) * self.ldc + col..][..cols];
-                    if cols == width {
-                        let (c_vectors, _) = S::as_mut_simd_f32s(c_row);
-                        for (c, s) in c_vectors.iter_mut().zip(sum) {
-                            *c = match self.accumulate {
-                                Accumulate::No => s,
-                                Accumulate::Yes => simd.add_f32s(*c, s),
-                            };
-                        }
-                    } else {
-                        let (vectors, _) = S::as_mut_simd_f32s(&mut padded[..width]);
-                        for (v, s) in vectors.iter_mut().zip(sum) {
-                            *v = s;
-                        }
-                        for (c, &s) in c_row.iter_mut().zip(&padded[..cols]) {
-                            *c = match self.accumulate {
-                                Accumulate::No => s,
-                                Accumulate::Yes => *c + s,
-                            };
-                        }
-                    }
+                let sums = tile_product(simd, a_panel, &b_tile);
+                let target = TileTarget { ldc: self.ldc, rows: TILE_ROWS.min(m - first), col, cols, accumulate: self.accumulate };
+                target.store(simd, &mut c[first * self.ldc..], sums);
+            }
+        }
+    }
+}
+
+/// Columns of one register tile for instruction set `S`.
+#[inline(always)]
+pub fn tile_width<S: Simd>() -> usize {
+    TILE_VECTORS * S::F32_LANES
+}
+
+/// Copies `rows` (at most [`TILE_ROWS`]) rows of `k` values of `a` (row stride `lda`) into
+/// `dst` as `[k][TILE_ROWS]`, zero-padding missing rows: the order the register tile reads.
+#[inline(always)]
+pub fn pack_a_panel(dst: &mut [f32], a: &[f32], lda: usize, rows: usize, k: usize) {
+    let dst = &mut dst[..k * TILE_ROWS];
+    if rows < TILE_ROWS {
+        dst.fill(0.0);
+    }
+    for r in 0..rows {
+        for (p, &x) in a[r * lda..][..k].iter().enumerate() {
+            dst[p * TILE_ROWS + r] = x;
+        }
+    }
+}
+
+/// Copies columns `col..col + cols` (at most one tile) of the first `dst.len()` rows of `b`
+/// (row stride `ldb`) into `dst` as one pair of vectors per row, zero-padding missing columns.
+#[inline(always)]
+pub fn pack_b_tile<S: Simd>(simd: S, dst: &mut [[S::f32s; TILE_VECTORS]], b: &[f32], ldb: usize, col: usize, cols: usize) {
+    let width = tile_width::<S>();
+    let mut padded = [0.0f32; 64];
+    for (packed, b_row) in dst.iter_mut().zip(b.chunks(ldb)) {
+        let source = if cols == width {
+            &b_row[col..col + width]
+        } else {
+            padded[..cols].copy_from_slice(&b_row[col..col + cols]);
+            &padded[..width]
+        };
+        let (vectors, _) = S::as_simd_f32s(source);
+        *packed = std::array::from_fn(|v| vectors[v]);
+    }
+    let _ = simd;
+}
+
+/// One register tile of the product: a packed `[k][TILE_ROWS]` panel times `k` packed vector
+/// pairs.
+#[inline(always)]
+pub fn tile_product<S: Simd>(simd: S, a_panel: &[f32], b_tile: &[[S::f32s; TILE_VECTORS]]) -> [[S::f32s; TILE_VECTORS]; TILE_ROWS] {
+    let mut sums = [[simd.splat_f32s(0.0); TILE_VECTORS]; TILE_ROWS];
+    for (a_col, b_pair) in a_panel.chunks_exact(TILE_ROWS).zip(b_tile) {
+        let a_col: &[f32; TILE_ROWS] = a_col.try_into().expect("a column of the panel");
+        for (sum, &x) in sums.iter_mut().zip(a_col) {
+            let x = simd.splat_f32s(x);
+            for (s, &b) in sum.iter_mut().zip(b_pair) {
+                *s = simd.mul_add_f32s(x, b, *s);
+            }
+        }
+    }
+    sums
+}
+
+/// Where a register tile goes: `rows` rows from the start of `c` (row stride `ldc`), columns
+/// `col..col + cols`.
+#[derive(Debug, Clone, Copy)]
+pub struct TileTarget {
+    pub ldc: usize,
+    pub rows: usize,
+    pub col: usize,
+    pub cols: usize,
+    pub accumulate: Accumulate,
+}
+
+impl TileTarget {
+    /// Writes (or adds) the tile. The accumulators arrive by value: a reference to them would
+    /// make the compiler keep them in memory and store all twelve on every step of the product.
+    #[inline(always)]
+    pub fn store<S: Simd>(&self, simd: S, c: &mut [f32], sums: [[S::f32s; TILE_VECTORS]; TILE_ROWS]) {
+        let width = tile_width::<S>();
+        let mut padded = [0.0f32; 64];
+        for (r, sum) in sums.into_iter().enumerate().take(self.rows) {
+            let c_row = &mut c[r * self.ldc + self.col..][..self.cols];
+            if self.cols == width {
+                let (c_vectors, _) = S::as_mut_simd_f32s(c_row);
+                for (c, s) in c_vectors.iter_mut().zip(sum) {
+                    *c = match self.accumulate {
+                        Accumulate::No => s,
+                        Accumulate::Yes => simd.add_f32s(*c, s),
+                    };
+                }
+            } else {
+                let (vectors, _) = S::as_mut_simd_f32s(&mut padded[..width]);
+                for (v, s) in vectors.iter_mut().zip(sum) {
+                    *v = s;
+                }
+                for (c, &s) in c_row.iter_mut().zip(&padded[..self.cols]) {
+                    *c = match self.accumulate {
+                        Accumulate::No => s,
+                        Accumulate::Yes => *c + s,
+                    };
                 }
             }
         }
