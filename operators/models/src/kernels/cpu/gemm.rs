@@ -88,7 +88,7 @@ impl pulp::WithSimd for RowBlock<'_, '_> {
         let width = tile_width::<S>();
         let panels = rows.div_ceil(TILE_ROWS);
         let mut a_packed = vec![0.0f32; panels * BLOCK_K * TILE_ROWS];
-        let mut b_tile = vec![[simd.splat_f32s(0.0); TILE_VECTORS]; BLOCK_K];
+        let mut b_tile = [[simd.splat_f32s(0.0); TILE_VECTORS]; BLOCK_K];
         let mut gathered = vec![0.0f32; BLOCK_K * width];
         for k0 in (0..k).step_by(BLOCK_K) {
             let depth = BLOCK_K.min(k - k0);
