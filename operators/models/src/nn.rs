@@ -51,7 +51,7 @@ pub struct Conv2d<B: Backend> {
     pad: [usize; 2],
 }
 
-impl<B: Backend> Conv2d<B> {
+impl<B: Kernels> Conv2d<B> {
     /// Loads `NAME.weight` (and `NAME.bias`), square kernel `k`, symmetric padding `pad`.
     pub fn load(vb: &Vb<B>, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Result<Self> {
         Ok(Self {
@@ -69,19 +69,9 @@ impl<B: Backend> Conv2d<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let w = self.weight.val();
-        let (s, [before, after]) = (self.stride, self.pad);
-        let mut x = x.cast(w.dtype());
-        if after > before {
-            // Pad the trailing sides with zeros of the input's dtype ourselves: burn's asymmetric
-            // padding makes its zeros in the default dtype, which a bf16 input rejects.
-            let [b, c, h, wd] = x.dims();
-            let options = (&x.device(), x.dtype());
-            x = Tensor::cat(vec![x, Tensor::zeros([b, c, after - before, wd], options)], 2);
-            x = Tensor::cat(vec![x, Tensor::zeros([b, c, h + after - before, after - before], options)], 3);
-        }
-        let options = burn::tensor::ops::ConvOptions::new([s, s], [before, before], [1, 1], 1);
-        burn::tensor::module::conv2d(x, w, self.bias.as_ref().map(|b| b.val()), options)
+        let weight = self.weight.val().into_primitive().tensor();
+        let bias = self.bias.as_ref().map(|b| b.val().into_primitive().tensor());
+        Tensor::from_primitive(TensorPrimitive::Float(B::fused_conv2d(x.into_primitive().tensor(), weight, bias, self.stride, self.pad)))
     }
 }
 

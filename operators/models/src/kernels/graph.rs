@@ -123,3 +123,26 @@ pub fn layer_norm_graph<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Ten
     let y = (x - mean) / (var + eps).sqrt();
     (y * weight.cast(DType::F32).unsqueeze::<D>() + bias.cast(DType::F32).unsqueeze::<D>()).cast(dtype)
 }
+
+/// `nn.Conv2d` with one group: `x` `[B, C, H, W]` (cast to the weight's dtype), `weight`
+/// `[O, C, k, k]`, `pad` zero rows and columns before (top, left) and after (bottom, right).
+pub fn conv2d_graph<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    stride: usize,
+    pad: [usize; 2],
+) -> Tensor<B, 4> {
+    let [before, after] = pad;
+    let mut x = x.cast(weight.dtype());
+    if after > before {
+        // Pad the trailing sides with zeros of the input's dtype ourselves: burn's asymmetric
+        // padding makes its zeros in the default dtype, which a bf16 input rejects.
+        let [b, c, h, wd] = x.dims();
+        let options = (&x.device(), x.dtype());
+        x = Tensor::cat(vec![x, Tensor::zeros([b, c, after - before, wd], options)], 2);
+        x = Tensor::cat(vec![x, Tensor::zeros([b, c, h + after - before, after - before], options)], 3);
+    }
+    let options = burn::tensor::ops::ConvOptions::new([stride, stride], [before, before], [1, 1], 1);
+    burn::tensor::module::conv2d(x, weight, bias, options)
+}

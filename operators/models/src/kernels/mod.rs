@@ -36,6 +36,19 @@ pub trait Kernels: Backend {
         linear_graph::<Self, D>(x, weight, bias)
     }
 
+    /// `nn.Conv2d` with one group and a square kernel: `x` `[B, C, H, W]`, `weight`
+    /// `[O, C, k, k]`, `bias` `[O]`; `pad` zero rows and columns before (top, left) and after
+    /// (bottom, right).
+    fn fused_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        stride: usize,
+        pad: [usize; 2],
+    ) -> FloatTensor<Self> {
+        conv2d_graph::<Self>(x, weight, bias, stride, pad)
+    }
+
     /// GELU in its exact (erf) form, element-wise, any shape.
     fn gelu_erf(x: FloatTensor<Self>) -> FloatTensor<Self> {
         elementwise_graph::<Self>(x, burn::tensor::activation::gelu)
@@ -77,6 +90,16 @@ fn attention_graph<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTen
 
 fn linear_graph<B: Backend, const D: usize>(x: FloatTensor<B>, weight: FloatTensor<B>, bias: Option<FloatTensor<B>>) -> FloatTensor<B> {
     burn::tensor::module::linear(float::<B, D>(x), float(weight), bias.map(float)).into_primitive().tensor()
+}
+
+fn conv2d_graph<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    stride: usize,
+    pad: [usize; 2],
+) -> FloatTensor<B> {
+    graph::conv2d_graph(float::<B, 4>(x), float(weight), bias.map(float), stride, pad).into_primitive().tensor()
 }
 
 /// An element-wise graph `f` on a tensor of any rank (run on it flattened).
@@ -142,12 +165,33 @@ impl Kernels for Flex {
         };
         let bias = bias.map(contiguous);
         let mut out = vec![0.0f32; m * n];
-        let gemm =
-            cpu::gemm::Gemm { a: slice(&x), lda: k, b: weight.storage::<f32>(), b_layout, bias: bias.as_ref().map(slice), dims: [m, n, k] };
+        let gemm = cpu::gemm::Gemm {
+            a: slice(&x),
+            lda: k,
+            b: weight.storage::<f32>(),
+            b_layout,
+            bias: bias.as_ref().map(|b| cpu::gemm::Bias::PerColumn(slice(b))),
+            dims: [m, n, k],
+            ldc: n,
+        };
         gemm.run(&mut out);
         let mut out_shape = shape.clone();
         out_shape[D - 1] = n;
         FlexTensor::from_data(TensorData::new(out, out_shape))
+    }
+
+    fn fused_conv2d(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, stride: usize, pad: [usize; 2]) -> FlexTensor {
+        let f32s = |t: &FlexTensor| t.dtype() == DType::F32;
+        let [out_channels, channels, kernel, kernel_w] = dims4(&weight);
+        if !f32s(&x) || !f32s(&weight) || bias.as_ref().is_some_and(|b| !f32s(b)) || kernel != kernel_w || dims4(&x)[1] != channels {
+            return conv2d_graph::<Self>(x, weight, bias, stride, pad);
+        }
+        let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.map(contiguous));
+        let [batch, _, height, width] = dims4(&x);
+        let shape = cpu::conv::Conv2dShape { batch, channels, height, width, out_channels, kernel, stride, pad };
+        let [out_h, out_w] = shape.out_size();
+        let out = cpu::conv::conv2d(slice(&x), slice(&weight), bias.as_ref().map(slice), shape);
+        FlexTensor::from_data(TensorData::new(out, [batch, out_channels, out_h, out_w]))
     }
 
     fn gelu_erf(x: FlexTensor) -> FlexTensor {
@@ -351,6 +395,29 @@ mod tests {
                     bias.map(|b| b.into_primitive().tensor()),
                 ));
                 assert!((got - want).abs().max().into_scalar() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn the_convolution_kernel_matches_the_graph() {
+        let device = Default::default();
+        Flex::seed(&device, 13);
+        let x = Tensor::<Flex, 4>::random([2, 6, 13, 10], Distribution::Normal(0.0, 1.0), &device);
+        for (kernel, stride, pad) in [(3, 1, [1, 1]), (1, 1, [0, 0]), (3, 2, [0, 1])] {
+            let weight = Tensor::<Flex, 4>::random([5, 6, kernel, kernel], Distribution::Normal(0.0, 0.3), &device);
+            for bias in [None, Some(Tensor::<Flex, 1>::random([5], Distribution::Normal(0.0, 1.0), &device))] {
+                let want = graph::conv2d_graph(x.clone(), weight.clone(), bias.clone(), stride, pad);
+                let bias = bias.map(|b| b.into_primitive().tensor());
+                let got = float::<Flex, 4>(Flex::fused_conv2d(
+                    x.clone().into_primitive().tensor(),
+                    weight.clone().into_primitive().tensor(),
+                    bias,
+                    stride,
+                    pad,
+                ));
+                assert_eq!(got.dims(), want.dims());
+                assert!(largest_difference(got, want) < 1e-4, "kernel {kernel} stride {stride} pad {pad:?}");
             }
         }
     }

@@ -26,6 +26,15 @@ pub enum Layout {
     Transposed { ld: usize },
 }
 
+/// What is added to a product.
+#[derive(Debug, Clone, Copy)]
+pub enum Bias<'a> {
+    /// `bias[j]` to every row's column `j` (a linear layer's bias, `[n]`).
+    PerColumn(&'a [f32]),
+    /// `bias[i]` to all of row `i` (a convolution's bias per output channel, `[m]`).
+    PerRow(&'a [f32]),
+}
+
 /// One product `c = a · b (+ bias)`; `a` is row-major with row stride `lda`.
 #[derive(Debug, Clone, Copy)]
 pub struct Gemm<'a> {
@@ -33,18 +42,24 @@ pub struct Gemm<'a> {
     pub lda: usize,
     pub b: &'a [f32],
     pub b_layout: Layout,
-    pub bias: Option<&'a [f32]>,
+    pub bias: Option<Bias<'a>>,
     /// `[m, n, k]`.
     pub dims: [usize; 3],
+    /// The row stride of `c`, at least `n`.
+    pub ldc: usize,
 }
 
 impl Gemm<'_> {
-    /// Computes the product into `c`, contiguous `[m, n]`.
+    /// Computes the product into `c`: row `i` at `i · ldc`, `n` values.
     pub fn run(&self, c: &mut [f32]) {
         let [m, n, k] = self.dims;
-        assert_eq!(c.len(), m * n, "gemm: the output holds {} values, not {m} × {n}", c.len());
-        if let Some(bias) = self.bias {
-            assert_eq!(bias.len(), n, "gemm: the bias has {} values, not {n}", bias.len());
+        let ldc = self.ldc;
+        assert!(ldc >= n, "gemm: the output's row stride {ldc} is below its {n} columns");
+        assert!(m == 0 || (m - 1) * ldc + n <= c.len(), "gemm: the output holds {} values, too few for {m} rows of stride {ldc}", c.len());
+        match self.bias {
+            Some(Bias::PerColumn(bias)) => assert_eq!(bias.len(), n, "gemm: the bias has {} values, not one per column ({n})", bias.len()),
+            Some(Bias::PerRow(bias)) => assert_eq!(bias.len(), m, "gemm: the bias has {} values, not one per row ({m})", bias.len()),
+            None => {}
         }
         if m == 0 || n == 0 {
             return;
@@ -58,8 +73,9 @@ impl Gemm<'_> {
         assert!(k == 0 || last_b <= self.b.len(), "gemm: b ends at {last_b}, past its {} values", self.b.len());
         let threads = rayon::current_num_threads();
         let block_m = m.div_ceil(4 * threads).next_multiple_of(TILE_ROWS).clamp(TILE_ROWS, BLOCK_M);
-        c.par_chunks_mut(block_m * n).enumerate().for_each(|(block, c)| {
-            let rows = c.len() / n;
+        let c = &mut c[..(m - 1) * ldc + n];
+        c.par_chunks_mut(block_m * ldc).enumerate().for_each(|(block, c)| {
+            let rows = c.len().div_ceil(ldc);
             pulp::Arch::new().dispatch(RowBlock { gemm: self, first: block * block_m, rows, c });
         });
     }
@@ -78,12 +94,16 @@ impl pulp::WithSimd for RowBlock<'_, '_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Gemm { a, lda, b, b_layout, bias, dims: [_, n, k] } = *self.gemm;
+        let Gemm { a, lda, b, b_layout, bias, dims: [_, n, k], ldc } = *self.gemm;
         let (c, rows) = (self.c, self.rows);
-        match bias {
-            Some(bias) => c.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(bias)),
-            None if k == 0 => c.fill(0.0),
-            None => {}
+        for r in 0..rows {
+            let row = &mut c[r * ldc..][..n];
+            match bias {
+                Some(Bias::PerColumn(bias)) => row.copy_from_slice(bias),
+                Some(Bias::PerRow(bias)) => row.fill(bias[self.first + r]),
+                None if k == 0 => row.fill(0.0),
+                None => {}
+            }
         }
         let width = tile_width::<S>();
         let panels = rows.div_ceil(TILE_ROWS);
@@ -118,8 +138,8 @@ impl pulp::WithSimd for RowBlock<'_, '_> {
                 }
                 for (panel, a_panel) in a_packed.chunks_exact(depth * TILE_ROWS).take(panels).enumerate() {
                     let sums = tile_product(simd, a_panel, b_tile);
-                    let target = TileTarget { ldc: n, rows: TILE_ROWS.min(rows - panel * TILE_ROWS), col, cols, accumulate };
-                    target.store(simd, &mut c[panel * TILE_ROWS * n..], sums);
+                    let target = TileTarget { ldc, rows: TILE_ROWS.min(rows - panel * TILE_ROWS), col, cols, accumulate };
+                    target.store(simd, &mut c[panel * TILE_ROWS * ldc..], sums);
                 }
             }
         }
@@ -157,8 +177,12 @@ mod tests {
             for bias in [None, Some(bias.as_slice())] {
                 let want = reference(&a, &b, bias, [m, n, k]);
                 for (b, b_layout) in [(&b, Layout::RowMajor { ld: n }), (&b_t, Layout::Transposed { ld: k })] {
-                    let mut c = vec![f32::NAN; m * n];
-                    Gemm { a: &a, lda: k, b, b_layout, bias, dims: [m, n, k] }.run(&mut c);
+                    // Rows of 3 more than n: the gap must stay as it was.
+                    let ldc = n + 3;
+                    let mut c = vec![f32::NAN; m * ldc];
+                    Gemm { a: &a, lda: k, b, b_layout, bias: bias.map(Bias::PerColumn), dims: [m, n, k], ldc }.run(&mut c);
+                    assert!(c.chunks(ldc).all(|row| row[n..].iter().all(|x| x.is_nan())));
+                    let c: Vec<f32> = c.chunks(ldc).flat_map(|row| row[..n].to_vec()).collect();
                     for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                         assert!(
                             (x - y).abs() <= 1e-4 * y.abs().max(1.0),
