@@ -3,9 +3,9 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{Tensor, TensorPrimitive};
 
-use crate::kernels::{Kernels, Mask};
+use crate::kernels::{AfterNorm, Kernels, Mask};
 use crate::vb::Vb;
 use crate::weights::Result;
 
@@ -19,7 +19,7 @@ pub struct GroupNorm<B: Backend> {
     eps: f64,
 }
 
-impl<B: Backend> GroupNorm<B> {
+impl<B: Kernels> GroupNorm<B> {
     pub fn load(vb: &Vb<B>, groups: usize, channels: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: Param::from_tensor(vb.tensor("weight", [channels])?),
@@ -30,14 +30,18 @@ impl<B: Backend> GroupNorm<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let dtype = x.dtype();
-        let [b, c, h, w] = x.dims();
-        let g = x.cast(DType::F32).reshape([b, self.groups, (c / self.groups) * h * w]);
-        let (var, mean) = g.clone().var_mean_bias(2);
-        let y = ((g - mean) / (var + self.eps).sqrt()).reshape([b, c, h, w]);
-        let weight = self.weight.val().cast(DType::F32).reshape([1, c, 1, 1]);
-        let bias = self.bias.val().cast(DType::F32).reshape([1, c, 1, 1]);
-        (y * weight + bias).cast(dtype)
+        self.forward_then(x, AfterNorm::Nothing)
+    }
+
+    /// `silu(self.forward(x))` in one pass.
+    pub fn forward_silu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_then(x, AfterNorm::Silu)
+    }
+
+    fn forward_then(&self, x: Tensor<B, 4>, after: AfterNorm) -> Tensor<B, 4> {
+        let (weight, bias) = (self.weight.val().into_primitive().tensor(), self.bias.val().into_primitive().tensor());
+        let out = B::fused_group_norm(x.into_primitive().tensor(), weight, bias, self.groups, self.eps, after);
+        Tensor::from_primitive(TensorPrimitive::Float(out))
     }
 }
 

@@ -14,7 +14,6 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
@@ -79,8 +78,8 @@ impl<B: Kernels> ResnetBlock<B> {
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
+        let h = self.conv2.forward(self.norm2.forward_silu(h));
         let x = match &self.nin_shortcut {
             Some(s) => s.forward(x),
             None => x,
@@ -200,7 +199,7 @@ impl<B: Kernels> Encoder<B> {
                 h = conv.forward(h);
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(self.mid.forward(h))))
+        self.conv_out.forward(self.norm_out.forward_silu(self.mid.forward(h)))
     }
 }
 
@@ -259,7 +258,7 @@ impl<B: Kernels> Decoder<B> {
                 h = conv.forward(upsample_nearest(h));
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        self.conv_out.forward(self.norm_out.forward_silu(h))
     }
 }
 

@@ -1,11 +1,13 @@
 //! The unfused forms of the kernels: graphs of burn tensor operations. Every backend can run
 //! them, and under autodiff burn differentiates them step by step.
 
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Tensor};
+
+use super::AfterNorm;
 
 /// How an unfused attention is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,4 +147,28 @@ pub fn conv2d_graph<B: Backend>(
     }
     let options = burn::tensor::ops::ConvOptions::new([stride, stride], [before, before], [1, 1], 1);
     burn::tensor::module::conv2d(x, weight, bias, options)
+}
+
+/// `nn.GroupNorm(groups, C, eps)` over `x` `[B, C, H, W]` with `weight` and `bias` `[C]`,
+/// statistics in f32; then SiLU if `after` says so. Returns `x`'s dtype.
+pub fn group_norm_graph<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 1>,
+    bias: Tensor<B, 1>,
+    groups: usize,
+    eps: f64,
+    after: AfterNorm,
+) -> Tensor<B, 4> {
+    let dtype = x.dtype();
+    let [b, c, h, w] = x.dims();
+    let g = x.cast(DType::F32).reshape([b, groups, (c / groups) * h * w]);
+    let (var, mean) = g.clone().var_mean_bias(2);
+    let y = ((g - mean) / (var + eps).sqrt()).reshape([b, c, h, w]);
+    let weight = weight.cast(DType::F32).reshape([1, c, 1, 1]);
+    let bias = bias.cast(DType::F32).reshape([1, c, 1, 1]);
+    let y = (y * weight + bias).cast(dtype);
+    match after {
+        AfterNorm::Nothing => y,
+        AfterNorm::Silu => silu(y),
+    }
 }

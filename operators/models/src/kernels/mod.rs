@@ -17,6 +17,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
 pub use cpu::attention::Mask;
+pub use cpu::elementwise::AfterNorm;
 
 /// The operations a backend may fuse. Each method has the unfused graph as its default.
 pub trait Kernels: Backend {
@@ -47,6 +48,19 @@ pub trait Kernels: Backend {
         pad: [usize; 2],
     ) -> FloatTensor<Self> {
         conv2d_graph::<Self>(x, weight, bias, stride, pad)
+    }
+
+    /// `nn.GroupNorm(groups, C, eps)` over `x` `[B, C, H, W]` with `weight` and `bias` `[C]`,
+    /// statistics in f32, then `after`.
+    fn fused_group_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        after: AfterNorm,
+    ) -> FloatTensor<Self> {
+        graph::group_norm_graph(float::<Self, 4>(x), float(weight), float(bias), groups, eps, after).into_primitive().tensor()
     }
 
     /// GELU in its exact (erf) form, element-wise, any shape.
@@ -192,6 +206,16 @@ impl Kernels for Flex {
         let [out_h, out_w] = shape.out_size();
         let out = cpu::conv::conv2d(slice(&x), slice(&weight), bias.as_ref().map(slice), shape);
         FlexTensor::from_data(TensorData::new(out, [batch, out_channels, out_h, out_w]))
+    }
+
+    fn fused_group_norm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, groups: usize, eps: f64, after: AfterNorm) -> FlexTensor {
+        if [&x, &weight, &bias].iter().any(|t| t.dtype() != DType::F32) {
+            return graph::group_norm_graph(float::<Self, 4>(x), float(weight), float(bias), groups, eps, after).into_primitive().tensor();
+        }
+        let [_, _, height, width] = dims4(&x);
+        let (mut x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
+        cpu::elementwise::group_norm(x.storage_mut::<f32>(), slice(&weight), slice(&bias), groups, height * width, eps as f32, after);
+        x
     }
 
     fn gelu_erf(x: FlexTensor) -> FlexTensor {
@@ -419,6 +443,28 @@ mod tests {
                 assert_eq!(got.dims(), want.dims());
                 assert!(largest_difference(got, want) < 1e-4, "kernel {kernel} stride {stride} pad {pad:?}");
             }
+        }
+    }
+
+    #[test]
+    fn the_group_norm_kernel_matches_the_graph_with_and_without_silu() {
+        let device = Default::default();
+        Flex::seed(&device, 17);
+        let x = Tensor::<Flex, 4>::random([2, 8, 5, 7], Distribution::Normal(1.0, 2.0), &device);
+        let weight = Tensor::<Flex, 1>::random([8], Distribution::Normal(1.0, 0.5), &device);
+        let bias = Tensor::<Flex, 1>::random([8], Distribution::Normal(0.0, 0.5), &device);
+        for after in [AfterNorm::Nothing, AfterNorm::Silu] {
+            let want = graph::group_norm_graph(x.clone(), weight.clone(), bias.clone(), 4, 1e-6, after);
+            let prim = |t: Tensor<Flex, 1>| t.into_primitive().tensor();
+            let got = float::<Flex, 4>(Flex::fused_group_norm(
+                x.clone().into_primitive().tensor(),
+                prim(weight.clone()),
+                prim(bias.clone()),
+                4,
+                1e-6,
+                after,
+            ));
+            assert!(largest_difference(got, want) < 1e-5, "{after:?}");
         }
     }
 

@@ -97,6 +97,16 @@ fn fill_columns(columns: &mut [f32], image: &[f32], shape: Conv2dShape, first_ro
                 continue;
             }
             let input_row = &channel[(y - pad[0]) * width..][..width];
+            if stride == 1 {
+                // A shifted copy of the input row, zeros where the tap falls in the padding.
+                let lead = pad[0].saturating_sub(kx).min(out_w);
+                let start = (kx + lead).saturating_sub(pad[0]);
+                let len = width.saturating_sub(start).min(out_w - lead);
+                out_row[..lead].fill(0.0);
+                out_row[lead..lead + len].copy_from_slice(&input_row[start..start + len]);
+                out_row[lead + len..].fill(0.0);
+                continue;
+            }
             for (ox, value) in out_row.iter_mut().enumerate() {
                 let x = ox * stride + kx;
                 *value = if x < pad[0] || x - pad[0] >= width { 0.0 } else { input_row[x - pad[0]] };

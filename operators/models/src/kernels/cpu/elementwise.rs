@@ -223,6 +223,69 @@ impl pulp::WithSimd for AddGated<'_> {
     }
 }
 
+/// What follows a normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterNorm {
+    Nothing,
+    /// `y · sigmoid(y)`.
+    Silu,
+}
+
+/// GroupNorm over `[batch, channels, plane]` values in place (statistics in f32 over each
+/// group's `channels / groups` planes), then `· weight[c] + bias[c]` and `after`.
+pub fn group_norm(x: &mut [f32], weight: &[f32], bias: &[f32], groups: usize, plane: usize, eps: f32, after: AfterNorm) {
+    let channels = weight.len();
+    assert!(groups > 0 && channels % groups == 0, "group_norm: {channels} channels do not split into {groups} groups");
+    assert_eq!(bias.len(), channels, "group_norm: weight and bias differ in length");
+    assert_eq!(x.len() % (channels * plane).max(1), 0, "group_norm: {} values are not images of {channels} × {plane}", x.len());
+    let per_group = channels / groups;
+    x.par_chunks_mut((per_group * plane).max(1)).enumerate().for_each(|(item, values)| {
+        let first_channel = item % groups * per_group;
+        let (weight, bias) = (&weight[first_channel..][..per_group], &bias[first_channel..][..per_group]);
+        pulp::Arch::new().dispatch(NormGroup { values, weight, bias, plane, eps, after });
+    });
+}
+
+struct NormGroup<'a> {
+    values: &'a mut [f32],
+    weight: &'a [f32],
+    bias: &'a [f32],
+    plane: usize,
+    eps: f32,
+    after: AfterNorm,
+}
+
+impl pulp::WithSimd for NormGroup<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let n = self.values.len() as f32;
+        let mean = simd::sum(simd, self.values) / n;
+        let inverse_std = 1.0 / (simd::sum_squared_deviations(simd, self.values, mean) / n + self.eps).sqrt();
+        for ((channel, &w), &b) in self.values.chunks_exact_mut(self.plane).zip(self.weight).zip(self.bias) {
+            // y = x · (w / σ) + (b − mean · w / σ)
+            let (mul, add) = (w * inverse_std, b - mean * w * inverse_std);
+            let (vectors, tail) = S::as_mut_simd_f32s(channel);
+            let (mul_v, add_v, one, zero) = (simd.splat_f32s(mul), simd.splat_f32s(add), simd.splat_f32s(1.0), simd.splat_f32s(0.0));
+            for v in vectors {
+                let y = simd.mul_add_f32s(*v, mul_v, add_v);
+                *v = match self.after {
+                    AfterNorm::Nothing => y,
+                    AfterNorm::Silu => simd.div_f32s(y, simd.add_f32s(one, simd::exp_vector(simd, simd.sub_f32s(zero, y)))),
+                };
+            }
+            for x in tail {
+                let y = x.mul_add(mul, add);
+                *x = match self.after {
+                    AfterNorm::Nothing => y,
+                    AfterNorm::Silu => y / (1.0 + simd::exp(-y)),
+                };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +351,29 @@ mod tests {
             sum += term / (2 * n + 1) as f64;
         }
         sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn group_norm_then_silu_matches_the_definition() {
+        // 2 images × 6 channels × 21 values, 3 groups of 2 channels.
+        let (channels, plane, groups) = (6, 21, 3);
+        let x: Vec<f32> = (0..2 * channels * plane).map(|i| ((i * 29 % 31) as f32 - 15.0) / 4.0).collect();
+        let weight: Vec<f32> = (0..channels).map(|c| 0.5 + c as f32 / 4.0).collect();
+        let bias: Vec<f32> = (0..channels).map(|c| c as f32 / 3.0 - 1.0).collect();
+        for then in [AfterNorm::Nothing, AfterNorm::Silu] {
+            let mut got = x.clone();
+            group_norm(&mut got, &weight, &bias, groups, plane, 1e-6, then);
+            for (g, (values, out)) in x.chunks(2 * plane).zip(got.chunks(2 * plane)).enumerate() {
+                let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64;
+                let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / values.len() as f64;
+                for (i, (&v, &o)) in values.iter().zip(out).enumerate() {
+                    let c = g % groups * 2 + i / plane;
+                    let y = (v as f64 - mean) / (var + 1e-6).sqrt() * weight[c] as f64 + bias[c] as f64;
+                    let want = if then == AfterNorm::Silu { y / (1.0 + (-y).exp()) } else { y };
+                    assert!((o as f64 - want).abs() < 1e-5, "{then:?} group {g} value {i}: {o} != {want}");
+                }
+            }
+        }
     }
 
     #[test]

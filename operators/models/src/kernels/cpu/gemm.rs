@@ -16,6 +16,8 @@ use super::simd::{Accumulate, TILE_ROWS, TILE_VECTORS, TileTarget, pack_a_panel,
 const BLOCK_K: usize = 256;
 /// The most rows of `c` one work item takes.
 const BLOCK_M: usize = 96;
+/// The fewest columns of `c` one work item takes when items split the columns.
+const MIN_COLUMN_BLOCK: usize = 256;
 
 /// How `b` (`[k, n]`) is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,21 +74,50 @@ impl Gemm<'_> {
         };
         assert!(k == 0 || last_b <= self.b.len(), "gemm: b ends at {last_b}, past its {} values", self.b.len());
         let threads = rayon::current_num_threads();
-        let block_m = m.div_ceil(4 * threads).next_multiple_of(TILE_ROWS).clamp(TILE_ROWS, BLOCK_M);
         let c = &mut c[..(m - 1) * ldc + n];
-        c.par_chunks_mut(block_m * ldc).enumerate().for_each(|(block, c)| {
-            let rows = c.len().div_ceil(ldc);
-            pulp::Arch::new().dispatch(RowBlock { gemm: self, first: block * block_m, rows, c });
-        });
+        if m.div_ceil(TILE_ROWS) >= 4 * threads || n <= MIN_COLUMN_BLOCK {
+            // Blocks of rows, each item writing its rows of `c` in place.
+            let block_m = m.div_ceil(4 * threads).next_multiple_of(TILE_ROWS).clamp(TILE_ROWS, BLOCK_M);
+            c.par_chunks_mut(block_m * ldc).enumerate().for_each(|(block, c)| {
+                let rows = c.len().div_ceil(ldc);
+                pulp::Arch::new().dispatch(RowBlock { gemm: self, first: block * block_m, rows, columns: 0..n, c, ldc });
+            });
+        } else {
+            // Few rows (a convolution with few output channels): blocks of columns instead, as
+            // row blocks would each pack all of `b`. Items cannot share `c`'s interleaved rows,
+            // so each fills its own `[m, columns]` and the blocks are copied in after.
+            let block_n = n.div_ceil(4 * threads).next_multiple_of(64).max(MIN_COLUMN_BLOCK);
+            let blocks: Vec<(usize, Vec<f32>)> = (0..n)
+                .step_by(block_n)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|start| {
+                    let columns = start..(start + block_n).min(n);
+                    let mut block = vec![0.0f32; m * columns.len()];
+                    let ldc = columns.len();
+                    pulp::Arch::new().dispatch(RowBlock { gemm: self, first: 0, rows: m, columns, c: &mut block, ldc });
+                    (start, block)
+                })
+                .collect();
+            for (start, block) in blocks {
+                let width = block.len() / m;
+                for (row, values) in c.chunks_mut(ldc).zip(block.chunks_exact(width)) {
+                    row[start..start + width].copy_from_slice(values);
+                }
+            }
+        }
     }
 }
 
-/// One work item: rows `first..first + rows` of the product.
+/// One work item: rows `first..first + rows` and `columns` of the product, into `c` (its row 0
+/// is the item's first row, its column 0 is `columns.start`, row stride `ldc`).
 struct RowBlock<'a, 'g> {
     gemm: &'a Gemm<'g>,
     first: usize,
     rows: usize,
+    columns: std::ops::Range<usize>,
     c: &'a mut [f32],
+    ldc: usize,
 }
 
 impl pulp::WithSimd for RowBlock<'_, '_> {
@@ -94,12 +125,13 @@ impl pulp::WithSimd for RowBlock<'_, '_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Gemm { a, lda, b, b_layout, bias, dims: [_, n, k], ldc } = *self.gemm;
-        let (c, rows) = (self.c, self.rows);
+        let Gemm { a, lda, b, b_layout, bias, dims: [_, _, k], .. } = *self.gemm;
+        let (c, rows, ldc, columns) = (self.c, self.rows, self.ldc, self.columns);
+        let n = columns.len();
         for r in 0..rows {
             let row = &mut c[r * ldc..][..n];
             match bias {
-                Some(Bias::PerColumn(bias)) => row.copy_from_slice(bias),
+                Some(Bias::PerColumn(bias)) => row.copy_from_slice(&bias[columns.clone()]),
                 Some(Bias::PerRow(bias)) => row.fill(bias[self.first + r]),
                 None if k == 0 => row.fill(0.0),
                 None => {}
@@ -119,9 +151,10 @@ impl pulp::WithSimd for RowBlock<'_, '_> {
             }
             for col in (0..n).step_by(width) {
                 let cols = width.min(n - col);
+                let b_col = columns.start + col;
                 let b_tile = &mut b_tile[..depth];
                 match b_layout {
-                    Layout::RowMajor { ld } => super::simd::pack_b_tile(simd, b_tile, &b[k0 * ld..], ld, col, cols),
+                    Layout::RowMajor { ld } => super::simd::pack_b_tile(simd, b_tile, &b[k0 * ld..], ld, b_col, cols),
                     Layout::Transposed { ld } => {
                         // Column j of the tile is row `col + j` of the stored `[n, k]`.
                         let gathered = &mut gathered[..depth * width];
@@ -129,7 +162,7 @@ impl pulp::WithSimd for RowBlock<'_, '_> {
                             gathered.fill(0.0);
                         }
                         for j in 0..cols {
-                            for (p, &x) in b[(col + j) * ld + k0..][..depth].iter().enumerate() {
+                            for (p, &x) in b[(b_col + j) * ld + k0..][..depth].iter().enumerate() {
                                 gathered[p * width + j] = x;
                             }
                         }
@@ -168,9 +201,9 @@ mod tests {
 
     #[test]
     fn matches_the_definition_for_both_layouts_with_and_without_bias() {
-        // Sizes past every block (k 600 > 2 blocks, n 300 > a block, m spread over items)
-        // and with leftovers everywhere.
-        for [m, n, k] in [[1, 1, 1], [7, 17, 3], [250, 300, 600], [13, 40, 0]] {
+        // Sizes past every block (k 600 > 2 blocks, m spread over row items), few rows and many
+        // columns (column items), and leftovers everywhere.
+        for [m, n, k] in [[1, 1, 1], [7, 17, 3], [250, 300, 600], [13, 40, 0], [10, 1500, 70]] {
             let (a, b, bias) = (values(m * k, 1), values(k * n, 2), values(n, 3));
             // The same b stored transposed: `[n, k]` row-major.
             let b_t: Vec<f32> = (0..n * k).map(|at| b[(at % k.max(1)) * n + at / k.max(1)]).collect();
