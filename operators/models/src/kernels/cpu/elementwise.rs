@@ -235,7 +235,7 @@ pub enum AfterNorm {
 /// group's `channels / groups` planes), then `· weight[c] + bias[c]` and `after`.
 pub fn group_norm(x: &mut [f32], weight: &[f32], bias: &[f32], groups: usize, plane: usize, eps: f32, after: AfterNorm) {
     let channels = weight.len();
-    assert!(groups > 0 && channels % groups == 0, "group_norm: {channels} channels do not split into {groups} groups");
+    assert!(groups > 0 && channels.is_multiple_of(groups), "group_norm: {channels} channels do not split into {groups} groups");
     assert_eq!(bias.len(), channels, "group_norm: weight and bias differ in length");
     assert_eq!(x.len() % (channels * plane).max(1), 0, "group_norm: {} values are not images of {channels} × {plane}", x.len());
     let per_group = channels / groups;
