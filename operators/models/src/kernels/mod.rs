@@ -3,9 +3,11 @@
 //!
 //! Model code calls them through [`Kernels`] and stays one code for every backend; each backend
 //! says which of them it fuses. The CPU backend (burn Flex) runs the kernels of [`cpu`]; CUDA
-//! runs burn's own attention (flash attention); under autodiff every kernel is its unfused
+//! runs burn's own attention (flash attention) and the graphs; under autodiff the linear layer
+//! runs the inner backend's kernel with its own backward, and every other kernel is its unfused
 //! graph ([`graph`]), so gradients come from burn's backward of each step.
 
+mod autodiff;
 pub mod cpu;
 pub mod graph;
 
@@ -313,7 +315,13 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
-impl<B: Kernels, C: CheckpointStrategy> Kernels for burn::backend::Autodiff<B, C> {}
+/// Under autodiff, the linear layer keeps the inner backend's kernel with its own backward
+/// ([`autodiff::linear`]); every other kernel is its graph, differentiated by burn.
+impl<B: Kernels, C: CheckpointStrategy> Kernels for burn::backend::Autodiff<B, C> {
+    fn fused_linear<const D: usize>(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        autodiff::linear::<B, C, D>(x, weight, bias)
+    }
+}
 
 #[cfg(feature = "cuda")]
 impl Kernels for burn::backend::Cuda {}
@@ -466,6 +474,42 @@ mod tests {
             ));
             assert!(largest_difference(got, want) < 1e-5, "{after:?}");
         }
+    }
+
+    #[test]
+    fn the_linear_kernel_under_autodiff_gives_the_graphs_gradients() {
+        use burn::backend::Autodiff;
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        Flex::seed(&device, 19);
+        let x = Tensor::<Flex, 3>::random([2, 9, 20], Distribution::Normal(0.0, 1.0), &device);
+        let stored = Tensor::<Flex, 2>::random([12, 20], Distribution::Normal(0.0, 1.0), &device);
+        let bias = Tensor::<Flex, 1>::random([12], Distribution::Normal(0.0, 1.0), &device);
+        let target = Tensor::<Flex, 3>::random([2, 9, 12], Distribution::Normal(0.0, 1.0), &device);
+        // The loss's gradients with respect to x, the weight (a transposed view, as loaded) and
+        // the bias, by `linear` through `Kernels` or through burn's graph.
+        let gradients = |fused: bool| {
+            let x = Tensor::<A, 3>::from_inner(x.clone()).require_grad();
+            let weight = Tensor::<A, 2>::from_inner(stored.clone()).require_grad();
+            let bias = Tensor::<A, 1>::from_inner(bias.clone()).require_grad();
+            let w = weight.clone().transpose();
+            let y = if fused {
+                float::<A, 3>(A::fused_linear::<3>(
+                    x.clone().into_primitive().tensor(),
+                    w.into_primitive().tensor(),
+                    Some(bias.clone().into_primitive().tensor()),
+                ))
+            } else {
+                burn::tensor::module::linear(x.clone(), w, Some(bias.clone()))
+            };
+            let grads = (y - Tensor::from_inner(target.clone())).powi_scalar(2).sum().backward();
+            let grad3 = |t: &Tensor<A, 3>| t.grad(&grads).expect("a gradient").into_data();
+            (grad3(&x), weight.grad(&grads).expect("a gradient").into_data(), bias.grad(&grads).expect("a gradient").into_data())
+        };
+        let (fused, graph) = (gradients(true), gradients(false));
+        fused.0.assert_approx_eq::<f32>(&graph.0, burn::tensor::Tolerance::relative(1e-4));
+        fused.1.assert_approx_eq::<f32>(&graph.1, burn::tensor::Tolerance::relative(1e-4));
+        fused.2.assert_approx_eq::<f32>(&graph.2, burn::tensor::Tolerance::relative(1e-4));
     }
 
     #[test]
