@@ -1,6 +1,8 @@
 //! Kernels under autodiff that keep the inner backend's kernel in the forward pass and give
 //! their own backward pass, instead of differentiating the unfused graph step by step.
 
+use std::sync::Arc;
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -56,7 +58,7 @@ pub fn linear<B: Kernels, C: CheckpointStrategy, const D: usize>(
 ) -> FloatTensor<Autodiff<B, C>> {
     let (x_tracked, w_tracked) = (x.is_tracked(), weight.is_tracked());
     let x_shape = x.primitive.shape();
-    let product = match LinearProduct.prepare::<C>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
+    let product = match LinearProduct.prepare::<C>([Arc::clone(&x.node), Arc::clone(&weight.node)]).compute_bound().stateful() {
         OpsKind::Tracked(mut prep) => {
             let x_state = w_tracked.then(|| prep.checkpoint(&x));
             let w_state = x_tracked.then(|| prep.checkpoint(&weight));
