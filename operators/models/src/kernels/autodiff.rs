@@ -11,7 +11,7 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, TensorMetadata};
 
-use super::Kernels;
+use super::{AttentionBackward, Kernels, Mask};
 
 /// The matrix product of a linear layer, `x [.., K] · w [K, N]`: the forward pass is the inner
 /// backend's linear kernel; the gradients are `dx = dy · wᵀ` (the same kernel, with the weight's
@@ -76,5 +76,49 @@ pub fn linear<B: Kernels, C: CheckpointStrategy, const D: usize>(
             <Autodiff<B, C> as burn::tensor::ops::FloatTensorOps<Autodiff<B, C>>>::float_add(product, bias)
         }
         None => product,
+    }
+}
+
+/// Attention with the inner backend's kernels both ways: the forward keeps only its output and
+/// each row's log-sum-exp (not the `L × L` probabilities the graph keeps for its backward), and
+/// the backward recomputes the probabilities tile by tile.
+#[derive(Debug)]
+struct FusedAttention;
+
+impl<B: Kernels> Backward<B, 3> for FusedAttention {
+    /// The checkpointed q, k and v, the output, its log-sum-exp, and the mask.
+    type State = ([NodeId; 3], FloatTensor<B>, FloatTensor<B>, Mask);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let ([q, k, v], out, log_sum_exp, mask) = ops.state;
+        let [q, k, v]: [FloatTensor<B>; 3] = [q, k, v].map(|id| checkpointer.retrieve_node_output(id));
+        let grad = grads.consume::<B>(&ops.node);
+        let gradients = B::fused_attention_backward(AttentionBackward { q, k, v, out, log_sum_exp, grad }, mask);
+        for (parent, gradient) in ops.parents.iter().zip(gradients) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, gradient);
+            }
+        }
+    }
+}
+
+/// Attention under autodiff: [`FusedAttention`] where the inner backend has the kernels, else
+/// the graph.
+pub fn attention<B: Kernels, C: CheckpointStrategy>(
+    q: FloatTensor<Autodiff<B, C>>,
+    k: FloatTensor<Autodiff<B, C>>,
+    v: FloatTensor<Autodiff<B, C>>,
+    mask: Mask,
+) -> FloatTensor<Autodiff<B, C>> {
+    let Some((out, log_sum_exp)) = B::fused_attention_with_stats(q.primitive.clone(), k.primitive.clone(), v.primitive.clone(), mask)
+    else {
+        return super::attention_graph::<Autodiff<B, C>>(q, k, v, mask);
+    };
+    match FusedAttention.prepare::<C>([Arc::clone(&q.node), Arc::clone(&k.node), Arc::clone(&v.node)]).compute_bound().stateful() {
+        OpsKind::Tracked(mut prep) => {
+            let ids = [prep.checkpoint(&q), prep.checkpoint(&k), prep.checkpoint(&v)];
+            prep.finish((ids, out.clone(), log_sum_exp, mask), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }

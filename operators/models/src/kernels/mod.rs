@@ -29,6 +29,27 @@ pub trait Kernels: Backend {
         attention_graph::<Self>(q, k, v, mask)
     }
 
+    /// [`Kernels::fused_attention`] and each row's log-sum-exp of its scaled scores
+    /// (`[B, Lq, H]`), which [`Kernels::fused_attention_backward`] takes; `None` where the
+    /// backend has no such pair of kernels (autodiff then differentiates the graph).
+    fn fused_attention_with_stats(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: Mask,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+        let _ = (q, k, v, mask);
+        None
+    }
+
+    /// The gradients of `q`, `k` and `v` from attention's output `out` and log-sum-exp (as
+    /// [`Kernels::fused_attention_with_stats`] gave them) and the output's gradient. Only called
+    /// on backends whose `fused_attention_with_stats` returns `Some`.
+    fn fused_attention_backward(inputs: AttentionBackward<Self>, mask: Mask) -> [FloatTensor<Self>; 3] {
+        let _ = (inputs, mask);
+        unreachable!("fused_attention_backward without fused_attention_with_stats on {}", std::any::type_name::<Self>())
+    }
+
     /// GELU with the tanh approximation, element-wise, any shape.
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
         elementwise_graph::<Self>(x, graph::gelu_tanh_graph)
@@ -99,6 +120,17 @@ pub trait Kernels: Backend {
     }
 }
 
+/// What [`Kernels::fused_attention_backward`] reads.
+#[derive(Debug, Clone)]
+pub struct AttentionBackward<B: Backend> {
+    pub q: FloatTensor<B>,
+    pub k: FloatTensor<B>,
+    pub v: FloatTensor<B>,
+    pub out: FloatTensor<B>,
+    pub log_sum_exp: FloatTensor<B>,
+    pub grad: FloatTensor<B>,
+}
+
 fn attention_graph<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, mask: Mask) -> FloatTensor<B> {
     let out = graph::attention_graph(float::<B, 4>(q), float(k), float(v), mask == Mask::Causal);
     out.into_primitive().tensor()
@@ -132,17 +164,49 @@ fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
 
 impl Kernels for Flex {
     fn fused_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Mask) -> FlexTensor {
+        match Self::fused_attention_with_stats(q.clone(), k.clone(), v.clone(), mask) {
+            Some((out, _)) => out,
+            None => attention_graph::<Self>(q, k, v, mask),
+        }
+    }
+
+    fn fused_attention_with_stats(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Mask) -> Option<(FlexTensor, FlexTensor)> {
         if [&q, &k, &v].iter().any(|t| t.dtype() != DType::F32) {
-            return attention_graph::<Self>(q, k, v, mask);
+            return None;
         }
         let (q, k, v) = (rows_contiguous(q), rows_contiguous(k), rows_contiguous(v));
-        let [batch, heads, seq_q, head_dim] = dims4(&q);
-        let [_, _, seq_kv, _] = dims4(&k);
-        let [_, _, _, val_dim] = dims4(&v);
-        let shape = cpu::attention::AttentionShape { batch, heads, seq_q, seq_kv, head_dim, val_dim };
-        let out = cpu::attention::attention(operand(&q), operand(&k), operand(&v), shape, mask);
+        let shape = attention_shape(&q, &k, &v);
+        let result = cpu::attention::attention(operand(&q), operand(&k), operand(&v), shape, mask);
         // Written `[B, L, H, Dv]`, returned as the `[B, H, L, Dv]` view of it.
-        FlexTensor::from_data(TensorData::new(out, [batch, seq_q, heads, val_dim])).transpose(1, 2)
+        let out = [shape.batch, shape.seq_q, shape.heads, shape.val_dim];
+        let out = FlexTensor::from_data(TensorData::new(result.out, out)).transpose(1, 2);
+        let log_sum_exp = FlexTensor::from_data(TensorData::new(result.log_sum_exp, [shape.batch, shape.seq_q, shape.heads]));
+        Some((out, log_sum_exp))
+    }
+
+    fn fused_attention_backward(inputs: AttentionBackward<Self>, mask: Mask) -> [FlexTensor; 3] {
+        let AttentionBackward { q, k, v, out, log_sum_exp, grad } = inputs;
+        let (q, k, v, grad) = (rows_contiguous(q), rows_contiguous(k), rows_contiguous(v), rows_contiguous(grad));
+        let shape = attention_shape(&q, &k, &v);
+        // `out` is the `[B, H, L, Dv]` view the forward returned: its storage is `[B, L, H, Dv]`.
+        let (out, log_sum_exp) = (contiguous(out.transpose(1, 2)), contiguous(log_sum_exp));
+        let inputs = cpu::attention::BackwardInputs {
+            q: operand(&q),
+            k: operand(&k),
+            v: operand(&v),
+            out: slice(&out),
+            log_sum_exp: slice(&log_sum_exp),
+            dout: operand(&grad),
+        };
+        let grads = cpu::attention::attention_backward(inputs, shape, mask);
+        let tensor = |values: Vec<f32>, tokens: usize, dim: usize| {
+            FlexTensor::from_data(TensorData::new(values, [shape.batch, shape.heads, tokens, dim]))
+        };
+        [
+            tensor(grads.dq, shape.seq_q, shape.head_dim),
+            tensor(grads.dk, shape.seq_kv, shape.head_dim),
+            tensor(grads.dv, shape.seq_kv, shape.val_dim),
+        ]
     }
 
     fn gelu_tanh(x: FlexTensor) -> FlexTensor {
@@ -291,6 +355,13 @@ fn contiguous(t: FlexTensor) -> FlexTensor {
     }
 }
 
+fn attention_shape(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> cpu::attention::AttentionShape {
+    let [batch, heads, seq_q, head_dim] = dims4(q);
+    let [_, _, seq_kv, _] = dims4(k);
+    let [_, _, _, val_dim] = dims4(v);
+    cpu::attention::AttentionShape { batch, heads, seq_q, seq_kv, head_dim, val_dim }
+}
+
 /// `t` if its last dimension is contiguous and its strides are not negative (any view the
 /// models make), else a contiguous copy.
 fn rows_contiguous(t: FlexTensor) -> FlexTensor {
@@ -315,9 +386,14 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
-/// Under autodiff, the linear layer keeps the inner backend's kernel with its own backward
-/// ([`autodiff::linear`]); every other kernel is its graph, differentiated by burn.
+/// Under autodiff, attention (where the inner backend has a backward kernel) and the linear
+/// layer keep the inner backend's kernels with their own backward ([`autodiff`]); every other
+/// kernel is its graph, differentiated by burn.
 impl<B: Kernels, C: CheckpointStrategy> Kernels for burn::backend::Autodiff<B, C> {
+    fn fused_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Mask) -> FloatTensor<Self> {
+        autodiff::attention::<B, C>(q, k, v, mask)
+    }
+
     fn fused_linear<const D: usize>(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
         autodiff::linear::<B, C, D>(x, weight, bias)
     }
@@ -510,6 +586,37 @@ mod tests {
         fused.0.assert_approx_eq::<f32>(&graph.0, burn::tensor::Tolerance::relative(1e-4));
         fused.1.assert_approx_eq::<f32>(&graph.1, burn::tensor::Tolerance::relative(1e-4));
         fused.2.assert_approx_eq::<f32>(&graph.2, burn::tensor::Tolerance::relative(1e-4));
+    }
+
+    #[test]
+    fn attention_under_autodiff_gives_the_graphs_gradients() {
+        use burn::backend::Autodiff;
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        Flex::seed(&device, 23);
+        let normal = |shape: [usize; 4]| Tensor::<Flex, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let (q, k, v, target) = (normal([2, 70, 3, 16]), normal([2, 90, 3, 16]), normal([2, 90, 3, 8]), normal([2, 3, 70, 8]));
+        for mask in [Mask::None, Mask::Causal] {
+            let (k, v) = if mask == Mask::Causal { (q.clone(), normal([2, 70, 3, 8])) } else { (k.clone(), v.clone()) };
+            let gradients = |fused: bool| {
+                let leaf = |t: &Tensor<Flex, 4>| Tensor::<A, 4>::from_inner(t.clone()).require_grad();
+                let (q, k, v) = (leaf(&q), leaf(&k), leaf(&v));
+                // `[B, L, H, D]` seen as `[B, H, L, D]`, as the models do.
+                let (qs, ks, vs) = (q.clone().swap_dims(1, 2), k.clone().swap_dims(1, 2), v.clone().swap_dims(1, 2));
+                let y = if fused {
+                    let prim = |t: Tensor<A, 4>| t.into_primitive().tensor();
+                    float::<A, 4>(A::fused_attention(prim(qs), prim(ks), prim(vs), mask))
+                } else {
+                    graph::attention_graph(qs, ks, vs, mask == Mask::Causal)
+                };
+                let grads = (y - Tensor::from_inner(target.clone())).powi_scalar(2).sum().backward();
+                [q, k, v].map(|t| t.grad(&grads).expect("a gradient").into_data())
+            };
+            let (fused, graph) = (gradients(true), gradients(false));
+            for (f, g) in fused.iter().zip(&graph) {
+                f.assert_approx_eq::<f32>(g, burn::tensor::Tolerance::absolute(1e-4));
+            }
+        }
     }
 
     #[test]

@@ -65,33 +65,48 @@ impl<'a> Operand<'a> {
     }
 }
 
+/// The result of [`attention`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionOutput {
+    /// `[B, seq_q, H, val_dim]`.
+    pub out: Vec<f32>,
+    /// Each row's log-sum-exp of its scaled scores, `[B, seq_q, H]`: what the backward pass
+    /// needs to recompute the probabilities.
+    pub log_sum_exp: Vec<f32>,
+}
+
 /// Scaled dot-product attention with scale `1/√head_dim`: `q` `[B, H, seq_q, head_dim]`, `k`
 /// `[B, H, seq_kv, head_dim]`, `v` `[B, H, seq_kv, val_dim]`; the result is laid out
 /// `[B, seq_q, H, val_dim]`.
-pub fn attention(q: Operand, k: Operand, v: Operand, shape: AttentionShape, mask: Mask) -> Vec<f32> {
+pub fn attention(q: Operand, k: Operand, v: Operand, shape: AttentionShape, mask: Mask) -> AttentionOutput {
     let AttentionShape { batch, heads, seq_q, seq_kv, head_dim, val_dim } = shape;
     let mut out = vec![0.0f32; batch * seq_q * heads * val_dim];
+    let mut log_sum_exp = vec![f32::NEG_INFINITY; batch * seq_q * heads];
     if out.is_empty() || seq_kv == 0 || head_dim == 0 {
-        return out;
+        return AttentionOutput { out, log_sum_exp };
     }
     for (name, operand, tokens, dim) in [("query", &q, seq_q, head_dim), ("key", &k, seq_kv, head_dim), ("value", &v, seq_kv, val_dim)] {
         let [sb, sh, st] = operand.strides;
         let last = operand.offset + (batch - 1) * sb + (heads - 1) * sh + (tokens - 1) * st + dim;
         assert!(last <= operand.data.len(), "attention: the {name} ends at {last}, past its {} values ({shape:?})", operand.data.len());
     }
-    let keys_t = transpose_keys(k, shape);
+    let keys_t = transpose_rows(k, shape, seq_kv, head_dim);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let enough_items = batch * seq_q.div_ceil(BLOCK_Q) >= 4 * rayon::current_num_threads();
     let block_q = if enough_items { BLOCK_Q } else { BLOCK_Q_SMALL };
     let row_len = heads * val_dim;
-    out.par_chunks_mut(seq_q * row_len).enumerate().for_each(|(b, out)| {
-        out.par_chunks_mut(block_q * row_len).enumerate().for_each(|(block, out)| {
+    let items = out.par_chunks_mut(seq_q * row_len).zip(log_sum_exp.par_chunks_mut(seq_q * heads));
+    items.enumerate().for_each(|(b, (out, log_sum_exp))| {
+        let blocks = out.par_chunks_mut(block_q * row_len).zip(log_sum_exp.par_chunks_mut(block_q * heads));
+        blocks.enumerate().for_each(|(block, (out, log_sum_exp))| {
             let first_row = block * block_q;
             let rows = out.len() / row_len;
             for h in 0..heads {
                 pulp::Arch::new().dispatch(QueryBlock {
                     out: &mut out[h * val_dim..],
                     out_stride: row_len,
+                    log_sum_exp: &mut log_sum_exp[h..],
+                    heads,
                     rows,
                     q: q.rows(b, h, first_row),
                     q_stride: q.strides[2],
@@ -108,23 +123,23 @@ pub fn attention(q: Operand, k: Operand, v: Operand, shape: AttentionShape, mask
             }
         });
     });
-    out
+    AttentionOutput { out, log_sum_exp }
 }
 
-/// The keys of every head as `[D, L]`, contiguous, so the scores are a product of row-major
-/// operands.
-fn transpose_keys(k: Operand, shape: AttentionShape) -> Vec<f32> {
-    let AttentionShape { heads, seq_kv, head_dim, .. } = shape;
-    let mut keys_t = vec![0.0f32; shape.batch * heads * head_dim * seq_kv];
-    keys_t.par_chunks_mut(head_dim * seq_kv).enumerate().for_each(|(bh, dst)| {
-        let rows = k.rows(bh / heads, bh % heads, 0);
-        for j in 0..seq_kv {
-            for (d, &x) in rows[j * k.strides[2]..][..head_dim].iter().enumerate() {
-                dst[d * seq_kv + j] = x;
+/// The `[tokens, dim]` rows of every head of `operand` as `[dim, tokens]`, contiguous, so that
+/// products with them are of row-major operands.
+fn transpose_rows(operand: Operand, shape: AttentionShape, tokens: usize, dim: usize) -> Vec<f32> {
+    let heads = shape.heads;
+    let mut transposed = vec![0.0f32; shape.batch * heads * dim * tokens];
+    transposed.par_chunks_mut(dim * tokens).enumerate().for_each(|(bh, dst)| {
+        let rows = operand.rows(bh / heads, bh % heads, 0);
+        for j in 0..tokens {
+            for (d, &x) in rows[j * operand.strides[2]..][..dim].iter().enumerate() {
+                dst[d * tokens + j] = x;
             }
         }
     });
-    keys_t
+    transposed
 }
 
 /// One work item: a block of query rows of one head against all its keys.
@@ -132,6 +147,9 @@ struct QueryBlock<'a> {
     /// The block's output rows of this head, row `r` at `r · out_stride` (zeroed).
     out: &'a mut [f32],
     out_stride: usize,
+    /// The block's log-sum-exp of this head, row `r` at `r · heads`.
+    log_sum_exp: &'a mut [f32],
+    heads: usize,
     rows: usize,
     /// The block's first query row; row `r` at `r · q_stride`.
     q: &'a [f32],
@@ -216,7 +234,248 @@ impl QueryBlock<'_> {
         for (r, sum) in row_sum.iter().enumerate() {
             let inverse = 1.0 / sum;
             out[r * ldo..][..dv].iter_mut().for_each(|x| *x *= inverse);
+            self.log_sum_exp[r * self.heads] = row_max[r] * self.scale + sum.ln();
         }
+    }
+}
+
+/// Key rows per work item of the backward pass's first sweep, and query rows per tile of it.
+const BACKWARD_BLOCK: usize = 64;
+
+/// The gradients of [`attention`]'s inputs, each `[B, H, tokens, dim]` contiguous.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionGrads {
+    pub dq: Vec<f32>,
+    pub dk: Vec<f32>,
+    pub dv: Vec<f32>,
+}
+
+/// What the backward pass reads: the forward's inputs, its output `[B, seq_q, H, val_dim]` and
+/// log-sum-exp `[B, seq_q, H]`, and the output's gradient `dout` (`[B, H, seq_q, val_dim]`).
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardInputs<'a> {
+    pub q: Operand<'a>,
+    pub k: Operand<'a>,
+    pub v: Operand<'a>,
+    pub out: &'a [f32],
+    pub log_sum_exp: &'a [f32],
+    pub dout: Operand<'a>,
+}
+
+/// The gradients of [`attention`] (FlashAttention-2's backward): the probabilities are
+/// recomputed tile by tile from the log-sum-exp, never stored whole. A first sweep over blocks
+/// of keys accumulates their `dk` and `dv`; a second over blocks of queries accumulates `dq`
+/// (two sweeps, so that no two work items write the same gradient rows).
+pub fn attention_backward(inputs: BackwardInputs, shape: AttentionShape, mask: Mask) -> AttentionGrads {
+    let AttentionShape { batch, heads, seq_q, seq_kv, head_dim, val_dim } = shape;
+    let mut grads = AttentionGrads {
+        dq: vec![0.0f32; batch * heads * seq_q * head_dim],
+        dk: vec![0.0f32; batch * heads * seq_kv * head_dim],
+        dv: vec![0.0f32; batch * heads * seq_kv * val_dim],
+    };
+    if grads.dq.is_empty() && grads.dk.is_empty() || seq_q == 0 || seq_kv == 0 {
+        return grads;
+    }
+    let keys_t = transpose_rows(inputs.k, shape, seq_kv, head_dim);
+    let values_t = transpose_rows(inputs.v, shape, seq_kv, val_dim);
+    // delta[b, h, i] = Σ_c dout[b, h, i, c] · out[b, i, h, c], the softmax backward's row term.
+    let mut delta = vec![0.0f32; batch * heads * seq_q];
+    delta.par_chunks_mut(seq_q).enumerate().for_each(|(bh, delta)| {
+        let (b, h) = (bh / heads, bh % heads);
+        let dout = inputs.dout.rows(b, h, 0);
+        for (i, d) in delta.iter_mut().enumerate() {
+            let out = &inputs.out[((b * seq_q + i) * heads + h) * val_dim..][..val_dim];
+            *d = out.iter().zip(&dout[i * inputs.dout.strides[2]..][..val_dim]).map(|(o, g)| o * g).sum();
+        }
+    });
+    let common = Common { inputs, shape, mask, keys_t: &keys_t, values_t: &values_t, delta: &delta, scale: 1.0 / (head_dim as f32).sqrt() };
+    let AttentionGrads { dq, dk, dv } = &mut grads;
+    dk.par_chunks_mut(seq_kv * head_dim).zip(dv.par_chunks_mut(seq_kv * val_dim)).enumerate().for_each(|(bh, (dk, dv))| {
+        let blocks = dk.par_chunks_mut(BACKWARD_BLOCK * head_dim).zip(dv.par_chunks_mut(BACKWARD_BLOCK * val_dim));
+        blocks.enumerate().for_each(|(block, (dk, dv))| {
+            pulp::Arch::new().dispatch(KeyBlock { common: &common, bh, first_key: block * BACKWARD_BLOCK, dk, dv });
+        });
+    });
+    dq.par_chunks_mut(seq_q * head_dim).enumerate().for_each(|(bh, dq)| {
+        dq.par_chunks_mut(BACKWARD_BLOCK * head_dim).enumerate().for_each(|(block, dq)| {
+            pulp::Arch::new().dispatch(QueryGradBlock { common: &common, bh, first_row: block * BACKWARD_BLOCK, dq });
+        });
+    });
+    grads
+}
+
+/// What every backward work item reads.
+struct Common<'a> {
+    inputs: BackwardInputs<'a>,
+    shape: AttentionShape,
+    mask: Mask,
+    /// Keys and values of every head, `[dim, seq_kv]`.
+    keys_t: &'a [f32],
+    values_t: &'a [f32],
+    /// `[B, H, seq_q]`.
+    delta: &'a [f32],
+    scale: f32,
+}
+
+impl Common<'_> {
+    /// For query rows `rows` and keys `keys` of head `bh`: the probabilities into `p` and the
+    /// scores' gradient `p ⊙ (dp − delta)` into `ds` (both `[rows, keys]`, row-major).
+    #[inline(always)]
+    fn tile<S: Simd>(&self, simd: S, bh: usize, rows: std::ops::Range<usize>, keys: std::ops::Range<usize>, p: &mut [f32], ds: &mut [f32]) {
+        let AttentionShape { heads, seq_q, seq_kv, head_dim, val_dim, .. } = self.shape;
+        let (b, h) = (bh / heads, bh % heads);
+        let (nq, nk) = (rows.len(), keys.len());
+        let (p, ds) = (&mut p[..nq * nk], &mut ds[..nq * nk]);
+        let q = self.inputs.q.rows(b, h, rows.start);
+        let keys_t = &self.keys_t[bh * head_dim * seq_kv + keys.start..];
+        Matmul {
+            ldc: nk,
+            a: q,
+            lda: self.inputs.q.strides[2],
+            b: keys_t,
+            ldb: seq_kv,
+            dims: [nq, nk, head_dim],
+            accumulate: Accumulate::No,
+        }
+        .run(simd, p);
+        let dout = self.inputs.dout.rows(b, h, rows.start);
+        let values_t = &self.values_t[bh * val_dim * seq_kv + keys.start..];
+        Matmul {
+            ldc: nk,
+            a: dout,
+            lda: self.inputs.dout.strides[2],
+            b: values_t,
+            ldb: seq_kv,
+            dims: [nq, nk, val_dim],
+            accumulate: Accumulate::No,
+        }
+        .run(simd, ds);
+        for (r, (p_row, ds_row)) in p.chunks_exact_mut(nk).zip(ds.chunks_exact_mut(nk)).enumerate() {
+            let i = rows.start + r;
+            let log_sum_exp = self.inputs.log_sum_exp[(b * seq_q + i) * heads + h];
+            let visible = match self.mask {
+                Mask::None => nk,
+                Mask::Causal => (i + 1).saturating_sub(keys.start).min(nk),
+            };
+            simd::exp_shifted_in_place(simd, &mut p_row[..visible], log_sum_exp / self.scale, self.scale);
+            p_row[visible..].fill(0.0);
+            let delta = self.delta[bh * seq_q + i];
+            for (g, &pr) in ds_row.iter_mut().zip(p_row.iter()) {
+                *g = pr * (*g - delta);
+            }
+        }
+    }
+}
+
+/// `dst[c][r] = src[r][c]` for a `[rows, cols]` `src`.
+#[inline(always)]
+fn transpose_into(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
+    for (r, row) in src.chunks_exact(cols).take(rows).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            dst[c * rows + r] = x;
+        }
+    }
+}
+
+/// The first sweep's work item: `dk` and `dv` of keys `first_key..` of head `bh`.
+struct KeyBlock<'a, 'c> {
+    common: &'a Common<'c>,
+    bh: usize,
+    first_key: usize,
+    /// `[keys, head_dim]` and `[keys, val_dim]`.
+    dk: &'a mut [f32],
+    dv: &'a mut [f32],
+}
+
+impl pulp::WithSimd for KeyBlock<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let c = self.common;
+        let AttentionShape { heads, seq_q, head_dim, val_dim, .. } = c.shape;
+        let (b, h) = (self.bh / heads, self.bh % heads);
+        let nk = self.dv.len() / val_dim;
+        let keys = self.first_key..self.first_key + nk;
+        let mut p = vec![0.0f32; BACKWARD_BLOCK * nk];
+        let mut ds = vec![0.0f32; BACKWARD_BLOCK * nk];
+        let mut transposed = vec![0.0f32; BACKWARD_BLOCK * nk];
+        // Causal: queries before the block's first key see none of it.
+        let first_query = match c.mask {
+            Mask::None => 0,
+            Mask::Causal => self.first_key.min(seq_q),
+        };
+        for start in (first_query..seq_q).step_by(BACKWARD_BLOCK) {
+            let rows = start..(start + BACKWARD_BLOCK).min(seq_q);
+            let nq = rows.len();
+            c.tile(simd, self.bh, rows.clone(), keys.clone(), &mut p, &mut ds);
+            // dv += pᵀ · dout
+            transpose_into(&mut transposed, &p, nq, nk);
+            let (dout, dout_stride) = (c.inputs.dout.rows(b, h, start), c.inputs.dout.strides[2]);
+            Matmul {
+                ldc: val_dim,
+                a: &transposed,
+                lda: nq,
+                b: dout,
+                ldb: dout_stride,
+                dims: [nk, val_dim, nq],
+                accumulate: Accumulate::Yes,
+            }
+            .run(simd, self.dv);
+            // dk += dsᵀ · q (scaled below)
+            transpose_into(&mut transposed, &ds, nq, nk);
+            let (q, q_stride) = (c.inputs.q.rows(b, h, start), c.inputs.q.strides[2]);
+            Matmul { ldc: head_dim, a: &transposed, lda: nq, b: q, ldb: q_stride, dims: [nk, head_dim, nq], accumulate: Accumulate::Yes }
+                .run(simd, self.dk);
+        }
+        self.dk.iter_mut().for_each(|x| *x *= c.scale);
+    }
+}
+
+/// The second sweep's work item: `dq` of query rows `first_row..` of head `bh`.
+struct QueryGradBlock<'a, 'c> {
+    common: &'a Common<'c>,
+    bh: usize,
+    first_row: usize,
+    /// `[rows, head_dim]`.
+    dq: &'a mut [f32],
+}
+
+impl pulp::WithSimd for QueryGradBlock<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let c = self.common;
+        let AttentionShape { heads, seq_kv, head_dim, .. } = c.shape;
+        let (b, h) = (self.bh / heads, self.bh % heads);
+        let nq = self.dq.len() / head_dim;
+        let rows = self.first_row..self.first_row + nq;
+        let mut p = vec![0.0f32; nq * BACKWARD_BLOCK];
+        let mut ds = vec![0.0f32; nq * BACKWARD_BLOCK];
+        // Causal: no row of this block sees keys past its last row.
+        let keys_seen = match c.mask {
+            Mask::None => seq_kv,
+            Mask::Causal => rows.end.min(seq_kv),
+        };
+        for start in (0..keys_seen).step_by(BACKWARD_BLOCK) {
+            let keys = start..(start + BACKWARD_BLOCK).min(keys_seen);
+            let nk = keys.len();
+            c.tile(simd, self.bh, rows.clone(), keys, &mut p, &mut ds);
+            // dq += ds · k (scaled below)
+            let (k, k_stride) = (c.inputs.k.rows(b, h, start), c.inputs.k.strides[2]);
+            Matmul {
+                ldc: head_dim,
+                a: &ds[..nq * nk],
+                lda: nk,
+                b: k,
+                ldb: k_stride,
+                dims: [nq, head_dim, nk],
+                accumulate: Accumulate::Yes,
+            }
+            .run(simd, self.dq);
+        }
+        self.dq.iter_mut().for_each(|x| *x *= c.scale);
     }
 }
 
@@ -266,7 +525,8 @@ mod tests {
         let k = values(s.batch * s.heads * s.seq_kv * s.head_dim, 2, spread);
         let v = values(s.batch * s.heads * s.seq_kv * s.val_dim, 3, 1.0);
         let operand = |data, tokens, dim| Operand::contiguous(data, s.heads, tokens, dim);
-        let got = attention(operand(&q, s.seq_q, s.head_dim), operand(&k, s.seq_kv, s.head_dim), operand(&v, s.seq_kv, s.val_dim), s, mask);
+        let got =
+            attention(operand(&q, s.seq_q, s.head_dim), operand(&k, s.seq_kv, s.head_dim), operand(&v, s.seq_kv, s.val_dim), s, mask).out;
         // The kernel writes [B, L, H, Dv]; the reference [B, H, L, Dv].
         let want = reference(&q, &k, &v, s, mask);
         let want: Vec<f32> = (0..got.len())
@@ -307,11 +567,78 @@ mod tests {
         check(shape(2, 1, 77, 77, 64, 64), Mask::Causal, 2.0);
     }
 
+    /// The gradients by the definition, in f64: for each head, `P = softmax(scale·QKᵀ)`,
+    /// `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = scale·dS K`,
+    /// `dK = scale·dSᵀ Q`.
+    fn reference_grads(q: &[f32], k: &[f32], v: &[f32], dout: &[f32], s: AttentionShape, mask: Mask) -> [Vec<f64>; 3] {
+        let scale = 1.0 / (s.head_dim as f64).sqrt();
+        let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        for h in 0..s.batch * s.heads {
+            let (qo, ko, vo) = (h * s.seq_q * s.head_dim, h * s.seq_kv * s.head_dim, h * s.seq_kv * s.val_dim);
+            for i in 0..s.seq_q {
+                let keys = if mask == Mask::Causal { (i + 1).min(s.seq_kv) } else { s.seq_kv };
+                let scores: Vec<f64> = (0..keys)
+                    .map(|j| {
+                        (0..s.head_dim).map(|d| q[qo + i * s.head_dim + d] as f64 * k[ko + j * s.head_dim + d] as f64).sum::<f64>() * scale
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = scores.iter().map(|x| (x - max).exp()).sum();
+                let p: Vec<f64> = scores.iter().map(|x| (x - max).exp() / total).collect();
+                let g = |c: usize| dout[(h * s.seq_q + i) * s.val_dim + c] as f64;
+                let dp: Vec<f64> = (0..keys).map(|j| (0..s.val_dim).map(|c| g(c) * v[vo + j * s.val_dim + c] as f64).sum()).collect();
+                let row: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                for j in 0..keys {
+                    let ds = p[j] * (dp[j] - row);
+                    for c in 0..s.val_dim {
+                        dv[vo + j * s.val_dim + c] += p[j] * g(c);
+                    }
+                    for d in 0..s.head_dim {
+                        dq[qo + i * s.head_dim + d] += scale * ds * k[ko + j * s.head_dim + d] as f64;
+                        dk[ko + j * s.head_dim + d] += scale * ds * q[qo + i * s.head_dim + d] as f64;
+                    }
+                }
+            }
+        }
+        [dq, dk, dv]
+    }
+
+    fn check_backward(s: AttentionShape, mask: Mask) {
+        let q = values(s.batch * s.heads * s.seq_q * s.head_dim, 4, 1.5);
+        let k = values(s.batch * s.heads * s.seq_kv * s.head_dim, 5, 1.5);
+        let v = values(s.batch * s.heads * s.seq_kv * s.val_dim, 6, 1.0);
+        let dout = values(s.batch * s.heads * s.seq_q * s.val_dim, 7, 1.0);
+        let operand = |data, tokens, dim| Operand::contiguous(data, s.heads, tokens, dim);
+        let (q_op, k_op, v_op) = (operand(&q, s.seq_q, s.head_dim), operand(&k, s.seq_kv, s.head_dim), operand(&v, s.seq_kv, s.val_dim));
+        let forward = attention(q_op, k_op, v_op, s, mask);
+        let inputs = BackwardInputs {
+            q: q_op,
+            k: k_op,
+            v: v_op,
+            out: &forward.out,
+            log_sum_exp: &forward.log_sum_exp,
+            dout: operand(&dout, s.seq_q, s.val_dim),
+        };
+        let got = attention_backward(inputs, s, mask);
+        let want = reference_grads(&q, &k, &v, &dout, s, mask);
+        for (name, got, want) in [("dq", &got.dq, &want[0]), ("dk", &got.dk, &want[1]), ("dv", &got.dv, &want[2])] {
+            let worst = got.iter().zip(want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+            assert!(worst < 1e-4, "{s:?} {mask:?} {name}: largest difference {worst}");
+        }
+    }
+
+    #[test]
+    fn the_backward_pass_gives_the_definitions_gradients() {
+        check_backward(shape(2, 2, 70, 150, 16, 24), Mask::None);
+        check_backward(shape(1, 3, 130, 130, 32, 32), Mask::Causal);
+        check_backward(shape(1, 1, 5, 3, 4, 2), Mask::None);
+    }
+
     #[test]
     fn empty_inputs_give_an_empty_or_zero_output() {
         let (none, twelve) = (Operand::contiguous(&[], 1, 0, 4), Operand::contiguous(&[0.0; 12], 1, 3, 4));
-        assert!(attention(none, twelve, twelve, shape(1, 1, 0, 3, 4, 4), Mask::None).is_empty());
+        assert!(attention(none, twelve, twelve, shape(1, 1, 0, 3, 4, 4), Mask::None).out.is_empty());
         let one = Operand::contiguous(&[0.0; 4], 1, 1, 4);
-        assert_eq!(attention(one, none, none, shape(1, 1, 1, 0, 4, 2), Mask::None), vec![0.0; 2]);
+        assert_eq!(attention(one, none, none, shape(1, 1, 1, 0, 4, 2), Mask::None).out, vec![0.0; 2]);
     }
 }
