@@ -6,7 +6,7 @@ use std::sync::Arc;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, TensorMetadata};
@@ -120,5 +120,32 @@ pub fn attention<B: Kernels, C: CheckpointStrategy>(
             prep.finish((ids, out.clone(), log_sum_exp, mask), out)
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+/// GELU-tanh with the inner backend's kernels both ways.
+#[derive(Debug)]
+struct GeluTanh;
+
+impl<B: Kernels> Backward<B, 1> for GeluTanh {
+    /// The checkpointed input.
+    type State = NodeId;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state);
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| B::gelu_tanh_backward(x, grad));
+    }
+}
+
+/// GELU-tanh under autodiff: the inner backend's kernel, and its gradient kernel backward.
+pub fn gelu_tanh<B: Kernels, C: CheckpointStrategy>(x: FloatTensor<Autodiff<B, C>>) -> FloatTensor<Autodiff<B, C>> {
+    match GeluTanh.prepare::<C>([Arc::clone(&x.node)]).compute_bound().stateful() {
+        OpsKind::Tracked(mut prep) => {
+            let id = prep.checkpoint(&x);
+            // The kernel may work in place: give it its own reference, so `x` stays for the
+            // backward pass.
+            prep.finish(id, B::gelu_tanh(x.primitive.clone()))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::gelu_tanh(x.primitive)),
     }
 }

@@ -87,6 +87,16 @@ pub fn gelu_tanh_graph<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B,
     x * (inner.tanh() + 1.0) * 0.5
 }
 
+/// The gradient through [`gelu_tanh_graph`]: `grad · gelu'(x)`.
+pub fn gelu_tanh_backward_graph<B: Backend, const D: usize>(x: Tensor<B, D>, grad: Tensor<B, D>) -> Tensor<B, D> {
+    const K: f64 = 0.797_884_560_802_865_4; // sqrt(2/π)
+    let x2 = x.clone() * x.clone();
+    let tanh = ((x2.clone() * 0.044_715 + 1.0) * x.clone() * K).tanh();
+    let du = (x2 * (3.0 * 0.044_715) + 1.0) * K;
+    let slope = (tanh.clone() + 1.0) * 0.5 + x * (tanh.clone() * tanh).neg().add_scalar(1.0) * du * 0.5;
+    grad * slope
+}
+
 /// FLUX's rotary embedding of `x` `[B, L, H, D]` (pairs interleaved along D) with `cos`, `sin`
 /// `[B, L, 1, D/2, 1]`, in f32; returns `x`'s dtype.
 pub fn rope_graph<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 5>, sin: Tensor<B, 5>) -> Tensor<B, 4> {

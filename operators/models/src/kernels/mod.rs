@@ -102,6 +102,11 @@ pub trait Kernels: Backend {
         graph::layer_norm_graph(float::<Self, D>(x), float(weight), float(bias), eps).into_primitive().tensor()
     }
 
+    /// The gradient through [`Kernels::gelu_tanh`]: `grad · gelu'(x)`, element-wise.
+    fn gelu_tanh_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        gelu_tanh_backward_graph::<Self>(x, grad)
+    }
+
     /// FLUX's rotary embedding: `x` `[B, L, H, D]` with pairs interleaved along D, `cos` and
     /// `sin` `[B, L, 1, D/2, 1]`.
     fn rope(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -148,6 +153,13 @@ fn conv2d_graph<B: Backend>(
     pad: [usize; 2],
 ) -> FloatTensor<B> {
     graph::conv2d_graph(float::<B, 4>(x), float(weight), bias.map(float), stride, pad).into_primitive().tensor()
+}
+
+fn gelu_tanh_backward_graph<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = x.shape();
+    let flat = |t: FloatTensor<B>| float::<B, 1>(B::float_reshape(t, Shape::new([shape.num_elements()])));
+    let out = graph::gelu_tanh_backward_graph(flat(x), flat(grad));
+    B::float_reshape(out.into_primitive().tensor(), shape)
 }
 
 /// An element-wise graph `f` on a tensor of any rank (run on it flattened).
@@ -284,6 +296,15 @@ impl Kernels for Flex {
         x
     }
 
+    fn gelu_tanh_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 || x.layout().shape() != grad.layout().shape() {
+            return gelu_tanh_backward_graph::<Self>(x, grad);
+        }
+        let (x, mut grad) = (contiguous(x), contiguous(grad));
+        cpu::elementwise::gelu_tanh_backward(slice(&x), grad.storage_mut::<f32>());
+        grad
+    }
+
     fn gelu_erf(x: FlexTensor) -> FlexTensor {
         if x.dtype() != DType::F32 {
             return elementwise_graph::<Self>(x, burn::tensor::activation::gelu);
@@ -386,9 +407,9 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
-/// Under autodiff, attention (where the inner backend has a backward kernel) and the linear
-/// layer keep the inner backend's kernels with their own backward ([`autodiff`]); every other
-/// kernel is its graph, differentiated by burn.
+/// Under autodiff, attention (where the inner backend has a backward kernel), the linear layer
+/// and GELU-tanh keep the inner backend's kernels with their own backward ([`autodiff`]); every
+/// other kernel is its graph, differentiated by burn.
 impl<B: Kernels, C: CheckpointStrategy> Kernels for burn::backend::Autodiff<B, C> {
     fn fused_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: Mask) -> FloatTensor<Self> {
         autodiff::attention::<B, C>(q, k, v, mask)
@@ -396,6 +417,10 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for burn::backend::Autodiff<B, C
 
     fn fused_linear<const D: usize>(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
         autodiff::linear::<B, C, D>(x, weight, bias)
+    }
+
+    fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        autodiff::gelu_tanh::<B, C>(x)
     }
 }
 
@@ -617,6 +642,23 @@ mod tests {
                 f.assert_approx_eq::<f32>(g, burn::tensor::Tolerance::absolute(1e-4));
             }
         }
+    }
+
+    #[test]
+    fn gelu_tanh_under_autodiff_gives_the_graphs_gradient() {
+        use burn::backend::Autodiff;
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        Flex::seed(&device, 29);
+        let x = Tensor::<Flex, 3>::random([2, 30, 17], Distribution::Normal(0.0, 2.0), &device);
+        let gradient = |fused: bool| {
+            let x = Tensor::<A, 3>::from_inner(x.clone()).require_grad();
+            let y =
+                if fused { float::<A, 3>(A::gelu_tanh(x.clone().into_primitive().tensor())) } else { graph::gelu_tanh_graph(x.clone()) };
+            let grads = (y.clone() * y).sum().backward();
+            x.grad(&grads).expect("a gradient").into_data()
+        };
+        gradient(true).assert_approx_eq::<f32>(&gradient(false), burn::tensor::Tolerance::absolute(1e-4));
     }
 
     #[test]

@@ -41,6 +41,50 @@ impl pulp::WithSimd for GeluTanh<'_> {
     }
 }
 
+/// The gradient through [`gelu_tanh`], in place on `grad`: `grad · gelu'(x)` with
+/// `gelu'(x) = σ + 2x·σ(1 − σ)·√(2/π)·(1 + 3·0.044715·x²)`, `σ = sigmoid(2u)` (so that
+/// `0.5·(1 + tanh u) = σ` and `1 − tanh² u = 4σ(1 − σ)`).
+pub fn gelu_tanh_backward(x: &[f32], grad: &mut [f32]) {
+    assert_eq!(x.len(), grad.len(), "gelu_tanh_backward: x and its gradient differ in length");
+    grad.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(grad, x)| pulp::Arch::new().dispatch(GeluTanhBackward { x, grad }));
+}
+
+struct GeluTanhBackward<'a> {
+    x: &'a [f32],
+    grad: &'a mut [f32],
+}
+
+impl pulp::WithSimd for GeluTanhBackward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let (grads, grad_tail) = S::as_mut_simd_f32s(self.grad);
+        let (xs, x_tail) = S::as_simd_f32s(self.x);
+        let (k, cubic, one, two) =
+            (simd.splat_f32s(SQRT_2_OVER_PI), simd.splat_f32s(GELU_CUBIC), simd.splat_f32s(1.0), simd.splat_f32s(2.0));
+        let (three_cubic, minus_two_k) = (simd.splat_f32s(3.0 * GELU_CUBIC), simd.splat_f32s(-2.0 * SQRT_2_OVER_PI));
+        for (g, &x) in grads.iter_mut().zip(xs) {
+            let x2 = simd.mul_f32s(x, x);
+            let inner = simd.mul_add_f32s(cubic, x2, one); // 1 + 0.044715·x²
+            let sigma = simd.div_f32s(one, simd.add_f32s(one, simd::exp_vector(simd, simd.mul_f32s(minus_two_k, simd.mul_f32s(inner, x)))));
+            let du = simd.mul_f32s(k, simd.mul_add_f32s(three_cubic, x2, one)); // u'(x)
+            let slope = simd.mul_f32s(simd.mul_f32s(two, x), simd.mul_f32s(simd.mul_f32s(sigma, simd.sub_f32s(one, sigma)), du));
+            *g = simd.mul_f32s(*g, simd.add_f32s(sigma, slope));
+        }
+        for (g, &x) in grad_tail.iter_mut().zip(x_tail) {
+            *g *= gelu_tanh_slope(x);
+        }
+    }
+}
+
+#[inline(always)]
+fn gelu_tanh_slope(x: f32) -> f32 {
+    let sigma = 1.0 / (1.0 + simd::exp(-2.0 * SQRT_2_OVER_PI * x * (GELU_CUBIC * x).mul_add(x, 1.0)));
+    let du = SQRT_2_OVER_PI * (3.0 * GELU_CUBIC * x).mul_add(x, 1.0);
+    sigma + 2.0 * x * sigma * (1.0 - sigma) * du
+}
+
 #[inline(always)]
 fn gelu_tanh_one(x: f32) -> f32 {
     let u = SQRT_2_OVER_PI * x * (GELU_CUBIC * x).mul_add(x, 1.0);
@@ -299,6 +343,20 @@ mod tests {
             let x64 = x as f64;
             let want = 0.5 * x64 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044_715 * x64.powi(3))).tanh());
             assert!((y as f64 - want).abs() <= 2e-6 * want.abs().max(1.0), "gelu({x}) = {y}, want {want}");
+        }
+    }
+
+    #[test]
+    fn gelu_tanh_backward_is_the_derivative() {
+        let xs: Vec<f32> = (0..1_000).map(|i| (i as f32 - 500.0) / 61.0).chain([-30.0, 30.0, 0.0]).collect();
+        let mut grads: Vec<f32> = xs.iter().map(|x| 1.0 + x / 10.0).collect();
+        gelu_tanh_backward(&xs, &mut grads);
+        let gelu = |x: f64| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044_715 * x.powi(3))).tanh());
+        for (&x, &g) in xs.iter().zip(&grads) {
+            let x64 = x as f64;
+            let slope = (gelu(x64 + 1e-6) - gelu(x64 - 1e-6)) / 2e-6;
+            let want = (1.0 + x64 / 10.0) * slope;
+            assert!((g as f64 - want).abs() < 1e-5 * want.abs().max(1.0), "gelu'({x}) · grad = {g}, want {want}");
         }
     }
 
