@@ -346,7 +346,7 @@ pub struct Clip<B: Backend> {
 }
 
 /// L2-normalises rows.
-pub fn normalize<B: Kernels>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let norm = (x.clone() * x.clone()).sum_dim(1).sqrt();
     x / norm
 }

@@ -274,7 +274,7 @@ pub struct Dinov2Output<B: Backend> {
     pub pooler_output: Tensor<B, 2>,
 }
 
-impl<B: Kernels> Dinov2Output<B> {
+impl<B: Backend> Dinov2Output<B> {
     /// The mean of the patch tokens (CLS excluded), `[B, hidden]`.
     pub fn mean_patch_tokens(&self) -> Tensor<B, 2> {
         let [b, n, d] = self.last_hidden_state.dims();

@@ -204,7 +204,7 @@ impl<B: Kernels> Encoder<B> {
 }
 
 /// Nearest-neighbour ×2 upsampling (each value copied into a 2×2 block).
-fn upsample_nearest<B: Kernels>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+fn upsample_nearest<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
     x.reshape([b, c, h, 1, w, 1]).expand([b as i64, c as i64, h as i64, 2, w as i64, 2]).reshape([b, c, 2 * h, 2 * w])
 }

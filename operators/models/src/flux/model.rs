@@ -134,7 +134,7 @@ impl RopeTables {
     }
 
     /// The tables as tensors `[B, L, 1, head_dim/2, 1]`, ready to broadcast over heads.
-    fn tensors<B: Kernels>(&self, device: &B::Device) -> (Tensor<B, 5>, Tensor<B, 5>) {
+    fn tensors<B: Backend>(&self, device: &B::Device) -> (Tensor<B, 5>, Tensor<B, 5>) {
         let shape = [self.batch, self.len, 1, self.half_dim, 1];
         let make = |v: &Vec<f32>| Tensor::<B, 5>::from_data(TensorData::new(v.clone(), shape), (device, DType::F32));
         (make(&self.cos), make(&self.sin))
@@ -149,7 +149,7 @@ fn apply_rope<B: Kernels>(x: Tensor<B, 4>, cos: &Tensor<B, 5>, sin: &Tensor<B, 5
 
 /// Splits a fused projection `[B, L, 3·H·D]` ("B L (K H D)") into q, k, v, each `[B, L, H, D]`.
 /// Heads stay inside tokens until attention, so norms and RoPE work on contiguous rows.
-fn split_qkv<B: Kernels>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
+fn split_qkv<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
     let [b, l, n] = qkv.dims();
     let hd = n / 3;
     let part = |k: usize| qkv.clone().narrow(2, k * hd, hd).reshape([b, l, heads, hd / heads]);

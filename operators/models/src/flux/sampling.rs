@@ -3,7 +3,7 @@
 //!
 //! Reference: `uno/flux/sampling.py` (d305981) and black-forest-labs/flux `sampling.py`.
 
-use crate::kernels::Kernels;
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 /// How the schedule's shift `mu` is chosen.
@@ -84,20 +84,20 @@ pub fn noise(seed: u64, height: usize, width: usize) -> (Vec<f32>, [usize; 3]) {
 }
 
 /// `[B, C, H, W]` → `[B, (H/2)(W/2), C·4]` ("b c (h ph) (w pw) -> b (h w) (c ph pw)").
-pub fn pack<B: Kernels>(latent: Tensor<B, 4>) -> Tensor<B, 3> {
+pub fn pack<B: Backend>(latent: Tensor<B, 4>) -> Tensor<B, 3> {
     let [b, c, h, w] = latent.dims();
     latent.reshape([b, c, h / 2, 2, w / 2, 2]).permute([0, 2, 4, 1, 3, 5]).reshape([b, (h / 2) * (w / 2), c * 4])
 }
 
 /// The inverse of [`pack`] for a token grid of `rows × cols`.
-pub fn unpack<B: Kernels>(tokens: Tensor<B, 3>, rows: usize, cols: usize) -> Tensor<B, 4> {
+pub fn unpack<B: Backend>(tokens: Tensor<B, 3>, rows: usize, cols: usize) -> Tensor<B, 4> {
     let [b, _, d] = tokens.dims();
     let c = d / 4;
     tokens.reshape([b, rows, cols, c, 2, 2]).permute([0, 3, 1, 4, 2, 5]).reshape([b, c, rows * 2, cols * 2])
 }
 
 /// Position ids `[B, L, 3]` as a tensor.
-pub fn ids_tensor<B: Kernels>(ids: &[[f32; 3]], batch: usize, device: &B::Device) -> Tensor<B, 3> {
+pub fn ids_tensor<B: Backend>(ids: &[[f32; 3]], batch: usize, device: &B::Device) -> Tensor<B, 3> {
     let flat: Vec<f32> = (0..batch).flat_map(|_| ids.iter().flatten().copied()).collect();
     Tensor::from_data(TensorData::new(flat, [batch, ids.len(), 3]), (device, burn::tensor::DType::F32))
 }

@@ -79,20 +79,21 @@ fn matmul_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4
     if outs.len() == 1 { outs.into_iter().next().expect("one group") } else { Tensor::cat(outs, 1) }
 }
 
+/// `√(2/π)`, GELU-tanh's constant.
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
 /// GELU with the tanh approximation (PyTorch `approximate="tanh"`), written with products
 /// instead of `powf` (the CPU backend's `powf` is scalar libm).
 pub fn gelu_tanh_graph<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    const K: f64 = 0.797_884_560_802_865_4; // sqrt(2/π)
-    let inner = (x.clone() * x.clone() * 0.044_715 + 1.0) * x.clone() * K;
+    let inner = (x.clone() * x.clone() * 0.044_715 + 1.0) * x.clone() * SQRT_2_OVER_PI;
     x * (inner.tanh() + 1.0) * 0.5
 }
 
 /// The gradient through [`gelu_tanh_graph`]: `grad · gelu'(x)`.
 pub fn gelu_tanh_backward_graph<B: Backend, const D: usize>(x: Tensor<B, D>, grad: Tensor<B, D>) -> Tensor<B, D> {
-    const K: f64 = 0.797_884_560_802_865_4; // sqrt(2/π)
     let x2 = x.clone() * x.clone();
-    let tanh = ((x2.clone() * 0.044_715 + 1.0) * x.clone() * K).tanh();
-    let du = (x2 * (3.0 * 0.044_715) + 1.0) * K;
+    let tanh = ((x2.clone() * 0.044_715 + 1.0) * x.clone() * SQRT_2_OVER_PI).tanh();
+    let du = (x2 * (3.0 * 0.044_715) + 1.0) * SQRT_2_OVER_PI;
     let slope = (tanh.clone() + 1.0) * 0.5 + x * (tanh.clone() * tanh).neg().add_scalar(1.0) * du * 0.5;
     grad * slope
 }
@@ -147,15 +148,19 @@ pub fn conv2d_graph<B: Backend>(
 ) -> Tensor<B, 4> {
     let [before, after] = pad;
     let mut x = x.cast(weight.dtype());
-    if after > before {
-        // Pad the trailing sides with zeros of the input's dtype ourselves: burn's asymmetric
-        // padding makes its zeros in the default dtype, which a bf16 input rejects.
+    if after != before {
+        // Pad the side that needs more with zeros of the input's dtype ourselves (burn's
+        // asymmetric padding makes its zeros in the default dtype, which a bf16 input rejects);
+        // the convolution pads the rest symmetrically.
+        let extra = after.abs_diff(before);
         let [b, c, h, wd] = x.dims();
         let options = (&x.device(), x.dtype());
-        x = Tensor::cat(vec![x, Tensor::zeros([b, c, after - before, wd], options)], 2);
-        x = Tensor::cat(vec![x, Tensor::zeros([b, c, h + after - before, after - before], options)], 3);
+        let (rows, cols) = (Tensor::zeros([b, c, extra, wd], options), Tensor::zeros([b, c, h + extra, extra], options));
+        x = if after > before { Tensor::cat(vec![x, rows], 2) } else { Tensor::cat(vec![rows, x], 2) };
+        x = if after > before { Tensor::cat(vec![x, cols], 3) } else { Tensor::cat(vec![cols, x], 3) };
     }
-    let options = burn::tensor::ops::ConvOptions::new([stride, stride], [before, before], [1, 1], 1);
+    let symmetric = before.min(after);
+    let options = burn::tensor::ops::ConvOptions::new([stride, stride], [symmetric, symmetric], [1, 1], 1);
     burn::tensor::module::conv2d(x, weight, bias, options)
 }
 

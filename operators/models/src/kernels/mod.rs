@@ -2,10 +2,11 @@
 //! operations, through burn's backend-extension pattern (a trait over `Backend`).
 //!
 //! Model code calls them through [`Kernels`] and stays one code for every backend; each backend
-//! says which of them it fuses. The CPU backend (burn Flex) runs the kernels of [`cpu`]; CUDA
-//! runs burn's own attention (flash attention) and the graphs; under autodiff the linear layer
-//! runs the inner backend's kernel with its own backward, and every other kernel is its unfused
-//! graph ([`graph`]), so gradients come from burn's backward of each step.
+//! says which of them it fuses. The CPU backend (burn Flex) runs the kernels of [`cpu`] on f32
+//! tensors and the graphs ([`graph`]) on other dtypes or shapes its kernels do not take; CUDA
+//! runs burn's own attention (flash attention) and the graphs. Under autodiff, attention, the
+//! linear layer and GELU-tanh run the inner backend's kernels with their own backward
+//! ([`autodiff`]); every other kernel is its graph, differentiated by burn step by step.
 
 mod autodiff;
 pub mod cpu;
@@ -83,7 +84,7 @@ pub trait Kernels: Backend {
         eps: f64,
         after: AfterNorm,
     ) -> FloatTensor<Self> {
-        graph::group_norm_graph(float::<Self, 4>(x), float(weight), float(bias), groups, eps, after).into_primitive().tensor()
+        group_norm_graph::<Self>(x, weight, bias, groups, eps, after)
     }
 
     /// GELU in its exact (erf) form, element-wise, any shape.
@@ -99,7 +100,7 @@ pub trait Kernels: Backend {
         bias: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
-        graph::layer_norm_graph(float::<Self, D>(x), float(weight), float(bias), eps).into_primitive().tensor()
+        layer_norm_graph::<Self, D>(x, weight, bias, eps)
     }
 
     /// The gradient through [`Kernels::gelu_tanh`]: `grad · gelu'(x)`, element-wise.
@@ -110,18 +111,18 @@ pub trait Kernels: Backend {
     /// FLUX's rotary embedding: `x` `[B, L, H, D]` with pairs interleaved along D, `cos` and
     /// `sin` `[B, L, 1, D/2, 1]`.
     fn rope(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
-        graph::rope_graph(float::<Self, 4>(x), float(cos), float(sin)).into_primitive().tensor()
+        rope_graph::<Self>(x, cos, sin)
     }
 
     /// FLUX's modulated LayerNorm: `x` `[B, L, D]` normalised over D (no affine, `eps` added
     /// to the variance), then `(1 + scale)·x + shift` with `shift`, `scale` `[B, 1, D]`.
     fn layer_norm_modulate(x: FloatTensor<Self>, shift: FloatTensor<Self>, scale: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        graph::layer_norm_modulate_graph(float::<Self, 3>(x), float(shift), float(scale), eps).into_primitive().tensor()
+        layer_norm_modulate_graph::<Self>(x, shift, scale, eps)
     }
 
     /// A gated residual `x + gate·y`: `x`, `y` `[B, L, D]`, `gate` `[B, 1, D]`.
     fn add_gated(x: FloatTensor<Self>, gate: FloatTensor<Self>, y: FloatTensor<Self>) -> FloatTensor<Self> {
-        graph::add_gated_graph(float::<Self, 3>(x), float(gate), float(y)).into_primitive().tensor()
+        add_gated_graph::<Self>(x, gate, y)
     }
 }
 
@@ -155,6 +156,38 @@ fn conv2d_graph<B: Backend>(
     graph::conv2d_graph(float::<B, 4>(x), float(weight), bias.map(float), stride, pad).into_primitive().tensor()
 }
 
+fn group_norm_graph<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    groups: usize,
+    eps: f64,
+    after: AfterNorm,
+) -> FloatTensor<B> {
+    graph::group_norm_graph(float::<B, 4>(x), float(weight), float(bias), groups, eps, after).into_primitive().tensor()
+}
+
+fn layer_norm_graph<B: Backend, const D: usize>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    eps: f64,
+) -> FloatTensor<B> {
+    graph::layer_norm_graph(float::<B, D>(x), float(weight), float(bias), eps).into_primitive().tensor()
+}
+
+fn rope_graph<B: Backend>(x: FloatTensor<B>, cos: FloatTensor<B>, sin: FloatTensor<B>) -> FloatTensor<B> {
+    graph::rope_graph(float::<B, 4>(x), float(cos), float(sin)).into_primitive().tensor()
+}
+
+fn layer_norm_modulate_graph<B: Backend>(x: FloatTensor<B>, shift: FloatTensor<B>, scale: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+    graph::layer_norm_modulate_graph(float::<B, 3>(x), float(shift), float(scale), eps).into_primitive().tensor()
+}
+
+fn add_gated_graph<B: Backend>(x: FloatTensor<B>, gate: FloatTensor<B>, y: FloatTensor<B>) -> FloatTensor<B> {
+    graph::add_gated_graph(float::<B, 3>(x), float(gate), float(y)).into_primitive().tensor()
+}
+
 fn gelu_tanh_backward_graph<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
     let shape = x.shape();
     let flat = |t: FloatTensor<B>| float::<B, 1>(B::float_reshape(t, Shape::new([shape.num_elements()])));
@@ -174,6 +207,9 @@ fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
+/// Flex runs the CPU kernels on f32 tensors of the shapes they take; anything else (bf16, an
+/// empty dimension, a broadcast operand, mismatched shapes) goes to the graph, which computes it
+/// or reports the mismatch as burn does.
 impl Kernels for Flex {
     fn fused_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Mask) -> FlexTensor {
         match Self::fused_attention_with_stats(q.clone(), k.clone(), v.clone(), mask) {
@@ -183,11 +219,11 @@ impl Kernels for Flex {
     }
 
     fn fused_attention_with_stats(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: Mask) -> Option<(FlexTensor, FlexTensor)> {
-        if [&q, &k, &v].iter().any(|t| t.dtype() != DType::F32) {
+        if !all_f32(&[&q, &k, &v]) {
             return None;
         }
+        let shape = attention_shape(&q, &k, &v)?;
         let (q, k, v) = (rows_contiguous(q), rows_contiguous(k), rows_contiguous(v));
-        let shape = attention_shape(&q, &k, &v);
         let result = cpu::attention::attention(operand(&q), operand(&k), operand(&v), shape, mask);
         // Written `[B, L, H, Dv]`, returned as the `[B, H, L, Dv]` view of it.
         let out = [shape.batch, shape.seq_q, shape.heads, shape.val_dim];
@@ -198,10 +234,12 @@ impl Kernels for Flex {
 
     fn fused_attention_backward(inputs: AttentionBackward<Self>, mask: Mask) -> [FlexTensor; 3] {
         let AttentionBackward { q, k, v, out, log_sum_exp, grad } = inputs;
+        let shape = attention_shape(&q, &k, &v).expect("the shapes the forward kernel took");
+        let want = [shape.batch, shape.heads, shape.seq_q, shape.val_dim];
+        assert_eq!(dims4(&grad), want, "attention backward: the output's gradient must be shaped as the output");
         let (q, k, v, grad) = (rows_contiguous(q), rows_contiguous(k), rows_contiguous(v), rows_contiguous(grad));
-        let shape = attention_shape(&q, &k, &v);
         // `out` is the `[B, H, L, Dv]` view the forward returned: its storage is `[B, L, H, Dv]`.
-        let (out, log_sum_exp) = (contiguous(out.transpose(1, 2)), contiguous(log_sum_exp));
+        let (out, log_sum_exp) = (contiguous_f32(out.transpose(1, 2)), contiguous_f32(log_sum_exp));
         let inputs = cpu::attention::BackwardInputs {
             q: operand(&q),
             k: operand(&k),
@@ -222,40 +260,37 @@ impl Kernels for Flex {
     }
 
     fn gelu_tanh(x: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 {
+        if !all_f32(&[&x]) {
             return elementwise_graph::<Self>(x, graph::gelu_tanh_graph);
         }
         // In place when `x` is contiguous and not shared (a layer's fresh output): no copy.
-        let mut x = contiguous(x);
+        let mut x = contiguous_f32(x);
         cpu::elementwise::gelu_tanh(x.storage_mut::<f32>());
         x
     }
 
     fn fused_linear<const D: usize>(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
-        let f32s = |t: &FlexTensor| t.dtype() == DType::F32;
-        if !f32s(&x) || !f32s(&weight) || bias.as_ref().is_some_and(|b| !f32s(b)) || weight.layout().shape().num_dims() != 2 {
+        let shape = x.layout().shape().clone();
+        let w_shape = weight.layout().shape().clone();
+        let (k, n) = (shape[D - 1], if w_shape.num_dims() == 2 { w_shape[1] } else { 0 });
+        let bias_fits = bias.as_ref().is_none_or(|b| b.layout().shape().num_elements() == n);
+        if !all_f32(&[&x, &weight]) || !bias.iter().all(|b| all_f32(&[b])) || w_shape.num_dims() != 2 || w_shape[0] != k || !bias_fits {
             return linear_graph::<Self, D>(x, weight, bias);
         }
-        let x = contiguous(x);
-        let shape = x.layout().shape().clone();
-        let k = shape[D - 1];
-        let m = shape.num_elements() / k.max(1);
-        let [k_w, n] = [weight.layout().shape()[0], weight.layout().shape()[1]];
-        assert_eq!(k, k_w, "linear: the input's last dimension is {k}, the weight's rows {k_w}");
-        // The loaders keep PyTorch's `[out, in]` weights and hand out `[in, out]` views of them.
-        let strides = weight.layout().strides();
+        if k == 0 || n == 0 || shape.num_elements() == 0 {
+            return linear_graph::<Self, D>(x, weight, bias);
+        }
+        let x = contiguous_f32(x);
+        let m = shape.num_elements() / k;
+        // The loaders keep PyTorch's `[out, in]` weights and hand out `[in, out]` views of them:
+        // read either layout in place.
+        let (strides, offset) = (weight.layout().strides().to_vec(), weight.layout().start_offset());
         let (weight, b_layout) = match (strides[0], strides[1]) {
-            (_, 1) if weight.layout().start_offset() == 0 && strides[0] >= 0 => {
-                let ld = strides[0] as usize;
-                (weight, cpu::gemm::Layout::RowMajor { ld })
-            }
-            (1, _) if weight.layout().start_offset() == 0 && strides[1] >= 0 => {
-                let ld = strides[1] as usize;
-                (weight, cpu::gemm::Layout::Transposed { ld })
-            }
+            (ld, 1) if offset == 0 && ld >= n as isize => (weight, cpu::gemm::Layout::RowMajor { ld: ld as usize }),
+            (1, ld) if offset == 0 && ld >= k as isize => (weight, cpu::gemm::Layout::Transposed { ld: ld as usize }),
             _ => (weight.to_contiguous(), cpu::gemm::Layout::RowMajor { ld: n }),
         };
-        let bias = bias.map(contiguous);
+        let bias = bias.map(contiguous_f32);
         let mut out = vec![0.0f32; m * n];
         let gemm = cpu::gemm::Gemm {
             a: slice(&x),
@@ -267,127 +302,143 @@ impl Kernels for Flex {
             ldc: n,
         };
         gemm.run(&mut out);
-        let mut out_shape = shape.clone();
+        let mut out_shape = shape;
         out_shape[D - 1] = n;
         FlexTensor::from_data(TensorData::new(out, out_shape))
     }
 
     fn fused_conv2d(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, stride: usize, pad: [usize; 2]) -> FlexTensor {
-        let f32s = |t: &FlexTensor| t.dtype() == DType::F32;
-        let [out_channels, channels, kernel, kernel_w] = dims4(&weight);
-        if !f32s(&x) || !f32s(&weight) || bias.as_ref().is_some_and(|b| !f32s(b)) || kernel != kernel_w || dims4(&x)[1] != channels {
+        let ([batch, channels, height, width], [out_channels, in_channels, kernel, kernel_w]) = (dims4(&x), dims4(&weight));
+        let bias_fits = bias.as_ref().is_none_or(|b| b.layout().shape().num_elements() == out_channels);
+        let shape = cpu::conv::Conv2dShape { batch, channels, height, width, out_channels, kernel, stride, pad };
+        let takes =
+            all_f32(&[&x, &weight]) && bias.iter().all(|b| all_f32(&[b])) && bias_fits && kernel == kernel_w && in_channels == channels;
+        if !takes || stride == 0 || kernel == 0 || x.layout().shape().num_elements() == 0 || shape.out_size().contains(&0) {
             return conv2d_graph::<Self>(x, weight, bias, stride, pad);
         }
-        let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.map(contiguous));
-        let [batch, _, height, width] = dims4(&x);
-        let shape = cpu::conv::Conv2dShape { batch, channels, height, width, out_channels, kernel, stride, pad };
+        let (x, weight, bias) = (contiguous_f32(x), contiguous_f32(weight), bias.map(contiguous_f32));
         let [out_h, out_w] = shape.out_size();
         let out = cpu::conv::conv2d(slice(&x), slice(&weight), bias.as_ref().map(slice), shape);
         FlexTensor::from_data(TensorData::new(out, [batch, out_channels, out_h, out_w]))
     }
 
     fn fused_group_norm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, groups: usize, eps: f64, after: AfterNorm) -> FlexTensor {
-        if [&x, &weight, &bias].iter().any(|t| t.dtype() != DType::F32) {
-            return graph::group_norm_graph(float::<Self, 4>(x), float(weight), float(bias), groups, eps, after).into_primitive().tensor();
+        let [_, channels, height, width] = dims4(&x);
+        let per_channel = |t: &FlexTensor| t.layout().shape().num_elements() == channels;
+        let takes =
+            all_f32(&[&x, &weight, &bias]) && per_channel(&weight) && per_channel(&bias) && groups > 0 && channels.is_multiple_of(groups);
+        if !takes || x.layout().shape().num_elements() == 0 {
+            return group_norm_graph::<Self>(x, weight, bias, groups, eps, after);
         }
-        let [_, _, height, width] = dims4(&x);
-        let (mut x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
+        let (mut x, weight, bias) = (contiguous_f32(x), contiguous_f32(weight), contiguous_f32(bias));
         cpu::elementwise::group_norm(x.storage_mut::<f32>(), slice(&weight), slice(&bias), groups, height * width, eps as f32, after);
         x
     }
 
     fn gelu_tanh_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 || x.layout().shape() != grad.layout().shape() {
+        if !all_f32(&[&x, &grad]) || x.layout().shape() != grad.layout().shape() {
             return gelu_tanh_backward_graph::<Self>(x, grad);
         }
-        let (x, mut grad) = (contiguous(x), contiguous(grad));
+        let (x, mut grad) = (contiguous_f32(x), contiguous_f32(grad));
         cpu::elementwise::gelu_tanh_backward(slice(&x), grad.storage_mut::<f32>());
         grad
     }
 
     fn gelu_erf(x: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 {
+        if !all_f32(&[&x]) {
             return elementwise_graph::<Self>(x, burn::tensor::activation::gelu);
         }
-        let mut x = contiguous(x);
+        let mut x = contiguous_f32(x);
         cpu::elementwise::gelu_erf(x.storage_mut::<f32>());
         x
     }
 
     fn fused_layer_norm<const D: usize>(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, eps: f64) -> FlexTensor {
-        if [&x, &weight, &bias].iter().any(|t| t.dtype() != DType::F32) {
-            return graph::layer_norm_graph(float::<Self, D>(x), float(weight), float(bias), eps).into_primitive().tensor();
+        let dim = x.layout().shape()[D - 1];
+        let per_channel = |t: &FlexTensor| t.layout().shape().num_elements() == dim;
+        if !all_f32(&[&x, &weight, &bias]) || !per_channel(&weight) || !per_channel(&bias) || x.layout().shape().num_elements() == 0 {
+            return layer_norm_graph::<Self, D>(x, weight, bias, eps);
         }
-        let (mut x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
+        let (mut x, weight, bias) = (contiguous_f32(x), contiguous_f32(weight), contiguous_f32(bias));
         cpu::elementwise::layer_norm(x.storage_mut::<f32>(), slice(&weight), slice(&bias), eps as f32);
         x
     }
 
     fn rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
-        if [&x, &cos, &sin].iter().any(|t| t.dtype() != DType::F32) {
-            return graph::rope_graph(float::<Self, 4>(x), float(cos), float(sin)).into_primitive().tensor();
-        }
-        let (x, cos, sin) = (contiguous(x), contiguous(cos), contiguous(sin));
         let [batch, tokens, heads, dim] = dims4(&x);
+        let tables = |t: &FlexTensor| t.layout().shape().num_elements() == batch * tokens * (dim / 2);
+        if !all_f32(&[&x, &cos, &sin]) || dim % 2 != 0 || !tables(&cos) || !tables(&sin) || x.layout().shape().num_elements() == 0 {
+            return rope_graph::<Self>(x, cos, sin);
+        }
+        let (x, cos, sin) = (contiguous_f32(x), contiguous_f32(cos), contiguous_f32(sin));
         let out = cpu::elementwise::rope(slice(&x), slice(&cos), slice(&sin), heads, dim);
         FlexTensor::from_data(TensorData::new(out, [batch, tokens, heads, dim]))
     }
 
     fn layer_norm_modulate(x: FlexTensor, shift: FlexTensor, scale: FlexTensor, eps: f64) -> FlexTensor {
-        if [&x, &shift, &scale].iter().any(|t| t.dtype() != DType::F32) {
-            return graph::layer_norm_modulate_graph(float::<Self, 3>(x), float(shift), float(scale), eps).into_primitive().tensor();
-        }
         let layout = per_batch_rows(&x, &[&shift, &scale]);
-        let (mut x, shift, scale) = (contiguous(x), contiguous(shift), contiguous(scale));
+        let Some(layout) = layout.filter(|_| all_f32(&[&x, &shift, &scale])) else {
+            return layer_norm_modulate_graph::<Self>(x, shift, scale, eps);
+        };
+        let (mut x, shift, scale) = (contiguous_f32(x), contiguous_f32(shift), contiguous_f32(scale));
         cpu::elementwise::layer_norm_modulate(x.storage_mut::<f32>(), slice(&shift), slice(&scale), layout, eps as f32);
         x
     }
 
     fn add_gated(x: FlexTensor, gate: FlexTensor, y: FlexTensor) -> FlexTensor {
-        if [&x, &gate, &y].iter().any(|t| t.dtype() != DType::F32) || x.layout().shape() != y.layout().shape() {
-            return graph::add_gated_graph(float::<Self, 3>(x), float(gate), float(y)).into_primitive().tensor();
-        }
-        let layout = per_batch_rows(&x, &[&gate]);
-        let (mut x, gate, y) = (contiguous(x), contiguous(gate), contiguous(y));
+        let layout = per_batch_rows(&x, &[&gate]).filter(|_| x.layout().shape() == y.layout().shape());
+        let Some(layout) = layout.filter(|_| all_f32(&[&x, &gate, &y])) else {
+            return add_gated_graph::<Self>(x, gate, y);
+        };
+        let (mut x, gate, y) = (contiguous_f32(x), contiguous_f32(gate), contiguous_f32(y));
         cpu::elementwise::add_gated(x.storage_mut::<f32>(), slice(&gate), slice(&y), layout);
         x
     }
 }
 
-/// The rows of `x` `[B, L, D]`, each with a `[B, 1, D]` vector per batch item in `vectors`.
-fn per_batch_rows(x: &FlexTensor, vectors: &[&FlexTensor]) -> cpu::elementwise::PerBatchRows {
+fn all_f32(tensors: &[&FlexTensor]) -> bool {
+    tensors.iter().all(|t| t.dtype() == DType::F32)
+}
+
+/// The rows of `x` `[B, L, D]` (none empty) with a `[B, 1, D]` vector per batch item in each of
+/// `vectors`; `None` for any other shapes.
+fn per_batch_rows(x: &FlexTensor, vectors: &[&FlexTensor]) -> Option<cpu::elementwise::PerBatchRows> {
     let shape = x.layout().shape();
-    assert_eq!(shape.num_dims(), 3, "expected a [batch, tokens, dim] tensor, got {shape:?}");
+    if shape.num_dims() != 3 || shape.num_elements() == 0 {
+        return None;
+    }
     let (batch, rows, dim) = (shape[0], shape[1], shape[2]);
-    for v in vectors {
+    let fits = |v: &&FlexTensor| {
         let v = v.layout().shape();
-        assert!(v.num_dims() == 3 && v[0] == batch && v[1] == 1 && v[2] == dim, "expected a [{batch}, 1, {dim}] vector, got {v:?}");
-    }
-    cpu::elementwise::PerBatchRows { rows, dim }
+        v.num_dims() == 3 && v[0] == batch && v[1] == 1 && v[2] == dim
+    };
+    vectors.iter().all(fits).then_some(cpu::elementwise::PerBatchRows { rows, dim })
 }
 
-/// `t` with a contiguous layout from offset 0; `t` itself (no copy, no second reference) when
-/// it already is.
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.is_contiguous() && t.layout().start_offset() == 0 && t.bytes().len() == t.layout().num_elements() * 4 {
-        t
-    } else {
-        t.to_contiguous()
-    }
+/// The f32 tensor `t` with a contiguous layout from offset 0 that covers its whole buffer; `t`
+/// itself (no copy, no second reference) when it already is.
+fn contiguous_f32(t: FlexTensor) -> FlexTensor {
+    let whole_buffer = t.bytes().len() == t.layout().num_elements() * std::mem::size_of::<f32>();
+    if t.is_contiguous() && t.layout().start_offset() == 0 && whole_buffer { t } else { t.to_contiguous() }
 }
 
-fn attention_shape(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> cpu::attention::AttentionShape {
-    let [batch, heads, seq_q, head_dim] = dims4(q);
-    let [_, _, seq_kv, _] = dims4(k);
-    let [_, _, _, val_dim] = dims4(v);
-    cpu::attention::AttentionShape { batch, heads, seq_q, seq_kv, head_dim, val_dim }
+/// The sizes of an attention over `q` `[B, H, Lq, D]`, `k` `[B, H, Lk, D]` and `v`
+/// `[B, H, Lk, Dv]`; `None` for any other shapes (broadcasts included) or an empty dimension.
+fn attention_shape(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> Option<cpu::attention::AttentionShape> {
+    let ([batch, heads, seq_q, head_dim], [kb, kh, seq_kv, kd], [vb, vh, vl, val_dim]) = (dims4(q), dims4(k), dims4(v));
+    let fits = [kb, vb] == [batch; 2] && [kh, vh] == [heads; 2] && kd == head_dim && vl == seq_kv;
+    let empty = [batch, heads, seq_q, seq_kv, head_dim, val_dim].contains(&0);
+    (fits && !empty).then_some(cpu::attention::AttentionShape { batch, heads, seq_q, seq_kv, head_dim, val_dim })
 }
 
-/// `t` if its last dimension is contiguous and its strides are not negative (any view the
-/// models make), else a contiguous copy.
+/// `t` if the kernels can read it in place: its last dimension contiguous and every other
+/// stride positive (a stride of 0 over more than one element is a broadcast); else a
+/// contiguous copy.
 fn rows_contiguous(t: FlexTensor) -> FlexTensor {
     let layout = t.layout();
-    if layout.strides().last() == Some(&1) && layout.strides().iter().all(|&s| s >= 0) { t } else { t.to_contiguous() }
+    let readable = layout.strides().last() == Some(&1)
+        && layout.strides().iter().zip(layout.shape().iter()).all(|(&stride, &size)| stride > 0 || (stride == 0 && size <= 1));
+    if readable { t } else { t.to_contiguous() }
 }
 
 /// A 4-dimensional f32 tensor as an attention operand.
@@ -453,6 +504,12 @@ mod tests {
         assert_eq!(fused.dims(), [2, 3, 130, 24]);
         let unfused = graph::attention_graph(q, k, v, false);
         assert!(largest_difference(fused, unfused.clone()) < 1e-5);
+
+        // A key broadcast over the heads (stride 0): copied, not read in place.
+        let (q, v) = (normal([2, 3, 20, 8]), normal([2, 3, 30, 8]));
+        let k = normal([2, 1, 30, 8]).expand([2, 3, 30, 8]);
+        let fused = attend(q.clone(), k.clone(), v.clone(), Mask::None);
+        assert!(largest_difference(fused, graph::attention_graph(q, k, v, false)) < 1e-5);
 
         let x = normal([1, 2, 90, 16]);
         let fused = attend(x.clone(), x.clone(), x.clone(), Mask::Causal);
@@ -537,7 +594,7 @@ mod tests {
         let device = Default::default();
         Flex::seed(&device, 13);
         let x = Tensor::<Flex, 4>::random([2, 6, 13, 10], Distribution::Normal(0.0, 1.0), &device);
-        for (kernel, stride, pad) in [(3, 1, [1, 1]), (1, 1, [0, 0]), (3, 2, [0, 1])] {
+        for (kernel, stride, pad) in [(3, 1, [1, 1]), (1, 1, [0, 0]), (3, 2, [0, 1]), (3, 1, [2, 1])] {
             let weight = Tensor::<Flex, 4>::random([5, 6, kernel, kernel], Distribution::Normal(0.0, 0.3), &device);
             for bias in [None, Some(Tensor::<Flex, 1>::random([5], Distribution::Normal(0.0, 1.0), &device))] {
                 let want = graph::conv2d_graph(x.clone(), weight.clone(), bias.clone(), stride, pad);

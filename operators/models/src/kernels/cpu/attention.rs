@@ -273,7 +273,7 @@ pub fn attention_backward(inputs: BackwardInputs, shape: AttentionShape, mask: M
         dk: vec![0.0f32; batch * heads * seq_kv * head_dim],
         dv: vec![0.0f32; batch * heads * seq_kv * val_dim],
     };
-    if grads.dq.is_empty() && grads.dk.is_empty() || seq_q == 0 || seq_kv == 0 {
+    if [batch, heads, seq_q, seq_kv, head_dim, val_dim].contains(&0) {
         return grads;
     }
     let keys_t = transpose_rows(inputs.k, shape, seq_kv, head_dim);
@@ -288,24 +288,25 @@ pub fn attention_backward(inputs: BackwardInputs, shape: AttentionShape, mask: M
             *d = out.iter().zip(&dout[i * inputs.dout.strides[2]..][..val_dim]).map(|(o, g)| o * g).sum();
         }
     });
-    let common = Common { inputs, shape, mask, keys_t: &keys_t, values_t: &values_t, delta: &delta, scale: 1.0 / (head_dim as f32).sqrt() };
+    let context =
+        BackwardContext { inputs, shape, mask, keys_t: &keys_t, values_t: &values_t, delta: &delta, scale: 1.0 / (head_dim as f32).sqrt() };
     let AttentionGrads { dq, dk, dv } = &mut grads;
     dk.par_chunks_mut(seq_kv * head_dim).zip(dv.par_chunks_mut(seq_kv * val_dim)).enumerate().for_each(|(bh, (dk, dv))| {
         let blocks = dk.par_chunks_mut(BACKWARD_BLOCK * head_dim).zip(dv.par_chunks_mut(BACKWARD_BLOCK * val_dim));
         blocks.enumerate().for_each(|(block, (dk, dv))| {
-            pulp::Arch::new().dispatch(KeyBlock { common: &common, bh, first_key: block * BACKWARD_BLOCK, dk, dv });
+            pulp::Arch::new().dispatch(KeyBlock { context: &context, bh, first_key: block * BACKWARD_BLOCK, dk, dv });
         });
     });
     dq.par_chunks_mut(seq_q * head_dim).enumerate().for_each(|(bh, dq)| {
         dq.par_chunks_mut(BACKWARD_BLOCK * head_dim).enumerate().for_each(|(block, dq)| {
-            pulp::Arch::new().dispatch(QueryGradBlock { common: &common, bh, first_row: block * BACKWARD_BLOCK, dq });
+            pulp::Arch::new().dispatch(QueryGradBlock { context: &context, bh, first_row: block * BACKWARD_BLOCK, dq });
         });
     });
     grads
 }
 
 /// What every backward work item reads.
-struct Common<'a> {
+struct BackwardContext<'a> {
     inputs: BackwardInputs<'a>,
     shape: AttentionShape,
     mask: Mask,
@@ -317,7 +318,7 @@ struct Common<'a> {
     scale: f32,
 }
 
-impl Common<'_> {
+impl BackwardContext<'_> {
     /// For query rows `rows` and keys `keys` of head `bh`: the probabilities into `p` and the
     /// scores' gradient `p ⊙ (dp − delta)` into `ds` (both `[rows, keys]`, row-major).
     #[inline(always)]
@@ -379,7 +380,7 @@ fn transpose_into(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
 
 /// The first sweep's work item: `dk` and `dv` of keys `first_key..` of head `bh`.
 struct KeyBlock<'a, 'c> {
-    common: &'a Common<'c>,
+    context: &'a BackwardContext<'c>,
     bh: usize,
     first_key: usize,
     /// `[keys, head_dim]` and `[keys, val_dim]`.
@@ -392,7 +393,7 @@ impl pulp::WithSimd for KeyBlock<'_, '_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let c = self.common;
+        let c = self.context;
         let AttentionShape { heads, seq_q, head_dim, val_dim, .. } = c.shape;
         let (b, h) = (self.bh / heads, self.bh % heads);
         let nk = self.dv.len() / val_dim;
@@ -434,7 +435,7 @@ impl pulp::WithSimd for KeyBlock<'_, '_> {
 
 /// The second sweep's work item: `dq` of query rows `first_row..` of head `bh`.
 struct QueryGradBlock<'a, 'c> {
-    common: &'a Common<'c>,
+    context: &'a BackwardContext<'c>,
     bh: usize,
     first_row: usize,
     /// `[rows, head_dim]`.
@@ -446,7 +447,7 @@ impl pulp::WithSimd for QueryGradBlock<'_, '_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let c = self.common;
+        let c = self.context;
         let AttentionShape { heads, seq_kv, head_dim, .. } = c.shape;
         let (b, h) = (self.bh / heads, self.bh % heads);
         let nq = self.dq.len() / head_dim;

@@ -154,7 +154,7 @@ impl pulp::WithSimd for RowBlock<'_, '_> {
                 let b_col = columns.start + col;
                 let b_tile = &mut b_tile[..depth];
                 match b_layout {
-                    Layout::RowMajor { ld } => super::simd::pack_b_tile(simd, b_tile, &b[k0 * ld..], ld, b_col, cols),
+                    Layout::RowMajor { ld } => super::simd::pack_b_tile::<S>(b_tile, &b[k0 * ld..], ld, b_col, cols),
                     Layout::Transposed { ld } => {
                         // Column j of the tile is row `col + j` of the stored `[n, k]`.
                         let gathered = &mut gathered[..depth * width];
@@ -166,7 +166,7 @@ impl pulp::WithSimd for RowBlock<'_, '_> {
                                 gathered[p * width + j] = x;
                             }
                         }
-                        super::simd::pack_b_tile(simd, b_tile, gathered, width, 0, width);
+                        super::simd::pack_b_tile::<S>(b_tile, gathered, width, 0, width);
                     }
                 }
                 for (panel, a_panel) in a_packed.chunks_exact(depth * TILE_ROWS).take(panels).enumerate() {

@@ -49,7 +49,7 @@ impl Matmul<'_> {
         let mut b_tile = vec![[simd.splat_f32s(0.0); TILE_VECTORS]; k];
         for col in (0..n).step_by(width) {
             let cols = width.min(n - col);
-            pack_b_tile(simd, &mut b_tile, self.b, self.ldb, col, cols);
+            pack_b_tile::<S>(&mut b_tile, self.b, self.ldb, col, cols);
             for (panel, a_panel) in a_packed.chunks_exact(k * TILE_ROWS).enumerate() {
                 let first = panel * TILE_ROWS;
                 let sums = tile_product(simd, a_panel, &b_tile);
@@ -84,7 +84,7 @@ pub fn pack_a_panel(dst: &mut [f32], a: &[f32], lda: usize, rows: usize, k: usiz
 /// Copies columns `col..col + cols` (at most one tile) of the first `dst.len()` rows of `b`
 /// (row stride `ldb`) into `dst` as one pair of vectors per row, zero-padding missing columns.
 #[inline(always)]
-pub fn pack_b_tile<S: Simd>(simd: S, dst: &mut [[S::f32s; TILE_VECTORS]], b: &[f32], ldb: usize, col: usize, cols: usize) {
+pub fn pack_b_tile<S: Simd>(dst: &mut [[S::f32s; TILE_VECTORS]], b: &[f32], ldb: usize, col: usize, cols: usize) {
     let width = tile_width::<S>();
     let mut padded = [0.0f32; 64];
     for (packed, b_row) in dst.iter_mut().zip(b.chunks(ldb)) {
@@ -97,7 +97,6 @@ pub fn pack_b_tile<S: Simd>(simd: S, dst: &mut [[S::f32s; TILE_VECTORS]], b: &[f
         let (vectors, _) = S::as_simd_f32s(source);
         *packed = std::array::from_fn(|v| vectors[v]);
     }
-    let _ = simd;
 }
 
 /// One register tile of the product: a packed `[k][TILE_ROWS]` panel times `k` packed vector
@@ -236,7 +235,7 @@ pub fn exp_vector<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
 }
 
 /// `eˣ` in f32 from arithmetic alone, as Cephes' `expf`: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`,
-/// a degree-6 polynomial for `eʳ`, and `2ⁿ` built in the exponent bits. Within 2 ulp of the exact value on [−87, 88]; below
+/// `eʳ ≈ 1 + r + r²·p(r)` with `p` of degree 5, and `2ⁿ` built in the exponent bits. Within 2 ulp of the exact value on [−87, 88]; below
 /// −87 it returns about 1.6e−38 instead of a smaller number or 0, and `x = −∞` gives the same.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
