@@ -169,10 +169,7 @@ impl pulp::WithSimd for NormRow<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let n = self.row.len() as f32;
-        let mean = simd::sum(simd, self.row) / n;
-        let variance = simd::sum_squared_deviations(simd, self.row, mean) / n;
-        let inverse_std = 1.0 / (variance + self.eps).sqrt();
+        let (mean, inverse_std) = simd::mean_and_inverse_std(simd, self.row, self.eps);
         let offset = if self.one_plus { 1.0 } else { 0.0 };
         let (xs, x_tail) = S::as_mut_simd_f32s(self.row);
         let (adds, add_tail) = S::as_simd_f32s(self.add);
@@ -311,9 +308,7 @@ impl pulp::WithSimd for NormGroup<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let n = self.values.len() as f32;
-        let mean = simd::sum(simd, self.values) / n;
-        let inverse_std = 1.0 / (simd::sum_squared_deviations(simd, self.values, mean) / n + self.eps).sqrt();
+        let (mean, inverse_std) = simd::mean_and_inverse_std(simd, self.values, self.eps);
         for ((channel, &w), &b) in self.values.chunks_exact_mut(self.plane).zip(self.weight).zip(self.bias) {
             // y = x · (w / σ) + (b − mean · w / σ)
             let (mul, add) = (w * inverse_std, b - mean * w * inverse_std);

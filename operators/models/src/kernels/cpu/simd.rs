@@ -191,6 +191,15 @@ pub fn sum_squared_deviations<S: Simd>(simd: S, xs: &[f32], mean: f32) -> f32 {
     simd.reduce_sum_f32s(total) + tail.iter().map(|&x| (x - mean) * (x - mean)).sum::<f32>()
 }
 
+/// A slice's mean and `1/√(variance + eps)` (biased variance, two passes): a normalisation's
+/// statistics.
+#[inline(always)]
+pub fn mean_and_inverse_std<S: Simd>(simd: S, xs: &[f32], eps: f32) -> (f32, f32) {
+    let n = xs.len() as f32;
+    let mean = sum(simd, xs) / n;
+    (mean, 1.0 / (sum_squared_deviations(simd, xs, mean) / n + eps).sqrt())
+}
+
 /// Replaces every `x` by `exp((x − shift) · scale)` and returns their sum.
 #[inline(always)]
 pub fn exp_shifted_in_place<S: Simd>(simd: S, xs: &mut [f32], shift: f32, scale: f32) -> f32 {
