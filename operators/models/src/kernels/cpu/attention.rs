@@ -636,6 +636,20 @@ mod tests {
     }
 
     #[test]
+    fn the_result_has_the_same_bits_on_any_number_of_threads() {
+        // The query block size follows the thread count; each row's sums must not.
+        let s = shape(1, 2, 300, 300, 32, 32);
+        let (q, k, v) = (values(2 * 300 * 32, 1, 1.0), values(2 * 300 * 32, 2, 1.0), values(2 * 300 * 32, 3, 1.0));
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a pool");
+            let operand = |data| Operand::contiguous(data, 2, 300, 32);
+            let result = pool.install(|| attention(operand(&q), operand(&k), operand(&v), s, Mask::None));
+            result.out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(on(1), on(16));
+    }
+
+    #[test]
     fn empty_inputs_give_an_empty_or_zero_output() {
         let (none, twelve) = (Operand::contiguous(&[], 1, 0, 4), Operand::contiguous(&[0.0; 12], 1, 3, 4));
         assert!(attention(none, twelve, twelve, shape(1, 1, 0, 3, 4, 4), Mask::None).out.is_empty());

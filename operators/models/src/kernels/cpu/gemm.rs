@@ -227,4 +227,30 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn the_result_has_the_same_bits_on_any_number_of_threads() {
+        // The work split (row or column items, their sizes) follows the thread count; each
+        // output's sum must not, so a DAG gives the same bytes on any machine.
+        for [m, n, k] in [[250, 300, 600], [10, 1500, 70]] {
+            let (a, b, bias) = (values(m * k, 1), values(k * n, 2), values(n, 3));
+            let on = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a pool");
+                let mut c = vec![0.0f32; m * n];
+                let gemm = Gemm {
+                    a: &a,
+                    lda: k,
+                    b: &b,
+                    b_layout: Layout::RowMajor { ld: n },
+                    bias: Some(Bias::PerColumn(&bias)),
+                    dims: [m, n, k],
+                    ldc: n,
+                };
+                pool.install(|| gemm.run(&mut c));
+                c.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            // 1 thread: row items; 16: column items for the first shape, smaller ones for the second.
+            assert_eq!(on(1), on(16), "{m}×{n}×{k}");
+        }
+    }
 }
