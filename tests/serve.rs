@@ -12,7 +12,7 @@ use crate::support::Project;
 /// A running `unoflow serve`, stopped when dropped.
 pub struct Server {
     child: Child,
-    /// `http://127.0.0.1:PORT`
+    /// `http://HOST:PORT`, as printed.
     pub base: String,
     /// The URL it printed (with the token, if any).
     pub url: String,
@@ -38,8 +38,9 @@ impl Server {
         };
         // Keep reading so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        let port = url.split(':').nth(2).and_then(|rest| rest.split('/').next()).expect("a port in the URL");
-        Self { child, base: format!("http://127.0.0.1:{port}"), url }
+        // `http://HOST:PORT` of the printed link (its first: the loopback one when it prints several).
+        let base = url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+        Self { child, base, url }
     }
 
     /// GET `path`: the status and body.
@@ -83,6 +84,11 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `text` percent-encoded for a URL's path segment or query value.
+pub fn url(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
 fn answer(result: Result<ureq::Response, ureq::Error>) -> (u16, String) {
@@ -372,7 +378,24 @@ mod browser {
         child: Child,
         socket: WebSocket<MaybeTlsStream<TcpStream>>,
         next_id: u64,
+        /// The messages of the dialogs pages opened (`alert`, `confirm`, `prompt`), each
+        /// dismissed at once (after `Page.enable`).
+        dialogs: Vec<String>,
         _profile: tempfile::TempDir,
+    }
+
+    /// Chromium's program, or `None` after saying loudly that the test did not run (a failure
+    /// instead when `UNOFLOW_REQUIRE_BROWSER` is set).
+    fn chromium_or_skip() -> Option<String> {
+        let found = find_chromium();
+        if found.is_none() {
+            let required = std::env::var_os("UNOFLOW_REQUIRE_BROWSER").is_some();
+            eprintln!(
+                "\n!!!! NO BROWSER: the review page's browser test did not run: install Debian's `chromium` (or set UNOFLOW_CHROMIUM) !!!!\n"
+            );
+            assert!(!required, "UNOFLOW_REQUIRE_BROWSER is set and no Chromium was found");
+        }
+        found
     }
 
     impl Drop for Browser {
@@ -421,7 +444,7 @@ mod browser {
                 serde_json::from_str(&ureq::get(&format!("http://{port}/json/list")).call().unwrap().into_string().unwrap()).unwrap();
             let page = targets.as_array().unwrap().iter().find(|t| t["type"] == "page").expect("a page target");
             let (socket, _) = tungstenite::connect(page["webSocketDebuggerUrl"].as_str().unwrap()).expect("DevTools connects");
-            Self { child, socket, next_id: 0, _profile: profile }
+            Self { child, socket, next_id: 0, dialogs: Vec::new(), _profile: profile }
         }
 
         /// Sends a DevTools command and waits for its answer (events in between are skipped).
@@ -433,6 +456,13 @@ mod browser {
                 let message = self.socket.read().expect("DevTools answers");
                 let Message::Text(text) = message else { continue };
                 let value: Value = serde_json::from_str(text.as_str()).unwrap();
+                if value["method"] == "Page.javascriptDialogOpening" {
+                    self.dialogs.push(value["params"]["message"].to_string());
+                    self.next_id += 1;
+                    let dismiss = json!({"id": self.next_id, "method": "Page.handleJavaScriptDialog", "params": {"accept": false}});
+                    self.socket.send(Message::Text(dismiss.to_string().into())).unwrap();
+                    continue;
+                }
                 if value["id"] == id {
                     assert!(value.get("error").is_none(), "{method}: {value}");
                     return value["result"].clone();
@@ -483,14 +513,7 @@ mod browser {
 
     #[test]
     fn a_browser_shows_the_pairs_and_labels_them_by_keys() {
-        let Some(program) = find_chromium() else {
-            let required = std::env::var_os("UNOFLOW_REQUIRE_BROWSER").is_some();
-            eprintln!(
-                "\n!!!! NO BROWSER: the review page's browser test did not run: install Debian's `chromium` (or set UNOFLOW_CHROMIUM) !!!!\n"
-            );
-            assert!(!required, "UNOFLOW_REQUIRE_BROWSER is set and no Chromium was found");
-            return;
-        };
+        let Some(program) = chromium_or_skip() else { return };
         let p = pair_project();
         let server = Server::start(&p, &["--dag", "dag.toml"]);
         let mut browser = Browser::start(&program);
@@ -533,6 +556,38 @@ mod browser {
         browser.open(&format!("{}/", server.base));
         let dag_shot = browser.screenshot("dag.png");
         eprintln!("screenshots: {} {} {}", pairs_shot.display(), calibration_shot.display(), dag_shot.display());
+    }
+
+    #[test]
+    fn hostile_names_and_values_open_no_dialog_in_a_browser() {
+        let Some(program) = chromium_or_skip() else { return };
+        let (p, ids) = crate::serve_safety::hostile_project();
+        let server = Server::start(&p, &["--dag", "dag.toml"]);
+        for (id, verdict) in [(&ids[0], "accept"), (&ids[1], "reject")] {
+            let body = format!(r#"{{"node":"items","row_id":"{id}","label":"{verdict}"}}"#);
+            assert_eq!(server.post_json("/api/labels", &body).0, 200);
+        }
+        let art = sql(&p, "SELECT row_id FROM art ORDER BY n").lines().nth(1).unwrap().to_string();
+        let hostile = super::url(crate::serve_safety::HOSTILE);
+        let mut browser = Browser::start(&program);
+        browser.call("Page.enable", json!({}));
+        for path in [
+            "/".to_string(),
+            "/runs".into(),
+            "/node/items?view=grid".into(),
+            format!("/node/items/calibrate?column={hostile}"),
+            format!("/node/items/row/{}", ids[0]),
+            "/node/art".into(),
+            format!("/node/art/row/{art}"),
+            "/node/photos".into(),
+            format!("/node/{hostile}"),
+        ] {
+            browser.open(&format!("{}{path}", server.base));
+            assert_eq!(browser.eval("document.querySelectorAll('script:not([src])').length"), json!(0), "{path}: inline script");
+        }
+        let calibration = browser.eval("document.getElementById('calibration').textContent");
+        assert!(calibration.as_str().unwrap_or("").contains("<img src=x onerror=alert(1)> >="), "shown as text: {calibration}");
+        assert!(browser.dialogs.is_empty(), "pages opened dialogs: {:?}", browser.dialogs);
     }
 }
 

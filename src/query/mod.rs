@@ -23,6 +23,9 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::datasource::{MemTable, TableProvider, ViewTable};
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlanProperties, SendableRecordBatchStream};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
@@ -38,6 +41,23 @@ use crate::workspace::error_schema;
 /// and Parquet strings and binaries read back as the `Utf8`/`Binary` they were written as (not
 /// view types), so the schemas validation derived are the schemas queries see.
 pub fn session() -> SessionContext {
+    session_on(Arc::new(RuntimeEnv::default()))
+}
+
+/// A [`session`] whose queries may hold at most `bytes` of memory between them (hash tables,
+/// sorts, joins; beyond it a query fails with "Resources exhausted") and never spill to disk:
+/// for queries a request starts, which must not take the server's memory or disk.
+pub fn bounded_session(bytes: usize) -> Result<SessionContext> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(GreedyMemoryPool::new(bytes)))
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+        .build_arc()?;
+    Ok(session_on(runtime))
+}
+
+/// A [`session`] over `runtime`: a view's own plans run on its reader's runtime, so they count
+/// against the reader's memory bound.
+fn session_on(runtime: Arc<RuntimeEnv>) -> SessionContext {
     let mut config = SessionConfig::new().with_information_schema(true).with_target_partitions(1);
     config.options_mut().execution.parquet.schema_force_view_types = false;
     // Without statistics, a `LIMIT` scans the parts in path (commit) order. With them, a
@@ -45,7 +65,7 @@ pub fn session() -> SessionContext {
     // their metadata happened to arrive: `LIMIT 50` over a node of many parts returned rows of
     // a different part from one query to the next.
     config.options_mut().execution.collect_statistics = false;
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     if let Some(catalog) = ctx.catalog("datafusion") {
         let _ = catalog.register_schema("errors", Arc::new(MemorySchemaProvider::new()));
     }
@@ -104,7 +124,7 @@ pub enum Verify {
 /// Registers `data` as a table named after it, and its failed rows as `errors.NAME`.
 pub async fn register(ctx: &SessionContext, data: &NodeData, verify: Verify) -> Result<()> {
     register_stores(ctx, data);
-    ctx.register_table(data.name(), provider(data, verify).await?)?;
+    ctx.register_table(data.name(), provider(data, verify, &ctx.runtime_env()).await?)?;
     let schema =
         ctx.catalog("datafusion").and_then(|c| c.schema("errors")).ok_or_else(|| Error::Internal("the errors schema is missing".into()))?;
     schema.register_table(data.name().to_string(), errors_provider(data).await?)?;
@@ -119,8 +139,12 @@ fn register_stores(ctx: &SessionContext, data: &NodeData) {
     }
 }
 
-/// The rows of `data` as a DataFusion table.
-pub fn provider(data: &NodeData, verify: Verify) -> futures::future::BoxFuture<'_, Result<Arc<dyn TableProvider>>> {
+/// The rows of `data` as a DataFusion table, its views planned on `runtime`.
+fn provider<'a>(
+    data: &'a NodeData,
+    verify: Verify,
+    runtime: &'a Arc<RuntimeEnv>,
+) -> futures::future::BoxFuture<'a, Result<Arc<dyn TableProvider>>> {
     Box::pin(async move {
         match data {
             NodeData::Table(table) => {
@@ -129,7 +153,7 @@ pub fn provider(data: &NodeData, verify: Verify) -> futures::future::BoxFuture<'
                 }
                 parquet_table(table, table.manifest.row_files()).await
             }
-            NodeData::View(view) => view_provider(view, verify).await,
+            NodeData::View(view) => view_provider(view, verify, runtime).await,
         }
     })
 }
@@ -183,8 +207,8 @@ async fn parquet_table<'a>(
 /// A view: its query planned over its inputs' tables. A query that passes its input's row ids
 /// through unchanged is an ordinary DataFusion view, which composes with the query reading it
 /// (filters and projections reach the files); others get ids as a materialised node would.
-async fn view_provider(view: &ViewData, verify: Verify) -> Result<Arc<dyn TableProvider>> {
-    let ctx = session();
+async fn view_provider(view: &ViewData, verify: Verify, runtime: &Arc<RuntimeEnv>) -> Result<Arc<dyn TableProvider>> {
+    let ctx = session_on(Arc::clone(runtime));
     for input in &view.inputs {
         register(&ctx, input, verify).await?;
     }

@@ -8,9 +8,12 @@
 //!
 //! Safety: loopback by default, with the `Host` header checked (a page elsewhere cannot reach
 //! the server through DNS rebinding); any other address needs a token, printed in the URL at
-//! start and asked of every request; request bodies are bounded; only the workspace's rows and
-//! the thumbnails made of them are served, named by node, row id, column or digest — never by
-//! a path.
+//! start and asked of every request; requests another site's page makes are refused (see
+//! [`http::guard`]); every page is written through one escaping path ([`html::Html`]) and
+//! served with a Content-Security-Policy that allows no inline script and no framing; every
+//! query a request starts has a deadline and a memory bound ([`Limits`]); request bodies,
+//! header reads and connections are bounded; only the workspace's rows and the thumbnails made
+//! of them are served, named by node, row id, column or digest — never by a path.
 
 mod calibration;
 mod html;
@@ -21,7 +24,7 @@ mod thumbs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -43,6 +46,37 @@ pub struct ServeOptions {
     pub port: u16,
     /// The token to require; made up when the address is not loopback and none is given.
     pub token: Option<String>,
+    pub limits: Limits,
+}
+
+/// What one request may cost the server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Seconds a query a page starts may run (its `WHERE`, `ORDER BY`, a row, a calibration)
+    /// before it is cancelled.
+    #[arg(long, default_value_t = 20, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub query_timeout: u64,
+    /// Memory one query may hold, in MiB (beyond it the query fails, it does not spill).
+    #[arg(long, default_value_t = 512, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub query_memory: u64,
+    /// Queries that run at once; others wait their turn (within their deadline).
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..1024))]
+    pub max_queries: u64,
+    /// Open connections at most; more wait to be accepted.
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u64).range(1..65536))]
+    pub max_connections: u64,
+    /// Seconds a client has to send a request's headers before its connection is closed.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: u64,
+}
+
+/// The bounds every query a request starts runs under.
+#[derive(Debug)]
+pub(crate) struct QueryBounds {
+    pub deadline: Duration,
+    pub memory: usize,
+    /// One permit per query running.
+    pub running: tokio::sync::Semaphore,
 }
 
 /// The largest request body (a label is well under 1 KB).
@@ -59,6 +93,7 @@ pub(crate) struct App {
     thumbs: thumbs::Thumbnails,
     /// Where the server listens, for the `Host` check.
     bound: OnceLock<SocketAddr>,
+    queries: QueryBounds,
     dag_cache: Mutex<Option<(SystemTime, Arc<Dag>)>>,
 }
 
@@ -94,6 +129,10 @@ impl App {
     pub(crate) fn thumbs(&self) -> &thumbs::Thumbnails {
         &self.thumbs
     }
+
+    pub(crate) fn queries(&self) -> &QueryBounds {
+        &self.queries
+    }
 }
 
 fn poisoned<T>(_: std::sync::PoisonError<T>) -> Error {
@@ -118,6 +157,7 @@ fn router(app: Arc<App>) -> Router {
         .fallback(http::not_found_page)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), http::guard))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(http::with_safety_headers))
         .with_state(app)
 }
 
@@ -125,17 +165,23 @@ fn router(app: Arc<App>) -> Router {
 pub async fn serve(options: ServeOptions, registry: Registry) -> Result<i32> {
     let (location, dag_path) = match (&options.dag, &options.workspace) {
         (Some(path), w) => (dag::load(path, w.as_deref(), &registry).await?.workspace, Some(path.clone())),
-        (None, Some(w)) => (Location::parse(w, &std::path::absolute(".").map_err(|e| Error::io(".", e))?), None),
+        (None, Some(w)) => (Location::parse(w, &std::path::absolute(".").map_err(|e| Error::io(".", e))?)?, None),
         (None, None) => return Err(Error::Usage("say what to serve: --dag DAG or --workspace DIR|URL".into())),
     };
     let workspace = Workspace::open_existing(&location)?
         .ok_or_else(|| Error::Usage(format!("{location} is not a unoflow workspace yet: run a DAG first (`unoflow run DAG`)")))?;
+    // Without a DAG the pages show the nodes the index names: a workspace several DAGs wrote is
+    // refused now, as `sql --workspace` refuses it, rather than on every page.
+    if dag_path.is_none() {
+        Catalog::of_workspace(&location)?;
+    }
     let token = match (&options.token, options.host.is_loopback()) {
         (Some(t), _) if t.len() < 16 => return Err(Error::Usage("--token: use at least 16 characters".into())),
         (Some(t), _) => Some(t.clone()),
         (None, true) => None,
         (None, false) => Some(http::new_token()?),
     };
+    let limits = options.limits;
     let app = Arc::new(App {
         dag_path,
         workspace_arg: options.workspace.clone(),
@@ -144,6 +190,11 @@ pub async fn serve(options: ServeOptions, registry: Registry) -> Result<i32> {
         token: token.clone(),
         thumbs: thumbs::Thumbnails::new(workspace.thumbnail_dir()),
         bound: OnceLock::new(),
+        queries: QueryBounds {
+            deadline: Duration::from_secs(limits.query_timeout),
+            memory: usize::try_from(limits.query_memory.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+            running: tokio::sync::Semaphore::new(limits.max_queries as usize),
+        },
         dag_cache: Mutex::new(None),
     });
     let listener = tokio::net::TcpListener::bind((options.host, options.port))
@@ -151,18 +202,67 @@ pub async fn serve(options: ServeOptions, registry: Registry) -> Result<i32> {
         .map_err(|e| Error::Usage(format!("cannot listen on {}:{}: {e} (pick another --port)", options.host, options.port)))?;
     let bound = listener.local_addr().map_err(|e| Error::io("<socket>", e))?;
     let _ = app.bound.set(bound);
-    let host = match bound.ip() {
-        IpAddr::V6(ip) => format!("[{ip}]"),
-        IpAddr::V4(ip) => ip.to_string(),
-    };
     let query = token.as_ref().map(|t| format!("?token={t}")).unwrap_or_default();
-    println!("serving workspace {location}");
-    println!("open http://{host}:{}/{query}", bound.port());
-    if token.is_some() {
-        println!("(every request needs the token: it is in the link above, and kept in a cookie once opened)");
-    }
+    // Print errors are ignored: a closed standard output (`unoflow serve | head -2`) must not
+    // stop the server, whose work is serving (`println!` would panic); nor mark standard output
+    // closed (`cli::output`), which would silence a later error of the server.
     use std::io::Write;
-    let _ = std::io::stdout().flush();
-    axum::serve(listener, router(app)).await.map_err(|e| Error::io("<socket>", e))?;
-    Ok(0)
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "serving workspace {location}");
+    for host in link_hosts(bound.ip()) {
+        let _ = writeln!(out, "open http://{}/{query}", http::authority(&host, bound.port()));
+    }
+    if token.is_some() {
+        let _ = writeln!(out, "(every request needs the token: it is in the link above, and kept in a cookie once opened)");
+    }
+    let _ = out.flush();
+    accept(listener, router(app), &limits).await
+}
+
+/// The hosts to print links for: the address listened on, or for an unspecified one
+/// (`0.0.0.0`, `::`), which a browser cannot open, this machine's loopback address and name.
+fn link_hosts(ip: IpAddr) -> Vec<String> {
+    if !ip.is_unspecified() {
+        return vec![http::host_text(ip)];
+    }
+    let loopback = if ip.is_ipv4() { "127.0.0.1" } else { "[::1]" };
+    let mut hosts = vec![loopback.to_string()];
+    if let Some(name) = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) {
+        hosts.push(name);
+    }
+    hosts
+}
+
+/// Serves connections until the process is stopped: at most `--max-connections` at once (the
+/// others wait in the listen queue), each closed when its client takes longer than
+/// `--header-timeout` to send a request's headers (idle keep-alive connections included).
+async fn accept(listener: tokio::net::TcpListener, router: Router, limits: &Limits) -> Result<i32> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
+    let header_timeout = Duration::from_secs(limits.header_timeout);
+    loop {
+        let permit = Arc::clone(&open).acquire_owned().await.map_err(|_| Error::Internal("the connection limit closed".into()))?;
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // A connection reset before it was accepted, or descriptors exhausted for a moment:
+            // not the server's end.
+            Err(e) => {
+                eprintln!("warning: accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            // A client that went away or timed out is not an error of the server's.
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
 }

@@ -2,11 +2,10 @@
 //! precision and recall of `column >= t` as `t` moves, the rows labelled on a strip beneath, and
 //! the threshold that agrees with the most labels.
 
-use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::response::Html;
+use axum::response;
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Float64Type;
 use serde::Deserialize;
@@ -15,7 +14,7 @@ use super::{ident, literal, read_rows, require_node};
 use crate::catalog::LABELS;
 use crate::serve::App;
 use crate::serve::calibration::{Calibration, Point, calibrate};
-use crate::serve::html::{escape, page as frame, url_part};
+use crate::serve::html::{Fixed, Html, Url, html, page as frame};
 use crate::serve::http::HttpError;
 
 #[derive(Debug, Default, Deserialize)]
@@ -35,10 +34,10 @@ pub async fn page(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     Query(params): Query<CalibrateParams>,
-) -> Result<Html<String>, HttpError> {
+) -> Result<response::Html<String>, HttpError> {
     let catalog = app.catalog().await?;
     require_node(&catalog, &name)?;
-    let ctx = catalog.session_for(&format!("SELECT * FROM {}", ident(&name))).await?;
+    let ctx = catalog.bounded_session_for(&format!("SELECT * FROM {}", ident(&name)), app.queries().memory).await?;
     let schema = ctx.table(datafusion::common::TableReference::bare(name.as_str())).await?.schema().as_arrow().clone();
     let numeric: Vec<String> =
         schema.fields().iter().filter(|f| f.data_type().is_numeric() && f.name() != "seed").map(|f| f.name().clone()).collect();
@@ -65,7 +64,7 @@ pub async fn page(
         literal(&name),
         ident(&column)
     );
-    let batches = read_rows(&catalog, &sql, MAX_LABELS).await?;
+    let batches = read_rows(app.queries(), &catalog, &sql, MAX_LABELS).await?;
     let mut labelled = Vec::new();
     for batch in &batches {
         let scores = batch.column(0).as_primitive::<Float64Type>();
@@ -74,52 +73,38 @@ pub async fn page(
     }
     let result = calibrate(&labelled);
 
-    let mut body = String::new();
-    let _ = write!(body, "<h1>calibrate <a href=\"/node/{}\">{}</a></h1><p class=\"links\">score column: ", url_part(&name), escape(&name));
+    let mut body = Html::new();
+    html!(&mut body; "<h1>calibrate <a href=\"/node/" {Url(&name)} "\">" {name} "</a></h1><p class=\"links\">score column: ");
     for c in &numeric {
         let class = if *c == column { " class=\"current\"" } else { "" };
-        let _ = write!(body, "<a{class} href=\"/node/{}/calibrate?column={}\">{}</a> ", url_part(&name), url_part(c), escape(c));
+        html!(&mut body; "<a" {class} " href=\"/node/" {Url(&name)} "/calibrate?column=" {Url(c)} "\">" {c} "</a> ");
     }
-    let _ = write!(body, "</p>");
+    html!(&mut body; "</p>");
     summary(&mut body, &result, &column);
     plot(&mut body, &result, &labelled);
-    Ok(Html(frame(&format!("calibrate {name}"), &body)))
+    Ok(response::Html(frame(&format!("calibrate {name}"), &body)))
 }
 
-fn summary(body: &mut String, c: &Calibration, column: &str) {
+fn summary(body: &mut Html, c: &Calibration, column: &str) {
     let total = c.accepted + c.rejected;
-    let _ = write!(body, "<p id=\"calibration\" data-labels=\"{total}\" data-accepted=\"{}\" data-rejected=\"{}\"", c.accepted, c.rejected);
+    html!(body; "<p id=\"calibration\" data-labels=\"" {total} "\" data-accepted=\"" {c.accepted} "\" data-rejected=\"" {c.rejected} "\"");
     match &c.best {
-        Some(best) => {
-            let _ = write!(
-                body,
-                " data-threshold=\"{}\">best threshold: <b>{column} &gt;= {}</b> keeps {} of {} accepted and {} of {} rejected rows \
-                 (precision {:.2}, recall {:.2}; from {total} labels). As a query: <code>WHERE {} &gt;= {}</code></p>",
-                best.threshold,
-                best.threshold,
-                best.kept_accepted,
-                c.accepted,
-                best.kept_rejected,
-                c.rejected,
-                best.precision,
-                best.recall,
-                escape(column),
-                best.threshold
-            );
-        }
-        None => {
-            let _ = write!(
-                body,
-                ">{total} labels ({} accepted, {} rejected): label both accepted and rejected rows (keys <kbd>a</kbd> and <kbd>r</kbd> on the node's page) to find a threshold.</p>",
-                c.accepted, c.rejected
-            );
-        }
+        Some(best) => html!(body;
+            " data-threshold=\"" {best.threshold} "\">best threshold: <b>" {column} " &gt;= " {best.threshold} "</b> keeps "
+            {best.kept_accepted} " of " {c.accepted} " accepted and " {best.kept_rejected} " of " {c.rejected}
+            " rejected rows (precision " {Fixed(best.precision, 2)} ", recall " {Fixed(best.recall, 2)} "; from " {total}
+            " labels). As a query: <code>WHERE " {column} " &gt;= " {best.threshold} "</code></p>"
+        ),
+        None => html!(body;
+            ">" {total} " labels (" {c.accepted} " accepted, " {c.rejected} " rejected): label both accepted and rejected rows \
+             (keys <kbd>a</kbd> and <kbd>r</kbd> on the node's page) to find a threshold.</p>"
+        ),
     }
 }
 
 /// Precision (blue) and recall (orange) against the threshold, the labelled rows beneath
 /// (accepted above the axis, rejected below), the best threshold as a line.
-fn plot(body: &mut String, c: &Calibration, labelled: &[(f64, bool)]) {
+fn plot(body: &mut Html, c: &Calibration, labelled: &[(f64, bool)]) {
     if c.points.is_empty() {
         return;
     }
@@ -141,37 +126,32 @@ fn plot(body: &mut String, c: &Calibration, labelled: &[(f64, bool)]) {
         points.join(" ")
     };
     let total_h = top + h + 60.0;
-    let _ = write!(
-        body,
-        "<svg class=\"calibration\" role=\"img\" aria-label=\"precision and recall against the threshold\" width=\"{}\" height=\"{total_h}\" viewBox=\"0 0 {} {total_h}\">",
-        w + left + 20.0,
-        w + left + 20.0
+    let total_w = w + left + 20.0;
+    html!(body;
+        "<svg class=\"calibration\" role=\"img\" aria-label=\"precision and recall against the threshold\" width=\"" {total_w}
+        "\" height=\"" {total_h} "\" viewBox=\"0 0 " {total_w} " " {total_h} "\">"
+        "<rect class=\"frame\" x=\"" {left} "\" y=\"" {top} "\" width=\"" {w} "\" height=\"" {h} "\"/>"
     );
-    let _ = write!(body, "<rect class=\"frame\" x=\"{left}\" y=\"{top}\" width=\"{w}\" height=\"{h}\"/>");
     for v in [0.0, 0.5, 1.0] {
-        let _ = write!(body, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v}</text>", left - 4.0, y(v) + 4.0);
+        html!(body; "<text x=\"" {left - 4.0} "\" y=\"" {y(v) + 4.0} "\" text-anchor=\"end\">" {v} "</text>");
     }
-    let _ = write!(body, "<polyline class=\"precision\" points=\"{}\"/>", line(&|p| p.precision));
-    let _ = write!(body, "<polyline class=\"recall\" points=\"{}\"/>", line(&|p| p.recall));
+    html!(body;
+        "<polyline class=\"precision\" points=\"" {line(&|p| p.precision)} "\"/>"
+        "<polyline class=\"recall\" points=\"" {line(&|p| p.recall)} "\"/>"
+    );
     if let Some(best) = &c.best {
         let bx = x(best.threshold);
-        let _ = write!(body, "<line class=\"best\" x1=\"{bx}\" x2=\"{bx}\" y1=\"{top}\" y2=\"{}\"/>", top + h + 40.0);
+        html!(body; "<line class=\"best\" x1=\"" {bx} "\" x2=\"" {bx} "\" y1=\"" {top} "\" y2=\"" {top + h + 40.0} "\"/>");
     }
     let strip = top + h + 20.0;
     for (score, accepted) in labelled {
         let (class, dy) = if *accepted { ("accepted", -6.0) } else { ("rejected", 6.0) };
-        let _ = write!(body, "<circle class=\"{class}\" cx=\"{:.1}\" cy=\"{}\" r=\"3\"/>", x(*score), strip + dy);
+        html!(body; "<circle class=\"" {class} "\" cx=\"" {Fixed(x(*score), 1)} "\" cy=\"" {strip + dy} "\" r=\"3\"/>");
     }
-    let _ = write!(
-        body,
-        "<text x=\"{left}\" y=\"{}\">{lo:.4}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{hi:.4}</text>\
-         <text x=\"{}\" y=\"{}\" class=\"legend precision\">precision</text><text x=\"{}\" y=\"{}\" class=\"legend recall\">recall</text></svg>",
-        total_h - 4.0,
-        left + w,
-        total_h - 4.0,
-        left + 8.0,
-        top + 16.0,
-        left + 90.0,
-        top + 16.0
+    html!(body;
+        "<text x=\"" {left} "\" y=\"" {total_h - 4.0} "\">" {Fixed(lo, 4)} "</text><text x=\"" {left + w} "\" y=\"" {total_h - 4.0}
+        "\" text-anchor=\"end\">" {Fixed(hi, 4)} "</text><text x=\"" {left + 8.0} "\" y=\"" {top + 16.0}
+        "\" class=\"legend precision\">precision</text><text x=\"" {left + 90.0} "\" y=\"" {top + 16.0}
+        "\" class=\"legend recall\">recall</text></svg>"
     );
 }

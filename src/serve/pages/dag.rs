@@ -3,19 +3,18 @@
 //! `/api/dag` while it is open, so it follows a run as it commits.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::response::Html;
+use axum::response;
 use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::data::NodeData;
 use crate::fingerprint::Components;
 use crate::serve::App;
-use crate::serve::html::{escape, page as frame, url_part};
+use crate::serve::html::{Fixed, Html, Url, html, page as frame};
 use crate::serve::http::HttpError;
 
 /// A node as the page shows it.
@@ -50,48 +49,40 @@ pub async fn json(State(app): State<Arc<App>>) -> Result<Json<DagView>, HttpErro
 }
 
 /// `GET /`.
-pub async fn page(State(app): State<Arc<App>>) -> Result<Html<String>, HttpError> {
+pub async fn page(State(app): State<Arc<App>>) -> Result<response::Html<String>, HttpError> {
     let dag = view(&app).await?;
-    let mut body = String::new();
-    let _ = write!(
-        body,
-        "<h1>{}</h1><p class=\"links\">workspace {} · <span id=\"live\" data-live=\"{}\">{}</span></p>",
-        escape(&dag.name),
-        escape(&dag.workspace),
-        dag.live,
-        if dag.live { "a run is at work" } else { "no run at work" }
+    let mut body = Html::new();
+    let live = if dag.live { "a run is at work" } else { "no run at work" };
+    html!(&mut body;
+        "<h1>" {dag.name} "</h1><p class=\"links\">workspace " {dag.workspace} " · <span id=\"live\" data-live=\"" {dag.live} "\">"
+        {live} "</span></p>"
     );
     graph(&mut body, &dag.nodes);
-    let _ = write!(
-        body,
-        "<table class=\"grid nodes\"><thead><tr><th>node</th><th>op</th><th>state</th><th>rows</th><th>failed rows</th><th>fingerprint</th><th>last run</th></tr></thead><tbody>"
+    html!(&mut body;
+        "<table class=\"grid nodes\"><thead><tr><th>node</th><th>op</th><th>state</th><th>rows</th><th>failed rows</th>\
+         <th>fingerprint</th><th>last run</th></tr></thead><tbody>"
     );
     for n in &dag.nodes {
-        let has_output = matches!(n.state.as_str(), "cached" | "view");
-        let name = if has_output { format!("<a href=\"/node/{}\">{}</a>", url_part(&n.name), escape(&n.name)) } else { escape(&n.name) };
-        let errors = match n.error_rows {
-            Some(e) if e > 0 => format!("<a href=\"/node/{}/errors\">{e}</a>", url_part(&n.name)),
-            Some(e) => e.to_string(),
-            None => String::new(),
-        };
-        let last = match (&n.last_seconds, &n.last_run) {
-            (Some(s), Some(at)) => format!("{s:.2} s ({})", escape(at.get(..19).unwrap_or(at))),
-            _ => String::new(),
-        };
-        let _ = write!(
-            body,
-            "<tr><td>{name}</td><td>{}</td><td class=\"state {}\" data-state-of=\"{}\">{}</td><td data-rows-of=\"{}\">{}</td><td>{errors}</td><td><code>{}</code></td><td>{last}</td></tr>",
-            escape(&n.op),
-            escape(&n.state),
-            escape(&n.name),
-            escape(&n.state),
-            escape(&n.name),
-            n.rows.map(|r| r.to_string()).unwrap_or_default(),
-            escape(n.fingerprint.get(..12).unwrap_or(&n.fingerprint)),
-        );
+        html!(&mut body; "<tr><td>");
+        if matches!(n.state.as_str(), "cached" | "view") {
+            html!(&mut body; "<a href=\"/node/" {Url(&n.name)} "\">" {n.name} "</a>");
+        } else {
+            html!(&mut body; {n.name});
+        }
+        html!(&mut body; "</td><td>" {n.op} "</td><td class=\"state " {n.state} "\" data-state-of=\"" {n.name} "\">" {n.state}
+            "</td><td data-rows-of=\"" {n.name} "\">" {n.rows} "</td><td>");
+        match n.error_rows {
+            Some(e) if e > 0 => html!(&mut body; "<a href=\"/node/" {Url(&n.name)} "/errors\">" {e} "</a>"),
+            e => html!(&mut body; {e}),
+        }
+        html!(&mut body; "</td><td><code>" {n.fingerprint.get(..12).unwrap_or(&n.fingerprint)} "</code></td><td>");
+        if let (Some(s), Some(at)) = (&n.last_seconds, &n.last_run) {
+            html!(&mut body; {Fixed(*s, 2)} " s (" {at.get(..19).unwrap_or(at)} ")");
+        }
+        html!(&mut body; "</td></tr>");
     }
-    let _ = write!(body, "</tbody></table>");
-    Ok(Html(frame(&dag.name, &body)))
+    html!(&mut body; "</tbody></table>");
+    Ok(response::Html(frame(&dag.name, &body)))
 }
 
 /// The nodes with their states, from the DAG when one was given, else from the index.
@@ -191,7 +182,7 @@ fn mark_running(nodes: &mut [NodeView]) {
 }
 
 /// The graph: a column per depth (longest path from a source), edges as curves.
-fn graph(body: &mut String, nodes: &[NodeView]) {
+fn graph(body: &mut Html, nodes: &[NodeView]) {
     let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
     let mut depth = vec![0usize; nodes.len()];
     // Nodes come in dependency order from a DAG; the index may not be, so iterate to a fixpoint.
@@ -217,37 +208,28 @@ fn graph(body: &mut String, nodes: &[NodeView]) {
     }
     let width = 20.0 + (depth.iter().max().copied().unwrap_or(0) + 1) as f64 * (w + gap_x);
     let height = 20.0 + slot.iter().max().copied().unwrap_or(1) as f64 * (h + gap_y);
-    let _ = write!(
-        body,
-        "<svg class=\"dag\" role=\"img\" aria-label=\"the DAG\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">"
+    html!(body;
+        "<svg class=\"dag\" role=\"img\" aria-label=\"the DAG\" width=\"" {width} "\" height=\"" {height} "\" viewBox=\"0 0 "
+        {width} " " {height} "\">"
     );
     for (i, n) in nodes.iter().enumerate() {
         for input in &n.inputs {
             if let Some(&j) = index.get(input.as_str()) {
                 let (x1, y1) = (place[j].0 + w, place[j].1 + h / 2.0);
                 let (x2, y2) = (place[i].0, place[i].1 + h / 2.0);
-                let _ =
-                    write!(body, "<path class=\"edge\" d=\"M{x1},{y1} C{},{y1} {},{y2} {x2},{y2}\"/>", x1 + gap_x / 2.0, x2 - gap_x / 2.0);
+                html!(body; "<path class=\"edge\" d=\"M" {x1} "," {y1} " C" {x1 + gap_x / 2.0} "," {y1} " " {x2 - gap_x / 2.0} ","
+                    {y2} " " {x2} "," {y2} "\"/>");
             }
         }
     }
     for (i, n) in nodes.iter().enumerate() {
         let (x, y) = place[i];
-        let _ = write!(
-            body,
-            "<a href=\"/node/{}\"><g class=\"node state {}\" data-state-of=\"{}\"><rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{h}\" rx=\"6\"/>\
-             <text x=\"{}\" y=\"{}\" class=\"name\">{}</text><text x=\"{}\" y=\"{}\" class=\"sub\">{} · {}</text></g></a>",
-            url_part(&n.name),
-            escape(&n.state),
-            escape(&n.name),
-            x + 8.0,
-            y + 17.0,
-            escape(&n.name),
-            x + 8.0,
-            y + 33.0,
-            escape(&n.op),
-            escape(&n.state)
+        html!(body;
+            "<a href=\"/node/" {Url(&n.name)} "\"><g class=\"node state " {n.state} "\" data-state-of=\"" {n.name} "\"><rect x=\""
+            {x} "\" y=\"" {y} "\" width=\"" {w} "\" height=\"" {h} "\" rx=\"6\"/><text x=\"" {x + 8.0} "\" y=\"" {y + 17.0}
+            "\" class=\"name\">" {n.name} "</text><text x=\"" {x + 8.0} "\" y=\"" {y + 33.0} "\" class=\"sub\">" {n.op} " · "
+            {n.state} "</text></g></a>"
         );
     }
-    let _ = write!(body, "</svg>");
+    html!(body; "</svg>");
 }

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
 
-use super::{require_node, require_row_id};
+use super::{ident, literal, read_rows, require_node, require_row_id};
 use crate::serve::App;
 use crate::serve::http::HttpError;
 use crate::workspace::{Label, Verdict};
@@ -26,6 +26,11 @@ pub async fn set(State(app): State<Arc<App>>, Json(request): Json<LabelRequest>)
     let catalog = app.catalog().await?;
     require_node(&catalog, &request.node)?;
     require_row_id(&request.row_id)?;
+    // A label names a row the node has: labels of made-up ids would reach SQL's `labels`.
+    let sql = format!("SELECT row_id FROM {} WHERE row_id = {} LIMIT 1", ident(&request.node), literal(&request.row_id));
+    if read_rows(app.queries(), &catalog, &sql, 1).await?.iter().all(|b| b.num_rows() == 0) {
+        return Err(HttpError::not_found(format!("node `{}` has no row `{}`", request.node, request.row_id)));
+    }
     let labels = app.workspace()?.labels();
     let label = tokio::task::spawn_blocking(move || labels.set(&request.node, &request.row_id, request.label)).await??;
     Ok(Json(label))

@@ -12,28 +12,49 @@ pub mod table;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 
+use super::QueryBounds;
 use super::http::HttpError;
 use crate::catalog::Catalog;
 use crate::query;
 
-/// The rows of `sql` (read-only, as `unoflow sql` runs it), at most `max_rows`: the stream is
-/// dropped once they are read, so a query over a large table reads what the page shows. Bad
-/// SQL is a 400 with DataFusion's message.
-pub async fn read_rows(catalog: &Catalog, sql: &str, max_rows: usize) -> Result<Vec<RecordBatch>, HttpError> {
-    let ctx = catalog.session_for(sql).await?;
-    let df = query::plan(&ctx, sql).await.map_err(|e| HttpError::bad_request(format!("the query failed: {}", e.strip_backtrace())))?;
-    let mut stream =
-        query::ordered_stream(df).await.map_err(|e| HttpError::bad_request(format!("the query failed: {}", e.strip_backtrace())))?;
-    let mut out = Vec::new();
-    let mut rows = 0;
-    while rows < max_rows {
-        let Some(batch) = stream.next().await else { break };
-        let batch = batch.map_err(|e| HttpError::bad_request(format!("the query failed: {}", e.strip_backtrace())))?;
-        let take = batch.num_rows().min(max_rows - rows);
-        rows += take;
-        out.push(batch.slice(0, take));
-    }
-    Ok(out)
+/// The rows of `sql` (read-only, as `unoflow sql` runs it), at most `max_rows`, within the
+/// bounds of a request's query: the stream is dropped once they are read, so a query over a
+/// large table reads what the page shows. Bad SQL, or SQL that needs more memory than the
+/// bound, is a 400 with DataFusion's message.
+pub async fn read_rows(bounds: &QueryBounds, catalog: &Catalog, sql: &str, max_rows: usize) -> Result<Vec<RecordBatch>, HttpError> {
+    let failed = |e: datafusion::error::DataFusionError| HttpError::bad_request(format!("the query failed: {}", e.strip_backtrace()));
+    bounded(bounds, async {
+        let ctx = catalog.bounded_session_for(sql, bounds.memory).await?;
+        let df = query::plan(&ctx, sql).await.map_err(failed)?;
+        let mut stream = query::ordered_stream(df).await.map_err(failed)?;
+        let mut out = Vec::new();
+        let mut rows = 0;
+        while rows < max_rows {
+            let Some(batch) = stream.next().await else { break };
+            let batch = batch.map_err(failed)?;
+            let take = batch.num_rows().min(max_rows - rows);
+            rows += take;
+            out.push(batch.slice(0, take));
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// Runs a request's query `work` in its turn (one of `--max-queries`) and within its deadline.
+/// The work runs in the request's own task, so it is cancelled when the deadline passes or
+/// the client goes away (hyper drops the request's future with the connection).
+pub async fn bounded<T>(bounds: &QueryBounds, work: impl Future<Output = Result<T, HttpError>>) -> Result<T, HttpError> {
+    let in_turn = async {
+        let _turn = bounds.running.acquire().await.map_err(|_| HttpError::unavailable("the server is stopping"))?;
+        work.await
+    };
+    tokio::time::timeout(bounds.deadline, in_turn).await.unwrap_or_else(|_| {
+        Err(HttpError::unavailable(format!(
+            "the query took longer than {} s and was stopped: narrow the WHERE, or start the server with a longer --query-timeout",
+            bounds.deadline.as_secs()
+        )))
+    })
 }
 
 /// `name` as a quoted SQL identifier.

@@ -7,13 +7,13 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::response::Html;
+use axum::response;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
 use super::{ident, read_rows, require_node};
 use crate::serve::App;
-use crate::serve::html::{binary_value, cell_text, escape, page, string_value, url_part};
+use crate::serve::html::{Html, Url, binary_value, cell_text, html, page, string_value, url_part};
 use crate::serve::http::HttpError;
 use crate::serve::thumbs::{Thumb, Thumbnails, is_image};
 use crate::workspace::Label;
@@ -60,7 +60,7 @@ pub async fn rows(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     Query(params): Query<TableParams>,
-) -> Result<Html<String>, HttpError> {
+) -> Result<response::Html<String>, HttpError> {
     show(app, name, params, Rows::Output).await
 }
 
@@ -69,11 +69,11 @@ pub async fn errors(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     Query(params): Query<TableParams>,
-) -> Result<Html<String>, HttpError> {
+) -> Result<response::Html<String>, HttpError> {
     show(app, name, params, Rows::Errors).await
 }
 
-async fn show(app: Arc<App>, name: String, params: TableParams, which: Rows) -> Result<Html<String>, HttpError> {
+async fn show(app: Arc<App>, name: String, params: TableParams, which: Rows) -> Result<response::Html<String>, HttpError> {
     let catalog = app.catalog().await?;
     let located = require_node(&catalog, &name)?;
     let total = match which {
@@ -101,7 +101,7 @@ async fn show(app: Arc<App>, name: String, params: TableParams, which: Rows) -> 
         let _ = write!(sql, " ORDER BY {}", params.order);
     }
     let _ = write!(sql, " LIMIT {} OFFSET {}", PAGE_ROWS + 1, params.page * PAGE_ROWS as u64);
-    let batches = read_rows(&catalog, &sql, PAGE_ROWS + 1).await?;
+    let batches = read_rows(app.queries(), &catalog, &sql, PAGE_ROWS + 1).await?;
     let workspace = app.workspace()?;
     let thumbs = app.thumbs().clone();
     let html = tokio::task::spawn_blocking(move || -> Result<String, HttpError> {
@@ -109,7 +109,7 @@ async fn show(app: Arc<App>, name: String, params: TableParams, which: Rows) -> 
         Ok(render(&Spec { name, params, which, total }, &batches, &thumbs, &labels))
     })
     .await??;
-    Ok(Html(html))
+    Ok(response::Html(html))
 }
 
 /// What a page shows, besides the rows.
@@ -152,63 +152,54 @@ fn render(spec: &Spec, batches: &[RecordBatch], thumbs: &Thumbnails, labels: &BT
     };
     let made = make_thumbs(batches, thumbs);
 
-    let mut body = String::new();
+    let mut body = Html::new();
     let name = &spec.name;
     let what = if spec.which == Rows::Errors { "failed rows of " } else { "" };
-    let _ = write!(body, "<h1>{what}<a href=\"/node/{0}\">{1}</a></h1>", url_part(name), escape(name));
-    let _ = write!(body, "<p class=\"links\">");
+    html!(&mut body; "<h1>" {what} "<a href=\"/node/" {Url(name)} "\">" {name} "</a></h1><p class=\"links\">");
     if let Some(total) = spec.total {
-        let _ = write!(body, "{total} rows · ");
+        html!(&mut body; {total} " rows · ");
     }
     let link = |params: &[(&str, &str)]| link(name, spec.which, &spec.params, params);
     if spec.which == Rows::Output {
         if pairs_possible {
-            let _ = write!(
-                body,
-                "<a href=\"{}\">pairs</a> · <a href=\"{}\">grid</a> · ",
-                link(&[("view", "pairs")]),
-                link(&[("view", "grid")])
-            );
+            html!(&mut body; "<a href=\"" {link(&[("view", "pairs")])} "\">pairs</a> · <a href=\"" {link(&[("view", "grid")])} "\">grid</a> · ");
         }
-        let _ = write!(
-            body,
-            "<a href=\"/node/{0}/errors\">failed rows</a> · <a href=\"/node/{0}/calibrate\">calibrate a threshold</a>",
-            url_part(name)
+        html!(&mut body;
+            "<a href=\"/node/" {Url(name)} "/errors\">failed rows</a> · <a href=\"/node/" {Url(name)} "/calibrate\">calibrate a threshold</a>"
         );
     } else {
-        let _ = write!(body, "<a href=\"/node/{}\">rows</a>", url_part(name));
+        html!(&mut body; "<a href=\"/node/" {Url(name)} "\">rows</a>");
     }
-    let _ = write!(body, "</p>");
-    let _ = write!(
-        body,
-        "<form class=\"query\" method=\"get\"><label>WHERE <input name=\"where\" size=\"50\" value=\"{}\" placeholder=\"dino_mean &gt; 0.9\"></label> \
-         <label>ORDER BY <input name=\"order\" size=\"24\" value=\"{}\" placeholder=\"dino_mean DESC\"></label>{}\
-         <button>apply</button></form>",
-        escape(&spec.params.filter),
-        escape(&spec.params.order),
-        spec.params.view.map(|v| format!("<input type=\"hidden\" name=\"view\" value=\"{}\">", layout_word(v))).unwrap_or_default()
+    html!(&mut body;
+        "</p><form class=\"query\" method=\"get\"><label>WHERE <input name=\"where\" size=\"50\" value=\"" {spec.params.filter}
+        "\" placeholder=\"dino_mean &gt; 0.9\"></label> <label>ORDER BY <input name=\"order\" size=\"24\" value=\"" {spec.params.order}
+        "\" placeholder=\"dino_mean DESC\"></label>"
     );
+    if let Some(view) = spec.params.view {
+        html!(&mut body; "<input type=\"hidden\" name=\"view\" value=\"" {layout_word(view)} "\">");
+    }
+    html!(&mut body; "<button>apply</button></form>");
     let first = spec.params.page * PAGE_ROWS as u64;
     if rows == 0 {
-        let _ = write!(body, "<p class=\"empty\">no rows{}</p>", if first > 0 { " on this page" } else { "" });
+        html!(&mut body; "<p class=\"empty\">no rows" {if first > 0 { " on this page" } else { "" }} "</p>");
     } else {
-        let _ = write!(body, "<p class=\"range\">rows {}–{}</p>", first + 1, first + rows.min(PAGE_ROWS) as u64);
+        html!(&mut body; "<p class=\"range\">rows " {first + 1} "–" {first + rows.min(PAGE_ROWS) as u64} "</p>");
     }
     let labelled = spec.which == Rows::Output;
     match layout {
         Layout::Grid => grid(&mut body, spec, batches, &columns, &made, labels, labelled),
         Layout::Pairs => pair_cards(&mut body, spec, batches, &made, labels),
     }
-    let _ = write!(body, "<p class=\"pager\">");
+    html!(&mut body; "<p class=\"pager\">");
     if spec.params.page > 0 {
         let prev = (spec.params.page - 1).to_string();
-        let _ = write!(body, "<a rel=\"prev\" href=\"{}\">← previous</a> ", link(&[("page", &prev)]));
+        html!(&mut body; "<a rel=\"prev\" href=\"" {link(&[("page", &prev)])} "\">← previous</a> ");
     }
     if has_next {
         let next = (spec.params.page + 1).to_string();
-        let _ = write!(body, "<a rel=\"next\" href=\"{}\">next →</a>", link(&[("page", &next)]));
+        html!(&mut body; "<a rel=\"next\" href=\"" {link(&[("page", &next)])} "\">next →</a>");
     }
-    let _ = write!(body, "</p>");
+    html!(&mut body; "</p>");
     page(name, &body)
 }
 
@@ -237,7 +228,7 @@ fn link(name: &str, which: Rows, params: &TableParams, replace: &[(&str, &str)])
         }
     }
     let query = query.finish();
-    if query.is_empty() { base } else { format!("{base}?{}", escape(&query)) }
+    if query.is_empty() { base } else { format!("{base}?{query}") }
 }
 
 /// The rows a page shows, as (batch index, batch, row): the query reads one more, to know
@@ -268,25 +259,25 @@ fn thumb_html(
     node: &str,
     row_id: Option<&str>,
     column: &str,
-) -> Option<String> {
+) -> Option<Html> {
     let thumb = made.get(&key)?;
-    Some(match thumb {
+    let mut out = Html::new();
+    match thumb {
         Ok(t) => {
-            let img = format!(
-                "<img class=\"thumb\" src=\"/thumb/{}\" width=\"{}\" height=\"{}\" alt=\"{}\" title=\"{}\">",
-                t.digest,
-                t.width,
-                t.height,
-                escape(column),
-                escape(column)
+            if let Some(id) = row_id {
+                html!(&mut out; "<a href=\"/image/" {Url(node)} "/" {Url(id)} "/" {Url(column)} "\">");
+            }
+            html!(&mut out;
+                "<img class=\"thumb\" src=\"/thumb/" {t.digest} "\" width=\"" {t.width} "\" height=\"" {t.height} "\" alt=\"" {column}
+                "\" title=\"" {column} "\">"
             );
-            match row_id {
-                Some(id) => format!("<a href=\"/image/{}/{}/{}\">{img}</a>", url_part(node), url_part(id), url_part(column)),
-                None => img,
+            if row_id.is_some() {
+                html!(&mut out; "</a>");
             }
         }
-        Err(why) => format!("<span class=\"error\">{}</span>", escape(why)),
-    })
+        Err(why) => html!(&mut out; "<span class=\"error\">" {why} "</span>"),
+    }
+    Some(out)
 }
 
 /// A row's id, if the table has the column.
@@ -295,18 +286,15 @@ fn row_id_of(batch: &RecordBatch, row: usize) -> Option<String> {
 }
 
 /// The attributes that make a row labellable by the keys (see `assets/app.js`).
-fn row_attributes(node: &str, row_id: Option<&str>, labels: &BTreeMap<String, Label>, labelled: bool) -> String {
-    match row_id {
-        Some(id) if labelled => {
-            let label = labels.get(id).map(|l| l.label.as_str()).unwrap_or("");
-            format!(" data-node=\"{}\" data-row-id=\"{}\" data-label=\"{label}\" tabindex=\"-1\"", escape(node), escape(id))
-        }
-        _ => String::new(),
+fn row_attributes(out: &mut Html, node: &str, row_id: Option<&str>, labels: &BTreeMap<String, Label>, labelled: bool) {
+    if let Some(id) = row_id.filter(|_| labelled) {
+        let label = labels.get(id).map(|l| l.label.as_str()).unwrap_or("");
+        html!(out; " data-node=\"" {node} "\" data-row-id=\"" {id} "\" data-label=\"" {label} "\" tabindex=\"-1\"");
     }
 }
 
 fn grid(
-    body: &mut String,
+    body: &mut Html,
     spec: &Spec,
     batches: &[RecordBatch],
     columns: &[String],
@@ -315,79 +303,76 @@ fn grid(
     labelled: bool,
 ) {
     let name = &spec.name;
-    let _ = write!(body, "<table class=\"grid\"><thead><tr><th></th>");
+    html!(body; "<table class=\"grid\"><thead><tr><th></th>");
     for c in columns {
-        let _ = write!(body, "<th>{}</th>", escape(c));
+        html!(body; "<th>" {c} "</th>");
     }
-    let _ = write!(body, "</tr></thead><tbody>");
+    html!(body; "</tr></thead><tbody>");
     for (b, batch, r) in page_rows(batches) {
         let id = row_id_of(batch, r);
-        let _ = write!(body, "<tr class=\"row\"{}>", row_attributes(name, id.as_deref(), labels, labelled));
+        html!(body; "<tr class=\"row\"");
+        row_attributes(body, name, id.as_deref(), labels, labelled);
+        html!(body; ">");
         match (&id, spec.which) {
-            (Some(id), Rows::Output) => {
-                let _ = write!(
-                    body,
-                    "<td class=\"label-cell\"><a href=\"/node/{}/row/{}\">row</a> <span class=\"badge\"></span></td>",
-                    url_part(name),
-                    url_part(id)
-                );
-            }
-            _ => {
-                let _ = write!(body, "<td></td>");
-            }
+            (Some(id), Rows::Output) => html!(body;
+                "<td class=\"label-cell\"><a href=\"/node/" {Url(name)} "/row/" {Url(id)} "\">row</a> <span class=\"badge\"></span></td>"
+            ),
+            _ => html!(body; "<td></td>"),
         }
         for (c, column) in batch.columns().iter().enumerate() {
             let cell = thumb_html(made, (b, r, c), name, id.as_deref(), &columns[c]).unwrap_or_else(|| cell_text(column, r));
-            let _ = write!(body, "<td>{cell}</td>");
+            html!(body; "<td>" {cell} "</td>");
         }
-        let _ = write!(body, "</tr>");
+        html!(body; "</tr>");
     }
-    let _ = write!(body, "</tbody></table>");
+    html!(body; "</tbody></table>");
 }
 
 fn pair_cards(
-    body: &mut String,
+    body: &mut Html,
     spec: &Spec,
     batches: &[RecordBatch],
     made: &HashMap<(usize, usize, usize), Result<Thumb, String>>,
     labels: &BTreeMap<String, Label>,
 ) {
     let name = &spec.name;
-    let _ = write!(body, "<div class=\"pairs\">");
+    html!(body; "<div class=\"pairs\">");
     for (b, batch, r) in page_rows(batches) {
         let schema = batch.schema();
         let id = row_id_of(batch, r);
-        let _ = write!(body, "<section class=\"pair row\"{}>", row_attributes(name, id.as_deref(), labels, true));
-        let _ = write!(body, "<header>");
+        html!(body; "<section class=\"pair row\"");
+        row_attributes(body, name, id.as_deref(), labels, true);
+        html!(body; "><header>");
         if let Some(id) = &id {
-            let _ = write!(body, "<a href=\"/node/{}/row/{}\">{}</a> ", url_part(name), url_part(id), escape(&id[..id.len().min(12)]));
+            html!(body; "<a href=\"/node/" {Url(name)} "/row/" {Url(id)} "\">" {id.get(..12).unwrap_or(id)} "</a> ");
         }
-        let _ = write!(body, "<span class=\"badge\"></span> ");
         let subjects: Vec<String> =
             PAIR_TEXT[..2].iter().filter_map(|c| batch.column_by_name(c).and_then(|col| string_value(col, r))).collect();
-        let _ = write!(body, "<span class=\"subjects\">{}</span></header>", escape(&subjects.join(" · ")));
-        let _ = write!(body, "<div class=\"images\">");
+        html!(body; "<span class=\"badge\"></span> <span class=\"subjects\">" {subjects.join(" · ")} "</span></header><div class=\"images\">");
         for column in PAIR_IMAGES {
             if let Some((c, _)) = schema.column_with_name(column) {
-                let img =
-                    thumb_html(made, (b, r, c), name, id.as_deref(), column).unwrap_or_else(|| "<span class=\"null\">none</span>".into());
-                let _ = write!(body, "<figure>{img}<figcaption>{}</figcaption></figure>", escape(column));
+                html!(body; "<figure>");
+                match thumb_html(made, (b, r, c), name, id.as_deref(), column) {
+                    Some(img) => html!(body; {img}),
+                    None => html!(body; "<span class=\"null\">none</span>"),
+                }
+                html!(body; "<figcaption>" {column} "</figcaption></figure>");
             }
         }
-        let _ = write!(body, "</div><dl class=\"scores\">");
+        html!(body; "</div><dl class=\"scores\">");
         for (c, field) in schema.fields().iter().enumerate() {
             if is_score(field.name()) {
-                let _ = write!(body, "<dt>{}</dt><dd>{}</dd>", escape(field.name()), cell_text(batch.column(c), r));
+                html!(body; "<dt>" {field.name()} "</dt><dd>" {cell_text(batch.column(c), r)} "</dd>");
             }
         }
-        let _ = write!(body, "</dl>");
+        html!(body; "</dl>");
         if let Some(prompt) = batch.column_by_name(PAIR_TEXT[2]).and_then(|c| string_value(c, r)) {
-            let _ = write!(body, "<p class=\"prompt\">{}</p>", escape(&prompt));
+            html!(body; "<p class=\"prompt\">" {prompt} "</p>");
         }
         if let Some(reasoning) = batch.column_by_name("vlm_reasoning").and_then(|c| string_value(c, r)) {
-            let _ = write!(body, "<p class=\"reasoning\">{}</p>", escape(&reasoning));
+            html!(body; "<p class=\"reasoning\">" {reasoning} "</p>");
         }
-        let _ = write!(body, "</section>");
+        html!(body; "</section>");
     }
-    let _ = write!(body, "</div>");
+    html!(body; "</div>");
 }
