@@ -585,6 +585,7 @@ mod browser {
             browser.open(&format!("{}{path}", server.base));
             assert_eq!(browser.eval("document.querySelectorAll('script:not([src])').length"), json!(0), "{path}: inline script");
         }
+        browser.open(&format!("{}/node/items/calibrate?column={hostile}", server.base));
         let calibration = browser.eval("document.getElementById('calibration').textContent");
         assert!(calibration.as_str().unwrap_or("").contains("<img src=x onerror=alert(1)> >="), "shown as text: {calibration}");
         assert!(browser.dialogs.is_empty(), "pages opened dialogs: {:?}", browser.dialogs);
