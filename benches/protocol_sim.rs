@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use unoflow::exec::{Claims, ManifestWriter, UnitDriver, UnitEnd, UnitQueue, WorkerOptions, first_choice};
+use unoflow::exec::{Claims, ManifestWriter, UnitDriver, UnitEnd, UnitQueue, Unobserved, WorkerOptions, first_choice};
 use unoflow::workspace::store::{Call, calls};
 use unoflow::workspace::{Location, Manifest, NodeStore, Workspace};
 
@@ -110,7 +110,7 @@ async fn worker(
     queue: UnitQueue,
     job: Arc<Job>,
 ) -> unoflow::Result<Option<(Arc<Claims>, Manifest)>> {
-    let _beat = claims.heartbeat("sim".into());
+    let _beat = claims.heartbeat("sim".into(), Arc::new(Unobserved)).await?;
     let stop = || false;
     let driver =
         UnitDriver { claims: Some(&claims), fingerprint: FINGERPRINT, store: &store, permits: Arc::new(Semaphore::new(1)), stop: &stop };
@@ -158,7 +158,8 @@ async fn worker(
 }
 
 async fn simulate(job: Arc<Job>, owners: Arc<Vec<usize>>, kill_tenth: bool, bucket: &str) -> Outcome {
-    let ws = Workspace::create(&Location::parse(&format!("memory://{bucket}/ws"), std::path::Path::new("."))).expect("workspace");
+    let ws = Workspace::create(&Location::parse(&format!("memory://{bucket}/ws"), std::path::Path::new(".")).expect("a workspace URL"))
+        .expect("workspace");
     let store = ws.node(FINGERPRINT);
     let before: Vec<(Call, u64)> = Call::ALL.iter().map(|&c| (c, calls(c))).collect();
     // Each worker plans on its own host; here the plans are made before the clock starts, so

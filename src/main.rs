@@ -23,7 +23,7 @@ fn main() {
     let interrupt = Interrupt::new();
     // Commands that commit work as they go stop gracefully; the others keep the default
     // disposition of SIGINT (the process ends at once), which is what a user expects of a query.
-    let graceful = matches!(cli.command, Command::Run(_) | Command::Generate(_));
+    let graceful = matches!(cli.command, Command::Run(_) | Command::Worker(_) | Command::Generate(_));
     let code = runtime.block_on(async {
         if graceful {
             tokio::spawn(watch_signals(interrupt.clone()));

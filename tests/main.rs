@@ -9,6 +9,7 @@ mod errors;
 mod evaluation;
 mod execution;
 mod generate;
+mod hardening_store;
 mod models;
 mod planning;
 mod queries;

@@ -219,7 +219,7 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// A moto S3 server on a free port of 127.0.0.1, stopped when dropped.
-struct S3Server {
+pub(crate) struct S3Server {
     child: Child,
     endpoint: String,
 }
@@ -234,7 +234,7 @@ impl Drop for S3Server {
 impl S3Server {
     /// Starts moto (`pip install 'moto[server]'`; `.ci/run` installs it). Without it the test
     /// is skipped, unless UNOFLOW_REQUIRE_S3 is set (CI sets it).
-    fn start() -> Option<Self> {
+    pub(crate) fn start() -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let port_text = port.to_string();
         let args = ["-H", "127.0.0.1", "-p", port_text.as_str()];
@@ -269,7 +269,7 @@ impl S3Server {
         Some(server)
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ENDPOINT_URL", self.endpoint.clone()),
             ("AWS_ACCESS_KEY_ID", "testing".into()),

@@ -366,7 +366,7 @@ pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
 
 async fn workspace_root(dag: Option<&Path>, workspace: Option<&str>, registry: &Registry) -> Result<Location> {
     match (dag, workspace) {
-        (_, Some(w)) => Ok(Location::parse(w, &std::path::absolute(".").map_err(|e| Error::io(".", e))?)),
+        (_, Some(w)) => Location::parse(w, &std::path::absolute(".").map_err(|e| Error::io(".", e))?),
         (Some(d), None) => Ok(dag::load(d, None, registry).await?.workspace),
         (None, None) => Err(Error::Usage("say which workspace: --dag DAG or --workspace DIR|URL".into())),
     }

@@ -38,6 +38,7 @@ use clap::Args;
 
 use super::shell_word;
 use crate::error::{Error, Result};
+use crate::workspace::Location;
 
 /// The first lines of a file `unoflow submit` wrote start with this; other files are never replaced.
 const MARKER: &str = "# written by unoflow submit";
@@ -59,9 +60,6 @@ const MAX_CONFIGMAP_DAG: usize = 1_000_000;
 /// Where the pods mount the ConfigMap holding the DAG file, and the DAG file there.
 const POD_DAG_DIR: &str = "/etc/unoflow";
 const POD_DAG: &str = "/etc/unoflow/dag.toml";
-
-/// Object stores a workspace URL may name (as the workspace's store opens them).
-const OBJECT_SCHEMES: [&str; 7] = ["s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
 
 /// The cluster's scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -369,23 +367,20 @@ fn time_number(field: &str) -> Option<u64> {
 }
 
 /// A workspace every worker can reach: an object-store URL, or an absolute folder (which must be
-/// on a filesystem the nodes share; Kubernetes pods share none unless one adds a volume).
+/// on a filesystem the nodes share; Kubernetes pods share none unless one adds a volume). The
+/// text is read as the workers will read it ([`Location::parse`]): a malformed URL is refused
+/// here, not written into a job whose every worker would fail (or work in a folder named
+/// like a URL).
 fn check_workspace(workspace: &str, backend: Backend, dry_run: bool) -> Result<()> {
     check_text("--workspace", workspace)?;
-    let folder = match workspace.split_once("://") {
-        Some(("file", path)) => PathBuf::from(path),
-        Some((scheme, _)) if OBJECT_SCHEMES.contains(&scheme) => return Ok(()),
-        Some(("memory", _)) => {
+    let folder = match Location::parse(workspace, Path::new(""))? {
+        Location::Url(url) if url.starts_with("memory://") => {
             return Err(usage(format!(
                 "--workspace {workspace}: memory lives in one process, and workers are many; use s3://, gs://, az:// or a shared folder"
             )));
         }
-        Some((scheme, _)) => {
-            return Err(usage(format!(
-                "--workspace {workspace}: unknown scheme `{scheme}`; use s3://, gs://, az:// or an absolute folder on a shared filesystem"
-            )));
-        }
-        None => PathBuf::from(workspace),
+        Location::Url(_) => return Ok(()),
+        Location::Folder(path) => path,
     };
     if !folder.is_absolute() {
         return Err(usage(format!(

@@ -162,7 +162,7 @@ impl Builder<'_> {
         match (workspace_override, &header.workspace) {
             (Some(w), _) => {
                 let base = std::path::absolute(".").map_err(|e| Error::io(".", e))?;
-                interp.define(WORKSPACE, workspace_text(w, &base));
+                interp.define(WORKSPACE, workspace_text(w, &base)?);
             }
             (None, Some(w)) => pending.push((WORKSPACE, w.get_ref().as_str(), w.span())),
             (None, None) => interp.define(WORKSPACE, self.dag_dir.join(".unoflow").join(dag_name).to_string_lossy()),
@@ -183,7 +183,14 @@ impl Builder<'_> {
                 continue;
             }
             match interp.apply(text) {
-                Ok(v) if name == WORKSPACE => interp.define(WORKSPACE, workspace_text(&v.value, &self.dag_dir)),
+                Ok(v) if name == WORKSPACE => match workspace_text(&v.value, &self.dag_dir) {
+                    Ok(text) => interp.define(WORKSPACE, text),
+                    Err(e) => {
+                        self.error(e.to_string(), span, None);
+                        // Kept as written, so that variables using it resolve and report nothing more.
+                        interp.define(WORKSPACE, v.value);
+                    }
+                },
                 Ok(v) => interp.define(name, v.value),
                 Err((m, h)) => self.error(m, span, Some(h)),
             }
@@ -196,7 +203,9 @@ impl Builder<'_> {
                 Some("break the cycle: one of them must not depend on the others".into()),
             );
         }
-        Ok(Location::parse(interp.value(WORKSPACE).unwrap_or_default(), &self.dag_dir))
+        // A workspace that does not parse was reported above, and the build fails with it.
+        Ok(Location::parse(interp.value(WORKSPACE).unwrap_or_default(), &self.dag_dir)
+            .unwrap_or_else(|_| Location::Folder(self.dag_dir.clone())))
     }
 
     /// Checks one node's own table: name, op, parameters, files.
@@ -598,12 +607,12 @@ fn suggest_identifier(name: &str) -> String {
 }
 
 /// The `workspace` variable's value: a URL as written, a folder as an absolute path (relative to
-/// `base`).
-fn workspace_text(text: &str, base: &Path) -> String {
-    match Location::parse(text, base) {
+/// `base`); a malformed URL is an error saying how to write it.
+fn workspace_text(text: &str, base: &Path) -> Result<String> {
+    Ok(match Location::parse(text, base)? {
         Location::Url(url) => url,
         Location::Folder(path) => normalize(&path).to_string_lossy().into_owned(),
-    }
+    })
 }
 
 #[cfg(test)]

@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::RunObserver;
 use crate::error::{Error, Result};
 use crate::workspace::store::Version;
-use crate::workspace::{Commit, CommitSummary, Committed, Lease, LeaseOutcome, Leases, NodeStore, SummarizedCommit, WorkerBeat};
+use crate::workspace::{ClockSkew, Commit, CommitSummary, Committed, Lease, LeaseOutcome, Leases, NodeStore, SummarizedCommit, WorkerBeat};
 
 /// The name of a node's manifest lease: its holder writes the manifest, and watches for the
 /// node's end (see `exec::queue`).
@@ -66,6 +67,20 @@ pub struct Claims {
     units_done: AtomicU64,
     /// The commits this worker won, by node fingerprint, for its commit summaries.
     won: Mutex<BTreeMap<String, Won>>,
+    /// When this worker started (Unix ms), for its heartbeats.
+    started_at_ms: i64,
+    /// Its heartbeats, written one at a time.
+    beats: Mutex<Beats>,
+}
+
+/// What a worker's heartbeats carry from one to the next.
+#[derive(Debug, Default)]
+struct Beats {
+    /// The last beat (`exited`) is written: no other may follow it, or a worker that exited
+    /// would look live again.
+    exited: bool,
+    /// The clock skew measured at the last beat.
+    skew: Option<ClockSkew>,
 }
 
 /// The commits a worker won at a node, and how many of them its summary names.
@@ -79,7 +94,8 @@ impl Claims {
     pub fn new(leases: Leases, opts: WorkerOptions) -> Self {
         let salt = blake3::hash(format!("{:?}-{}", std::time::SystemTime::now(), std::process::id()).as_bytes()).to_hex();
         let id = format!("{}-{}-{}", crate::workspace::hostname(), std::process::id(), &salt[..6]);
-        Self { leases, id, opts, units_done: AtomicU64::new(0), won: Mutex::default() }
+        let started_at_ms = crate::workspace::now_ms();
+        Self { leases, id, opts, units_done: AtomicU64::new(0), won: Mutex::default(), started_at_ms, beats: Mutex::default() }
     }
 
     /// Whether the unit with `key` is this worker's first choice.
@@ -228,37 +244,106 @@ impl Claims {
     }
 
     /// How often this worker records its heartbeat: half a lease, at most a minute. Readers
-    /// (`unoflow status`, the review page) count a worker live for minutes after its last beat,
-    /// and the leases, not the beats, decide when its units are taken over: more often would
-    /// only cost requests (a beat every third of a lease was a third of a request per unit).
+    /// (`unoflow status`, the review page) count a worker gone a few beats after its last one
+    /// (see `WorkerBeat::gone_after`), and the leases, not the beats, decide when its units are
+    /// taken over: more often would only cost requests (a beat every third of a lease was a
+    /// third of a request per unit).
     pub fn beat_interval(&self) -> Duration {
         (self.opts.lease / 2).min(Duration::from_secs(60))
     }
 
-    /// Writes this worker's heartbeat every [`Self::beat_interval`] until the returned guard
-    /// drops; `finish` writes the last one.
-    pub fn heartbeat(self: &Arc<Self>, device: String) -> Renewal {
+    /// How far this host's clock may be from the store's: half the clock margin, so that the
+    /// clocks of two workers within it differ by less than the margin, and neither takes over
+    /// a lease the other still renews, nor waits past the margin for a dead one's.
+    pub fn clock_bound(&self) -> Duration {
+        Leases::margin(self.opts.lease) / 2
+    }
+
+    /// Starts this worker's heartbeats. The first one measures this host's clock against the
+    /// store's: beyond [`Self::clock_bound`] the worker refuses to start (a usage error naming
+    /// the skew and the fix), for lease expiries are written by the holder's clock. Then a beat
+    /// every [`Self::beat_interval`] until the returned guard drops, each measuring the clock
+    /// again and warning through `observer` when it drifted beyond the bound.
+    pub async fn heartbeat(self: &Arc<Self>, device: String, observer: Arc<dyn RunObserver>) -> Result<Renewal> {
+        let first = self.write_beat(&device, "working").await?;
+        if let Some(skew) = first.filter(|s| s.exceeds(self.clock_bound())) {
+            self.finish(&device).await;
+            return Err(Error::Usage(self.skew_refused(&skew)));
+        }
         let claims = Arc::clone(self);
-        let started_at_ms = crate::workspace::now_ms();
         let task = tokio::spawn(async move {
             loop {
-                let beat = claims.beat(&device, started_at_ms, "working");
-                let leases = claims.leases.clone();
-                let _ = tokio::task::spawn_blocking(move || leases.beat(&beat)).await;
                 tokio::time::sleep(claims.beat_interval()).await;
+                // A store error: the next beat tries again (readers allow for missed beats).
+                if let Ok(Some(skew)) = claims.write_beat(&device, "working").await
+                    && skew.exceeds(claims.clock_bound())
+                {
+                    observer.warn(&claims.skew_drifted(&skew));
+                }
             }
         });
-        Renewal { task }
+        Ok(Renewal { task })
     }
 
-    /// Records that this worker has stopped.
-    pub async fn finish(&self, device: &str) {
-        let beat = self.beat(device, 0, "done");
-        let leases = self.leases.clone();
-        let _ = tokio::task::spawn_blocking(move || leases.beat(&beat)).await;
+    /// Why a worker whose clock is `skew` from the store's does not start.
+    fn skew_refused(&self, skew: &ClockSkew) -> String {
+        format!(
+            "{}, more than {:.1} s (half the clock margin of the {:.1} s lease): leases would be judged that much off \
+             (a dead worker's units waited for, or a live one's taken over). Synchronise this host's clock with NTP \
+             (chrony: `chronyc tracking`; systemd: `timedatectl`), or raise --lease-s to at least {:.0}",
+            skew.describe(),
+            self.clock_bound().as_secs_f64(),
+            self.opts.lease.as_secs_f64(),
+            Self::lease_for(skew).as_secs_f64().ceil()
+        )
     }
 
-    fn beat(&self, device: &str, started_at_ms: i64, state: &str) -> WorkerBeat {
+    /// Why a worker's clock went wrong while it runs.
+    fn skew_drifted(&self, skew: &ClockSkew) -> String {
+        format!(
+            "{}, more than {:.1} s (half the clock margin of the {:.1} s lease): synchronise this host's clock with NTP \
+             (chrony, timedatectl); leases are judged that much off meanwhile",
+            skew.describe(),
+            self.clock_bound().as_secs_f64(),
+            self.opts.lease.as_secs_f64()
+        )
+    }
+
+    /// The shortest lease whose clock bound `skew` surely keeps within.
+    fn lease_for(skew: &ClockSkew) -> Duration {
+        // The bound is a quarter (the margin) of a half of the lease.
+        Duration::from_millis((skew.offset_ms.unsigned_abs() + skew.uncertainty_ms.unsigned_abs()) * 8)
+    }
+
+    /// Records that this worker has stopped (whichever way): its last heartbeat, `exited`, after
+    /// which readers count it gone at once.
+    pub async fn finish(self: &Arc<Self>, device: &str) {
+        let _ = self.write_beat(device, "exited").await;
+    }
+
+    /// Writes a heartbeat in `state`, unless the last one (`exited`) was written; a working beat
+    /// measures the clock (its skew is returned and recorded in the next beat).
+    async fn write_beat(self: &Arc<Self>, device: &str, state: &'static str) -> Result<Option<ClockSkew>> {
+        let (claims, device) = (Arc::clone(self), device.to_string());
+        blocking(move || {
+            // Held while writing: the last beat cannot be overtaken by one started before it.
+            let mut beats = claims.beats.lock().map_err(|_| Error::Internal("the heartbeats' lock is poisoned".into()))?;
+            if beats.exited {
+                return Ok(None);
+            }
+            let beat = claims.beat(&device, state, beats.skew);
+            if state == "exited" {
+                beats.exited = true;
+                return claims.leases.beat(&beat).map(|()| None);
+            }
+            let skew = claims.leases.beat_and_measure(&beat)?;
+            beats.skew = skew.or(beats.skew);
+            Ok(skew)
+        })
+        .await
+    }
+
+    fn beat(&self, device: &str, state: &str, skew: Option<ClockSkew>) -> WorkerBeat {
         WorkerBeat {
             id: self.id.clone(),
             rank: self.opts.rank,
@@ -266,10 +351,13 @@ impl Claims {
             host: crate::workspace::hostname(),
             pid: std::process::id(),
             device: device.to_string(),
-            started_at_ms,
+            started_at_ms: self.started_at_ms,
             beat_at_ms: crate::workspace::now_ms(),
             units_done: self.units_done.load(Ordering::Relaxed),
             state: state.into(),
+            lease_ms: Some(u64::try_from(self.opts.lease.as_millis()).unwrap_or(u64::MAX)),
+            beat_interval_ms: Some(u64::try_from(self.beat_interval().as_millis()).unwrap_or(u64::MAX)),
+            clock_skew_ms: skew.map(|s| s.offset_ms),
         }
     }
 }
@@ -301,10 +389,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workspace::{BEAT_COUNTS_FOR, Location, Workspace};
+    use crate::workspace::{Location, Workspace};
 
     fn claims(lease: Duration) -> Claims {
-        let ws = Workspace::create(&Location::parse("memory://claims-test/ws", std::path::Path::new("."))).unwrap();
+        let ws = Workspace::create(&Location::parse("memory://claims-test/ws", std::path::Path::new(".")).unwrap()).unwrap();
         Claims::new(ws.leases(), WorkerOptions { lease, ..WorkerOptions::default() })
     }
 
@@ -313,9 +401,51 @@ mod tests {
         assert_eq!(claims(Duration::from_secs(10)).beat_interval(), Duration::from_secs(5));
         assert_eq!(claims(DEFAULT_LEASE).beat_interval(), (DEFAULT_LEASE / 2).min(Duration::from_secs(60)));
         for lease_s in [1, 30, 120, 600, 3_600, 86_400] {
-            let beat = claims(Duration::from_secs(lease_s)).beat_interval();
-            assert!(beat <= Duration::from_secs(60), "lease {lease_s} s: a beat every {beat:?}");
-            assert!(beat * 5 <= BEAT_COUNTS_FOR, "lease {lease_s} s: a worker two beats late would count as gone");
+            let claims = claims(Duration::from_secs(lease_s));
+            let interval = claims.beat_interval();
+            assert!(interval <= Duration::from_secs(60), "lease {lease_s} s: a beat every {interval:?}");
+            let beat = claims.beat("cpu", "working", None);
+            assert!(beat.gone_after() >= interval * 3, "lease {lease_s} s: a worker two beats late would count as gone");
+            let late = beat.beat_at_ms + (interval * 2).as_millis() as i64;
+            assert!(beat.is_live(late), "lease {lease_s} s");
         }
+    }
+
+    #[test]
+    fn the_clock_bound_is_half_the_margin_and_its_message_names_the_fix() {
+        let claims = claims(DEFAULT_LEASE);
+        assert_eq!(claims.clock_bound(), Duration::from_secs(15));
+        let skew = ClockSkew { offset_ms: -300_000, uncertainty_ms: 500 };
+        let message = claims.skew_refused(&skew);
+        for expected in ["300.0 s ahead of the store's", "more than 15.0 s", "120.0 s lease", "NTP", "--lease-s to at least 2404"] {
+            assert!(message.contains(expected), "`{expected}` missing from: {message}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_heartbeat_follows_the_last_one() {
+        let ws = Workspace::create(&Location::parse("memory://claims-beats/ws", std::path::Path::new(".")).unwrap()).unwrap();
+        let claims = Arc::new(Claims::new(ws.leases(), WorkerOptions { lease: Duration::from_millis(200), ..WorkerOptions::default() }));
+        let leases = ws.leases();
+        let beating = claims.heartbeat("cpu".into(), Arc::new(super::super::Unobserved)).await.unwrap();
+        let first = leases.live_workers().unwrap();
+        assert_eq!(first.len(), 1);
+        assert!(first[0].lease_ms == Some(200) && first[0].beat_interval_ms == Some(100), "{:?}", first[0]);
+        // A later beat carries the skew the one before it measured (in memory: none to speak of).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let skew = loop {
+            if let Some(skew) = leases.live_workers().unwrap().first().and_then(|w| w.clock_skew_ms) {
+                break skew;
+            }
+            assert!(std::time::Instant::now() < deadline, "no beat carried the measured skew");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(skew.abs() <= 1_000, "{skew}");
+        claims.finish("cpu").await;
+        assert!(leases.live_workers().unwrap().is_empty());
+        // Beats keep coming due until the guard drops; none is written after the last.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(leases.live_workers().unwrap().is_empty());
+        drop(beating);
     }
 }

@@ -199,7 +199,7 @@ mod tests {
     /// from its own commits and the records of the units others committed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_watcher_writes_the_manifest_with_the_lease_it_holds() {
-        let ws = Workspace::create(&Location::parse("memory://gather-test/ws", std::path::Path::new("."))).unwrap();
+        let ws = Workspace::create(&Location::parse("memory://gather-test/ws", std::path::Path::new(".")).unwrap()).unwrap();
         let store = ws.node("fp");
         let commit = |unit: usize| commit_unit(&store, unit).into_commit();
         let own = vec![commit(0), commit(2)];
@@ -224,7 +224,7 @@ mod tests {
     /// another attempt) is read instead, so the manifest names the attempt that holds the unit.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_summarised_commit_is_used_only_while_its_record_is_unchanged() {
-        let ws = Workspace::create(&Location::parse("memory://gather-summary/ws", std::path::Path::new("."))).unwrap();
+        let ws = Workspace::create(&Location::parse("memory://gather-summary/ws", std::path::Path::new(".")).unwrap()).unwrap();
         let store = ws.node("fp");
         let record = |unit: usize| commit_unit(&store, unit);
         // Another worker won units 1 and 3 and summarised them.

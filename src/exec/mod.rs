@@ -137,6 +137,14 @@ struct RunCtx {
 
 type NodeFuture = Shared<BoxFuture<'static, Option<NodeData>>>;
 
+/// Where a run works: the workspace, the nodes it visits, and its claims when it shares the
+/// workspace with other processes.
+struct Seat {
+    ws: Workspace,
+    selected: Vec<usize>,
+    claims: Option<Arc<claims::Claims>>,
+}
+
 /// Runs `dag`.
 pub async fn run(
     dag: Arc<Dag>,
@@ -146,17 +154,37 @@ pub async fn run(
     observer: Arc<dyn RunObserver>,
 ) -> Result<RunReport> {
     let selected = select(&dag, &opts)?;
-    let force = dag.nodes.iter().map(|n| opts.force.contains(&n.name)).collect();
     let ws = Workspace::create(&dag.workspace)?;
     let mode = if opts.worker.is_some() { LockMode::Shared } else { LockMode::Alone { wait: opts.wait } };
     let lock = ws.lock(mode)?;
     // A run alone in its folder needs no leases; workers, and any run on object storage
     // (which has no lock), claim each unit.
-    let claims = match (&lock, mode) {
-        (Some(_), LockMode::Alone { .. }) => None,
-        _ => Some(Arc::new(claims::Claims::new(ws.leases(), opts.worker.clone().unwrap_or_default()))),
-    };
-    let _heartbeat = claims.as_ref().map(|c| c.heartbeat(opts.device.to_string()));
+    if let (Some(_), LockMode::Alone { .. }) = (&lock, mode) {
+        return run_seated(dag, opts, command, interrupt, observer, Seat { ws, selected, claims: None }).await;
+    }
+    let claims = Arc::new(claims::Claims::new(ws.leases(), opts.worker.clone().unwrap_or_default()));
+    let device = opts.device.to_string();
+    // Refuses a host whose clock is too far from the store's, before any claim.
+    let heartbeat = claims.heartbeat(device.clone(), Arc::clone(&observer)).await?;
+    let seat = Seat { ws, selected, claims: Some(Arc::clone(&claims)) };
+    let report = run_seated(dag, opts, command, interrupt, observer, seat).await;
+    // The last beat, however the run ended: readers count this worker gone at once.
+    drop(heartbeat);
+    claims.finish(&device).await;
+    report
+}
+
+/// Runs the selected nodes of `dag` in the seat's workspace.
+async fn run_seated(
+    dag: Arc<Dag>,
+    opts: RunOptions,
+    command: Vec<String>,
+    interrupt: Interrupt,
+    observer: Arc<dyn RunObserver>,
+    seat: Seat,
+) -> Result<RunReport> {
+    let Seat { ws, selected, claims } = seat;
+    let force = dag.nodes.iter().map(|n| opts.force.contains(&n.name)).collect();
     unoflow_operators::image_io::set_max_pixels(dag.max_image_pixels);
     let components = fingerprint::compute(&dag)?;
     let fingerprints = components.iter().map(Components::fingerprint).collect();
@@ -279,9 +307,6 @@ pub async fn run(
         })
         .collect();
     ctx.ws.save_run(&record)?;
-    if let Some(claims) = &ctx.claims {
-        claims.finish(&opts.device.to_string()).await;
-    }
     Ok(RunReport { run_id: record.id, outcomes, interrupted })
 }
 

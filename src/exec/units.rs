@@ -322,7 +322,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn workers_sharing_units_commit_each_once_and_each_sees_them_all() {
         const UNITS: usize = 12;
-        let ws = Workspace::create(&Location::parse("memory://driver-test/ws", std::path::Path::new("."))).unwrap();
+        let ws = Workspace::create(&Location::parse("memory://driver-test/ws", std::path::Path::new(".")).unwrap()).unwrap();
         let store = ws.node("fp");
         let attempts = Arc::new(AtomicUsize::new(0));
         let mut workers = Vec::new();

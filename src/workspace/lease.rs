@@ -3,14 +3,16 @@
 //! ```text
 //! leases/FP/uNNNNNN.json   {owner, expires_at_ms}: created if absent to claim the unit,
 //!                          replaced if unchanged (compare-and-swap) to renew or take it over
-//! workers/ID.json          a worker's heartbeat: rank, host, device, units done, last beat
+//! workers/ID.json          a worker's heartbeat: rank, host, device, units done, last beat,
+//!                          its lease and beat interval (how long it counts live), clock skew
 //! ```
 //!
 //! A lease only saves work: correctness comes from the commit, which the first attempt wins.
 //! A worker that loses its lease (it paused past expiry, and another took the unit over) may
 //! still finish; its commit is then refused and its files discarded, so no row is duplicated.
 //! A lease is taken over only once it expired more than [`Leases::margin`] ago by the taker's
-//! clock, so clocks that differ by less than that are harmless.
+//! clock, so clocks that differ by less than that are harmless; a worker whose clock is further
+//! than half of it from the store's refuses to start (see `workspace::clock`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::clock::ClockSkew;
 use super::store::{Store, Version};
 use super::unit_keys::{listed_units, unit_key, unit_of};
 use crate::error::{Error, Result};
@@ -50,10 +53,13 @@ pub enum LeaseOutcome {
     Held { owner: String, expires_at_ms: i64 },
 }
 
-/// How long after its last heartbeat a worker counts as live (for `unoflow status`, and for
-/// whether a run holds the workspace): five of the longest gaps between beats (a minute, see
-/// `exec::Claims::beat_interval`), so a worker late with a beat or two is not counted gone.
-pub const BEAT_COUNTS_FOR: Duration = Duration::from_secs(300);
+/// How long after its last heartbeat a worker counts as live when its heartbeat does not say
+/// its beat interval and lease (written by versions before they were recorded): five of the
+/// longest gaps between beats then (a minute).
+const LEGACY_BEAT_COUNTS_FOR: Duration = Duration::from_secs(300);
+
+/// How many beat intervals a worker may miss before it counts as gone.
+const MISSED_BEATS: u32 = 3;
 
 /// A worker's heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,8 +73,39 @@ pub struct WorkerBeat {
     pub started_at_ms: i64,
     pub beat_at_ms: i64,
     pub units_done: u64,
-    /// `working`, `waiting` (for units others hold) or `done`.
+    /// `working`, or `exited` (its last beat: the process ended, whichever way); `done` in
+    /// records of older versions.
     pub state: String,
+    /// The worker's lease (`--lease-s`), in ms.
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
+    /// How often the worker beats, in ms.
+    #[serde(default)]
+    pub beat_interval_ms: Option<u64>,
+    /// How far the store's clock was from the worker's at its last measure (store = worker +
+    /// this), in ms; see `workspace::ClockSkew`.
+    #[serde(default)]
+    pub clock_skew_ms: Option<i64>,
+}
+
+impl WorkerBeat {
+    /// How long after its last beat the worker counts as gone: [`MISSED_BEATS`] of its beat
+    /// intervals and the clock margin of its lease (a worker late with a beat or two is not
+    /// counted gone, nor one whose clock is behind the reader's by less than the margin).
+    pub fn gone_after(&self) -> Duration {
+        match (self.lease_ms, self.beat_interval_ms) {
+            (Some(lease), Some(interval)) => Duration::from_millis(interval) * MISSED_BEATS + Leases::margin(Duration::from_millis(lease)),
+            _ => LEGACY_BEAT_COUNTS_FOR,
+        }
+    }
+
+    /// Whether the worker counts as live at `now_ms`: it did not say it exited, and its last
+    /// beat is recent. The one rule for `unoflow status`, the review page and whether a run
+    /// holds the workspace.
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        let exited = matches!(self.state.as_str(), "exited" | "done");
+        !exited && now_ms - self.beat_at_ms <= i64::try_from(self.gone_after().as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 /// The leases and heartbeats of a workspace.
@@ -181,22 +218,35 @@ impl Leases {
         Ok(out)
     }
 
+    fn beat_key(id: &str) -> String {
+        format!("workers/{id}.json")
+    }
+
     /// Records a worker's heartbeat.
     pub fn beat(&self, beat: &WorkerBeat) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(beat).map_err(|e| Error::Internal(e.to_string()))?;
-        self.store.put(&format!("workers/{}.json", beat.id), &bytes)
+        self.store.put(&Self::beat_key(&beat.id), &bytes)
     }
 
-    /// The workers counted live: their last heartbeat is within [`BEAT_COUNTS_FOR`], and
-    /// they did not say they were done.
+    /// Records a worker's heartbeat, and measures this host's clock against the store's by it
+    /// (the store's stamp of the write against this host's clock around it; one more request).
+    /// `None` when the heartbeat vanished meanwhile.
+    pub fn beat_and_measure(&self, beat: &WorkerBeat) -> Result<Option<ClockSkew>> {
+        let before = now_ms();
+        self.beat(beat)?;
+        let after = now_ms();
+        let stamped = self.store.written_at_ms(&Self::beat_key(&beat.id))?;
+        Ok(stamped.map(|stamped| ClockSkew::measure(before, after, stamped)))
+    }
+
+    /// The workers counted live (see [`WorkerBeat::is_live`]).
     pub fn live_workers(&self) -> Result<Vec<WorkerBeat>> {
-        let cutoff = now_ms() - BEAT_COUNTS_FOR.as_millis() as i64;
+        let now = now_ms();
         let mut out = Vec::new();
         for object in self.store.list("workers")? {
             if let Some((bytes, _)) = self.store.get(&object.key)?
                 && let Ok(beat) = serde_json::from_slice::<WorkerBeat>(&bytes)
-                && beat.beat_at_ms >= cutoff
-                && beat.state != "done"
+                && beat.is_live(now)
             {
                 out.push(beat);
             }
@@ -255,5 +305,60 @@ mod tests {
     #[test]
     fn a_lease_is_taken_over_only_after_it_expired_in_object_storage() {
         takeover(Arc::new(ObjectBackend::open("memory://leases/ws").unwrap()));
+    }
+
+    fn beat(state: &str, beat_at_ms: i64, lease_ms: Option<u64>, beat_interval_ms: Option<u64>) -> WorkerBeat {
+        WorkerBeat {
+            id: "w".into(),
+            rank: 0,
+            world: 1,
+            host: "h".into(),
+            pid: 1,
+            device: "cpu".into(),
+            started_at_ms: 0,
+            beat_at_ms,
+            units_done: 0,
+            state: state.into(),
+            lease_ms,
+            beat_interval_ms,
+            clock_skew_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_worker_counts_gone_three_beats_and_a_margin_after_its_last_beat() {
+        // A 4 s lease, a beat every 2 s: gone 3 × 2 s + 1 s after the last beat.
+        let w = beat("working", 10_000, Some(4_000), Some(2_000));
+        assert_eq!(w.gone_after(), Duration::from_secs(7));
+        assert!(w.is_live(10_000 + 7_000));
+        assert!(!w.is_live(10_000 + 7_001));
+        // A default lease: 3 minutes and a half, not the five minutes of before.
+        assert_eq!(beat("working", 0, Some(120_000), Some(60_000)).gone_after(), Duration::from_secs(210));
+        // An exited worker is gone at once, whatever its last beat.
+        assert!(!beat("exited", 10_000, Some(4_000), Some(2_000)).is_live(10_000));
+        assert!(!beat("done", 10_000, None, None).is_live(10_000));
+    }
+
+    #[test]
+    fn heartbeats_of_older_versions_still_parse_and_count_live_for_five_minutes() {
+        let old = r#"{"id":"w","rank":0,"world":1,"host":"h","pid":1,"device":"cpu","started_at_ms":0,
+            "beat_at_ms":1000,"units_done":3,"state":"working"}"#;
+        let w: WorkerBeat = serde_json::from_str(old).unwrap();
+        assert_eq!((w.lease_ms, w.beat_interval_ms, w.clock_skew_ms), (None, None, None));
+        assert_eq!(w.gone_after(), LEGACY_BEAT_COUNTS_FOR);
+        assert!(w.is_live(1000 + 299_000) && !w.is_live(1000 + 301_000));
+    }
+
+    #[test]
+    fn a_heartbeat_measures_this_hosts_clock_against_a_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let leases = Leases::new(Arc::new(LocalStore::new(dir.path().to_path_buf())));
+        let w = beat("working", now_ms(), Some(4_000), Some(2_000));
+        let skew = leases.beat_and_measure(&w).unwrap().expect("the heartbeat was written");
+        // The file's time is the kernel's clock, which is this process's.
+        assert!(!skew.exceeds(Duration::ZERO), "{skew:?}");
+        assert_eq!(leases.live_workers().unwrap().len(), 1);
+        leases.beat(&WorkerBeat { state: "exited".into(), ..w }).unwrap();
+        assert!(leases.live_workers().unwrap().is_empty());
     }
 }

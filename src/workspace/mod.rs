@@ -25,6 +25,7 @@
 //! at any moment leaves whole commits or none, and a rerun redoes exactly the units without a
 //! valid record.
 
+mod clock;
 mod index;
 mod labels;
 mod lease;
@@ -41,9 +42,10 @@ mod unit_keys;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use clock::ClockSkew;
 pub use index::{Index, IndexEntry, Storage};
 pub use labels::{Label, Labels, MAX_ROW_ID, Verdict};
-pub use lease::{BEAT_COUNTS_FOR, Lease, LeaseOutcome, Leases, WorkerBeat, now_ms};
+pub use lease::{Lease, LeaseOutcome, Leases, WorkerBeat, now_ms};
 pub use location::Location;
 pub use lock::RunLock;
 pub(crate) use node::hostname;
@@ -82,8 +84,9 @@ const PROBES: &str = ".unoflow-probe/";
 impl Workspace {
     /// Opens the workspace at `location` for a run, creating it if needed. A folder (or bucket
     /// prefix) that holds anything and is not a workspace is refused (exit 2): unoflow never
-    /// writes into, or clears, a folder of the user's. Object storage is probed for atomic
-    /// create-if-absent, without which commits could not be exactly once.
+    /// writes into, or clears, a folder of the user's. Object storage is asked first for a
+    /// listing (a missing bucket or refused credentials are named, exit 2), then probed for
+    /// atomic create-if-absent, without which commits could not be exactly once.
     pub fn create(location: &Location) -> Result<Self> {
         let ws = match location {
             Location::Folder(root) => {
@@ -92,6 +95,7 @@ impl Workspace {
             }
             Location::Url(url) => {
                 let backend = Arc::new(store::ObjectBackend::open(url)?);
+                backend.check_access()?;
                 let marked = backend.size(MARKER)?.is_some();
                 if !marked {
                     // Other workers' probes are not foreign.
@@ -139,7 +143,9 @@ impl Workspace {
                 Err(Error::Usage(format!("{} is not a unoflow workspace (it has no {MARKER})", root.display())))
             }
             Location::Url(url) => {
-                let ws = Self { location: location.clone(), store: Arc::new(store::ObjectBackend::open(url)?) };
+                let backend = store::ObjectBackend::open(url)?;
+                backend.check_access()?;
+                let ws = Self { location: location.clone(), store: Arc::new(backend) };
                 Ok(ws.store.size(MARKER)?.is_some().then_some(ws))
             }
         }

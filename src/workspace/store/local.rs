@@ -185,6 +185,15 @@ impl Store for LocalStore {
         }
     }
 
+    fn written_at_ms(&self, key: &str) -> Result<Option<i64>> {
+        let path = self.path(key);
+        match std::fs::metadata(&path).and_then(|m| m.modified()) {
+            Ok(t) => Ok(Some(chrono::DateTime::<chrono::Utc>::from(t).timestamp_millis())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
     fn file_for_writing(&self, key: &str) -> Result<PathBuf> {
         let path = self.path(key);
         if let Some(dir) = path.parent() {

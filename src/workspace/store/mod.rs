@@ -24,6 +24,7 @@ use datafusion::prelude::SessionContext;
 pub use local::{LocalStore, relative_key};
 pub use object::{Call, ObjectBackend, calls, requests};
 
+use super::Location;
 use crate::error::Result;
 
 /// An object's version, for compare-and-swap updates (an ETag, or a local file's digest).
@@ -106,6 +107,11 @@ pub trait Store: Send + Sync + Debug {
 
     fn size(&self, key: &str) -> Result<Option<u64>>;
 
+    /// When the object was last written, in Unix ms by the store's clock (an object's
+    /// Last-Modified, to the second on S3; a file's modification time, set by the kernel or the
+    /// file server): how a worker measures its clock against the store's.
+    fn written_at_ms(&self, key: &str) -> Result<Option<i64>>;
+
     /// A local file to write the object `key` through; [`Store::finish_file`] makes it the
     /// object. A local store writes in place; object storage writes a scratch file and uploads.
     fn file_for_writing(&self, key: &str) -> Result<PathBuf>;
@@ -132,16 +138,16 @@ pub trait Store: Send + Sync + Debug {
 }
 
 /// Opens the store at `location`: a URL (`s3://bucket/prefix`, `gs://…`, `az://…`,
-/// `file:///path`) or a local folder.
+/// `file:///path`) or a local folder (relative to the current folder). A malformed URL is
+/// refused (see [`Location::parse`]).
 pub fn open(location: &str) -> Result<Arc<dyn Store>> {
-    match location.split_once("://") {
-        Some(("file", path)) => Ok(Arc::new(LocalStore::new(PathBuf::from(path)))),
-        Some((_, _)) => Ok(Arc::new(ObjectBackend::open(location)?)),
-        None => Ok(Arc::new(LocalStore::new(PathBuf::from(location)))),
+    match Location::parse(location, Path::new(""))? {
+        Location::Folder(path) => Ok(Arc::new(LocalStore::new(path))),
+        Location::Url(url) => Ok(Arc::new(ObjectBackend::open(&url)?)),
     }
 }
 
-/// Whether `location` names object storage (not a local folder).
+/// Whether `location` names object storage (not a local folder, nor a malformed URL).
 pub fn is_url(location: &str) -> bool {
-    location.split_once("://").is_some_and(|(scheme, _)| scheme != "file")
+    matches!(Location::parse(location, Path::new("")), Ok(Location::Url(_)))
 }

@@ -19,6 +19,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 
 use super::{Listed, Store, Version};
 use crate::error::{Error, IoContext, Result};
+use crate::workspace::Location;
 
 /// Files above this are uploaded in parts.
 const MULTIPART_BYTES: u64 = 16 << 20;
@@ -125,8 +126,14 @@ fn fail(location: &str, e: object_store::Error) -> Error {
 }
 
 impl ObjectBackend {
-    /// Opens the store named by `location`, with credentials from the environment.
+    /// Opens the store named by `location`, with credentials from the environment. The URL is
+    /// checked as every workspace URL is ([`Location::parse`]): a malformed one is refused
+    /// rather than read as another prefix. Makes no request.
     pub fn open(location: &str) -> Result<Self> {
+        let Location::Url(normal) = Location::parse(location, Path::new(""))? else {
+            return Err(Error::Usage(format!("workspace `{location}` is a folder, not an object-store URL")));
+        };
+        let location = normal.as_str();
         let url = url::Url::parse(location).map_err(|e| Error::Usage(format!("workspace {location}: not a URL: {e}")))?;
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "s3" | "s3a" => {
@@ -193,6 +200,44 @@ impl ObjectBackend {
         fail(&self.location, e)
     }
 
+    /// The bucket (container) the workspace is in.
+    fn bucket(&self) -> &str {
+        self.base.host_str().unwrap_or_default()
+    }
+
+    /// Makes the first request to the store: a listing of at most one key. A bucket that does
+    /// not exist, or credentials the store refuses, are named in one line (exit 2) with what
+    /// to check, instead of the store's XML.
+    pub fn check_access(&self) -> Result<()> {
+        wait(Call::List, async { self.store.list(Some(&self.prefix)).take(1).try_collect::<Vec<_>>().await })
+            .map(|_| ())
+            .map_err(|e| self.unreachable(e))
+    }
+
+    /// What a failed first request means to the user.
+    fn unreachable(&self, e: object_store::Error) -> Error {
+        self.refused(&error_chain(&e)).unwrap_or_else(|| self.fail(e))
+    }
+
+    /// The user's error that a store's refusal is (read from its error's text), if it is one.
+    fn refused(&self, error_text: &str) -> Option<Error> {
+        let (bucket, location) = (self.bucket(), &self.location);
+        let hints = Hints::of(self.base.scheme());
+        let message = match Refusal::of(error_text)? {
+            Refusal::NoBucket => format!(
+                "the bucket `{bucket}` of the workspace {location} does not exist: check the bucket name{}, or create the bucket",
+                hints.endpoint
+            ),
+            Refusal::Denied => format!(
+                "the store refused access to the bucket `{bucket}` of the workspace {location}: check the credentials ({}) \
+                 and that they may list, read and write under this prefix",
+                hints.credentials
+            ),
+            Refusal::BadName => format!("`{bucket}` (in the workspace {location}) is not a valid bucket name: check the bucket name"),
+        };
+        Some(Error::Usage(message))
+    }
+
     /// Refuses a store that does not make create-if-absent atomic: the second create of one
     /// object must be refused.
     pub fn probe(&self) -> Result<()> {
@@ -200,7 +245,14 @@ impl ObjectBackend {
             ".unoflow-probe/{}",
             blake3::hash(format!("{}-{:?}", std::process::id(), std::time::Instant::now()).as_bytes()).to_hex()
         );
-        probe(self, &key)
+        // The first write: credentials that may list but not write are refused here.
+        probe(self, &key).map_err(|e| {
+            let text = e.to_string();
+            match e {
+                Error::Workspace { .. } => self.refused(&text).unwrap_or(e),
+                e => e,
+            }
+        })
     }
 }
 
@@ -211,6 +263,77 @@ fn version_of(e_tag: Option<String>, version: Option<String>) -> Version {
 fn unversion(v: &Version) -> UpdateVersion {
     let (e_tag, version) = v.0.split_once('\n').unwrap_or((&v.0, ""));
     UpdateVersion { e_tag: Some(e_tag.to_string()).filter(|s| !s.is_empty()), version: Some(version.to_string()).filter(|s| !s.is_empty()) }
+}
+
+/// Why a store refused a request, when it is the user's to fix.
+enum Refusal {
+    NoBucket,
+    Denied,
+    BadName,
+}
+
+impl Refusal {
+    /// Reads an error's text: its kind, the status and the store's error code (object_store
+    /// passes a failed listing on as a generic error holding them).
+    fn of(error_text: &str) -> Option<Self> {
+        let text = error_text.to_ascii_lowercase();
+        let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+        // A listing finds nothing under a missing prefix: only a missing bucket is "not found".
+        if has(&["nosuchbucket", "containernotfound", "bucket does not exist", "404 not found"]) {
+            Some(Self::NoBucket)
+        } else if has(&[
+            "lacked the necessary privileges",
+            "lacked valid authentication credentials",
+            "accessdenied",
+            "invalidaccesskeyid",
+            "signaturedoesnotmatch",
+            "authorizationfailure",
+            "authenticationfailed",
+            "403 forbidden",
+            "401 unauthorized",
+        ]) {
+            Some(Self::Denied)
+        } else if has(&["invalidbucketname"]) {
+            Some(Self::BadName)
+        } else {
+            None
+        }
+    }
+}
+
+/// An error and its sources, one after another.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What a user of each kind of store checks when it refuses the workspace.
+struct Hints {
+    /// After "check the bucket name".
+    endpoint: &'static str,
+    credentials: &'static str,
+}
+
+impl Hints {
+    fn of(scheme: &str) -> Self {
+        match scheme {
+            "gs" => Self { endpoint: "", credentials: "GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT" },
+            "az" | "azure" | "abfs" | "abfss" => Self {
+                endpoint: " (a container of the account AZURE_STORAGE_ACCOUNT_NAME)",
+                credentials: "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY, or AZURE_STORAGE_SAS_KEY",
+            },
+            _ => Self {
+                endpoint: " and AWS_ENDPOINT_URL (the server: unset for AWS itself) and AWS_REGION",
+                credentials: "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the role of this host",
+            },
+        }
+    }
 }
 
 impl Store for ObjectBackend {
@@ -313,6 +436,15 @@ impl Store for ObjectBackend {
         let path = self.path(key);
         match wait(Call::Head, self.store.head(&path)) {
             Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn written_at_ms(&self, key: &str) -> Result<Option<i64>> {
+        let path = self.path(key);
+        match wait(Call::Head, self.store.head(&path)) {
+            Ok(meta) => Ok(Some(meta.last_modified.timestamp_millis())),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.fail(e)),
         }
@@ -440,6 +572,9 @@ mod tests {
         fn size(&self, key: &str) -> Result<Option<u64>> {
             self.0.size(key)
         }
+        fn written_at_ms(&self, key: &str) -> Result<Option<i64>> {
+            self.0.written_at_ms(key)
+        }
         fn file_for_writing(&self, key: &str) -> Result<PathBuf> {
             self.0.file_for_writing(key)
         }
@@ -477,6 +612,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         probe(&LocalStore::new(dir.path().to_path_buf()), "probe").unwrap();
         ObjectBackend::open("memory://probe/ws").unwrap().probe().unwrap();
+    }
+
+    #[test]
+    fn malformed_urls_are_refused_when_the_store_is_opened() {
+        for text in ["s3:/bucket/typo", "s3://", "s3://b/../x", "s3://b/x?versionId=1", "ftp://b/x"] {
+            assert!(matches!(ObjectBackend::open(text), Err(Error::Usage(_))), "{text}");
+        }
+        assert!(matches!(ObjectBackend::open("relative/folder"), Err(Error::Usage(m)) if m.contains("is a folder")));
+        assert_eq!(ObjectBackend::open("memory://open/ws/").unwrap().describe(), "memory://open/ws");
+    }
+
+    #[test]
+    fn a_missing_bucket_and_refused_credentials_are_the_users_to_fix() {
+        let store = ObjectBackend::open("s3://nobucket/ws").unwrap();
+        let s3_missing = "Generic S3 error: Error performing list request: Server returned non-2xx status code: 404 Not Found: \
+                          <?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code></Error>";
+        let message = store.refused(s3_missing).unwrap().to_string();
+        assert!(message.contains("`nobucket`") && message.contains("does not exist") && message.contains("AWS_ENDPOINT_URL"), "{message}");
+        assert!(!message.contains('<') && !message.contains('\n'), "one line, no XML: {message}");
+        let denied = "The operation lacked the necessary privileges to complete for path ws: Server returned non-2xx status code: \
+                      403 Forbidden: <Error><Code>AccessDenied</Code></Error>";
+        let message = store.refused(denied).unwrap().to_string();
+        assert!(message.contains("refused access") && message.contains("AWS_ACCESS_KEY_ID"), "{message}");
+        assert!(store.refused("Generic S3 error: connection reset").is_none(), "other failures are not the user's to fix");
     }
 
     #[test]
