@@ -13,7 +13,7 @@ use crate::data::{NodeData, TableData, ViewData};
 use crate::error::{Error, Result};
 use crate::fingerprint::Components;
 use crate::query::{self, Verify};
-use crate::workspace::{Location, Storage, Workspace};
+use crate::workspace::{Index, Location, Storage, Workspace};
 
 /// The table of reviewers' labels (see `workspace::Labels`).
 pub const LABELS: &str = "labels";
@@ -44,6 +44,21 @@ struct Known {
     query: Option<String>,
 }
 
+/// Refuses an index that several DAGs wrote, naming them and how to choose one.
+fn one_dag(index: &Index, root: &Location) -> Result<()> {
+    let dags = index.dags();
+    if dags.len() <= 1 {
+        return Ok(());
+    }
+    let listed: Vec<String> = dags.iter().map(|d| format!("  {d}")).collect();
+    Err(Error::Usage(format!(
+        "the workspace {root} holds the outputs of {} DAGs, so a node name may mean either:\n{}\n\
+         say which with --dag DAG (one of the files above, with --workspace {root})",
+        dags.len(),
+        listed.join("\n"),
+    )))
+}
+
 impl Catalog {
     /// From a DAG: each node's output for its current fingerprint.
     pub fn of_dag(dag: &Dag) -> Result<Self> {
@@ -63,10 +78,13 @@ impl Catalog {
         Ok(Self::build(&ws, known))
     }
 
-    /// From a workspace alone: the outputs its index names.
+    /// From a workspace alone: the outputs its index names. A workspace that several DAGs wrote
+    /// is refused (exit 2): its index holds each name's last writer, so a name two DAGs share
+    /// would answer from whichever ran last; the error lists the DAGs to pass as `--dag`.
     pub fn of_workspace(root: &Location) -> Result<Self> {
         let ws = Workspace::open(root)?;
         let index = ws.index()?;
+        one_dag(&index, root)?;
         let mut known = Vec::new();
         for (name, entry) in index.nodes {
             let components: Components = serde_json::from_value(entry.components).map_err(|e| Error::Workspace {
@@ -133,7 +151,16 @@ impl Catalog {
     /// against its committed digests first. Tables the query does not name are neither read nor
     /// checked, so a damaged node does not stop queries over the others.
     pub async fn session_for(&self, query: &str) -> Result<SessionContext> {
-        let ctx = query::session();
+        self.register_for(query::session(), query).await
+    }
+
+    /// [`Catalog::session_for`] in a session whose queries hold at most `memory` bytes (see
+    /// [`query::bounded_session`]): for queries a request starts.
+    pub async fn bounded_session_for(&self, query: &str, memory: usize) -> Result<SessionContext> {
+        self.register_for(query::bounded_session(memory)?, query).await
+    }
+
+    async fn register_for(&self, ctx: SessionContext, query: &str) -> Result<SessionContext> {
         let state = ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(query, &dialect).map_err(|e| Error::Usage(e.strip_backtrace()))?;

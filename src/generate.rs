@@ -1,5 +1,6 @@
 //! `unoflow generate`: one-shot UNO inference from the command line.
 
+use std::io::Write as _;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use unoflow_models::{Device, Precision};
 use unoflow_operators::generate::{GenerateOptions, Models, generate, png_with_text};
 
 use crate::cli::GenerateArgs;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::interrupt::Interrupt;
 
 /// Reads a reference image; a missing or undecodable file is a usage error naming it.
@@ -128,7 +129,7 @@ fn run_on<B: unoflow_models::Kernels>(
         let png = png_with_text(image, &[("parameters".to_string(), meta.to_string()), ("Software".to_string(), "unoflow".to_string())])?;
         let path = output_path(&args.out, j, images.len());
         std::fs::write(&path, png).map_err(|e| Error::io(&path, e))?;
-        println!("{}", path.display());
+        writeln!(crate::cli::output::stdout(), "{}", path.display()).at(crate::cli::output::STDOUT)?;
     }
     Ok(0)
 }

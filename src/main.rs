@@ -1,8 +1,10 @@
 //! The `unoflow` binary: parses the command line, turns signals into an [`Interrupt`] for the
 //! commands that stop gracefully, runs the command, and maps errors to exit codes (2: fix the
-//! DAG file or the arguments; 130: interrupted; 1: anything else).
+//! DAG file or the arguments; 130: interrupted; 1: anything else; 0 and no message when the
+//! reader of standard output went away, as `rg` and `git` do).
 
 use clap::Parser;
+use unoflow::cli::output;
 use unoflow::cli::{Cli, Command};
 use unoflow::interrupt::Interrupt;
 
@@ -16,12 +18,13 @@ fn main() {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            output::error_line(&format!("error: cannot start the async runtime: {e}"));
             std::process::exit(1);
         }
     };
     let interrupt = Interrupt::new();
-    // Commands that commit work as they go stop gracefully; the others keep the default
+    // Commands that commit work as they go stop gracefully (a worker on the SIGTERM its
+    // scheduler sends before a time limit or an eviction); the others keep the default
     // disposition of SIGINT (the process ends at once), which is what a user expects of a query.
     let graceful = matches!(cli.command, Command::Run(_) | Command::Worker(_) | Command::Generate(_));
     let code = runtime.block_on(async {
@@ -30,10 +33,13 @@ fn main() {
         }
         match unoflow::cli::main(cli, interrupt).await {
             Ok(code) => code,
+            // The reader of the output went away (`unoflow ops | head -1`): it has what it
+            // wanted, and nothing is left to say.
+            Err(_) if output::closed() => 0,
             Err(err) => {
                 match &err {
-                    unoflow::Error::Spec(_) => eprintln!("{err}"),
-                    _ => eprintln!("error: {err}"),
+                    unoflow::Error::Spec(_) => output::error_line(&err.to_string()),
+                    _ => output::error_line(&format!("error: {err}")),
                 }
                 err.exit_code()
             }
@@ -50,7 +56,7 @@ async fn watch_signals(interrupt: Interrupt) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("warning: cannot watch SIGTERM: {e}");
+            output::error_line(&format!("warning: cannot watch SIGTERM: {e}"));
             return;
         }
     };
@@ -65,8 +71,8 @@ async fn watch_signals(interrupt: Interrupt) {
             return;
         }
         match interrupt.raise() {
-            1 => eprintln!("\nstopping: work in progress finishes and is kept; signal again to stop at once"),
-            _ => eprintln!("\nstopping now; committed work is kept"),
+            1 => output::error_line("\nstopping: work in progress finishes and is kept; signal again to stop at once"),
+            _ => output::error_line("\nstopping now; committed work is kept"),
         }
     }
 }

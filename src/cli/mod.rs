@@ -1,6 +1,7 @@
 //! The `unoflow` command line: argument definitions and one function per command. Only this
 //! module and `main` print.
 
+pub mod output;
 mod progress;
 mod submit;
 mod worker;
@@ -15,13 +16,14 @@ use unoflow_operators::generate::{Pe, Shift};
 
 use crate::catalog::Catalog;
 use crate::dag::{self, Dag};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::exec::{self, RunOptions, Status};
 use crate::format::{self, OutputFormat};
 use crate::interrupt::Interrupt;
 use crate::ops::Registry;
 use crate::plan::{self, State};
 use crate::workspace::Location;
+use output::STDOUT;
 
 /// Declarative, cached, resumable dataflow for UNO subject-driven image generation.
 #[derive(Debug, Parser)]
@@ -233,6 +235,8 @@ pub struct ServeArgs {
     /// printed in the URL). Also read from UNOFLOW_SERVE_TOKEN.
     #[arg(long, env = "UNOFLOW_SERVE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub limits: crate::serve::Limits,
 }
 
 #[derive(Debug, Args)]
@@ -308,7 +312,7 @@ pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
     match cli.command {
         Command::Validate { dag } => {
             let d = dag::load_with(&dag, None, &registry, dag::Depth::EveryRecord).await?;
-            println!("{}: ok ({} nodes)", dag.display(), d.nodes.len());
+            writeln!(output::stdout(), "{}: ok ({} nodes)", dag.display(), d.nodes.len()).at(STDOUT)?;
             Ok(0)
         }
         Command::Plan { dag, workspace, json } => {
@@ -318,7 +322,7 @@ pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
         Command::Run(args) if args.workers > 1 || args.devices.is_some() => worker::run_many(args, &registry, interrupt).await,
         Command::Run(args) => run(args, &registry, interrupt).await,
         Command::Worker(args) => worker::worker(args, &registry, interrupt).await,
-        Command::Submit(args) => submit::submit(args),
+        Command::Submit(args) => submit::submit(args, &registry).await,
         Command::Status { dag, workspace, json } => status(dag.as_deref(), workspace.workspace.as_deref(), json, &registry).await,
         Command::Sql { query, dag, workspace, format, output, max_rows } => {
             let catalog = catalog(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
@@ -342,8 +346,7 @@ pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
             .map_err(|e| Error::Internal(format!("model check panicked: {e}")))?;
             let comparison = result.map_err(|e| Error::Usage(e.to_string()))?;
             let verdict = if comparison.rel_err <= tol { "ok" } else { "FAILED" };
-            println!("{verdict}: tolerance {tol:e}");
-            println!("{comparison}");
+            writeln!(output::stdout(), "{verdict}: tolerance {tol:e}\n{comparison}").at(STDOUT)?;
             Ok(if comparison.rel_err <= tol { 0 } else { 1 })
         }
         Command::Serve(args) => {
@@ -353,12 +356,13 @@ pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
                 host: args.host,
                 port: args.port,
                 token: args.token,
+                limits: args.limits,
             };
             crate::serve::serve(options, registry).await
         }
         Command::Lineage { node, row_id, dag, workspace } => {
             let catalog = catalog(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
-            print!("{}", crate::lineage::lineage(&catalog, &node, &row_id).await?);
+            write!(output::stdout(), "{}", crate::lineage::lineage(&catalog, &node, &row_id).await?).at(STDOUT)?;
             Ok(0)
         }
     }
@@ -381,18 +385,20 @@ async fn catalog(dag: Option<&Path>, workspace: Option<&str>, registry: &Registr
 
 fn print_plan(dag: &Dag, json: bool) -> Result<i32> {
     let plan = plan::plan(dag)?;
+    let mut out = output::stdout();
     if json {
-        println!("{}", serde_json::to_string_pretty(&plan.nodes).map_err(|e| Error::Internal(e.to_string()))?);
+        let text = serde_json::to_string_pretty(&plan.nodes).map_err(|e| Error::Internal(e.to_string()))?;
+        writeln!(out, "{text}").at(STDOUT)?;
         return Ok(0);
     }
     let width = plan.nodes.iter().map(|n| n.node.len()).max().unwrap_or(4).max(4);
-    println!("{:width$}  {:7}  {:12}  why", "node", "state", "fingerprint");
+    writeln!(out, "{:width$}  {:7}  {:12}  why", "node", "state", "fingerprint").at(STDOUT)?;
     for n in &plan.nodes {
         let why = if n.reasons.is_empty() { "-".to_string() } else { n.reasons.join("; ") };
-        println!("{:width$}  {:7}  {:12}  {why}", n.node, n.state.as_str(), &n.fingerprint[..12]);
+        writeln!(out, "{:width$}  {:7}  {:12}  {why}", n.node, n.state.as_str(), &n.fingerprint[..12]).at(STDOUT)?;
     }
     let todo = plan.nodes.iter().filter(|n| !matches!(n.state, State::Cached | State::View)).count();
-    println!("\n{todo} of {} nodes to compute (workspace {})", plan.nodes.len(), dag.workspace);
+    writeln!(out, "\n{todo} of {} nodes to compute (workspace {})", plan.nodes.len(), dag.workspace).at(STDOUT)?;
     Ok(0)
 }
 
@@ -413,16 +419,28 @@ async fn run(args: RunArgs, registry: &Registry, interrupt: Interrupt) -> Result
 async fn print_report(dag: &Dag, report: &exec::RunReport, dag_arg: &str, ws_flag: &str, several: bool) -> Result<i32> {
     let width = report.outcomes.iter().map(|o| o.name.len()).max().unwrap_or(4).max(4);
     let op_width = report.outcomes.iter().map(|o| o.op.len()).max().unwrap_or(2).max(2);
-    println!("{:width$}  {:op_width$}  {:11}  {:>9}  {:>7}  {:>8}", "node", "op", "status", "rows", "errors", "seconds");
+    let mut out = output::stdout();
+    writeln!(out, "{:width$}  {:op_width$}  {:11}  {:>9}  {:>7}  {:>8}", "node", "op", "status", "rows", "errors", "seconds").at(STDOUT)?;
     for o in &report.outcomes {
-        println!("{:width$}  {:op_width$}  {:11}  {:>9}  {:>7}  {:>8.2}", o.name, o.op, o.status.as_str(), o.rows, o.error_rows, o.seconds);
+        writeln!(
+            out,
+            "{:width$}  {:op_width$}  {:11}  {:>9}  {:>7}  {:>8.2}",
+            o.name,
+            o.op,
+            o.status.as_str(),
+            o.rows,
+            o.error_rows,
+            o.seconds
+        )
+        .at(STDOUT)?;
     }
     for o in report.outcomes.iter().filter(|o| o.status == Status::Failed) {
-        eprintln!("error: node `{}` failed: {}", o.name, o.message.as_deref().unwrap_or("unknown error"));
+        output::error_line(&format!("error: node `{}` failed: {}", o.name, o.message.as_deref().unwrap_or("unknown error")));
     }
     let count = |s: Status| report.outcomes.iter().filter(|o| o.status == s).count();
     let errors: u64 = report.outcomes.iter().map(|o| o.error_rows).sum();
-    println!(
+    writeln!(
+        out,
         "\nrun {}: {} computed, {} resumed, {} cached, {} view{}, {} failed, {} skipped; {errors} row error{} (workspace {})",
         report.run_id,
         count(Status::Computed),
@@ -434,15 +452,16 @@ async fn print_report(dag: &Dag, report: &exec::RunReport, dag_arg: &str, ws_fla
         count(Status::Skipped),
         if errors == 1 { "" } else { "s" },
         dag.workspace
-    );
+    )
+    .at(STDOUT)?;
     if several {
-        println!("(computed by several workers; `unoflow runs` lists each worker's record)");
+        writeln!(out, "(computed by several workers; `unoflow runs` lists each worker's record)").at(STDOUT)?;
     }
     if let Some(bad) = report.outcomes.iter().find(|o| o.error_rows > 0) {
-        println!("failed rows: unoflow sql --dag {dag_arg}{ws_flag} \"SELECT * FROM errors.{}\"", bad.name);
+        writeln!(out, "failed rows: unoflow sql --dag {dag_arg}{ws_flag} \"SELECT * FROM errors.{}\"", bad.name).at(STDOUT)?;
     }
     if !report.interrupted && !report.failed() {
-        print_next_steps(dag, report, dag_arg, ws_flag).await;
+        print_next_steps(&mut out, dag, report, dag_arg, ws_flag).await?;
     }
     if report.interrupted {
         return Err(Error::Interrupted(format!("committed work is kept; run `unoflow run {dag_arg}{ws_flag}` again to resume")));
@@ -452,9 +471,9 @@ async fn print_report(dag: &Dag, report: &exec::RunReport, dag_arg: &str, ws_fla
 
 /// Ends a successful run's summary with the commands to look at what it made: a query and the
 /// lineage of one row of the last node that is not an export.
-async fn print_next_steps(dag: &Dag, report: &exec::RunReport, dag_arg: &str, ws_flag: &str) {
+async fn print_next_steps(out: &mut impl Write, dag: &Dag, report: &exec::RunReport, dag_arg: &str, ws_flag: &str) -> Result<()> {
     let Some(last) = dag.nodes.iter().rev().find(|n| n.op_name() != "export" && report.outcomes.iter().any(|o| o.name == n.name)) else {
-        return;
+        return Ok(());
     };
     let row = async {
         let catalog = Catalog::of_dag(dag).ok()?;
@@ -465,13 +484,14 @@ async fn print_next_steps(dag: &Dag, report: &exec::RunReport, dag_arg: &str, ws
         use datafusion::arrow::array::Array;
         (!ids.is_empty()).then(|| ids.value(0).to_string())
     };
-    println!("\nnext:");
-    println!("  unoflow plan {dag_arg}{ws_flag}");
-    println!("  unoflow sql --dag {dag_arg}{ws_flag} \"SELECT * FROM {} LIMIT 5\"", last.name);
+    writeln!(out, "\nnext:").at(STDOUT)?;
+    writeln!(out, "  unoflow plan {dag_arg}{ws_flag}").at(STDOUT)?;
+    writeln!(out, "  unoflow sql --dag {dag_arg}{ws_flag} \"SELECT * FROM {} LIMIT 5\"", last.name).at(STDOUT)?;
     if let Some(row) = row.await {
-        println!("  unoflow lineage --dag {dag_arg}{ws_flag} {} {row}", last.name);
+        writeln!(out, "  unoflow lineage --dag {dag_arg}{ws_flag} {} {row}", last.name).at(STDOUT)?;
     }
-    println!("look at it, label pairs and calibrate thresholds in a browser:\n  unoflow serve --dag {dag_arg}{ws_flag}");
+    writeln!(out, "look at it, label pairs and calibrate thresholds in a browser:\n  unoflow serve --dag {dag_arg}{ws_flag}").at(STDOUT)?;
+    Ok(())
 }
 
 async fn sql(catalog: &Catalog, query: &str, format: OutputFormat, output: Option<&Path>, max_rows: usize) -> Result<i32> {
@@ -502,7 +522,7 @@ async fn sql(catalog: &Catalog, query: &str, format: OutputFormat, output: Optio
             if format == OutputFormat::Parquet && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                 return Err(Error::Usage("Parquet is binary: pass --output FILE or redirect standard output".into()));
             }
-            write_results(std::io::BufWriter::new(std::io::stdout()), format, &schema, stream, max_rows).await?;
+            write_results(std::io::BufWriter::new(output::stdout()), format, &schema, stream, max_rows).await?;
         }
     }
     Ok(0)
@@ -547,17 +567,18 @@ fn shell_word(word: &str) -> String {
 }
 
 fn ops(registry: &Registry, name: Option<&str>) -> Result<i32> {
+    let mut out = output::stdout();
     let Some(name) = name else {
         let width = registry.names().map(str::len).max().unwrap_or(4);
         for op in registry.iter() {
             let spec = op.spec();
-            println!("{:width$}  {}", spec.name, spec.summary);
+            writeln!(out, "{:width$}  {}", spec.name, spec.summary).at(STDOUT)?;
             for p in &spec.params {
                 let default = p.default.as_ref().map(|d| format!(" = {d}")).unwrap_or_else(|| " (required)".into());
-                println!("{:width$}    {}: {}{default}", "", p.name, p.ty.short_name());
+                writeln!(out, "{:width$}    {}: {}{default}", "", p.name, p.ty.short_name()).at(STDOUT)?;
             }
         }
-        println!("\n`unoflow ops NAME` shows one operator in full.");
+        writeln!(out, "\n`unoflow ops NAME` shows one operator in full.").at(STDOUT)?;
         return Ok(0);
     };
     let op = registry.get(name).ok_or_else(|| {
@@ -571,16 +592,19 @@ fn ops(registry: &Registry, name: Option<&str>) -> Result<i32> {
         (a, usize::MAX) => format!("{a} or more"),
         (a, b) => format!("{a} to {b}"),
     };
-    println!("{} (version {})\n\n{}\n\n{}\n", spec.name, spec.version, spec.summary, spec.doc);
-    println!(
+    writeln!(out, "{} (version {})\n\n{}\n\n{}\n", spec.name, spec.version, spec.summary, spec.doc).at(STDOUT)?;
+    writeln!(
+        out,
         "inputs: {inputs}\nresource: {:?}\nrows per unit: {}\n",
         spec.resource,
         if spec.partition_rows == usize::MAX { "all".into() } else { spec.partition_rows.to_string() }
-    );
-    println!("parameters:");
+    )
+    .at(STDOUT)?;
+    writeln!(out, "parameters:").at(STDOUT)?;
     for p in &spec.params {
         let default = p.default.as_ref().map(|d| format!("default {d}")).unwrap_or_else(|| "required".into());
-        println!("  {} ({}, {default}{})\n      {}", p.name, p.ty.describe(), if p.secret { ", secret" } else { "" }, p.doc);
+        writeln!(out, "  {} ({}, {default}{})\n      {}", p.name, p.ty.describe(), if p.secret { ", secret" } else { "" }, p.doc)
+            .at(STDOUT)?;
     }
     Ok(0)
 }
@@ -591,13 +615,13 @@ fn runs(root: &Location, json: bool) -> Result<i32> {
     // A record still saying `running` while no run holds the workspace belongs to a process
     // that was killed before it could finish the record.
     let live = ws.run_is_live();
-    let mut stdout = std::io::stdout().lock();
+    let mut out = output::stdout();
     if json {
         let text = serde_json::to_string_pretty(&list.records).map_err(|e| Error::Internal(e.to_string()))?;
-        writeln!(stdout, "{text}").map_err(|e| Error::io("<stdout>", e))?;
+        writeln!(out, "{text}").at(STDOUT)?;
     } else {
-        let _ =
-            writeln!(stdout, "{:22}  {:11}  {:19}  {:>8}  {:>8}  {:>6}  dag", "run", "status", "started", "computed", "cached", "failed");
+        writeln!(out, "{:22}  {:11}  {:19}  {:>8}  {:>8}  {:>6}  dag", "run", "status", "started", "computed", "cached", "failed")
+            .at(STDOUT)?;
         let mut killed = false;
         for r in &list.records {
             let count = |s: &str| r.nodes.iter().filter(|n| n.status == s).count();
@@ -608,8 +632,8 @@ fn runs(root: &Location, json: bool) -> Result<i32> {
             } else {
                 r.status.as_str()
             };
-            let _ = writeln!(
-                stdout,
+            writeln!(
+                out,
                 "{:22}  {:11}  {:19}  {:>8}  {:>8}  {:>6}  {}",
                 r.id,
                 status,
@@ -618,14 +642,15 @@ fn runs(root: &Location, json: bool) -> Result<i32> {
                 count("cached"),
                 count("failed"),
                 r.dag_path
-            );
+            )
+            .at(STDOUT)?;
         }
         if killed {
-            let _ = writeln!(stdout, "* the process ended without finishing its record (killed); a rerun resumes from its commits");
+            writeln!(out, "* the process ended without finishing its record (killed); a rerun resumes from its commits").at(STDOUT)?;
         }
     }
     for (path, why) in &list.damaged {
-        eprintln!("warning: damaged run record {}: {why}", path.display());
+        output::error_line(&format!("warning: damaged run record {}: {why}", path.display()));
     }
     Ok(0)
 }
@@ -644,12 +669,15 @@ async fn status(dag: Option<&Path>, workspace: Option<&str>, json: bool, registr
     let progress = tokio::task::spawn_blocking(move || crate::status::progress(&ws, &nodes))
         .await
         .map_err(|e| Error::Internal(format!("reading the workspace panicked: {e}")))??;
+    let mut out = output::stdout();
     if json {
-        println!("{}", serde_json::to_string_pretty(&progress).map_err(|e| Error::Internal(e.to_string()))?);
+        let text = serde_json::to_string_pretty(&progress).map_err(|e| Error::Internal(e.to_string()))?;
+        writeln!(out, "{text}").at(STDOUT)?;
         return Ok(0);
     }
     let width = progress.nodes.iter().map(|n| n.node.len()).max().unwrap_or(4).max(4);
-    println!("{:width$}  {:>8}  {:>6}  {:>8}  {:>9}  {:>10}", "node", "done", "held", "pending", "units/min", "time left");
+    writeln!(out, "{:width$}  {:>8}  {:>6}  {:>8}  {:>9}  {:>10}", "node", "done", "held", "pending", "units/min", "time left")
+        .at(STDOUT)?;
     for n in &progress.nodes {
         let pending = n.pending.map_or_else(|| "?".to_string(), |p| p.to_string());
         let left = match (n.complete, n.eta_s) {
@@ -657,16 +685,20 @@ async fn status(dag: Option<&Path>, workspace: Option<&str>, json: bool, registr
             (false, Some(s)) => format_duration(s),
             (false, None) => "-".to_string(),
         };
-        println!("{:width$}  {:>8}  {:>6}  {:>8}  {:>9.1}  {:>10}", n.node, n.done, n.held, pending, n.units_per_s * 60.0, left);
+        writeln!(out, "{:width$}  {:>8}  {:>6}  {:>8}  {:>9.1}  {:>10}", n.node, n.done, n.held, pending, n.units_per_s * 60.0, left)
+            .at(STDOUT)?;
     }
     let now = crate::workspace::now_ms();
-    println!("\n{} live worker{} (workspace {location})", progress.workers.len(), if progress.workers.len() == 1 { "" } else { "s" });
+    writeln!(out, "\n{} live worker{} (workspace {location})", progress.workers.len(), if progress.workers.len() == 1 { "" } else { "s" })
+        .at(STDOUT)?;
     for w in &progress.workers {
         let ago = (now - w.beat_at_ms).max(0) as f64 / 1000.0;
-        println!(
+        writeln!(
+            out,
             "  rank {:>4}/{:<4} {:30} {:8} {:>6} units done, {}, last beat {ago:.0} s ago",
             w.rank, w.world, w.id, w.device, w.units_done, w.state
-        );
+        )
+        .at(STDOUT)?;
     }
     Ok(0)
 }

@@ -31,13 +31,17 @@
 use std::env::consts::EXE_SUFFIX;
 use std::ffi::OsStr;
 use std::fmt::Write as _;
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::shell_word;
-use crate::error::{Error, Result};
+use unoflow_api::params::PathKind;
+
+use super::{output, shell_word};
+use crate::dag::FileParam;
+use crate::error::{Error, IoContext, Result};
+use crate::ops::Registry;
 use crate::workspace::Location;
 
 /// The first lines of a file `unoflow submit` wrote start with this; other files are never replaced.
@@ -590,6 +594,7 @@ spec:
       - action: Ignore
         onPodConditions:
           - type: DisruptionTarget
+            status: \"True\"
       # Exit 2 is a usage error (the DAG or a flag): a retry would fail the same way.
       - action: FailIndex
         onExitCodes:
@@ -680,22 +685,30 @@ fn yaml_printable(c: char) -> bool {
 }
 
 /// Writes the script or manifest, submits it unless `--dry-run`, and says how to follow the run.
-pub fn submit(args: SubmitArgs) -> Result<i32> {
+pub async fn submit(args: SubmitArgs, registry: &Registry) -> Result<i32> {
     let launch = Launch::from_args(&args)?;
+    if launch.backend == Backend::Kubernetes {
+        warn_of_local_files(&launch, registry).await;
+    }
+    write_and_submit(args, &launch)
+}
+
+/// [`submit`] once the arguments are checked.
+fn write_and_submit(args: SubmitArgs, launch: &Launch) -> Result<i32> {
     let text = match launch.backend {
-        Backend::Slurm => slurm_script(&launch),
-        Backend::Kubernetes => kubernetes_manifest(&launch),
+        Backend::Slurm => slurm_script(launch),
+        Backend::Kubernetes => kubernetes_manifest(launch),
     };
     let path = args.output.unwrap_or_else(|| default_output(&launch.dag_path, launch.backend));
     write_owned(&path, &text, launch.backend)?;
     eprintln!("wrote {}", path.display());
     let shown = tool_command(launch.backend, &path);
     if args.dry_run {
-        print!("{text}");
+        write!(output::stdout(), "{text}").at(output::STDOUT)?;
         eprintln!("not submitted (--dry-run); submit it with `{shown}`");
         return Ok(0);
     }
-    hand_over(&launch, &path, &shown)?;
+    hand_over(launch, &path, &shown)?;
     let watch = match launch.backend {
         Backend::Slurm => format!("squeue --name {}", launch.name),
         Backend::Kubernetes => format!("kubectl get job {}", launch.name),
@@ -706,6 +719,44 @@ pub fn submit(args: SubmitArgs) -> Result<i32> {
         shell_word(&launch.workspace)
     );
     Ok(0)
+}
+
+/// Warns of each file the DAG names on this machine's disk: a pod has only the DAG file (from
+/// the ConfigMap) and its image, so it would not find what the DAG reads, and would lose what it
+/// writes. A DAG that does not validate here is not refused (its files may be in the image), but
+/// said so, with its problems.
+async fn warn_of_local_files(l: &Launch, registry: &Registry) {
+    let dag = match crate::dag::load(&l.dag_path, Some(&l.workspace), registry).await {
+        Ok(dag) => dag,
+        Err(e) => {
+            output::error_line(&format!(
+                "warning: {} does not validate on this machine, so the files it names were not checked; a pod would \
+                 refuse it too unless its image holds them:\n{e}",
+                l.dag_path.display()
+            ));
+            return;
+        }
+    };
+    for file in dag.file_params() {
+        output::error_line(&local_file_warning(&file));
+    }
+}
+
+/// What a pod makes of a path parameter, and what to do about it.
+fn local_file_warning(f: &FileParam<'_>) -> String {
+    let (node, param, path) = (f.node, f.param, f.path);
+    match f.kind {
+        PathKind::Input => format!(
+            "warning: node `{node}`, parameter `{param}`: {path} is on this machine's disk, and a pod has only the DAG \
+             file ({POD_DAG}) and its image, so it will not find it; put it in the image or on a volume (a shared claim, \
+             or object storage mounted as one) mounted at that path, and name it there by an absolute path (a relative \
+             one resolves under {POD_DAG_DIR} in the pod)"
+        ),
+        PathKind::Output => format!(
+            "warning: node `{node}`, parameter `{param}`: {path} would be written inside a pod, and lost when it ends; \
+             mount a volume at that path, or export with `unoflow run` on this machine once the workers are done"
+        ),
+    }
 }
 
 /// `NAME.sbatch` or `NAME.k8s.yaml` beside the DAG file.
@@ -910,7 +961,7 @@ mod tests {
             "  parallelism: 8\n",
             "  backoffLimitPerIndex: 3\n",
             "  maxFailedIndexes: 8\n",
-            "      - action: Ignore\n        onPodConditions:\n          - type: DisruptionTarget\n",
+            "      - action: Ignore\n        onPodConditions:\n          - type: DisruptionTarget\n            status: \"True\"\n",
             "      - action: FailIndex\n",
             "          values: [2]\n",
             "      restartPolicy: Never\n",
@@ -1019,6 +1070,12 @@ mod tests {
         assert_eq!(shell_word("$HOME"), "'$HOME'");
         assert_eq!(yaml_str("a \"b\"\n\\"), r#""a \"b\"\n\\""#);
         assert_eq!(yaml_str("x\u{7f}\u{85}\u{2028}é"), "\"x\\u007f\\u0085\\u2028é\"");
+    }
+
+    /// [`super::submit`] without the warnings about the DAG's files (which need a runtime).
+    fn submit(args: SubmitArgs) -> Result<i32> {
+        let launch = Launch::from_args(&args)?;
+        write_and_submit(args, &launch)
     }
 
     #[test]

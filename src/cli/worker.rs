@@ -48,6 +48,10 @@ pub struct WorkerArgs {
     /// Tags this worker's run record (set by `run --workers`).
     #[arg(long, hide = true)]
     pub group: Option<String>,
+    /// Set by `run --workers`: standard input is a pipe from that command, and the worker stops
+    /// when the pipe closes (the command ended, even by SIGKILL).
+    #[arg(long, hide = true)]
+    pub stop_with_parent: bool,
 }
 
 fn parse_lease(s: &str) -> std::result::Result<f64, String> {
@@ -83,6 +87,9 @@ fn rank_and_world(rank: Option<usize>, world: Option<usize>, env: &dyn Fn(&str) 
 /// `unoflow worker`: works on the DAG's units with whoever else shares the workspace, until
 /// the DAG is complete or nothing is left it can do.
 pub async fn worker(args: WorkerArgs, registry: &Registry, interrupt: Interrupt) -> Result<i32> {
+    if args.stop_with_parent {
+        stop_with_parent(&interrupt);
+    }
     let (rank, world) = rank_and_world(args.rank, args.world, &|name| std::env::var(name).ok())?;
     let dag = Arc::new(dag::load(&args.dag, args.workspace.workspace.as_deref(), registry).await?);
     let worker = WorkerOptions {
@@ -98,6 +105,36 @@ pub async fn worker(args: WorkerArgs, registry: &Registry, interrupt: Interrupt)
     let dag_arg = super::shell_word(&args.dag.display().to_string());
     let ws_flag = args.workspace.workspace.as_ref().map(|w| format!(" --workspace {}", super::shell_word(w))).unwrap_or_default();
     print_report(&dag, &report, &dag_arg, &ws_flag, false).await
+}
+
+/// Makes this worker stop when the `run --workers` command that started it ends, however it
+/// ends (kill -9 included), so that no worker outlives it unseen, holding the workspace's lock.
+/// That command keeps the write end of a pipe that is this worker's standard input, and writes
+/// nothing to it; when the command's process is gone, the kernel closes its end and the read
+/// below returns (end of file, or an error): the worker then stops as on SIGTERM, taking no
+/// more units and committing what it runs. A parent-death signal (`prctl(PR_SET_PDEATHSIG)`)
+/// would do as well on Linux only, and the safe crate that offers it would change `libc`'s
+/// features, and so rebuild nearly every dependency; the pipe needs neither, on any system.
+fn stop_with_parent(interrupt: &Interrupt) {
+    let interrupt = interrupt.clone();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut byte = [0u8; 1];
+        // Anything written (nothing is) is read and ignored, and a read cut short by a signal
+        // (the worker's own SIGTERM) is not the end: the loop ends with the pipe.
+        loop {
+            match std::io::stdin().read(&mut byte) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if !interrupt.stop_requested() {
+            super::output::error_line("the `unoflow run --workers` that started this worker has ended: stopping");
+            interrupt.raise();
+        }
+    });
 }
 
 /// The devices `run --devices` names: a list, or `all` (every CUDA device that answers).
@@ -135,6 +172,9 @@ pub async fn run_many(args: RunArgs, registry: &Registry, interrupt: Interrupt) 
         command.arg("worker").arg(&args.dag).arg("--workspace").arg(dag.workspace.to_string());
         command.args(["--rank", &rank.to_string(), "--world", &world.to_string(), "--device", &device.to_string()]);
         command.args(["--quiet", "--group", &group, "--lease-s", &args.lease_s.to_string()]);
+        // The worker stops when its standard input, a pipe whose write end only this process
+        // holds (std opens pipes close-on-exec: other workers do not inherit it), closes.
+        command.arg("--stop-with-parent").stdin(std::process::Stdio::piped());
         if !args.only.is_empty() {
             command.arg("--only").args(&args.only);
         }

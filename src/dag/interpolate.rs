@@ -93,6 +93,9 @@ impl Interpolator {
                     (format!("unterminated `${{` in {text:?}"), "close it with `}`, or write `$${` for a literal `${`".to_string())
                 })?;
                 let reference = &tail[..end];
+                if reference.contains("${") {
+                    return Err(nested(text));
+                }
                 let (value, from_secret) = self.resolve(reference)?;
                 secret |= from_secret;
                 out.push_str(&value);
@@ -139,6 +142,18 @@ impl Interpolator {
     }
 }
 
+/// The error for a `${` inside `${…}` (`${env:X:-${dag_dir}/m}`). Taken as it stands, the
+/// first `}` would close the outer reference and the rest would become a strange path: refused,
+/// saying what to write instead.
+fn nested(text: &str) -> (String, String) {
+    (
+        format!("nested `${{…}}` is not supported: {text:?}"),
+        "a reference cannot hold another: write the default as plain text; paths are relative to the DAG file's \
+         folder, so `${env:NAME:-models/m}` needs no `${dag_dir}`"
+            .into(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +186,19 @@ mod tests {
     #[test]
     fn references_skip_env_and_escapes() {
         assert_eq!(Interpolator::references("${a}/$${b}/${env:C}/${d}"), ["a", "d"]);
+    }
+
+    #[test]
+    fn nested_references_are_refused() {
+        let i = interp();
+        for text in ["${env:UNOFLOW_SURELY_UNSET_VAR:-${root}/m}", "${a${root}}", "x/${env:PATH:-${root}}"] {
+            let (message, help) = i.apply(text).unwrap_err();
+            assert!(message.starts_with("nested `${…}` is not supported"), "{text}: {message}");
+            assert!(help.contains("plain text"), "{help}");
+        }
+        // A reference after another, and an escaped `$${` after one, are not nested.
+        assert_eq!(i.apply("${root}${root}").unwrap().value, "/data/data");
+        assert_eq!(i.apply("${root}/$${x}").unwrap().value, "/data/${x}");
     }
 
     #[test]

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
-use unoflow_api::Params;
+use unoflow_api::params::PathKind;
+use unoflow_api::{ParamType, ParamValue, Params};
 
 pub use build::{Depth, load, load_with};
 
@@ -69,7 +70,29 @@ pub struct Node {
     pub storage: Storage,
 }
 
+/// A path parameter of a node that is set: a file or folder on this machine's disk that the
+/// node reads (data, a model folder, a word list) or writes (an export).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileParam<'a> {
+    pub node: &'a str,
+    pub param: &'static str,
+    /// Absolute (validation resolved it against the DAG file's folder).
+    pub path: &'a str,
+    pub kind: PathKind,
+}
+
 impl Node {
+    /// The node's path parameters that are set (an optional one left out is empty).
+    pub fn file_params(&self) -> impl Iterator<Item = FileParam<'_>> {
+        self.op.spec().params.iter().filter_map(move |spec| {
+            let ParamType::Path(kind) = spec.ty else { return None };
+            match self.params.get(spec.name) {
+                Some(ParamValue::Str(path)) if !path.is_empty() => Some(FileParam { node: &self.name, param: spec.name, path, kind }),
+                _ => None,
+            }
+        })
+    }
+
     /// The name of the node's op (`read`, `sql`, `thumbnail`, …).
     pub fn op_name(&self) -> &'static str {
         self.op.spec().name
@@ -95,6 +118,11 @@ impl Dag {
     /// Indices of `sources` and every node that reads from them, in topological order.
     pub fn with_descendants(&self, sources: &[usize]) -> Vec<usize> {
         self.graph.with_descendants(sources).into_iter().collect()
+    }
+
+    /// Every node's path parameters that are set, in node order (see [`Node::file_params`]).
+    pub fn file_params(&self) -> Vec<FileParam<'_>> {
+        self.nodes.iter().flat_map(Node::file_params).collect()
     }
 
     /// The path of the DAG file, for messages.

@@ -42,7 +42,7 @@ use crate::data::{NodeData, TableData, ViewData};
 use crate::error::{Error, Result};
 use crate::fingerprint::{self, Components};
 use crate::interrupt::Interrupt;
-use crate::workspace::{Index, IndexEntry, LockMode, Manifest, NodeRecord, NodeStore, RunRecord, Storage, Workspace};
+use crate::workspace::{DagRef, Index, IndexEntry, LockMode, Manifest, NodeRecord, NodeStore, RunRecord, Storage, Workspace};
 
 /// What `unoflow run` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -373,11 +373,23 @@ impl RunCtx {
             Err(e) => return self.observer.warn(&format!("cannot record node `{}` in the index: {e}", self.node(i).name)),
         };
         let mut index = self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = IndexEntry { fingerprint: self.fingerprints[i].clone(), storage, components };
+        let dag = self.dag_ref();
+        index.note_dag(&dag);
+        let entry = IndexEntry { fingerprint: self.fingerprints[i].clone(), storage, components, dag: Some(dag) };
         index.nodes.insert(self.node(i).name.clone(), entry);
         if let Err(e) = self.ws.save_index(&index) {
             self.observer.warn(&format!("cannot save the workspace index: {e}"));
         }
+    }
+
+    /// Which DAG this run is of, for the index: its name and its file's absolute path (the
+    /// same file named from two folders is one DAG).
+    fn dag_ref(&self) -> DagRef {
+        let path = match self.dag.path().file_name() {
+            Some(file) => self.dag.dag_dir.join(file),
+            None => self.dag.path().to_path_buf(),
+        };
+        DagRef { name: self.dag.name.clone(), path: path.display().to_string() }
     }
 
     /// The data of a complete stored node `i`, published under `tables/` for other engines.

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use clock::ClockSkew;
-pub use index::{Index, IndexEntry, Storage};
+pub use index::{DagRef, Index, IndexEntry, Storage};
 pub use labels::{Label, Labels, MAX_ROW_ID, Verdict};
 pub use lease::{Lease, LeaseOutcome, Leases, WorkerBeat, now_ms};
 pub use location::Location;
