@@ -7,32 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Project, Run};
-
-/// A DAG reading `rows` items and passing each through `sleep` for `ms` (one row per unit).
-fn slow_project(rows: usize, ms: u64) -> Project {
-    let p = Project::new();
-    let lines: Vec<String> = (0..rows).map(|n| format!(r#"{{"n": {n}, "name": "item {n}"}}"#)).collect();
-    p.write("items.jsonl", &(lines.join("\n") + "\n"));
-    p.dag(&format!(
-        r#"[dag]
-name = "slow"
-seed = 5
-workspace = "ws"
-
-[nodes.items]
-op = "read"
-path = "items.jsonl"
-format = "jsonl"
-
-[nodes.slow]
-op = "sleep"
-inputs = ["items"]
-ms = {ms}
-"#
-    ));
-    p
-}
+use crate::support::{Project, Run, sleep_project};
 
 /// Waits for `child` at most `limit`; kills it and fails past that.
 fn wait_at_most(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
@@ -98,7 +73,7 @@ fn validate_every_version(file: &std::path::Path) -> Option<Vec<String>> {
 
 #[test]
 fn kubernetes_manifests_pass_the_api_schema_of_every_version_they_claim() {
-    let p = slow_project(4, 1);
+    let p = sleep_project(4, 1);
     let submit = |workspace: &str, extra: &[&str], output: &str| {
         let mut args = vec!["submit", "dag.toml", "--workspace", workspace, "--workers", "4", "--backend", "kubernetes"];
         args.extend_from_slice(&["--image", "reg/unoflow:1", "--dry-run", "-o", output]);
@@ -171,7 +146,7 @@ fn assert_quiet_end(run: &Run, args: &[&str]) {
 
 #[test]
 fn commands_end_quietly_when_their_reader_goes_away() {
-    let p = slow_project(3000, 0);
+    let p = sleep_project(3000, 0);
     p.unoflow(&["run", "dag.toml", "-q", "--only", "items"]).ok();
     let id = crate::support::sql_csv(&p, "SELECT row_id FROM items LIMIT 1")[1].clone();
     let commands: Vec<Vec<&str>> = vec![
@@ -279,7 +254,7 @@ fn wait_gone(pids: &[u32], limit: Duration) {
 #[cfg(target_os = "linux")]
 fn workers_stop_when_their_run_is_killed_and_the_next_run_resumes() {
     const ROWS: usize = 40;
-    let p = slow_project(ROWS, 300);
+    let p = sleep_project(ROWS, 300);
     let fp = fingerprint(&p, "slow");
     let mut parent = p
         .command(&["run", "dag.toml", "--workers", "3", "--lease-s", "2", "-q"])
@@ -318,7 +293,7 @@ fn wait_for_lock_line(p: &Project, pid: u32) {
 #[test]
 #[cfg(target_os = "linux")]
 fn a_refused_run_names_who_holds_the_workspace() {
-    let p = slow_project(12, 500);
+    let p = sleep_project(12, 500);
     // A `run` alone: named by pid, host and command.
     let mut holder = p.command(&["run", "dag.toml", "-q"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     wait_for_lock_line(&p, holder.id());
@@ -349,7 +324,7 @@ fn a_refused_run_names_who_holds_the_workspace() {
 
 #[test]
 fn a_reference_inside_a_reference_is_an_error_at_its_line() {
-    let p = slow_project(2, 0);
+    let p = sleep_project(2, 0);
     let dag = std::fs::read_to_string(p.path("dag.toml")).unwrap();
     p.dag(&dag.replace(r#"path = "items.jsonl""#, r#"path = "${env:UNOFLOW_SURELY_UNSET:-${dag_dir}/items.jsonl}""#));
     let out = p.unoflow(&["validate", "dag.toml"]).expect_code(2);

@@ -7,32 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::scale::S3Server;
-use crate::support::Project;
-
-/// items (read, `rows` rows) → slow (sleep, one unit per row, `ms` each).
-fn project(rows: usize, ms: u64) -> Project {
-    let p = Project::new();
-    let lines: Vec<String> = (0..rows).map(|n| format!(r#"{{"n": {n}}}"#)).collect();
-    p.write("items.jsonl", &(lines.join("\n") + "\n"));
-    p.dag(&format!(
-        r#"[dag]
-name = "hardening"
-seed = 3
-workspace = "ws"
-
-[nodes.items]
-op = "read"
-path = "items.jsonl"
-format = "jsonl"
-
-[nodes.slow]
-op = "sleep"
-inputs = ["items"]
-ms = {ms}
-"#
-    ));
-    p
-}
+use crate::support::{Project, sleep_project};
 
 /// The names in the project folder: what a run left there.
 fn entries(p: &Project) -> Vec<String> {
@@ -44,7 +19,7 @@ fn entries(p: &Project) -> Vec<String> {
 
 #[test]
 fn malformed_workspace_urls_are_refused_and_make_no_folder() {
-    let p = project(2, 0);
+    let p = sleep_project(2, 0);
     // (what was written, what the message must say)
     let cases = [
         ("s3:/bucket/typo", "write s3://bucket/typo"),
@@ -75,7 +50,7 @@ fn malformed_workspace_urls_are_refused_and_make_no_folder() {
 
 #[test]
 fn a_malformed_url_in_the_dag_file_is_a_validation_error_at_its_line() {
-    let p = project(2, 0);
+    let p = sleep_project(2, 0);
     let text = std::fs::read_to_string(p.path("dag.toml")).unwrap().replace(r#"workspace = "ws""#, r#"workspace = "s3:/bucket/runs""#);
     p.dag(&text);
     let out = p.unoflow(&["validate", "dag.toml"]).expect_code(2);
@@ -86,7 +61,7 @@ fn a_malformed_url_in_the_dag_file_is_a_validation_error_at_its_line() {
 
 #[test]
 fn paths_that_only_look_like_urls_are_still_folders() {
-    let p = project(2, 0);
+    let p = sleep_project(2, 0);
     // A word before a colon that is no store's scheme, and a `./` before one, are folder names.
     for workspace in ["notes:2024", "./s3:backup"] {
         p.unoflow(&["run", "dag.toml", "--workspace", workspace, "--quiet"]).ok();
@@ -99,7 +74,7 @@ fn paths_that_only_look_like_urls_are_still_folders() {
 fn a_missing_bucket_is_named_in_one_line() {
     let Some(s3) = S3Server::start() else { return };
     // No bucket is created.
-    let p = project(2, 0);
+    let p = sleep_project(2, 0);
     let owned = s3.env();
     let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for command in [&["run", "dag.toml", "--workspace", "s3://nobucket/ws", "--quiet"][..], &["status", "--workspace", "s3://nobucket/ws"]]
@@ -136,7 +111,7 @@ fn libfaketime() -> Option<PathBuf> {
 #[test]
 fn a_worker_whose_clock_is_five_minutes_ahead_of_the_store_refuses_to_start() {
     let Some(lib) = libfaketime() else { return };
-    let p = project(3, 0);
+    let p = sleep_project(3, 0);
     let lib = lib.to_string_lossy().into_owned();
     // The process's clock runs five minutes ahead; the kernel's, which stamps the workspace's
     // files as a file server or an object store would, does not. Monotonic time stays true
@@ -191,13 +166,13 @@ fn signal(child: &Child, sig: &str) {
 #[test]
 fn status_counts_workers_gone_when_they_exit_and_soon_after_they_are_killed() {
     // Workers that finish say so in their last beat: none is live right after.
-    let finished = project(8, 50);
+    let finished = sleep_project(8, 50);
     finished.unoflow(&["run", "dag.toml", "--workers", "2", "--lease-s", "4", "--quiet"]).ok();
     assert_eq!(live_workers(&finished), 0);
 
     // A worker killed at once (SIGKILL) writes nothing more: it is counted gone a few of its
     // beats (every 2 s with a 4 s lease) after its last one, not minutes later.
-    let p = project(60, 200);
+    let p = sleep_project(60, 200);
     let mut killed = worker(&p, "4");
     until_live(&p, 1, Duration::from_secs(30));
     signal(&killed, "-KILL");

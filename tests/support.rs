@@ -163,6 +163,32 @@ query = "SELECT row_id, path, width, height FROM thumbs"
     )
 }
 
+/// A project whose DAG reads `rows` items and passes each through `sleep` for `ms` (a unit a
+/// row): work for workers to share, kill and resume.
+pub fn sleep_project(rows: usize, ms: u64) -> Project {
+    let p = Project::new();
+    let lines: Vec<String> = (0..rows).map(|n| format!(r#"{{"n": {n}, "name": "item {n}"}}"#)).collect();
+    p.write("items.jsonl", &(lines.join("\n") + "\n"));
+    p.dag(&format!(
+        r#"[dag]
+name = "slow"
+seed = 5
+workspace = "ws"
+
+[nodes.items]
+op = "read"
+path = "items.jsonl"
+format = "jsonl"
+
+[nodes.slow]
+op = "sleep"
+inputs = ["items"]
+ms = {ms}
+"#
+    ));
+    p
+}
+
 /// The first part file of unit `unit` of the node stored under fingerprint `fp` in `ws/`.
 pub fn part_file(p: &Project, fp: &str, unit: usize) -> PathBuf {
     let prefix = format!("u{unit:06}-");
