@@ -44,17 +44,20 @@ struct Known {
     query: Option<String>,
 }
 
-/// Refuses an index that several DAGs wrote, naming them and how to choose one.
+/// Refuses an index that several DAGs wrote, naming them and how to choose one. A DAG is its
+/// `[dag] name`: the same file run from another checkout, host or pod (another path) is the
+/// same DAG.
 fn one_dag(index: &Index, root: &Location) -> Result<()> {
     let dags = index.dags();
-    if dags.len() <= 1 {
+    let names: std::collections::BTreeSet<&str> = dags.iter().map(|d| d.name.as_str()).collect();
+    if names.len() <= 1 {
         return Ok(());
     }
     let listed: Vec<String> = dags.iter().map(|d| format!("  {d}")).collect();
     Err(Error::Usage(format!(
         "the workspace {root} holds the outputs of {} DAGs, so a node name may mean either:\n{}\n\
          say which with --dag DAG (one of the files above, with --workspace {root})",
-        dags.len(),
+        names.len(),
         listed.join("\n"),
     )))
 }

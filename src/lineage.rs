@@ -40,7 +40,7 @@ pub struct Step {
 /// The lineage of `row_id` in `node`, as indented text.
 pub async fn lineage(catalog: &Catalog, node: &str, row_id: &str) -> Result<String> {
     let mut out = String::new();
-    for step in steps(catalog, node, row_id).await? {
+    for step in steps(catalog, node, row_id, None).await? {
         let indent = "    ".repeat(step.depth);
         if step.gone {
             let _ = writeln!(out, "{indent}{} (output no longer in the workspace)", step.node);
@@ -69,11 +69,12 @@ pub async fn lineage(catalog: &Catalog, node: &str, row_id: &str) -> Result<Stri
 }
 
 /// The steps of `row_id`'s lineage in `node`, the row's own node first, each followed by its
-/// inputs' steps (depth first).
-pub async fn steps(catalog: &Catalog, node: &str, row_id: &str) -> Result<Vec<Step>> {
+/// inputs' steps (depth first). With `memory`, each step's query holds at most that many bytes
+/// (see [`query::bounded_session`]): for lineage a request asks for.
+pub async fn steps(catalog: &Catalog, node: &str, row_id: &str, memory: Option<usize>) -> Result<Vec<Step>> {
     let located = catalog.require(node)?;
     let mut out = Vec::new();
-    if !trace(catalog, located, &[row_id.to_string()], 0, &mut out).await? {
+    if !trace(catalog, located, &[row_id.to_string()], 0, memory, &mut out).await? {
         return Err(Error::Usage(format!("no row `{row_id}` in node `{node}` (nor in errors.{node})")));
     }
     Ok(out)
@@ -85,12 +86,16 @@ fn trace<'a>(
     located: &'a Located,
     ids: &'a [String],
     depth: usize,
+    memory: Option<usize>,
     out: &'a mut Vec<Step>,
 ) -> futures::future::BoxFuture<'a, Result<bool>> {
     Box::pin(async move {
         let data = &located.data;
         let comps = &located.components;
-        let ctx = query::session();
+        let ctx = match memory {
+            Some(bytes) => query::bounded_session(bytes)?,
+            None => query::session(),
+        };
         query::register(&ctx, data, query::Verify::Digests).await?;
         let in_list: Vec<_> = ids.iter().map(|i| lit(i.as_str())).collect();
         let rows = ctx.table(data.name()).await?.filter(col(ROW_ID).in_list(in_list.clone(), false))?.collect().await?;
@@ -136,7 +141,7 @@ fn trace<'a>(
         for input in &comps.inputs {
             match catalog.by_fingerprint(&input.fingerprint) {
                 Some(parent) => {
-                    trace(catalog, parent, &parents, depth + 1, out).await?;
+                    trace(catalog, parent, &parents, depth + 1, memory, out).await?;
                 }
                 None => out.push(Step {
                     depth: depth + 1,

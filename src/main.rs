@@ -1,7 +1,7 @@
 //! The `unoflow` binary: parses the command line, turns signals into an [`Interrupt`] for the
 //! commands that stop gracefully, runs the command, and maps errors to exit codes (2: fix the
-//! DAG file or the arguments; 130: interrupted; 1: anything else; 0 and no message when the
-//! reader of standard output went away, as `rg` and `git` do).
+//! DAG file or the arguments; 130: interrupted; 1: anything else; 141, as a process stopped by
+//! SIGPIPE, and no message when the reader of standard output went away).
 
 use clap::Parser;
 use unoflow::cli::output;
@@ -33,9 +33,10 @@ fn main() {
         }
         match unoflow::cli::main(cli, interrupt).await {
             Ok(code) => code,
-            // The reader of the output went away (`unoflow ops | head -1`): it has what it
-            // wanted, and nothing is left to say.
-            Err(_) if output::closed() => 0,
+            // The reader of the output went away (`unoflow ops | head -1`): nothing is left to
+            // say, and the code a process stopped by SIGPIPE has (as `yes | head -1` gives):
+            // not 0, which would call a failed or interrupted run a success.
+            Err(_) if output::closed() => 141,
             Err(err) => {
                 match &err {
                     unoflow::Error::Spec(_) => output::error_line(&err.to_string()),

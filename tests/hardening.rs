@@ -358,6 +358,14 @@ fn a_workspace_two_dags_wrote_is_queried_through_one_of_them() {
     // One DAG wrote it: the workspace answers alone, as it always did.
     let one = p.unoflow(&["sql", "--workspace", "ws", "--format", "csv", "SELECT COUNT(*) AS n FROM items"]).ok();
     assert_eq!(one.stdout.lines().nth(1), Some("2"));
+    // The same DAG from another checkout (another path, the same `[dag] name`) is one DAG.
+    std::fs::create_dir_all(p.path("checkout")).unwrap();
+    std::fs::copy(p.path("alpha.jsonl"), p.path("checkout/alpha.jsonl")).unwrap();
+    let copy = std::fs::read_to_string(p.path("a.toml")).unwrap().replace("workspace = \"ws\"", "workspace = \"../ws\"");
+    p.write("checkout/a.toml", &copy);
+    p.unoflow(&["run", "checkout/a.toml", "-q"]).ok();
+    let again = p.unoflow(&["sql", "--workspace", "ws", "--format", "csv", "SELECT COUNT(*) AS n FROM items"]).ok();
+    assert_eq!(again.stdout.lines().nth(1), Some("2"));
     p.unoflow(&["run", "b.toml", "-q"]).ok();
     let query = "SELECT COUNT(*) AS n FROM items";
     let refused = p.unoflow(&["sql", "--workspace", "ws", query]).expect_code(2);

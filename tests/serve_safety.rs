@@ -201,6 +201,9 @@ fn other_sites_cannot_start_queries_or_label() {
     let link = ["Sec-Fetch-Site: cross-site", "Sec-Fetch-Mode: navigate", "Sec-Fetch-Dest: document"];
     assert_eq!(get_with(&server, "GET", "/node/items", &link, ""), 200, "a link from elsewhere opens a page");
     assert_eq!(get_with(&server, "GET", query, &link, ""), 403, "but not with a query in it");
+    assert_eq!(get_with(&server, "GET", "/node/items?page=3", &link, ""), 403, "nor a page deep into a table");
+    let frame = ["Sec-Fetch-Site: cross-site", "Sec-Fetch-Mode: navigate", "Sec-Fetch-Dest: iframe"];
+    assert_eq!(get_with(&server, "GET", "/node/items", &frame, ""), 403, "a hidden frame on another site");
     let own = ["Sec-Fetch-Site: same-origin", "Sec-Fetch-Mode: navigate", "Sec-Fetch-Dest: document"];
     assert_eq!(get_with(&server, "GET", query, &own, ""), 200, "the page's own form");
     let typed = ["Sec-Fetch-Site: none", "Sec-Fetch-Mode: navigate"];

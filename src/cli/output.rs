@@ -4,7 +4,8 @@
 //! write to standard output fails with EPIPE, and `println!` panics on that. Commands write
 //! through [`stdout`] instead, with `writeln!(out, …).at(STDOUT)?`: the error ends the command
 //! like any other, and `main` asks [`closed`] whether the reader left, in which case it ends
-//! quietly (exit 0, like `rg` and `git`) instead of reporting an error. One flag for the whole
+//! quietly (exit 141, as a process stopped by SIGPIPE; not 0, which would call a failed run a
+//! success) instead of reporting an error. One flag for the whole
 //! process, set where the write failed, so it does not matter how the error was wrapped on its
 //! way up (an Arrow CSV writer's, a Parquet writer's or ours).
 

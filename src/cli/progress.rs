@@ -59,7 +59,7 @@ impl RunObserver for Progress {
 
     fn warn(&self, message: &str) {
         if self.multi.is_hidden() {
-            eprintln!("warning: {message}");
+            super::output::error_line(&format!("warning: {message}"));
         } else {
             let _ = self.multi.println(format!("warning: {message}"));
         }

@@ -701,11 +701,11 @@ fn write_and_submit(args: SubmitArgs, launch: &Launch) -> Result<i32> {
     };
     let path = args.output.unwrap_or_else(|| default_output(&launch.dag_path, launch.backend));
     write_owned(&path, &text, launch.backend)?;
-    eprintln!("wrote {}", path.display());
+    output::error_line(&format!("wrote {}", path.display()));
     let shown = tool_command(launch.backend, &path);
     if args.dry_run {
         write!(output::stdout(), "{text}").at(output::STDOUT)?;
-        eprintln!("not submitted (--dry-run); submit it with `{shown}`");
+        output::error_line(&format!("not submitted (--dry-run); submit it with `{shown}`"));
         return Ok(0);
     }
     hand_over(launch, &path, &shown)?;
@@ -713,11 +713,11 @@ fn write_and_submit(args: SubmitArgs, launch: &Launch) -> Result<i32> {
         Backend::Slurm => format!("squeue --name {}", launch.name),
         Backend::Kubernetes => format!("kubectl get job {}", launch.name),
     };
-    eprintln!(
+    output::error_line(&format!(
         "submitted {} workers; watch the progress with\n  unoflow status --workspace {}\n  {watch}",
         launch.workers,
         shell_word(&launch.workspace)
-    );
+    ));
     Ok(0)
 }
 

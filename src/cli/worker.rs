@@ -184,7 +184,7 @@ pub async fn run_many(args: RunArgs, registry: &Registry, interrupt: Interrupt) 
     let statuses = watch(&ws, &dag, children, args.quiet, &interrupt).await?;
     for (rank, status) in statuses.iter().enumerate() {
         if !status.success() {
-            eprintln!("warning: worker {rank} ({}) ended with {status}", devices[rank]);
+            super::output::error_line(&format!("warning: worker {rank} ({}) ended with {status}", devices[rank]));
         }
     }
     if interrupt.stop_requested() {

@@ -138,11 +138,12 @@ fn host_allowed(host: &str, ip: IpAddr, port: u16) -> bool {
 }
 
 /// Why a request that another site's page made is refused, if it is one: a page elsewhere
-/// must not start queries here or act for the reader (an `<img>` whose address holds a
-/// `WHERE`, a form, a script's `fetch`). Browsers say where a request comes from in
-/// `Sec-Fetch-Site` (and in `Origin` for anything but a plain navigation); a link followed
-/// from elsewhere may still open a page, without a query. Programs (curl, scripts) send
-/// neither header and are not affected.
+/// must not start queries here or act for the reader (an `<img>` or a hidden frame whose
+/// address holds a `WHERE`, a form, a script's `fetch`). Browsers say where a request comes
+/// from in `Sec-Fetch-Site` (and in `Origin` for anything but a plain navigation); a link
+/// followed from elsewhere may still open a page in the window, but with nothing in its query
+/// string but the layout and the token. Programs (curl, scripts) send neither header and are
+/// not affected.
 fn foreign(request: &Request) -> Option<&'static str> {
     let headers = request.headers();
     let header = |name: &str| headers.get(name).and_then(|h| h.to_str().ok());
@@ -156,14 +157,17 @@ fn foreign(request: &Request) -> Option<&'static str> {
     if matches!(site, "same-origin" | "none") {
         return None;
     }
-    let navigation = header("sec-fetch-mode") == Some("navigate") && request.method() == Method::GET;
+    // A frame navigates too (`Sec-Fetch-Dest: iframe`): only the window's own document counts.
+    let navigation = header("sec-fetch-mode") == Some("navigate")
+        && header("sec-fetch-dest").is_none_or(|d| d == "document")
+        && request.method() == Method::GET;
     let queries = request
         .uri()
         .query()
-        .is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| matches!(k.as_ref(), "where" | "order") && !v.is_empty()));
+        .is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| !matches!(k.as_ref(), "view" | "token") && !v.is_empty()));
     match (navigation, queries) {
         (true, false) => None,
-        (true, true) => Some("a link from another site that carries a query"),
+        (true, true) => Some("a link from another site that carries a query (WHERE, ORDER BY, a page, a column)"),
         (false, _) => Some("a request from another site's page"),
     }
 }

@@ -142,11 +142,27 @@ impl RunLock {
     pub(super) fn acquire(workspace: &Path, wait: bool) -> Result<Self> {
         let path = workspace.join("lock");
         let mut file = open(&path)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) if wait => file.lock().at(&path)?,
-            Err(TryLockError::WouldBlock) => return Err(refusal(workspace, &read_all(&mut file))),
-            Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        let mut tries = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if wait => {
+                    file.lock().at(&path)?;
+                    break;
+                }
+                Err(TryLockError::WouldBlock) => {
+                    let holders = read_all(&mut file);
+                    // An empty file under a held lock is a worker clearing gone holders' lines
+                    // ([`clear_if_free`]) for an instant: look again before refusing.
+                    if holders.trim().is_empty() && tries < SHARE_TRIES {
+                        tries += 1;
+                        std::thread::sleep(SHARE_RETRY);
+                        continue;
+                    }
+                    return Err(refusal(workspace, &holders));
+                }
+                Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
         }
         file.set_len(0).at(&path)?;
         file.rewind().at(&path)?;

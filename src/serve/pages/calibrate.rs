@@ -10,7 +10,7 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Float64Type;
 use serde::Deserialize;
 
-use super::{ident, literal, read_rows, require_node};
+use super::{bounded, ident, literal, read_rows, require_node};
 use crate::catalog::LABELS;
 use crate::serve::App;
 use crate::serve::calibration::{Calibration, Point, calibrate};
@@ -37,8 +37,12 @@ pub async fn page(
 ) -> Result<response::Html<String>, HttpError> {
     let catalog = app.catalog().await?;
     require_node(&catalog, &name)?;
-    let ctx = catalog.bounded_session_for(&format!("SELECT * FROM {}", ident(&name)), app.queries().memory).await?;
-    let schema = ctx.table(datafusion::common::TableReference::bare(name.as_str())).await?.schema().as_arrow().clone();
+    // Registering the table checks its parts' digests: work a request starts, so bounded too.
+    let schema = bounded(app.queries(), async {
+        let ctx = catalog.bounded_session_for(&format!("SELECT * FROM {}", ident(&name)), app.queries().memory).await?;
+        Ok(ctx.table(datafusion::common::TableReference::bare(name.as_str())).await?.schema().as_arrow().clone())
+    })
+    .await?;
     let numeric: Vec<String> =
         schema.fields().iter().filter(|f| f.data_type().is_numeric() && f.name() != "seed").map(|f| f.name().clone()).collect();
     let column = match params.column {

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::response;
 use serde::Serialize;
 
+use super::bounded;
 use crate::catalog::Catalog;
 use crate::data::NodeData;
 use crate::fingerprint::Components;
@@ -45,12 +46,12 @@ pub struct DagView {
 
 /// `GET /api/dag`.
 pub async fn json(State(app): State<Arc<App>>) -> Result<Json<DagView>, HttpError> {
-    Ok(Json(view(&app).await?))
+    Ok(Json(bounded(app.queries(), view(&app)).await?))
 }
 
 /// `GET /`.
 pub async fn page(State(app): State<Arc<App>>) -> Result<response::Html<String>, HttpError> {
-    let dag = view(&app).await?;
+    let dag = bounded(app.queries(), view(&app)).await?;
     let mut body = Html::new();
     let live = if dag.live { "a run is at work" } else { "no run at work" };
     html!(&mut body;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{self, IntoResponse, Response};
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -25,7 +25,7 @@ pub async fn page(State(app): State<Arc<App>>, Path((name, row_id)): Path<(Strin
     let rows = read_rows(bounds, &catalog, &format!("SELECT * FROM {} WHERE {condition} LIMIT 1", ident(&name)), 1).await?;
     let failed = read_rows(bounds, &catalog, &format!("SELECT * FROM errors.{} WHERE {condition} LIMIT 1", ident(&name)), 1).await?;
     let steps = bounded(bounds, async {
-        crate::lineage::steps(&catalog, &name, &id).await.map_err(|e| match e {
+        crate::lineage::steps(&catalog, &name, &id, Some(bounds.memory)).await.map_err(|e| match e {
             crate::Error::Usage(m) => HttpError::not_found(m),
             e => HttpError::from(e),
         })
@@ -46,7 +46,11 @@ pub async fn image(
     require_node(&catalog, &name)?;
     let id = require_row_id(&row_id)?;
     let sql = format!("SELECT {} FROM {} WHERE row_id = {} LIMIT 1", ident(&column), ident(&name), literal(id));
-    let batches = read_rows(app.queries(), &catalog, &sql, 1).await.map_err(|e| HttpError::not_found(e.message))?;
+    // An unknown column is a bad query: for an image address, that is "no such image".
+    let batches = read_rows(app.queries(), &catalog, &sql, 1).await.map_err(|e| match e.status {
+        StatusCode::BAD_REQUEST => HttpError::not_found(e.message),
+        _ => e,
+    })?;
     let bytes = batches
         .iter()
         .find(|b| b.num_rows() > 0)
