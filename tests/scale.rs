@@ -196,7 +196,23 @@ fn a_stopped_workers_units_are_taken_over_and_its_late_commit_refused() {
         assert!(Instant::now() < deadline, "the first worker committed nothing");
         std::thread::sleep(Duration::from_millis(10));
     }
-    signal(&frozen, "-STOP");
+    // Stopped between two units it holds no lease, and there is nothing to wait for: stop it
+    // again until it is caught holding one (a lease whose unit has no commit).
+    let names = |dir: &str| -> BTreeSet<String> {
+        std::fs::read_dir(p.path(dir))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    loop {
+        signal(&frozen, "-STOP");
+        let commits = names(&format!("ws/nodes/{fp}/commits"));
+        if names(&format!("ws/leases/{fp}")).iter().any(|lease| lease.ends_with(".json") && !commits.contains(lease)) {
+            break;
+        }
+        signal(&frozen, "-CONT");
+        assert!(Instant::now() < deadline, "the first worker was never caught holding a unit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert!(!p.path(&format!("ws/nodes/{fp}/manifest.json")).exists(), "the node finished before the worker was stopped");
     // Another finishes the DAG: it waits for the frozen worker's lease to expire, then takes
     // its unit over.
