@@ -604,25 +604,7 @@ mod browser {
 
 #[test]
 fn the_dag_page_follows_a_run() {
-    let p = Project::new();
-    let items: String = (0..12).map(|n| format!("{{\"n\": {n}}}\n")).collect();
-    p.write("items.jsonl", &items);
-    p.dag(
-        r#"[dag]
-name = "live"
-workspace = "ws"
-
-[nodes.items]
-op = "read"
-path = "items.jsonl"
-format = "jsonl"
-
-[nodes.slow]
-op = "sleep"
-inputs = ["items"]
-ms = 700
-"#,
-    );
+    let p = crate::support::sleep_project(12, 700);
     let mut run = p.spawn(&["run", "dag.toml", "-q"]);
     let started = std::time::Instant::now();
     while !p.path("ws/unoflow-workspace.json").exists() {
