@@ -1,14 +1,22 @@
 //! Node fingerprints: what a node's output is a function of.
 //!
 //! `fingerprint = blake3(op, op version, fingerprinted parameters, source digest, salt,
-//! input fingerprints)`. Input *names* are not in it, nor the node's own name, nor the file's
-//! layout: renaming a node, reordering the file or reformatting keeps the cache. `sql` queries
-//! enter in a canonical form with inputs renamed to their position. Secret parameters never
-//! enter.
+//! device class and precision, input fingerprints)`. Input *names* are not in it, nor the node's
+//! own name, nor the file's layout: renaming a node, reordering the file or reformatting keeps
+//! the cache. `sql` queries enter in a canonical form with inputs renamed to their position.
+//! Secret parameters never enter.
+//!
+//! Files a node reads (a `read` node's data, model folders, word lists) enter by their relative
+//! names and content digests ([`Op::source_digest`](crate::ops::Op::source_digest)), never by
+//! their path: the same weights or data at another path, on another disk or host, are the same
+//! node. The device class and precision (`cpu/f32`, `cuda/bf16`) enter only for operators that
+//! declare their output depends on them ([`DeviceDependence`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use unoflow_api::DeviceDependence;
+use unoflow_api::params::{ParamType, PathKind};
 
 use crate::dag::{Dag, Node};
 use crate::error::Result;
@@ -30,6 +38,10 @@ pub struct Components {
     pub source: Option<String>,
     #[serde(default)]
     pub salt: Option<String>,
+    /// The device class and precision of the run (`cpu/f32`, `cuda/bf16`), for operators whose
+    /// output depends on them; `None` for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     pub inputs: Vec<InputRef>,
     /// All parameters as the DAG gives them (secrets redacted), for people reading lineage and
     /// records; not hashed (the canonical `params` are).
@@ -40,7 +52,7 @@ pub struct Components {
 impl Components {
     /// The fingerprint: 32 hex digits.
     pub fn fingerprint(&self) -> String {
-        let hashed = serde_json::json!({
+        let mut hashed = serde_json::json!({
             "op": self.op,
             "version": self.version,
             "params": self.params,
@@ -48,6 +60,11 @@ impl Components {
             "salt": self.salt,
             "inputs": self.inputs.iter().map(|i| &i.fingerprint).collect::<Vec<_>>(),
         });
+        // Only where it matters: the fingerprints of device-independent nodes stay those they
+        // had before devices entered.
+        if let Some(device) = &self.device {
+            hashed["device"] = serde_json::Value::String(device.clone());
+        }
         blake3::hash(hashed.to_string().as_bytes()).to_hex()[..32].to_string()
     }
 
@@ -76,6 +93,10 @@ impl Components {
         if self.salt != old.salt {
             reasons.push("salt changed".into());
         }
+        if self.device != old.device {
+            let name = |d: &Option<String>| d.clone().unwrap_or_else(|| "unrecorded".into());
+            reasons.push(format!("device changed: {} → {}", name(&old.device), name(&self.device)));
+        }
         if self.inputs.len() != old.inputs.len() {
             reasons.push(format!("inputs changed: {} → {}", names(&old.inputs), names(&self.inputs)));
         } else {
@@ -101,7 +122,7 @@ fn short(v: &serde_json::Value) -> String {
     if s.chars().count() > 60 { format!("{}…", s.chars().take(57).collect::<String>()) } else { s }
 }
 
-/// Fingerprints of every node of `dag`, in its order.
+/// Fingerprints of every node of `dag`, in its order, for a run on `dag.device`.
 pub fn compute(dag: &Dag) -> Result<Vec<Components>> {
     let mut out: Vec<Components> = Vec::with_capacity(dag.nodes.len());
     for node in &dag.nodes {
@@ -117,7 +138,8 @@ fn components(dag: &Dag, node: &Node, inputs: Vec<InputRef>) -> Result<Component
     let mut params = BTreeMap::new();
     for (name, value) in node.params.iter() {
         let Some(param) = spec.param(name) else { continue };
-        if !param.fingerprinted || node.secret_params.contains(name) {
+        // A file or folder the node reads enters by its content (the source digest), not its path.
+        if !param.fingerprinted || node.secret_params.contains(name) || param.ty == ParamType::Path(PathKind::Input) {
             continue;
         }
         params.insert(name.to_string(), node.op.fingerprint_value(name, value, &input_names));
@@ -128,6 +150,7 @@ fn components(dag: &Dag, node: &Node, inputs: Vec<InputRef>) -> Result<Component
         params,
         source: node.op.source_digest()?,
         salt: node.salt.clone(),
+        device: (spec.device_dependence == DeviceDependence::ClassAndPrecision).then(|| dag.device.compute_class().to_string()),
         inputs,
         written: redacted_params(node),
     })
@@ -156,6 +179,7 @@ mod tests {
             params: BTreeMap::from([("max_side".to_string(), serde_json::json!(max_side))]),
             source: None,
             salt: None,
+            device: None,
             inputs: vec![InputRef { name: "photos".into(), fingerprint: input_fp.into() }],
             written: BTreeMap::new(),
         }
@@ -174,5 +198,18 @@ mod tests {
     fn reasons_name_the_change() {
         assert_eq!(comps(128, "f1").changes_since(&comps(64, "f1")), ["parameter `max_side` changed: 64 → 128"]);
         assert_eq!(comps(64, "f2").changes_since(&comps(64, "f1")), ["input `photos` changed"]);
+    }
+
+    #[test]
+    fn the_device_enters_where_declared() {
+        let on = |device: Option<&str>| Components { device: device.map(str::to_string), ..comps(64, "f1") };
+        let (cpu, cuda) = (on(Some("cpu/f32")), on(Some("cuda/bf16")));
+        assert_ne!(cpu.fingerprint(), cuda.fingerprint());
+        assert_eq!(cuda.changes_since(&cpu), ["device changed: cpu/f32 → cuda/bf16"]);
+        // A node without a device keeps the fingerprint it had before devices entered.
+        let before = serde_json::json!({
+            "op": "thumbnail", "version": 1, "params": {"max_side": 64}, "source": null, "salt": null, "inputs": ["f1"],
+        });
+        assert_eq!(on(None).fingerprint(), blake3::hash(before.to_string().as_bytes()).to_hex()[..32]);
     }
 }

@@ -70,7 +70,7 @@ fn the_full_recipe_validates() {
     // A DreamBench folder with UNO's lists: the project's sample copy stands in.
     let bench = p.path("dreambench");
     std::fs::create_dir_all(&bench).unwrap();
-    for list in ["uno_singleip.json", "uno_multiip.json"] {
+    for list in ["dreambench_singleip.json", "dreambench_multiip.json"] {
         std::fs::copy(root.join("datasets/dreambench_sample.json"), bench.join(list)).unwrap();
     }
     let (dino, clip) = (fixtures.join("dino/tiny"), fixtures.join("clip/tiny"));

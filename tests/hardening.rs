@@ -74,24 +74,30 @@ fn validate_every_version(file: &std::path::Path) -> Option<Vec<String>> {
 #[test]
 fn kubernetes_manifests_pass_the_api_schema_of_every_version_they_claim() {
     let p = sleep_project(4, 1);
+    // The project's items are on a claim mounted where they are here.
+    let project = format!("project=team-data:{}", p.path("items.jsonl").parent().unwrap().display());
     let submit = |workspace: &str, extra: &[&str], output: &str| {
         let mut args = vec!["submit", "dag.toml", "--workspace", workspace, "--workers", "4", "--backend", "kubernetes"];
-        args.extend_from_slice(&["--image", "reg/unoflow:1", "--dry-run", "-o", output]);
+        args.extend_from_slice(&["--image", "reg/unoflow:1", "--dry-run", "-o", output, "--volume", &project]);
         args.extend_from_slice(extra);
-        p.unoflow(&args).ok();
+        p.unoflow_env(&args, &[("HF_HOME", "/cache/hf")]).ok();
         p.path(output)
     };
     let gpu = submit("s3://bucket/run", &["--secret", "unoflow-s3"], "gpu.k8s.yaml");
     let cpu = submit("gs://bucket/run", &["--gpus-per-worker", "0", "--lease-s", "60", "--grace-s", "30"], "cpu.k8s.yaml");
-    let folder = submit("/mnt/shared/ws", &[], "folder.k8s.yaml");
-    for file in [gpu, cpu, folder] {
+    let folder = submit("/mnt/shared/ws", &["--volume", "shared=team-rwx:/mnt/shared"], "folder.k8s.yaml");
+    // Variables from this shell (a Secret `submit` applies) and from the --secret Secret.
+    let env = submit("s3://bucket/run", &["--secret", "unoflow-s3", "--env", "HF_HOME", "--env", "VLM_ENDPOINT"], "env.k8s.yaml");
+    let text = std::fs::read_to_string(&env).unwrap();
+    assert!(text.contains("HF_HOME") && text.contains("VLM_ENDPOINT") && !text.contains("/cache/hf"), "{text}");
+    for file in [gpu, cpu, folder, env] {
         let Some(versions) = validate_every_version(&file) else { return };
         assert!(versions.iter().any(|v| v == "1.34.0"), "checked only {versions:?}");
     }
 }
 
 #[test]
-fn kubernetes_submit_warns_of_each_file_a_pod_cannot_see() {
+fn kubernetes_submit_refuses_each_file_a_pod_cannot_see() {
     let p = Project::new();
     p.write("datasets/items.jsonl", "{\"n\": 1}\n{\"n\": 2}\n");
     p.write("models/words.txt", "cat\n");
@@ -113,15 +119,21 @@ path = "exported"
 "#,
     );
     let args = ["submit", "dags/flow.toml", "--workspace", "s3://b/p", "--workers", "2", "--dry-run"];
-    let k8s = p.unoflow(&[&args[..], &["--backend", "kubernetes", "--image", "reg/u:1"]].concat()).ok();
+    let k8s = ["--backend", "kubernetes", "--image", "reg/u:1"];
+    let refused = p.unoflow(&[&args[..], &k8s[..]].concat()).expect_code(2);
     let data = p.path("datasets/items.jsonl");
-    let read = format!("warning: node `items`, parameter `path`: {} is on this machine's disk", data.display());
-    assert!(k8s.stderr.contains(&read), "{read:?} not in:\n{}", k8s.stderr);
-    assert!(k8s.stderr.contains("will not find it") && k8s.stderr.contains("volume"), "{}", k8s.stderr);
-    let export = format!("warning: node `out`, parameter `path`: {} would be written inside a pod", p.path("dags/exported").display());
-    assert!(k8s.stderr.contains(&export), "{export:?} not in:\n{}", k8s.stderr);
-    assert_eq!(k8s.stderr.matches("warning:").count(), 2, "{}", k8s.stderr);
-    // Slurm workers read the same paths on a shared filesystem: nothing to warn of.
+    let read = format!("node `items`, parameter `path`: {} is on this machine's disk", data.display());
+    assert!(refused.stderr.contains(&read), "{read:?} not in:\n{}", refused.stderr);
+    let export = format!("node `out`, parameter `path`: {} would be written on the pod's own disk", p.path("dags/exported").display());
+    assert!(refused.stderr.contains(&export), "{export:?} not in:\n{}", refused.stderr);
+    assert!(refused.stderr.contains("--volume NAME=CLAIM:"), "{}", refused.stderr);
+    assert!(!p.path("dags/flow.k8s.yaml").exists(), "nothing written");
+    // A claim mounted above both: the pods see them at the same paths.
+    let root = p.path("dags").parent().unwrap().display().to_string();
+    let volume = format!("project=team-rwx:{root}");
+    let ok = p.unoflow(&[&args[..], &k8s[..], &["--volume", &volume]].concat()).ok();
+    assert!(ok.stdout.contains(&format!("mountPath: \"{root}\"")), "{}", ok.stdout);
+    // Slurm workers read the same paths on a shared filesystem: nothing to refuse or warn of.
     let slurm = p.unoflow(&[&args[..], &["--backend", "slurm"]].concat()).ok();
     assert!(!slurm.stderr.contains("warning:"), "{}", slurm.stderr);
 }

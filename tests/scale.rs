@@ -295,8 +295,51 @@ impl S3Server {
         ]
     }
 
-    fn create_bucket(&self, bucket: &str) {
+    /// The server's URL (`http://127.0.0.1:PORT`): objects are at `ENDPOINT/BUCKET/KEY`.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub(crate) fn create_bucket(&self, bucket: &str) {
         ureq::put(&format!("{}/{bucket}", self.endpoint)).call().expect("the bucket is created");
+    }
+
+    /// Puts every file under `dir` into the store under `prefix` (`BUCKET/KEY…`); how many.
+    pub(crate) fn upload_dir(&self, dir: &std::path::Path, prefix: &str) -> usize {
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                n += self.upload_dir(&path, &format!("{prefix}/{name}"));
+            } else {
+                let url = format!("{}/{prefix}/{name}", self.endpoint);
+                ureq::put(&url).send_bytes(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// An object unoflow wrote (with credentials, so private: an anonymous GET is refused),
+    /// read or deleted through boto3, which moto depends on.
+    fn boto3(&self, action: &str, bucket: &str, key: &str) -> std::process::Output {
+        let script = format!(
+            "import boto3, sys\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='testing', \
+             aws_secret_access_key='testing', region_name='us-east-1')\n{action}",
+            self.endpoint
+        );
+        Command::new("python3").args(["-c", &script, bucket, key]).output().expect("python3 runs boto3")
+    }
+
+    pub(crate) fn get_object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let out = self.boto3("sys.stdout.buffer.write(s3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())", bucket, key);
+        out.status.success().then_some(out.stdout)
+    }
+
+    pub(crate) fn delete_object(&self, bucket: &str, key: &str) {
+        let out = self.boto3("s3.delete_object(Bucket=sys.argv[1], Key=sys.argv[2])", bucket, key);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
@@ -360,6 +403,8 @@ fn submit_writes_launchers_and_refuses_what_cannot_work() {
             "kubernetes",
             "--image",
             "reg/unoflow:1",
+            "--volume",
+            &format!("project=team-data:{}", p.path("items.jsonl").parent().unwrap().display()),
             "--dry-run",
         ])
         .ok();

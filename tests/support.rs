@@ -7,6 +7,9 @@ use std::process::{Child, Command, Output, Stdio};
 #[derive(Debug)]
 pub struct Project {
     dir: tempfile::TempDir,
+    /// The host cache folder its commands use (`UNOFLOW_CACHE_DIR`): not the user's, and
+    /// outside the project folder, whose contents tests inspect.
+    host_cache: tempfile::TempDir,
 }
 
 /// What a command printed and how it ended.
@@ -41,7 +44,7 @@ impl Run {
 
 impl Project {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("temp dir") }
+        Self { dir: tempfile::tempdir().expect("temp dir"), host_cache: tempfile::tempdir().expect("temp dir") }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -62,7 +65,7 @@ impl Project {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_unoflow"));
-        cmd.args(args).current_dir(self.dir.path()).env("NO_COLOR", "1");
+        cmd.args(args).current_dir(self.dir.path()).env("NO_COLOR", "1").env("UNOFLOW_CACHE_DIR", self.host_cache.path());
         cmd
     }
 

@@ -4,6 +4,7 @@
 pub mod output;
 mod progress;
 mod submit;
+mod tiny;
 mod worker;
 
 use std::io::Write;
@@ -39,12 +40,18 @@ pub enum Command {
     Validate {
         /// The DAG file.
         dag: PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
     },
     /// Show what `run` would do: each node's fingerprint and state (cached, stale, missing), and why.
     Plan {
         dag: PathBuf,
         #[command(flatten)]
         workspace: WorkspaceArg,
+        #[command(flatten)]
+        vars: VarArgs,
+        #[command(flatten)]
+        device: DeviceArg,
         /// Print a JSON array of {node, fingerprint, state, reasons}.
         #[arg(long)]
         json: bool,
@@ -63,6 +70,10 @@ pub enum Command {
         dag: Option<PathBuf>,
         #[command(flatten)]
         workspace: WorkspaceArg,
+        #[command(flatten)]
+        vars: VarArgs,
+        #[command(flatten)]
+        device: DeviceArg,
         /// Print the progress as JSON.
         #[arg(long)]
         json: bool,
@@ -76,6 +87,10 @@ pub enum Command {
         dag: Option<PathBuf>,
         #[command(flatten)]
         workspace: WorkspaceArg,
+        #[command(flatten)]
+        vars: VarArgs,
+        #[command(flatten)]
+        device: DeviceArg,
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
@@ -97,6 +112,8 @@ pub enum Command {
         dag: Option<PathBuf>,
         #[command(flatten)]
         workspace: WorkspaceArg,
+        #[command(flatten)]
+        vars: VarArgs,
         /// Print the run records as JSON.
         #[arg(long)]
         json: bool,
@@ -121,6 +138,10 @@ pub enum Command {
         dag: Option<PathBuf>,
         #[command(flatten)]
         workspace: WorkspaceArg,
+        #[command(flatten)]
+        vars: VarArgs,
+        #[command(flatten)]
+        device: DeviceArg,
     },
 }
 
@@ -209,6 +230,43 @@ pub enum ModelCommand {
         #[arg(long, default_value = "cpu", value_parser = parse_device)]
         device: Device,
     },
+    /// Write a tiny random model folder in the exact file and key layout of a public release,
+    /// to rehearse a DAG before downloading the weights (FLUX.1-dev alone is 37 GB).
+    Tiny {
+        /// The folder to create (absent or empty).
+        dir: PathBuf,
+        /// Which release the folder mimics.
+        #[arg(long, value_enum)]
+        kind: TinyKind,
+        /// FLUX only: the transformer and autoencoder layout [default: bfl].
+        #[arg(long, value_enum)]
+        layout: Option<TinyLayout>,
+        /// The seed of the random weights: the same seed writes the same bytes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+/// The release a `model tiny` folder mimics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TinyKind {
+    /// black-forest-labs/FLUX.1-dev: transformer, autoencoder, CLIP-L and T5 encoders, tokenizers.
+    FluxDev,
+    /// facebook/dinov2-small (transformers Dinov2Model).
+    Dinov2,
+    /// facebook/dino-vits16 (transformers ViTModel).
+    Dino,
+    /// openai/clip-vit-base-patch32 (transformers CLIPModel with its tokenizer).
+    Clip,
+}
+
+/// How a tiny FLUX folder stores the transformer and autoencoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TinyLayout {
+    /// flux1-dev.safetensors and ae.safetensors at the root, as BFL releases them.
+    Bfl,
+    /// model_index.json, transformer/ (sharded), vae/, scheduler/, as diffusers saves a pipeline.
+    Diffusers,
 }
 
 /// A compute precision.
@@ -225,6 +283,10 @@ pub struct ServeArgs {
     pub dag: Option<PathBuf>,
     #[command(flatten)]
     pub workspace: WorkspaceArg,
+    #[command(flatten)]
+    pub vars: VarArgs,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// The address to listen on; one that is not loopback requires a token.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
@@ -247,12 +309,46 @@ pub struct WorkspaceArg {
     pub workspace: Option<String>,
 }
 
+/// `--var NAME=VALUE`, on every command that loads a DAG file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct VarArgs {
+    /// Override a variable of the DAG's [vars] (repeatable; the last of a name wins). VALUE is a
+    /// TOML value of the declared type (4, 0.5, true, ["512x512"], "text"); a bare word that is
+    /// not valid TOML is taken as a string (--var datasets=/data/x).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<dag::VarOverride>,
+}
+
+impl VarArgs {
+    /// The options to load a DAG with these variables and `workspace`.
+    pub fn load_options<'a>(&'a self, workspace: Option<&'a str>) -> dag::LoadOptions<'a> {
+        dag::LoadOptions::new(workspace, &self.vars)
+    }
+
+    /// The flags that give these variables again, for commands printed to paste.
+    pub fn flags(&self) -> String {
+        self.vars.iter().map(|v| format!(" --var {}", shell_word(&v.arg()))).collect()
+    }
+}
+
+/// `--device` on the commands that compute fingerprints without running anything.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct DeviceArg {
+    /// The device the outputs are computed on (cpu, cuda or cuda:N): model nodes' fingerprints
+    /// hold its class and precision (cpu/f32, cuda/bf16). Give what `run` was given; no such
+    /// device is needed here.
+    #[arg(long, default_value = "cpu", value_parser = parse_device_name)]
+    pub device: Device,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The DAG file.
     pub dag: PathBuf,
     #[command(flatten)]
     pub workspace: WorkspaceArg,
+    #[command(flatten)]
+    pub vars: VarArgs,
     /// Run only these nodes, and whatever they need that is not cached.
     #[arg(long, num_args = 1.., value_name = "NODE")]
     pub only: Vec<String>,
@@ -301,6 +397,11 @@ fn parse_guidance(s: &str) -> std::result::Result<f32, String> {
     Ok(g)
 }
 
+/// A device name, whether or not this host has the device (for commands that only plan).
+fn parse_device_name(s: &str) -> std::result::Result<Device, String> {
+    s.parse::<Device>().map_err(|e| e.to_string())
+}
+
 fn parse_device(s: &str) -> std::result::Result<Device, String> {
     let device = s.parse::<Device>().map_err(|e| e.to_string())?;
     unoflow_models::device::check_available(device).map_err(|e| e.to_string())
@@ -310,30 +411,37 @@ fn parse_device(s: &str) -> std::result::Result<Device, String> {
 pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
     let registry = Registry::default();
     match cli.command {
-        Command::Validate { dag } => {
-            let d = dag::load_with(&dag, None, &registry, dag::Depth::EveryRecord).await?;
+        Command::Validate { dag, vars } => {
+            let options = dag::LoadOptions { depth: dag::Depth::EveryRecord, ..vars.load_options(None) };
+            let d = dag::load_with(&dag, options, &registry).await?;
             writeln!(output::stdout(), "{}: ok ({} nodes)", dag.display(), d.nodes.len()).at(STDOUT)?;
             Ok(0)
         }
-        Command::Plan { dag, workspace, json } => {
-            let d = dag::load(&dag, workspace.workspace.as_deref(), &registry).await?;
+        Command::Plan { dag, workspace, vars, device, json } => {
+            let options = dag::LoadOptions { device: device.device, ..vars.load_options(workspace.workspace.as_deref()) };
+            let d = dag::load_with(&dag, options, &registry).await?;
             print_plan(&d, json)
         }
         Command::Run(args) if args.workers > 1 || args.devices.is_some() => worker::run_many(args, &registry, interrupt).await,
         Command::Run(args) => run(args, &registry, interrupt).await,
         Command::Worker(args) => worker::worker(args, &registry, interrupt).await,
         Command::Submit(args) => submit::submit(args, &registry).await,
-        Command::Status { dag, workspace, json } => status(dag.as_deref(), workspace.workspace.as_deref(), json, &registry).await,
-        Command::Sql { query, dag, workspace, format, output, max_rows } => {
-            let catalog = catalog(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
+        Command::Status { dag, workspace, vars, device, json } => {
+            let options = dag::LoadOptions { device: device.device, ..vars.load_options(workspace.workspace.as_deref()) };
+            status(dag.as_deref(), options, json, &registry).await
+        }
+        Command::Sql { query, dag, workspace, vars, device, format, output, max_rows } => {
+            let options = dag::LoadOptions { device: device.device, ..vars.load_options(workspace.workspace.as_deref()) };
+            let catalog = catalog(dag.as_deref(), options, &registry).await?;
             sql(&catalog, &query, format, output.as_deref(), max_rows).await
         }
         Command::Ops { name } => ops(&registry, name.as_deref()),
-        Command::Runs { dag, workspace, json } => {
-            let root = workspace_root(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
+        Command::Runs { dag, workspace, vars, json } => {
+            let root = workspace_root(dag.as_deref(), vars.load_options(workspace.workspace.as_deref()), &registry).await?;
             runs(&root, json)
         }
         Command::Generate(args) => crate::generate::run(args, interrupt).await,
+        Command::Model { command: ModelCommand::Tiny { dir, kind, layout, seed } } => tiny::write(dir, kind, layout, seed).await,
         Command::Model { command: ModelCommand::Check { kind, weights, lora, fixture, tol, dtype, device } } => {
             let dtype = match dtype {
                 Precision::F32 => unoflow_models::Precision::F32,
@@ -353,6 +461,8 @@ pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
             let options = crate::serve::ServeOptions {
                 dag: args.dag,
                 workspace: args.workspace.workspace,
+                vars: args.vars.vars,
+                device: args.device.device,
                 host: args.host,
                 port: args.port,
                 token: args.token,
@@ -360,26 +470,27 @@ pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
             };
             crate::serve::serve(options, registry).await
         }
-        Command::Lineage { node, row_id, dag, workspace } => {
-            let catalog = catalog(dag.as_deref(), workspace.workspace.as_deref(), &registry).await?;
+        Command::Lineage { node, row_id, dag, workspace, vars, device } => {
+            let options = dag::LoadOptions { device: device.device, ..vars.load_options(workspace.workspace.as_deref()) };
+            let catalog = catalog(dag.as_deref(), options, &registry).await?;
             write!(output::stdout(), "{}", crate::lineage::lineage(&catalog, &node, &row_id).await?).at(STDOUT)?;
             Ok(0)
         }
     }
 }
 
-async fn workspace_root(dag: Option<&Path>, workspace: Option<&str>, registry: &Registry) -> Result<Location> {
-    match (dag, workspace) {
+async fn workspace_root(dag: Option<&Path>, options: dag::LoadOptions<'_>, registry: &Registry) -> Result<Location> {
+    match (dag, options.workspace) {
         (_, Some(w)) => Location::parse(w, &std::path::absolute(".").map_err(|e| Error::io(".", e))?),
-        (Some(d), None) => Ok(dag::load(d, None, registry).await?.workspace),
+        (Some(d), None) => Ok(dag::load_with(d, options, registry).await?.workspace),
         (None, None) => Err(Error::Usage("say which workspace: --dag DAG or --workspace DIR|URL".into())),
     }
 }
 
-async fn catalog(dag: Option<&Path>, workspace: Option<&str>, registry: &Registry) -> Result<Catalog> {
+async fn catalog(dag: Option<&Path>, options: dag::LoadOptions<'_>, registry: &Registry) -> Result<Catalog> {
     match dag {
-        Some(d) => Catalog::of_dag(&dag::load(d, workspace, registry).await?),
-        None => Catalog::of_workspace(&workspace_root(None, workspace, registry).await?),
+        Some(d) => Catalog::of_dag(&dag::load_with(d, options, registry).await?),
+        None => Catalog::of_workspace(&workspace_root(None, options, registry).await?),
     }
 }
 
@@ -404,14 +515,15 @@ fn print_plan(dag: &Dag, json: bool) -> Result<i32> {
 
 async fn run(args: RunArgs, registry: &Registry, interrupt: Interrupt) -> Result<i32> {
     let workspace_arg = args.workspace.workspace.clone();
-    let dag = Arc::new(dag::load(&args.dag, args.workspace.workspace.as_deref(), registry).await?);
+    let options = dag::LoadOptions { device: args.device, ..args.vars.load_options(args.workspace.workspace.as_deref()) };
+    let dag = Arc::new(dag::load_with(&args.dag, options, registry).await?);
     let opts =
         RunOptions { only: args.only, force: args.force, fail_fast: args.fail_fast, wait: args.wait, device: args.device, worker: None };
     let command: Vec<String> = std::env::args().collect();
     let progress = Arc::new(progress::Progress::new(args.quiet));
     let report = exec::run(Arc::clone(&dag), opts, command, interrupt, progress).await?;
     let dag_arg = shell_word(&args.dag.display().to_string());
-    let ws_flag = workspace_arg.as_ref().map(|w| format!(" --workspace {}", shell_word(w))).unwrap_or_default();
+    let ws_flag = workspace_arg.as_ref().map(|w| format!(" --workspace {}", shell_word(w))).unwrap_or_default() + &args.vars.flags();
     print_report(&dag, &report, &dag_arg, &ws_flag, false).await
 }
 
@@ -656,13 +768,13 @@ fn runs(root: &Location, json: bool) -> Result<i32> {
 }
 
 /// `unoflow status`: per node units done / held / pending, the live workers, rate and time left.
-async fn status(dag: Option<&Path>, workspace: Option<&str>, json: bool, registry: &Registry) -> Result<i32> {
+async fn status(dag: Option<&Path>, options: dag::LoadOptions<'_>, json: bool, registry: &Registry) -> Result<i32> {
     let (location, loaded) = match dag {
         Some(d) => {
-            let loaded = dag::load(d, workspace, registry).await?;
+            let loaded = dag::load_with(d, options, registry).await?;
             (loaded.workspace.clone(), Some(loaded))
         }
-        None => (workspace_root(None, workspace, registry).await?, None),
+        None => (workspace_root(None, options, registry).await?, None),
     };
     let ws = crate::workspace::Workspace::open(&location)?;
     let nodes = crate::status::nodes_of(&ws, loaded.as_ref())?;

@@ -24,22 +24,26 @@
 //!   never written into the file.
 //! - The workspace must be visible from every node: an object-store URL, or an absolute folder on
 //!   a shared filesystem. A relative folder is refused: workers on other hosts cannot see it.
+//! - Kubernetes pods get what the DAG needs from the flags: `--volume` mounts claims, `--env`
+//!   passes variables through Secrets, and every file the DAG names must be on a volume or a URL
+//!   ([`pod`] says why and how).
 //!
 //! A file at the output path is replaced only if `unoflow submit` wrote it (its marker line).
 //! `--dry-run` writes and prints the file without submitting it.
 
+mod kubernetes;
+mod pod;
+
 use std::env::consts::EXE_SUFFIX;
 use std::ffi::OsStr;
-use std::fmt::Write as _;
 use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use unoflow_api::params::PathKind;
-
-use super::{output, shell_word};
-use crate::dag::FileParam;
+use self::kubernetes::kubernetes_manifest;
+use self::pod::{PodEnv, VolumeMount};
+use super::{VarArgs, output, shell_word};
 use crate::error::{Error, IoContext, Result};
 use crate::ops::Registry;
 use crate::workspace::Location;
@@ -60,10 +64,6 @@ const MAX_GRACE_S: u64 = 65_535;
 /// The largest DAG file a ConfigMap holds: Kubernetes objects are at most 1 MiB, with the rest of
 /// the ConfigMap.
 const MAX_CONFIGMAP_DAG: usize = 1_000_000;
-
-/// Where the pods mount the ConfigMap holding the DAG file, and the DAG file there.
-const POD_DAG_DIR: &str = "/etc/unoflow";
-const POD_DAG: &str = "/etc/unoflow/dag.toml";
 
 /// The cluster's scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -155,9 +155,21 @@ pub struct SubmitArgs {
     /// Kubernetes: a Secret whose keys become the workers' environment (credentials), named only.
     #[arg(long, value_name = "NAME")]
     pub secret: Option<String>,
+    /// Kubernetes: pass the variable NAME to every worker (repeatable). Set in this shell, its
+    /// value goes into a Secret `unoflow submit` applies (never into the manifest file); unset
+    /// here, it is the key NAME of the --secret Secret.
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: Vec<String>,
+    /// Kubernetes: mount the PersistentVolumeClaim CLAIM at /PATH in every worker pod, as the
+    /// pod volume NAME (repeatable). Every file the DAG names must be under one, or a URL.
+    #[arg(long = "volume", value_name = "NAME=CLAIM:/PATH")]
+    pub volumes: Vec<VolumeMount>,
     /// Write the script or manifest and print it, but do not submit.
     #[arg(long)]
     pub dry_run: bool,
+    /// Passed on to every worker.
+    #[command(flatten)]
+    pub vars: VarArgs,
 }
 
 /// What both launchers need, validated.
@@ -183,6 +195,12 @@ pub struct Launch {
     /// The unoflow binary the workers run.
     pub unoflow: String,
     pub secret: Option<String>,
+    /// Kubernetes: the `--env` variables and where each one's value comes from.
+    pub env: Vec<PodEnv>,
+    /// Kubernetes: the `--volume` claims.
+    pub volumes: Vec<VolumeMount>,
+    /// `--var` overrides every worker loads the DAG with.
+    pub vars: Vec<crate::dag::VarOverride>,
 }
 
 impl Launch {
@@ -195,7 +213,12 @@ impl Launch {
             return Err(usage("--lease-s 0: a lease lasts at least a second; leave the flag out for the worker's default"));
         }
         check_backend_flags(args)?;
-        check_workspace(&args.workspace, args.backend, args.dry_run)?;
+        pod::check_volumes(&args.volumes)?;
+        check_workspace(&args.workspace, args.backend, &args.volumes)?;
+        let env = match args.backend {
+            Backend::Kubernetes => pod::pod_env(&args.env, args.secret.as_deref(), &|name| std::env::var_os(name))?,
+            Backend::Slurm => Vec::new(),
+        };
         let unoflow = match (&args.unoflow, args.backend) {
             (Some(path), _) => {
                 check_text("--unoflow", path)?;
@@ -205,6 +228,16 @@ impl Launch {
             (None, Backend::Kubernetes) => "unoflow".to_string(),
         };
         let (dag_path, dag_text) = read_dag(&args.dag)?;
+        // The pods mount the DAG file at its path here (see `pod`), and a mount path has no `:`.
+        if args.backend == Backend::Kubernetes && dag_path.to_string_lossy().contains(':') {
+            return Err(usage(format!(
+                "the DAG file {}: pods mount it at its path here, and Kubernetes refuses a mount path with `:`; move it to a \
+                 folder whose path has none",
+                dag_path.display()
+            )));
+        }
+        // A `--var` the DAG does not declare would stop every worker with the same error.
+        crate::dag::check_vars(&args.dag, &dag_text, &args.vars.vars)?;
         if args.backend == Backend::Kubernetes && dag_text.len() > MAX_CONFIGMAP_DAG {
             return Err(usage(format!(
                 "the DAG file {} has {} bytes; a Kubernetes ConfigMap holds at most {MAX_CONFIGMAP_DAG}: move inline data into files",
@@ -228,6 +261,9 @@ impl Launch {
             grace_s: args.grace_s,
             unoflow,
             secret: args.secret.clone(),
+            env,
+            volumes: args.volumes.clone(),
+            vars: args.vars.vars.clone(),
         })
     }
 }
@@ -265,10 +301,10 @@ fn check_text(flag: &str, value: &str) -> Result<()> {
 fn check_backend_flags(args: &SubmitArgs) -> Result<()> {
     match args.backend {
         Backend::Slurm => {
-            if args.image.is_some() || args.secret.is_some() {
+            if args.image.is_some() || args.secret.is_some() || !args.env.is_empty() || !args.volumes.is_empty() {
                 return Err(usage(
-                    "--image and --secret are for --backend kubernetes; Slurm workers run --unoflow on the nodes \
-                     and take credentials from the submitting shell's environment",
+                    "--image, --secret, --env and --volume are for --backend kubernetes; Slurm workers run --unoflow on \
+                     the nodes, see the filesystems the nodes mount, and take the submitting shell's environment",
                 ));
             }
             if let Some(partition) = &args.partition {
@@ -310,13 +346,7 @@ fn check_image(image: &str) -> Result<()> {
 
 /// A Secret's name is a DNS-1123 subdomain: dot-separated labels of a-z, 0-9 and inner `-`.
 fn check_secret(name: &str) -> Result<()> {
-    let label = |l: &str| {
-        !l.is_empty()
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
-    if name.len() <= 253 && name.split('.').all(label) {
+    if pod::is_dns_subdomain(name) {
         return Ok(());
     }
     Err(usage(format!("--secret {name:?}: not a Kubernetes Secret name (lowercase letters, digits, `-` and `.`)")))
@@ -371,11 +401,11 @@ fn time_number(field: &str) -> Option<u64> {
 }
 
 /// A workspace every worker can reach: an object-store URL, or an absolute folder (which must be
-/// on a filesystem the nodes share; Kubernetes pods share none unless one adds a volume). The
+/// on a filesystem the nodes share; Kubernetes pods share only the `--volume` claims). The
 /// text is read as the workers will read it ([`Location::parse`]): a malformed URL is refused
 /// here, not written into a job whose every worker would fail (or work in a folder named
 /// like a URL).
-fn check_workspace(workspace: &str, backend: Backend, dry_run: bool) -> Result<()> {
+fn check_workspace(workspace: &str, backend: Backend, volumes: &[VolumeMount]) -> Result<()> {
     check_text("--workspace", workspace)?;
     let folder = match Location::parse(workspace, Path::new(""))? {
         Location::Url(url) if url.starts_with("memory://") => {
@@ -392,10 +422,13 @@ fn check_workspace(workspace: &str, backend: Backend, dry_run: bool) -> Result<(
              absolute path on a filesystem every node mounts, or an object-store URL (s3://, gs://, az://)"
         )));
     }
-    if backend == Backend::Kubernetes && !dry_run {
+    // `..` would make "under a volume" untrue, so the folder is compared in its plain form.
+    let on_volume = pod::plain_absolute(&folder).is_some_and(|plain| volumes.iter().any(|v| v.holds(&plain)));
+    if backend == Backend::Kubernetes && !on_volume {
         return Err(usage(format!(
-            "--workspace {workspace}: pods share no folder unless a volume is mounted; use an object-store URL (s3://, gs://, \
-             az://), or write the manifest with --dry-run, add a shared (ReadWriteMany) volume at that path, and apply it with kubectl"
+            "--workspace {workspace}: pods share no folder but a mounted claim; mount a shared (ReadWriteMany) \
+             PersistentVolumeClaim at it or a folder above it with --volume NAME=CLAIM:/PATH, or use an object-store URL \
+             (s3://, gs://, az://)"
         )));
     }
     Ok(())
@@ -444,6 +477,9 @@ fn worker_command(l: &Launch, dag: &str, world: Option<usize>) -> Vec<String> {
     }
     if let Some(lease_s) = l.lease_s {
         command.extend(["--lease-s".to_string(), lease_s.to_string()]);
+    }
+    for var in &l.vars {
+        command.extend(["--var".to_string(), var.arg()]);
     }
     command
 }
@@ -507,188 +543,11 @@ pub fn slurm_script(l: &Launch) -> String {
     lines.join("\n") + "\n"
 }
 
-const K8S_HEADER: &str = "# written by unoflow submit (rerunning it replaces this file)
-#
-# unoflow workers as a Kubernetes Indexed Job: the pod of completion index i is worker rank i (a
-# worker reads JOB_COMPLETION_INDEX itself; --world below is the Job's size). The workers share the
-# workspace's units through leases, so a pod that is preempted, evicted or fails leaves its units to
-# the others, and committed work is kept.
-#
-# The DAG file is in the ConfigMap below, mounted at /etc/unoflow/dag.toml. Paths the DAG names
-# relative to itself (e.g. path = \"data/x.csv\") resolve against /etc/unoflow in the pod, where only
-# the DAG is: data the DAG reads must be in the image, or at absolute paths or URLs.
-#
-# Credentials for the workspace (the AWS_*, GOOGLE_*, AZURE_* variables) are never written here:
-# they come from the keys of the Secret named in envFrom (unoflow submit --secret NAME), or from the
-# cluster's workload identity.
-#
-# Needs Kubernetes 1.29 or later (backoffLimitPerIndex, podFailurePolicy's FailIndex).
-";
-
-const K8S_FOLDER_NOTE: &str = "#
-# The workspace is a folder: before applying this, add a volume every pod shares (a ReadWriteMany
-# PersistentVolumeClaim) and mount it in the worker container at the workspace's path.
-";
-
-/// The Kubernetes manifest: a ConfigMap with the DAG file and an Indexed Job of `l.workers`
-/// pods. Every value from the user is a quoted YAML string.
-pub fn kubernetes_manifest(l: &Launch) -> String {
-    let mut y = String::from(K8S_HEADER);
-    if is_folder(&l.workspace) {
-        y.push_str(K8S_FOLDER_NOTE);
-    }
-    k8s_config_map(&mut y, l);
-    y.push_str("---\n");
-    k8s_job(&mut y, l);
-    y
-}
-
-fn is_folder(workspace: &str) -> bool {
-    !workspace.contains("://") || workspace.starts_with("file://")
-}
-
-fn k8s_config_map(y: &mut String, l: &Launch) {
-    let name = yaml_str(&l.name);
-    let config_map = yaml_str(&format!("{}-dag", l.name));
-    let dag = yaml_str(&l.dag_text);
-    let _ = write!(
-        y,
-        "apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: {config_map}
-  labels:
-    app.kubernetes.io/name: unoflow
-    app.kubernetes.io/instance: {name}
-data:
-  dag.toml: {dag}
-"
-    );
-}
-
-fn k8s_job(y: &mut String, l: &Launch) {
-    let name = yaml_str(&l.name);
-    let image = yaml_str(l.image.as_deref().unwrap_or_default());
-    let command = worker_command(l, POD_DAG, Some(l.workers)).iter().map(String::as_str).map(yaml_str).collect::<Vec<_>>().join(", ");
-    let (workers, grace_s) = (l.workers, l.grace_s);
-    let _ = write!(
-        y,
-        "apiVersion: batch/v1
-kind: Job
-metadata:
-  name: {name}
-  labels:
-    app.kubernetes.io/name: unoflow
-    app.kubernetes.io/instance: {name}
-spec:
-  completionMode: Indexed
-  completions: {workers}
-  parallelism: {workers}
-  # Each index is retried on its own, up to 3 times, and the Job goes on while some indexes fail:
-  # any worker finishes the units a failed one left.
-  backoffLimitPerIndex: 3
-  maxFailedIndexes: {workers}
-  podFailurePolicy:
-    rules:
-      # Preemption, eviction, a node drained: not the worker's failure; the pod is replaced uncounted.
-      - action: Ignore
-        onPodConditions:
-          - type: DisruptionTarget
-            status: \"True\"
-      # Exit 2 is a usage error (the DAG or a flag): a retry would fail the same way.
-      - action: FailIndex
-        onExitCodes:
-          containerName: worker
-          operator: In
-          values: [2]
-  template:
-    metadata:
-      labels:
-        app.kubernetes.io/name: unoflow
-        app.kubernetes.io/instance: {name}
-    spec:
-      # podFailurePolicy needs Never: the Job replaces a failed pod, the kubelet does not restart it.
-      restartPolicy: Never
-      # On SIGTERM a worker stops taking units, commits what it runs, releases its leases and exits
-      # 130; this is how long it has before SIGKILL.
-      terminationGracePeriodSeconds: {grace_s}
-      containers:
-        - name: worker
-          image: {image}
-          command: [{command}]
-"
-    );
-    k8s_container_rest(y, l);
-}
-
-/// The worker container's environment, resources and the DAG's mount; the pod's volume.
-fn k8s_container_rest(y: &mut String, l: &Launch) {
-    if let Some(secret) = &l.secret {
-        let secret = yaml_str(secret);
-        let _ = write!(
-            y,
-            "          # The Secret's keys become the worker's environment: the workspace's credentials.
-          envFrom:
-            - secretRef:
-                name: {secret}
-"
-        );
-    }
-    let _ = write!(y, "          resources:\n            requests:\n              cpu: \"{}\"\n", l.cpus_per_worker);
-    if l.gpus_per_worker > 0 {
-        let _ = write!(
-            y,
-            "            # The device plugin shows the pod only its GPUs, so cuda:0 is the first of them.
-            limits:
-              nvidia.com/gpu: {}
-",
-            l.gpus_per_worker
-        );
-    }
-    let config_map = yaml_str(&format!("{}-dag", l.name));
-    let _ = write!(
-        y,
-        "          volumeMounts:
-            - name: dag
-              mountPath: {POD_DAG_DIR}
-              readOnly: true
-      volumes:
-        - name: dag
-          configMap:
-            name: {config_map}
-"
-    );
-}
-
-/// `s` as a YAML double-quoted string. A JSON string is one, except for characters JSON leaves
-/// as they are and YAML does not (DEL, C1 controls, line separators, BOM): those are escaped.
-fn yaml_str(s: &str) -> String {
-    let json = serde_json::to_string(s).expect("a string serializes to JSON");
-    let mut out = String::with_capacity(json.len());
-    for c in json.chars() {
-        if yaml_printable(c) {
-            out.push(c);
-        } else {
-            let _ = write!(out, "\\u{:04x}", u32::from(c));
-        }
-    }
-    out
-}
-
-/// Whether a YAML reader takes `c` as itself in a double-quoted string: YAML's printable
-/// characters less the ones YAML 1.1 reads as line breaks, and the byte order mark.
-fn yaml_printable(c: char) -> bool {
-    matches!(
-        c,
-        ' '..='\u{7e}' | '\u{a0}'..='\u{2027}' | '\u{202a}'..='\u{d7ff}' | '\u{e000}'..='\u{fefe}' | '\u{ff00}'..='\u{fffd}' | '\u{10000}'..
-    )
-}
-
 /// Writes the script or manifest, submits it unless `--dry-run`, and says how to follow the run.
 pub async fn submit(args: SubmitArgs, registry: &Registry) -> Result<i32> {
     let launch = Launch::from_args(&args)?;
     if launch.backend == Backend::Kubernetes {
-        warn_of_local_files(&launch, registry).await;
+        check_pod_files(&launch, registry).await?;
     }
     write_and_submit(args, &launch)
 }
@@ -705,7 +564,11 @@ fn write_and_submit(args: SubmitArgs, launch: &Launch) -> Result<i32> {
     let shown = tool_command(launch.backend, &path);
     if args.dry_run {
         write!(output::stdout(), "{text}").at(output::STDOUT)?;
-        output::error_line(&format!("not submitted (--dry-run); submit it with `{shown}`"));
+        let secret = match kubernetes::env_secret(launch) {
+            Some(_) => format!("{} and then ", env_secret_command(launch)),
+            None => String::new(),
+        };
+        output::error_line(&format!("not submitted (--dry-run); submit it with {secret}`{shown}`"));
         return Ok(0);
     }
     hand_over(launch, &path, &shown)?;
@@ -721,42 +584,31 @@ fn write_and_submit(args: SubmitArgs, launch: &Launch) -> Result<i32> {
     Ok(0)
 }
 
-/// Warns of each file the DAG names on this machine's disk: a pod has only the DAG file (from
-/// the ConfigMap) and its image, so it would not find what the DAG reads, and would lose what it
-/// writes. A DAG that does not validate here is not refused (its files may be in the image), but
-/// said so, with its problems.
-async fn warn_of_local_files(l: &Launch, registry: &Registry) {
-    let dag = match crate::dag::load(&l.dag_path, Some(&l.workspace), registry).await {
-        Ok(dag) => dag,
-        Err(e) => {
-            output::error_line(&format!(
-                "warning: {} does not validate on this machine, so the files it names were not checked; a pod would \
-                 refuse it too unless its image holds them:\n{e}",
-                l.dag_path.display()
-            ));
-            return;
-        }
-    };
-    for file in dag.file_params() {
-        output::error_line(&local_file_warning(&file));
+/// Refuses a DAG whose files a pod would not see ([`pod::check_files`]), and warns of each
+/// `${env:NAME}` it reads that no `--env` passes. The DAG is loaded here as the pods will load it
+/// (the same variables, the DAG at the same path): one that does not validate here is refused,
+/// since its paths cannot be checked, and its pods would stop on the same errors.
+async fn check_pod_files(l: &Launch, registry: &Registry) -> Result<()> {
+    let options = crate::dag::LoadOptions::new(Some(&l.workspace), &l.vars);
+    let dag = crate::dag::load_with(&l.dag_path, options, registry).await?;
+    pod::check_files(&dag.file_params(), &l.volumes)?;
+    for name in pod::unpassed_env_refs(&l.dag_text, &l.env) {
+        let secret = l.secret.as_ref().map(|s| format!(" (unless the Secret `{s}` has a key {name})")).unwrap_or_default();
+        output::error_line(&format!(
+            "warning: the DAG reads ${{env:{name}}}, which the pods do not get from this shell{secret}; pass --env {name}"
+        ));
     }
+    Ok(())
 }
 
-/// What a pod makes of a path parameter, and what to do about it.
-fn local_file_warning(f: &FileParam<'_>) -> String {
-    let (node, param, path) = (f.node, f.param, f.path);
-    match f.kind {
-        PathKind::Input => format!(
-            "warning: node `{node}`, parameter `{param}`: {path} is on this machine's disk, and a pod has only the DAG \
-             file ({POD_DAG}) and its image, so it will not find it; put it in the image or on a volume (a shared claim, \
-             or object storage mounted as one) mounted at that path, and name it there by an absolute path (a relative \
-             one resolves under {POD_DAG_DIR} in the pod)"
-        ),
-        PathKind::Output => format!(
-            "warning: node `{node}`, parameter `{param}`: {path} would be written inside a pod, and lost when it ends; \
-             mount a volume at that path, or export with `unoflow run` on this machine once the workers are done"
-        ),
+/// How to create the Secret of `--env` values by hand (after `--dry-run`), from this shell's
+/// variables: the command names them, never their values.
+fn env_secret_command(l: &Launch) -> String {
+    let mut words = vec!["`kubectl create secret generic".to_string(), kubernetes::env_secret_name(l)];
+    for e in l.env.iter().filter(|e| matches!(e.from, pod::EnvFrom::Shell(_))) {
+        words.push(format!("--from-literal={0}=\"${0}\"", e.name));
     }
+    words.join(" ") + "`"
 }
 
 /// `NAME.sbatch` or `NAME.k8s.yaml` beside the DAG file.
@@ -814,6 +666,9 @@ fn hand_over(l: &Launch, path: &Path, shown: &str) -> Result<()> {
             l.backend.elsewhere()
         )));
     };
+    if let Some(secret) = kubernetes::env_secret(l) {
+        apply_from_memory(&program, &secret, &kubernetes::env_secret_name(l))?;
+    }
     let status = std::process::Command::new(&program)
         .args(flags)
         .arg(path)
@@ -831,6 +686,24 @@ fn hand_over(l: &Launch, path: &Path, shown: &str) -> Result<()> {
         ),
     };
     Err(Error::Execution(format!("`{shown}` failed ({status}){hint}")))
+}
+
+/// Runs `kubectl apply -f -` with `yaml` on its standard input: the Secret of `--env` values
+/// reaches the cluster without touching this machine's disk.
+fn apply_from_memory(kubectl: &Path, yaml: &str, what: &str) -> Result<()> {
+    let shown = format!("kubectl apply -f - (the Secret {what})");
+    let failed = |e: std::io::Error| Error::Execution(format!("could not run `{shown}` ({}): {e}", kubectl.display()));
+    let mut child =
+        std::process::Command::new(kubectl).args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped()).spawn().map_err(failed)?;
+    let written = child.stdin.take().map(|mut stdin| stdin.write_all(yaml.as_bytes()));
+    let status = child.wait().map_err(failed)?;
+    if let Some(Err(e)) = written.filter(|_| status.success()) {
+        return Err(failed(e));
+    }
+    if status.success() {
+        return Ok(());
+    }
+    Err(Error::Execution(format!("`{shown}` failed ({status}); the Job was not applied")))
 }
 
 /// `tool` in one of PATH's absolute folders (a relative entry, such as an empty one for the
@@ -880,6 +753,9 @@ mod tests {
             unoflow: (!kubernetes).then(|| "/opt/unoflow/bin/unoflow".to_string()),
             secret: None,
             dry_run: true,
+            vars: VarArgs::default(),
+            env: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 
@@ -948,6 +824,8 @@ mod tests {
     fn kubernetes_manifest_is_a_config_map_and_an_indexed_job() {
         let l = launch(Backend::Kubernetes, |a| a.secret = Some("unoflow-s3".into()));
         let m = kubernetes_manifest(&l);
+        // The DAG file is at its path here, so that paths relative to it resolve as they do here.
+        let dag = l.dag_path.display();
         assert!(m.starts_with(MARKER), "{m}");
         let docs: Vec<&str> = m.split("\n---\n").collect();
         assert_eq!(docs.len(), 2, "{m}");
@@ -967,14 +845,13 @@ mod tests {
             "      restartPolicy: Never\n",
             "      terminationGracePeriodSeconds: 300\n",
             "          image: \"ghcr.io/unoflow/unoflow:0.1\"\n",
-            concat!(
-                r#"          command: ["unoflow", "worker", "/etc/unoflow/dag.toml", "#,
-                r#""--workspace", "s3://bucket/runs", "--world", "8", "--device", "cuda:0"]"#
+            &format!(
+                r#"          command: ["unoflow", "worker", "{dag}", "--workspace", "s3://bucket/runs", "--world", "8", "--device", "cuda:0"]"#
             ),
             "          envFrom:\n            - secretRef:\n                name: \"unoflow-s3\"\n",
             "              cpu: \"8\"\n",
             "            limits:\n              nvidia.com/gpu: 1\n",
-            "              mountPath: /etc/unoflow\n",
+            &format!("              mountPath: \"{dag}\"\n              subPath: dag.toml\n"),
             "          configMap:\n            name: \"unoflow-my-flow-dag\"\n",
         ] {
             assert!(m.contains(want), "{want:?} not in\n{m}");
@@ -1006,14 +883,15 @@ mod tests {
     }
 
     #[test]
-    fn kubernetes_folder_workspace_only_for_a_manifest_to_edit() {
-        let l = launch(Backend::Kubernetes, |a| a.workspace = "/mnt/shared/ws".into());
-        assert!(kubernetes_manifest(&l).contains("ReadWriteMany"));
-        let apply = |a: &mut SubmitArgs| {
+    fn kubernetes_folder_workspace_needs_a_claim() {
+        // A folder workspace needs a shared claim mounted at it or above it.
+        assert_usage(Backend::Kubernetes, |a| a.workspace = "/mnt/shared/ws".into(), "object-store URL");
+        let on_claim = |a: &mut SubmitArgs| {
             a.workspace = "/mnt/shared/ws".into();
-            a.dry_run = false;
+            a.volumes = vec!["shared=team-rwx:/mnt/shared".parse().unwrap()];
         };
-        assert_usage(Backend::Kubernetes, apply, "object-store URL");
+        let m = kubernetes_manifest(&launch(Backend::Kubernetes, on_claim));
+        assert!(m.contains("claimName: \"team-rwx\"") && m.contains("mountPath: \"/mnt/shared\""), "{m}");
     }
 
     #[test]
@@ -1068,8 +946,8 @@ mod tests {
         assert_eq!(shell_word("/a b/it's"), r"'/a b/it'\''s'");
         assert_eq!(shell_word(""), "''");
         assert_eq!(shell_word("$HOME"), "'$HOME'");
-        assert_eq!(yaml_str("a \"b\"\n\\"), r#""a \"b\"\n\\""#);
-        assert_eq!(yaml_str("x\u{7f}\u{85}\u{2028}é"), "\"x\\u007f\\u0085\\u2028é\"");
+        assert_eq!(kubernetes::yaml_str("a \"b\"\n\\"), r#""a \"b\"\n\\""#);
+        assert_eq!(kubernetes::yaml_str("x\u{7f}\u{85}\u{2028}é"), "\"x\\u007f\\u0085\\u2028é\"");
     }
 
     /// [`super::submit`] without the warnings about the DAG's files (which need a runtime).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use unoflow_api::Device;
 
-use super::{RunArgs, WorkspaceArg, parse_device, print_report, progress};
+use super::{RunArgs, VarArgs, WorkspaceArg, parse_device, print_report, progress};
 use crate::dag;
 use crate::error::{Error, Result};
 use crate::exec::{self, DEFAULT_LEASE, RunOptions, WorkerOptions};
@@ -23,6 +23,8 @@ pub struct WorkerArgs {
     pub dag: PathBuf,
     #[command(flatten)]
     pub workspace: WorkspaceArg,
+    #[command(flatten)]
+    pub vars: VarArgs,
     /// Where models run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: Device,
@@ -91,7 +93,8 @@ pub async fn worker(args: WorkerArgs, registry: &Registry, interrupt: Interrupt)
         stop_with_parent(&interrupt);
     }
     let (rank, world) = rank_and_world(args.rank, args.world, &|name| std::env::var(name).ok())?;
-    let dag = Arc::new(dag::load(&args.dag, args.workspace.workspace.as_deref(), registry).await?);
+    let options = dag::LoadOptions { device: args.device, ..args.vars.load_options(args.workspace.workspace.as_deref()) };
+    let dag = Arc::new(dag::load_with(&args.dag, options, registry).await?);
     let worker = WorkerOptions {
         rank,
         world,
@@ -103,7 +106,8 @@ pub async fn worker(args: WorkerArgs, registry: &Registry, interrupt: Interrupt)
     let command: Vec<String> = std::env::args().collect();
     let report = exec::run(Arc::clone(&dag), opts, command, interrupt, Arc::new(progress::Progress::new(args.quiet))).await?;
     let dag_arg = super::shell_word(&args.dag.display().to_string());
-    let ws_flag = args.workspace.workspace.as_ref().map(|w| format!(" --workspace {}", super::shell_word(w))).unwrap_or_default();
+    let ws_flag = args.workspace.workspace.as_ref().map(|w| format!(" --workspace {}", super::shell_word(w))).unwrap_or_default()
+        + &args.vars.flags();
     print_report(&dag, &report, &dag_arg, &ws_flag, false).await
 }
 
@@ -146,7 +150,15 @@ fn devices(text: &str) -> Result<Vec<Device>> {
         }
         return Ok(found);
     }
-    text.split(',').map(|s| parse_device(s.trim()).map_err(|e| Error::Usage(format!("--devices {text}: {e}")))).collect::<Result<Vec<_>>>()
+    let listed = text
+        .split(',')
+        .map(|s| parse_device(s.trim()).map_err(|e| Error::Usage(format!("--devices {text}: {e}"))))
+        .collect::<Result<Vec<_>>>()?;
+    // One fingerprint per node: workers on a CPU and a GPU would make different bytes for it.
+    if listed.iter().any(|d| d.compute_class() != listed[0].compute_class()) {
+        return Err(Error::Usage(format!("--devices {text}: one class of device per run (all cpu or all cuda)")));
+    }
+    Ok(listed)
 }
 
 /// `run --workers N` / `--devices LIST`: one worker process per device (or N on the CPU) on
@@ -160,7 +172,9 @@ pub async fn run_many(args: RunArgs, registry: &Registry, interrupt: Interrupt) 
     if !args.force.is_empty() {
         return Err(Error::Usage("--force cannot be combined with several workers: run `unoflow run DAG --force NODE` first".into()));
     }
-    let dag = Arc::new(dag::load(&args.dag, args.workspace.workspace.as_deref(), registry).await?);
+    // Every worker's device is of one class (`devices` refuses a mix).
+    let options = dag::LoadOptions { device: devices[0], ..args.vars.load_options(args.workspace.workspace.as_deref()) };
+    let dag = Arc::new(dag::load_with(&args.dag, options, registry).await?);
     // Make the workspace (and refuse a foreign folder) before the workers start.
     let ws = Workspace::create(&dag.workspace)?;
     let group = format!("{}-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"), std::process::id());
@@ -172,6 +186,10 @@ pub async fn run_many(args: RunArgs, registry: &Registry, interrupt: Interrupt) 
         command.arg("worker").arg(&args.dag).arg("--workspace").arg(dag.workspace.to_string());
         command.args(["--rank", &rank.to_string(), "--world", &world.to_string(), "--device", &device.to_string()]);
         command.args(["--quiet", "--group", &group, "--lease-s", &args.lease_s.to_string()]);
+        // The workers load the DAG with the same variables, or they would work on other nodes.
+        for var in &args.vars.vars {
+            command.arg("--var").arg(var.arg());
+        }
         // The worker stops when its standard input, a pipe whose write end only this process
         // holds (std opens pipes close-on-exec: other workers do not inherit it), closes.
         command.arg("--stop-with-parent").stdin(std::process::Stdio::piped());
@@ -197,7 +215,8 @@ pub async fn run_many(args: RunArgs, registry: &Registry, interrupt: Interrupt) 
     let mut report = exec::run(Arc::clone(&dag), opts, command, interrupt, Arc::new(progress::Progress::new(true))).await?;
     exec::merge_group(&ws, &group, &mut report)?;
     let dag_arg = super::shell_word(&args.dag.display().to_string());
-    let ws_flag = args.workspace.workspace.as_ref().map(|w| format!(" --workspace {}", super::shell_word(w))).unwrap_or_default();
+    let ws_flag = args.workspace.workspace.as_ref().map(|w| format!(" --workspace {}", super::shell_word(w))).unwrap_or_default()
+        + &args.vars.flags();
     print_report(&dag, &report, &dag_arg, &ws_flag, true).await
 }
 

@@ -10,8 +10,9 @@ use toml::Spanned;
 use unoflow_api::params::PathKind;
 use unoflow_api::{ParamType, ParamValue, Params};
 
-use super::interpolate::{Interpolated, Interpolator};
+use super::interpolate::Interpolator;
 use super::raw::{self, RawDag, RawTable};
+use super::vars::{self, VarOverride};
 use super::{Dag, Node};
 use crate::diagnostic::{Diagnostic, Diagnostics, SourceFile, did_you_mean};
 use crate::error::{Error, Result};
@@ -32,20 +33,55 @@ pub enum Depth {
     EveryRecord,
 }
 
-/// Reads, parses and validates the DAG file at `path`. `workspace` overrides `[dag] workspace`.
-pub async fn load(path: &Path, workspace: Option<&str>, registry: &Registry) -> Result<Dag> {
-    load_with(path, workspace, registry, Depth::Schemas).await
+/// What a command says about a DAG beyond its file: `--workspace`, `--var`s, and how much of
+/// the data validation reads.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// Overrides `[dag] workspace`.
+    pub workspace: Option<&'a str>,
+    /// Override `[vars]` entries.
+    pub vars: &'a [VarOverride],
+    pub depth: Depth,
+    /// The device the DAG is planned and run for: its class and precision are part of model
+    /// nodes' fingerprints ([`Dag::device`]).
+    pub device: unoflow_api::Device,
 }
 
-/// [`load`], reading the data to `depth`.
-pub async fn load_with(path: &Path, workspace: Option<&str>, registry: &Registry, depth: Depth) -> Result<Dag> {
+impl<'a> LoadOptions<'a> {
+    /// Schemas only, with this workspace and these variables.
+    pub fn new(workspace: Option<&'a str>, vars: &'a [VarOverride]) -> Self {
+        Self { workspace, vars, depth: Depth::Schemas, device: unoflow_api::Device::Cpu }
+    }
+}
+
+/// Reads, parses and validates the DAG file at `path`. `workspace` overrides `[dag] workspace`.
+pub async fn load(path: &Path, workspace: Option<&str>, registry: &Registry) -> Result<Dag> {
+    load_with(path, LoadOptions::new(workspace, &[]), registry).await
+}
+
+/// [`load`], with `--var`s and reading the data to `options.depth`.
+pub async fn load_with(path: &Path, options: LoadOptions<'_>, registry: &Registry) -> Result<Dag> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Usage(format!("cannot read DAG file {}: {e}", path.display())))?;
     let dag_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let dag_dir = std::path::absolute(&dag_dir).map_err(|e| Error::io(&dag_dir, e))?;
     let file = Arc::new(SourceFile::new(path, text));
-    let builder = Builder { file: Arc::clone(&file), registry, dag_dir, errors: Vec::new(), depth };
+    let builder = Builder { file: Arc::clone(&file), registry, dag_dir, errors: Vec::new(), depth: options.depth };
     let raw = raw::parse(&file.text).map_err(|d| builder.fail(vec![d]))?;
-    builder.build(raw, workspace).await
+    let dag = builder.build(raw, options.workspace, options.vars).await?;
+    Ok(Dag { device: options.device, ..dag })
+}
+
+/// Checks `--var`s against the DAG file's `[vars]` without validating the rest (for `submit`,
+/// whose DAG may name files only the cluster has): an unknown name or a wrong type is an error.
+pub fn check_vars(path: &Path, text: &str, overrides: &[VarOverride]) -> Result<()> {
+    if overrides.is_empty() {
+        return Ok(());
+    }
+    let file = Arc::new(SourceFile::new(path, text.to_string()));
+    let fail = |items| -> Error { Diagnostics { file: Arc::clone(&file), items }.into() };
+    let raw = raw::parse(text).map_err(|d| fail(vec![d]))?;
+    let (_, errors) = vars::apply(&raw.vars, overrides);
+    if errors.is_empty() { Ok(()) } else { Err(fail(errors)) }
 }
 
 struct Builder<'a> {
@@ -84,7 +120,7 @@ impl Builder<'_> {
         self.errors.push(d);
     }
 
-    async fn build(mut self, raw: RawDag, workspace_override: Option<&str>) -> Result<Dag> {
+    async fn build(mut self, raw: RawDag, workspace_override: Option<&str>, overrides: &[VarOverride]) -> Result<Dag> {
         let header = raw.header.get_ref();
         let name = header.name.get_ref().clone();
         let seed = match &header.seed {
@@ -112,7 +148,7 @@ impl Builder<'_> {
         let mut interp = Interpolator::new();
         interp.define("dag_dir", self.dag_dir.to_string_lossy());
         interp.define("dag_name", &name);
-        let workspace = self.resolve_vars(&raw, &name, workspace_override, &mut interp)?;
+        let workspace = self.resolve_vars(&raw, &name, workspace_override, overrides, &mut interp)?;
 
         for model in &raw.models {
             self.error(
@@ -132,49 +168,66 @@ impl Builder<'_> {
             return Err(self.fail(errors));
         }
         let graph = Graph::new(&nodes.iter().map(|n| n.inputs.clone()).collect::<Vec<_>>());
-        Ok(Dag { file: self.file, name, seed, dag_dir: self.dag_dir, workspace, nodes, graph, max_image_pixels })
+        let vars = last_of_each(overrides);
+        Ok(Dag {
+            file: self.file,
+            name,
+            seed,
+            dag_dir: self.dag_dir,
+            workspace,
+            nodes,
+            graph,
+            max_image_pixels,
+            vars,
+            device: unoflow_api::Device::Cpu,
+        })
     }
 
-    /// Defines every `[vars]` entry and the `workspace` built-in, in the order their references
-    /// need (a variable may use one defined below it, or `${workspace}`, whose value may use
-    /// variables); returns the workspace. A cycle of references is an error naming it.
+    /// Defines every `[vars]` entry (with the `--var` overrides put in) and the `workspace`
+    /// built-in, in the order their references need (a variable may use one defined below it, or
+    /// `${workspace}`, whose value may use variables); returns the workspace. A cycle of
+    /// references is an error naming it.
     fn resolve_vars(
         &mut self,
         raw: &RawDag,
         dag_name: &str,
         workspace_override: Option<&str>,
+        overrides: &[VarOverride],
         interp: &mut Interpolator,
     ) -> Result<Location> {
         const WORKSPACE: &str = "workspace";
         let header = raw.header.get_ref();
-        // (name, text, span): the templates still to resolve.
-        let mut pending: Vec<(&str, &str, Range<usize>)> = Vec::new();
-        for (key, value) in &raw.vars {
-            match value.get_ref() {
-                toml::Value::String(s) => pending.push((key.get_ref().as_str(), s.as_str(), value.span())),
-                other => self.error(
-                    format!("variable `{}` must be a string, found {}", key.get_ref(), other.type_str()),
-                    value.span(),
-                    Some(format!("write it in quotes: {} = \"…\"", key.get_ref())),
-                ),
+        let (declared, errors) = vars::apply(&raw.vars, overrides);
+        self.errors.extend(errors);
+        // (name, value, span): the values still to resolve.
+        let mut pending: Vec<(String, toml::Value, Range<usize>)> = Vec::new();
+        for (name, value, span) in declared {
+            if value.is_table() {
+                self.error(
+                    format!("variable `{name}` is a table"),
+                    span,
+                    Some("a variable holds a string, number, boolean or array".into()),
+                );
+                continue;
             }
+            pending.push((name, value, span));
         }
         match (workspace_override, &header.workspace) {
             (Some(w), _) => {
                 let base = std::path::absolute(".").map_err(|e| Error::io(".", e))?;
                 interp.define(WORKSPACE, workspace_text(w, &base)?);
             }
-            (None, Some(w)) => pending.push((WORKSPACE, w.get_ref().as_str(), w.span())),
+            (None, Some(w)) => pending.push((WORKSPACE.into(), toml::Value::String(w.get_ref().clone()), w.span())),
             (None, None) => interp.define(WORKSPACE, self.dag_dir.join(".unoflow").join(dag_name).to_string_lossy()),
         }
         loop {
-            let waiting: Vec<&str> = pending.iter().map(|(n, ..)| *n).collect();
-            let ready = pending.iter().position(|(name, text, _)| {
-                Interpolator::references(text).iter().all(|r| r == name || !waiting.contains(r) || interp.is_defined(r))
+            let waiting: Vec<&str> = pending.iter().map(|(n, ..)| n.as_str()).collect();
+            let ready = pending.iter().position(|(name, value, _)| {
+                Interpolator::value_references(value).iter().all(|r| r == name || !waiting.contains(r) || interp.is_defined(r))
             });
             let Some(k) = ready else { break };
-            let (name, text, span) = pending.remove(k);
-            if Interpolator::references(text).contains(&name) {
+            let (name, value, span) = pending.remove(k);
+            if Interpolator::value_references(&value).contains(&name.as_str()) {
                 self.error(
                     format!("variable `{name}` refers to itself"),
                     span,
@@ -182,16 +235,20 @@ impl Builder<'_> {
                 );
                 continue;
             }
-            match interp.apply(text) {
-                Ok(v) if name == WORKSPACE => match workspace_text(&v.value, &self.dag_dir) {
+            match interp.apply_value(&value) {
+                Ok((toml::Value::String(text), _)) if name == WORKSPACE => match workspace_text(&text, &self.dag_dir) {
                     Ok(text) => interp.define(WORKSPACE, text),
                     Err(e) => {
                         self.error(e.to_string(), span, None);
                         // Kept as written, so that variables using it resolve and report nothing more.
-                        interp.define(WORKSPACE, v.value);
+                        interp.define(WORKSPACE, text);
                     }
                 },
-                Ok(v) => interp.define(name, v.value),
+                Ok((other, _)) if name == WORKSPACE => {
+                    self.error(format!("`workspace` must be a folder or URL, found {}", other.type_str()), span, None);
+                    interp.define(WORKSPACE, self.dag_dir.join(".unoflow").join(dag_name).to_string_lossy());
+                }
+                Ok((v, secret)) => interp.define_value(name, v, secret),
                 Err((m, h)) => self.error(m, span, Some(h)),
             }
         }
@@ -334,7 +391,22 @@ impl Builder<'_> {
             }
             match param.ty.check(&converted) {
                 Ok(mut checked) => {
-                    if let (ParamType::Path(kind), ParamValue::Str(p)) = (&param.ty, &checked) {
+                    let remote = match (&param.ty, &checked) {
+                        (ParamType::Path(kind), ParamValue::Str(p)) => crate::remote::RemoteUrl::recognise(p).map(|url| (*kind, url)),
+                        _ => None,
+                    };
+                    if let Some((kind, url)) = remote {
+                        // A URL stays a URL (joined to the DAG's folder it became a local folder
+                        // named `s3:`); an input must list something now, not when it is read.
+                        match url.and_then(|url| remote_path(&url, kind)) {
+                            Ok(normal) => checked = ParamValue::Str(normal),
+                            Err(e) => self.error(
+                                format!("{e} (parameter `{key_name}` of node `{}`)", table.name),
+                                value.span(),
+                                Some(REMOTE_HELP.to_string()),
+                            ),
+                        }
+                    } else if let (ParamType::Path(kind), ParamValue::Str(p)) = (&param.ty, &checked) {
                         let resolved = normalize(&self.dag_dir.join(p));
                         if *kind == PathKind::Input && !resolved.exists() {
                             self.error(
@@ -393,29 +465,24 @@ impl Builder<'_> {
         draft
     }
 
-    /// Converts a TOML value to a parameter value, interpolating strings; the flag says whether
-    /// a secret went into it.
+    /// Converts a TOML value to a parameter value, interpolating strings (a string that is
+    /// one `${var}` takes the variable's type); the flag says whether a secret went into it.
     fn value(&mut self, value: &Spanned<toml::Value>, interp: &Interpolator) -> Option<(ParamValue, bool)> {
-        fn convert(v: &toml::Value, interp: &Interpolator, secret: &mut bool) -> Result<ParamValue, (String, String)> {
+        fn convert(v: toml::Value) -> Result<ParamValue, (String, String)> {
             Ok(match v {
-                toml::Value::String(s) => {
-                    let Interpolated { value, secret: s } = interp.apply(s)?;
-                    *secret |= s;
-                    ParamValue::Str(value)
-                }
-                toml::Value::Integer(i) => ParamValue::Int(*i),
-                toml::Value::Float(f) => ParamValue::Float(*f),
-                toml::Value::Boolean(b) => ParamValue::Bool(*b),
+                toml::Value::String(s) => ParamValue::Str(s),
+                toml::Value::Integer(i) => ParamValue::Int(i),
+                toml::Value::Float(f) => ParamValue::Float(f),
+                toml::Value::Boolean(b) => ParamValue::Bool(b),
                 toml::Value::Datetime(d) => ParamValue::Str(d.to_string()),
-                toml::Value::Array(items) => ParamValue::List(items.iter().map(|i| convert(i, interp, secret)).collect::<Result<_, _>>()?),
+                toml::Value::Array(items) => ParamValue::List(items.into_iter().map(convert).collect::<Result<_, _>>()?),
                 toml::Value::Table(_) => {
                     return Err(("a table is not a parameter value".into(), "parameters are strings, numbers, booleans or arrays".into()));
                 }
             })
         }
-        let mut secret = false;
-        match convert(value.get_ref(), interp, &mut secret) {
-            Ok(v) => Some((v, secret)),
+        match interp.apply_value(value.get_ref()).and_then(|(v, secret)| Ok((convert(v)?, secret))) {
+            Ok(v) => Some(v),
             Err((m, h)) => {
                 self.error(m, value.span(), Some(h));
                 None
@@ -568,6 +635,18 @@ impl Builder<'_> {
     }
 }
 
+/// The overrides that apply: the last `--var` of each name, in the order first given.
+fn last_of_each(overrides: &[VarOverride]) -> Vec<VarOverride> {
+    let mut out: Vec<VarOverride> = Vec::new();
+    for o in overrides {
+        match out.iter_mut().find(|x| x.name == o.name) {
+            Some(x) => *x = o.clone(),
+            None => out.push(o.clone()),
+        }
+    }
+    out
+}
+
 /// Resolves `.` and `..` in an absolute path without touching the file system, so messages
 /// and records show `/repo/.unoflow/x`, not `/repo/dags/../.unoflow/x`.
 fn normalize(path: &Path) -> PathBuf {
@@ -604,6 +683,25 @@ fn suggest_identifier(name: &str) -> String {
         s.insert(0, 'n');
     }
     s
+}
+
+/// What to check when a path parameter's URL is refused.
+const REMOTE_HELP: &str = "inputs may be s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or https://HOST/FILE, \
+                           with credentials from the environment as for workspaces; exports may be written to the first three";
+
+/// A path parameter's URL, normalised: an input's must list at least one object (its listing is
+/// read now, once per process), an export's must be object storage.
+fn remote_path(url: &crate::remote::RemoteUrl, kind: PathKind) -> Result<String> {
+    match kind {
+        PathKind::Input => {
+            crate::remote::listing(url)?;
+        }
+        PathKind::Output if url.is_http() => {
+            return Err(Error::Usage(format!("{url}: an export is written to object storage or a folder, not to a web server")));
+        }
+        PathKind::Output => {}
+    }
+    Ok(url.as_str().to_string())
 }
 
 /// The `workspace` variable's value: a URL as written, a folder as an absolute path (relative to

@@ -5,6 +5,12 @@
 //!   `dag_name`, `workspace`.
 //! - `$${` — a literal `${`.
 //!
+//! A variable holds any TOML value but a table (`steps = 28`, `resolutions = ["1024x1024"]`). A
+//! string that is one reference and nothing else (`steps = "${steps}"`) takes the variable's
+//! value with its type, so a knob in `[vars]` can set an integer, float, boolean or array
+//! parameter; inside longer text a number or boolean is written out (`LIMIT ${subjects}`), and an
+//! array is refused (there is no one way to spell it in text).
+//!
 //! Values taken from environment variables whose names look secret (`*KEY*`, `*TOKEN*`,
 //! `*SECRET*`, `*PASSWORD*`) are flagged so that they never reach run records or logs.
 
@@ -21,7 +27,14 @@ pub struct Interpolated {
 /// Resolves `${…}` references.
 #[derive(Debug, Default)]
 pub struct Interpolator {
-    vars: BTreeMap<String, String>,
+    vars: BTreeMap<String, Var>,
+}
+
+/// A variable's value (its strings already interpolated), and whether a secret went into it.
+#[derive(Debug, Clone, PartialEq)]
+struct Var {
+    value: toml::Value,
+    secret: bool,
 }
 
 /// Whether an environment variable's name says it holds a secret.
@@ -35,9 +48,15 @@ impl Interpolator {
         Self::default()
     }
 
-    /// Defines `${name}`.
+    /// Defines `${name}` as a string.
     pub fn define(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.vars.insert(name.into(), value.into());
+        self.define_value(name, toml::Value::String(value.into()), false);
+    }
+
+    /// Defines `${name}` as any TOML value (its strings already interpolated); `secret` says a
+    /// secret-looking environment variable went into it, so whatever uses it is secret too.
+    pub fn define_value(&mut self, name: impl Into<String>, value: toml::Value, secret: bool) {
+        self.vars.insert(name.into(), Var { value, secret });
     }
 
     /// The defined variable names, for suggestions.
@@ -45,9 +64,9 @@ impl Interpolator {
         self.vars.keys().map(String::as_str)
     }
 
-    /// The value of `${name}`, if defined.
+    /// The value of `${name}`, if it is defined as a string.
     pub fn value(&self, name: &str) -> Option<&str> {
-        self.vars.get(name).map(String::as_str)
+        self.vars.get(name).and_then(|v| v.value.as_str())
     }
 
     /// Whether `${name}` is defined.
@@ -75,6 +94,55 @@ impl Interpolator {
             }
         }
         out
+    }
+
+    /// The variables a TOML value's strings refer to (see [`Self::references`]).
+    pub fn value_references(value: &toml::Value) -> Vec<&str> {
+        match value {
+            toml::Value::String(s) => Self::references(s),
+            toml::Value::Array(items) => items.iter().flat_map(Self::value_references).collect(),
+            toml::Value::Table(t) => t.values().flat_map(Self::value_references).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Interpolates the strings of a TOML value; a string that is exactly one `${name}` of a
+    /// variable that is not a string becomes that variable's value, type and all. The flag says
+    /// whether a secret went into it. The error is `(message, help)`.
+    pub fn apply_value(&self, value: &toml::Value) -> Result<(toml::Value, bool), (String, String)> {
+        Ok(match value {
+            toml::Value::String(s) => match self.whole(s) {
+                Some(var) => (var.value.clone(), var.secret),
+                None => {
+                    let Interpolated { value, secret } = self.apply(s)?;
+                    (toml::Value::String(value), secret)
+                }
+            },
+            toml::Value::Array(items) => {
+                let mut secret = false;
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    let (v, s) = self.apply_value(item)?;
+                    secret |= s;
+                    out.push(v);
+                }
+                (toml::Value::Array(out), secret)
+            }
+            toml::Value::Table(_) => {
+                return Err(("a table is not a value here".into(), "use a string, number, boolean or array".into()));
+            }
+            other => (other.clone(), false),
+        })
+    }
+
+    /// The variable `text` is exactly a reference to, when that variable is not a string (a
+    /// string variable interpolates as text does, escapes and all).
+    fn whole(&self, text: &str) -> Option<&Var> {
+        let name = text.strip_prefix("${")?.strip_suffix('}')?;
+        if name.contains(['$', '{', '}']) || name.starts_with("env:") {
+            return None;
+        }
+        self.vars.get(name).filter(|v| !v.value.is_str())
     }
 
     /// Interpolates `text`. The error is `(message, help)`.
@@ -125,7 +193,13 @@ impl Interpolator {
             };
         }
         match self.vars.get(reference) {
-            Some(v) => Ok((v.clone(), false)),
+            Some(Var { value: toml::Value::String(s), secret }) => Ok((s.clone(), *secret)),
+            Some(Var { value: toml::Value::Array(_) | toml::Value::Table(_), .. }) => Err((
+                format!("variable `{reference}` is an array, and cannot be written into text"),
+                format!("use it as a whole value (`param = \"${{{reference}}}\"`), or make it a string under [vars]"),
+            )),
+            // Numbers, booleans and dates as TOML writes them (`2`, `0.5`, `true`).
+            Some(Var { value, secret }) => Ok((value.to_string(), *secret)),
             None => {
                 let help = match crate::diagnostic::did_you_mean(reference, self.names()) {
                     Some(s) => {
@@ -199,6 +273,23 @@ mod tests {
         // A reference after another, and an escaped `$${` after one, are not nested.
         assert_eq!(i.apply("${root}${root}").unwrap().value, "/data/data");
         assert_eq!(i.apply("${root}/$${x}").unwrap().value, "/data/${x}");
+    }
+
+    #[test]
+    fn whole_references_keep_the_type() {
+        let mut i = interp();
+        i.define_value("steps", toml::Value::Integer(4), false);
+        i.define_value("sizes", toml::Value::Array(vec!["8x8".into()]), false);
+        let typed = |text: &str| i.apply_value(&toml::Value::String(text.into())).map(|(v, _)| v);
+        assert_eq!(typed("${steps}").unwrap(), toml::Value::Integer(4));
+        assert_eq!(typed("${sizes}").unwrap(), toml::Value::Array(vec!["8x8".into()]));
+        // In text, a number is written out; an array cannot be.
+        assert_eq!(typed("LIMIT ${steps}").unwrap(), toml::Value::String("LIMIT 4".into()));
+        assert!(typed("x ${sizes}").unwrap_err().0.contains("is an array"));
+        // A string variable stays a string; arrays interpolate their items.
+        assert_eq!(typed("${root}").unwrap(), toml::Value::String("/data".into()));
+        let list = i.apply_value(&toml::Value::Array(vec!["${root}/a".into(), "${steps}".into()])).unwrap().0;
+        assert_eq!(list, toml::Value::Array(vec!["/data/a".into(), toml::Value::Integer(4)]));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 mod build;
 pub mod interpolate;
 pub mod raw;
+mod vars;
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -21,7 +22,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use unoflow_api::params::PathKind;
 use unoflow_api::{ParamType, ParamValue, Params};
 
-pub use build::{Depth, load, load_with};
+pub use build::{Depth, LoadOptions, check_vars, load, load_with};
+pub use vars::VarOverride;
 
 use crate::diagnostic::SourceFile;
 use crate::graph::Graph;
@@ -45,6 +47,12 @@ pub struct Dag {
     pub graph: Graph,
     /// Images with more pixels are refused when decoded (a row error), not allocated.
     pub max_image_pixels: u64,
+    /// The device the DAG is planned and run for (`--device`, through
+    /// [`LoadOptions::device`]): its class and precision are part of model nodes' fingerprints.
+    pub device: unoflow_api::Device,
+    /// The `--var` overrides of `[vars]` it was loaded with (the last of each name), for the
+    /// run record.
+    pub vars: Vec<VarOverride>,
 }
 
 /// One node of a DAG.
@@ -87,7 +95,10 @@ impl Node {
         self.op.spec().params.iter().filter_map(move |spec| {
             let ParamType::Path(kind) = spec.ty else { return None };
             match self.params.get(spec.name) {
-                Some(ParamValue::Str(path)) if !path.is_empty() => Some(FileParam { node: &self.name, param: spec.name, path, kind }),
+                // A URL (`s3://…`) is on no machine's disk: every host fetches it.
+                Some(ParamValue::Str(path)) if !path.is_empty() && !crate::remote::RemoteUrl::is_remote(path) => {
+                    Some(FileParam { node: &self.name, param: spec.name, path, kind })
+                }
                 _ => None,
             }
         })

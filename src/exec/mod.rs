@@ -186,6 +186,10 @@ async fn run_seated(
     let Seat { ws, selected, claims } = seat;
     let force = dag.nodes.iter().map(|n| opts.force.contains(&n.name)).collect();
     unoflow_operators::image_io::set_max_pixels(dag.max_image_pixels);
+    // Fingerprints hold the class and precision of `dag.device`: the outputs must be made there.
+    if dag.device.compute_class() != opts.device.compute_class() {
+        return Err(Error::Internal(format!("the DAG was loaded for {} but runs on {}", dag.device, opts.device)));
+    }
     let components = fingerprint::compute(&dag)?;
     let fingerprints = components.iter().map(Components::fingerprint).collect();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -227,6 +231,7 @@ async fn run_seated(
         unoflow_version: env!("CARGO_PKG_VERSION").into(),
         host: crate::workspace::hostname(),
         command,
+        vars: dag.vars.iter().map(|v| (v.name.clone(), var_record(v))).collect(),
         nodes: Vec::new(),
         worker: ctx.claims.as_ref().map(|c| format!("{} (rank {} of {})", c.id, c.opts.rank, c.opts.world)),
         group: ctx.claims.as_ref().and_then(|c| c.opts.group.clone()),
@@ -507,6 +512,17 @@ fn reusable(ctx: &RunCtx, i: usize, store: &NodeStore) -> Result<Reuse> {
 
 pub(crate) fn now() -> String {
     chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
+
+/// A `--var`'s value for the run record: as TOML read it, unless its name looks secret.
+fn var_record(var: &crate::dag::VarOverride) -> serde_json::Value {
+    if crate::dag::interpolate::is_secret_name(&var.name) {
+        return "<redacted>".into();
+    }
+    match &var.value {
+        toml::Value::Datetime(d) => d.to_string().into(),
+        value => serde_json::to_value(value).unwrap_or_else(|_| var.text.clone().into()),
+    }
 }
 
 fn run_id() -> String {

@@ -13,7 +13,7 @@ use unoflow_api::{Configured, ExecContext, OpSpec, Operator, ParamValue, Params,
 
 use super::{Derived, Op, OpKind, OpenContext, SchemaError, Unit, UnitOutput, UnitPlan, UnitRunner, Work};
 use crate::data::NodeData;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// A compute operator as a kind of node.
 #[derive(Debug, Clone)]
@@ -62,8 +62,10 @@ impl Op for ComputeNode {
         Ok(Derived::table(schema))
     }
 
-    /// The digest of what the operator reads from disk: every file under each of its
-    /// `Path(Input)` parameters (model folders, word lists).
+    /// The digest of what the operator reads from disk: the relative names and content digests
+    /// of every file under each of its `Path(Input)` parameters (model folders, word lists). The
+    /// paths themselves are not in it (nor in the fingerprint's parameters): the same weights at
+    /// another path, on another disk or host, are the same node.
     fn source_digest(&self) -> Result<Option<String>> {
         let mut hasher = blake3::Hasher::new();
         let mut any = false;
@@ -74,8 +76,14 @@ impl Op for ComputeNode {
             }
             any = true;
             hasher.update(param.name.as_bytes()).update(&[0]);
+            // A URL enters by its store's listing (names, sizes, ETags): a remote object's
+            // identity is its store's checksum, not a digest of bytes `plan` would download.
+            if let Some(url) = crate::remote::RemoteUrl::recognise(path) {
+                hasher.update(b"remote\0").update(crate::remote::listing(&url?)?.digest().as_bytes());
+                continue;
+            }
             for (file, relative) in super::read::files_under(Path::new(path), &|_| true)? {
-                hasher.update(relative.as_bytes()).update(&[0]).update(file_digest(&file)?.as_bytes());
+                hasher.update(relative.as_bytes()).update(&[0]).update(crate::digest_cache::file_digest(&file)?.as_bytes());
             }
         }
         Ok(any.then(|| hasher.finalize().to_hex()[..32].to_string()))
@@ -109,14 +117,35 @@ impl Op for ComputeNode {
 
     async fn open(&self, ctx: OpenContext) -> Result<Arc<dyn UnitRunner>> {
         let input_schema = ctx.input_schemas.first().cloned().ok_or_else(|| Error::Internal("compute node without input".into()))?;
-        let configured = Arc::clone(&self.configured);
+        let (op, params, configured) = (Arc::clone(&self.op), self.params.clone(), Arc::clone(&self.configured));
         let env = ctx.env;
-        // Loading weights is slow blocking work.
-        let processor = tokio::task::spawn_blocking(move || configured.prepare(&env, &input_schema))
-            .await
-            .map_err(|e| Error::Internal(format!("preparing `{}` panicked: {e}", self.op.spec().name)))??;
+        // Fetching remote weights and loading them is slow blocking work.
+        let processor = tokio::task::spawn_blocking(move || -> Result<_> {
+            Ok(with_local_copies(op.as_ref(), &params, configured)?.prepare(&env, &input_schema)?)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("preparing `{}` panicked: {e}", self.op.spec().name)))??;
         Ok(Arc::new(ComputeRunner { processor, schema: ctx.schema }))
     }
+}
+
+/// The operator configured with each URL among its input paths replaced by the local copy in
+/// this host's cache (fetched if need be): loaders open local folders only.
+fn with_local_copies(op: &dyn Operator, params: &Params, configured: Arc<dyn Configured>) -> Result<Arc<dyn Configured>> {
+    let mut local = params.clone();
+    let mut remote = false;
+    for param in op.spec().params.iter().filter(|p| p.ty == ParamType::Path(PathKind::Input)) {
+        if let Some(ParamValue::Str(value)) = params.get(param.name)
+            && crate::remote::RemoteUrl::recognise(value).is_some()
+        {
+            local.insert(param.name, ParamValue::Str(crate::remote::local_path(value)?.to_string_lossy().into_owned()));
+            remote = true;
+        }
+    }
+    if !remote {
+        return Ok(configured);
+    }
+    Ok(op.configure(&local)?)
 }
 
 struct ComputeRunner {
@@ -146,24 +175,4 @@ impl UnitRunner for ComputeRunner {
         .map_err(|e| Error::Internal(format!("a unit panicked: {e}")))??;
         Ok(UnitOutput::ready(output))
     }
-}
-
-/// Files above this size are identified by size, modification time and their first and last
-/// MiB instead of their whole content: hashing FLUX.1-dev's 24 GB at every `plan` would cost
-/// seconds to minutes, and a checkpoint that changes keeps neither its size, its time nor its
-/// head and tail.
-const FULL_HASH_LIMIT: u64 = 256 << 20;
-
-/// The content digest of a file, or for a file above [`FULL_HASH_LIMIT`] the digest of its
-/// modification time and its sampled digest (size, first and last MiB).
-fn file_digest(path: &Path) -> Result<blake3::Hash> {
-    let meta = std::fs::metadata(path).at(path)?;
-    let mut hasher = blake3::Hasher::new();
-    if meta.len() <= FULL_HASH_LIMIT {
-        hasher.update_mmap_rayon(path).at(path)?;
-        return Ok(hasher.finalize());
-    }
-    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    hasher.update(&modified.to_le_bytes()).update(unoflow_operators::generate::sampled_digest(path).at(path)?.as_bytes());
-    Ok(hasher.finalize())
 }

@@ -7,7 +7,9 @@
 //!
 //! A folder is written next to its destination and renamed into place, so a killed export never
 //! leaves a half-written folder; an existing folder is replaced only if unoflow wrote it.
-//! File names derived from row data are sanitised and can never leave the folder.
+//! File names derived from row data are sanitised and can never leave the folder. A `path` on
+//! object storage (`s3://…`, as `${workspace}/…` is under a workspace on a bucket) is written
+//! there ([`super::export_store`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -23,8 +25,9 @@ use futures::StreamExt;
 use unoflow_api::columns::{ColumnRequirement, ROW_ID, row_id_field};
 use unoflow_api::params::{ParamType, PathKind};
 use unoflow_api::rowid::RowIdHasher;
-use unoflow_api::{ExecContext, OpSpec, Params, PartitionOutput, Resource, RowMapping};
+use unoflow_api::{DeviceDependence, ExecContext, OpSpec, Params, PartitionOutput, Resource, RowMapping};
 
+use super::export_store::StoreDestination;
 use super::{Derived, Op, OpKind, OpenContext, SchemaError, Unit, UnitOutput, UnitPlan, UnitRunner, Work};
 use crate::data::{NodeData, TableData};
 use crate::error::{Error, IoContext, Result};
@@ -83,6 +86,7 @@ pub static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Cpu,
     mapping: RowMapping::Derive,
     partition_rows: usize::MAX,
+    device_dependence: DeviceDependence::Independent,
 });
 
 /// The `export` kind.
@@ -126,8 +130,12 @@ impl Op for ExportNode {
 
     /// Refuses, before anything runs, a destination that is not the export's to replace.
     async fn derive(&self, _inputs: &[(String, SchemaRef)]) -> std::result::Result<Derived, SchemaError> {
-        replaceable(&self.0.path, self.0.format.is_folder())
-            .map_err(|m| SchemaError::at("path", m).with_help("choose another `path`, or move the file away"))?;
+        let folder = self.0.format.is_folder();
+        match StoreDestination::of(&self.0.path, folder) {
+            Some(dest) => dest.map_err(|e| e.to_string()).and_then(|d| d.replaceable()),
+            None => replaceable(&self.0.path, folder),
+        }
+        .map_err(|m| SchemaError::at("path", m).with_help("choose another `path`, or move the file away"))?;
         Ok(Derived::table(output_schema()))
     }
 
@@ -141,11 +149,17 @@ impl Op for ExportNode {
     }
 
     fn output_missing(&self, table: &TableData) -> Option<String> {
+        let store = StoreDestination::of(&self.0.path, self.0.format.is_folder());
+        let mut names = Vec::new();
         for f in table.manifest.row_files() {
             let batches = table.store.read(f, None).ok()?;
             for b in &batches {
                 let files = Columns { batch: b }.text("file").ok()?;
                 for name in files.iter().flatten() {
+                    if store.is_some() {
+                        names.push(name.to_string());
+                        continue;
+                    }
                     let path = if self.0.format.is_folder() { self.0.path.join(name) } else { self.0.path.clone() };
                     if !path.exists() {
                         return Some(path.display().to_string());
@@ -153,7 +167,10 @@ impl Op for ExportNode {
                 }
             }
         }
-        None
+        match store? {
+            Ok(dest) => dest.missing(&names).unwrap_or_else(|e| Some(format!("{} ({e})", self.0.path.display()))),
+            Err(e) => Some(format!("{} ({e})", self.0.path.display())),
+        }
     }
 }
 
@@ -165,13 +182,32 @@ struct ExportRunner {
 #[async_trait::async_trait]
 impl UnitRunner for ExportRunner {
     async fn run(&self, _unit: Unit, _exec: ExecContext) -> Result<UnitOutput> {
+        let Some(dest) = StoreDestination::of(&self.params.path, self.params.format.is_folder()) else {
+            return Ok(UnitOutput::ready(PartitionOutput { rows: self.write_local(Arc::clone(&self.params)).await?, errors: Vec::new() }));
+        };
+        // Written to a local staging folder as a local export is, then uploaded.
+        let dest = dest?;
+        let staging = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let local = staging.path().join(dest.file_name());
+        let rows = self.write_local(Arc::new(ExportParams { path: local.clone(), ..(*self.params).clone() })).await?;
+        let folder = self.params.format.is_folder();
+        tokio::task::spawn_blocking(move || if folder { dest.upload_folder(&local) } else { dest.upload_file(&local) })
+            .await
+            .map_err(|e| Error::Internal(format!("uploading an export panicked: {e}")))??;
+        Ok(UnitOutput::ready(PartitionOutput { rows, errors: Vec::new() }))
+    }
+}
+
+impl ExportRunner {
+    /// Writes the export to `params.path`, a local file or folder; returns the node's rows.
+    async fn write_local(&self, params: Arc<ExportParams>) -> Result<RecordBatch> {
         let ctx = query::session();
         query::register(&ctx, &self.input, Verify::AlreadyChecked).await?;
         let df: DataFrame = ctx.table(self.input.name()).await?;
-        if self.params.format == ExportFormat::Parquet {
+        if params.format == ExportFormat::Parquet {
             // DataFusion's writer encodes the columns of a row group in parallel (the rows stay
             // in order): the export is the one Parquet encoding a pipeline cannot avoid.
-            let dest = self.params.path.clone();
+            let dest = params.path.clone();
             let written = write_file_async(&dest, |tmp| {
                 let tmp = tmp.to_string_lossy().into_owned();
                 async move {
@@ -184,19 +220,18 @@ impl UnitRunner for ExportRunner {
             let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let mut files = FileList::default();
             files.push(name, written, None);
-            return Ok(UnitOutput::ready(PartitionOutput { rows: files.finish()?, errors: Vec::new() }));
+            return files.finish();
         }
         let mut stream = query::ordered_stream(df).await?;
-        let (params, runtime) = (Arc::clone(&self.params), tokio::runtime::Handle::current());
+        let runtime = tokio::runtime::Handle::current();
         // Writing files is blocking work: it runs on the blocking pool, pulling the query's
         // batches one at a time so nothing is held in memory.
-        let rows = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut batches = std::iter::from_fn(|| runtime.block_on(stream.next()).map(|b| b.map_err(Error::from)));
             write(&params, &mut batches)
         })
         .await
-        .map_err(|e| Error::Internal(format!("export panicked: {e}")))??;
-        Ok(UnitOutput::ready(PartitionOutput { rows, errors: Vec::new() }))
+        .map_err(|e| Error::Internal(format!("export panicked: {e}")))?
     }
 }
 

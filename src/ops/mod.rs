@@ -15,6 +15,7 @@
 
 pub mod compute;
 pub mod export;
+mod export_store;
 pub mod lines;
 pub mod read;
 pub mod sql;

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use unoflow_api::columns::{HEIGHT, WIDTH, row_id_field};
 use unoflow_api::params::{ParamType, PathKind};
 use unoflow_api::rowid::RowIdHasher;
-use unoflow_api::{ExecContext, OpSpec, Params, PartitionOutput, Resource, RowError, RowMapping};
+use unoflow_api::{DeviceDependence, ExecContext, OpSpec, Params, PartitionOutput, Resource, RowError, RowMapping};
 use unoflow_operators::image_io;
 
 use super::lines::{self, TextFormat};
@@ -80,6 +80,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Cpu,
     mapping: RowMapping::Derive,
     partition_rows: IMAGES_PER_UNIT,
+    device_dependence: DeviceDependence::Independent,
 });
 
 /// The `read` kind.
@@ -93,7 +94,11 @@ impl OpKind for Read {
 
     fn bind(&self, params: &Params) -> std::result::Result<Arc<dyn Op>, SchemaError> {
         let p = ReadParams::parse(params).map_err(|e| SchemaError::from_op(&SPEC, e))?;
-        Ok(Arc::new(ReadNode { p, sources: OnceLock::new() }))
+        let remote = match crate::remote::RemoteUrl::recognise(&p.path.to_string_lossy()) {
+            Some(url) => Some(url.map_err(|e| SchemaError::at("path", e.to_string()))?),
+            None => None,
+        };
+        Ok(Arc::new(ReadNode { p, remote, local: OnceLock::new(), sources: OnceLock::new() }))
     }
 }
 
@@ -108,14 +113,30 @@ pub struct Source {
 #[derive(Debug)]
 struct ReadNode {
     p: ReadParams,
+    /// The URL `path` names, when the files are remote (`s3://…`, `https://…`).
+    remote: Option<crate::remote::RemoteUrl>,
+    /// Where the files are on this host: `path`, or a remote path's copy in the host's cache.
+    local: OnceLock<std::result::Result<PathBuf, String>>,
     /// The files, listed and hashed once (the fingerprint and the units both need them).
     sources: OnceLock<std::result::Result<Arc<Vec<Source>>, String>>,
 }
 
 impl ReadNode {
+    /// The file or folder read, on this host: a remote one is fetched into the host's cache the
+    /// first time its bytes are needed (never for the fingerprint).
+    fn root(&self) -> Result<PathBuf> {
+        self.local
+            .get_or_init(|| match &self.remote {
+                Some(url) => crate::remote::local_copy(url).map_err(|e| e.to_string()),
+                None => Ok(self.p.path.clone()),
+            })
+            .clone()
+            .map_err(Error::Execution)
+    }
+
     fn sources(&self) -> Result<Arc<Vec<Source>>> {
         self.sources
-            .get_or_init(|| list_sources(&self.p.path, self.p.format).map(Arc::new).map_err(|e| e.to_string()))
+            .get_or_init(|| self.root().and_then(|root| list_sources(&root, self.p.format)).map(Arc::new).map_err(|e| e.to_string()))
             .clone()
             .map_err(Error::Execution)
     }
@@ -124,14 +145,18 @@ impl ReadNode {
     fn text_format(&self) -> Option<TextFormat> {
         match self.p.format {
             ReadFormat::Csv => Some(TextFormat::Csv),
-            ReadFormat::Jsonl if !(self.p.path.is_file() && starts_with_array(&self.p.path)) => Some(TextFormat::JsonLines),
+            ReadFormat::Jsonl => {
+                // A file that cannot be fetched is a JSON-lines one here; reading it says why.
+                let root = self.root().unwrap_or_else(|_| self.p.path.clone());
+                (!(root.is_file() && starts_with_array(&root))).then_some(TextFormat::JsonLines)
+            }
             _ => None,
         }
     }
 
     /// The columns of a CSV or JSON-lines source (its own, `row_id` only if it has one).
     fn text_schema(&self, text: TextFormat) -> Result<Schema> {
-        let files = files_under(&self.p.path, &|name| has_extension(name, self.p.format.extensions()))?;
+        let files = files_under(&self.root()?, &|name| has_extension(name, self.p.format.extensions()))?;
         if files.is_empty() {
             return Err(Error::Execution(format!("{}: no {} files", self.p.path.display(), self.p.format.extensions()[0])));
         }
@@ -152,7 +177,10 @@ impl Op for ReadNode {
         let schema = match (self.p.format, self.text_format()) {
             (ReadFormat::Images, _) => return Ok(Derived::table(image_schema())),
             (_, Some(text)) => self.text_schema(text).map_err(|e| fail(&e))?,
-            (format, None) => tabular(&query::session(), &self.p.path, format).await.map_err(|e| fail(&e))?.schema().as_arrow().clone(),
+            (format, None) => {
+                let root = self.root().map_err(|e| fail(&e))?;
+                tabular(&query::session(), &root, format).await.map_err(|e| fail(&e))?.schema().as_arrow().clone()
+            }
         };
         Ok(Derived::table(with_row_id(&schema).map_err(|m| SchemaError::at("path", m))?))
     }
@@ -180,6 +208,15 @@ impl Op for ReadNode {
 
     fn source_digest(&self) -> Result<Option<String>> {
         let mut hasher = blake3::Hasher::new();
+        if let Some(url) = &self.remote {
+            // The store's listing of the files read (names, sizes, ETags: a remote object's
+            // identity is its store's checksum), so `plan` downloads nothing.
+            hasher.update(b"remote\0");
+            for e in crate::remote::listing(url)?.entries.iter().filter(|e| has_extension(&e.relative, self.p.format.extensions())) {
+                hasher.update(e.relative.as_bytes()).update(&[0]).update(&e.size.to_le_bytes()).update(e.version.as_bytes()).update(&[0]);
+            }
+            return Ok(Some(hasher.finalize().to_hex()[..32].to_string()));
+        }
         for source in self.sources()?.iter() {
             hasher.update(source.relative.as_bytes()).update(&[0]).update(source.digest.as_bytes());
         }
@@ -209,7 +246,7 @@ impl Op for ReadNode {
             Some(text) => Some((text, Arc::new(self.text_schema(text)?), self.sources()?)),
             None => None,
         };
-        Ok(Arc::new(ReadRunner { path: self.p.path.clone(), format: self.p.format, text }))
+        Ok(Arc::new(ReadRunner { path: self.root()?, format: self.p.format, text }))
     }
 }
 
@@ -269,15 +306,14 @@ pub fn image_schema() -> SchemaRef {
 }
 
 /// The files a `read` node reads, sorted by relative path so units are deterministic, with
-/// their content digests (hashed on all cores).
+/// their content digests (from this host's digest cache, [`crate::digest_cache`]).
 fn list_sources(root: &Path, format: ReadFormat) -> Result<Vec<Source>> {
     let files = files_under(root, &|name| has_extension(name, format.extensions()))?;
     files
         .into_iter()
         .map(|(path, relative)| {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update_mmap_rayon(&path).at(&path)?;
-            Ok(Source { path, relative, digest: hasher.finalize() })
+            let digest = crate::digest_cache::file_digest(&path)?;
+            Ok(Source { path, relative, digest })
         })
         .collect()
 }

@@ -16,7 +16,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use futures::StreamExt;
 use unoflow_api::params::ParamType;
-use unoflow_api::{ExecContext, OpSpec, ParamValue, Params, Resource, RowMapping};
+use unoflow_api::{DeviceDependence, ExecContext, OpSpec, ParamValue, Params, Resource, RowMapping};
 
 use super::{Derived, Op, OpKind, OpenContext, SchemaError, Unit, UnitOutput, UnitPlan, UnitRunner, Work};
 use crate::data::NodeData;
@@ -48,6 +48,7 @@ pub static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Cpu,
     mapping: RowMapping::Preserve,
     partition_rows: usize::MAX,
+    device_dependence: DeviceDependence::Independent,
 });
 
 /// The `sql` kind.

@@ -42,6 +42,10 @@ use crate::workspace::{Location, Workspace};
 pub struct ServeOptions {
     pub dag: Option<PathBuf>,
     pub workspace: Option<String>,
+    /// `--var` overrides of the DAG's `[vars]`.
+    pub vars: Vec<crate::dag::VarOverride>,
+    /// The device the outputs were computed on (`--device`): part of model nodes' fingerprints.
+    pub device: unoflow_api::Device,
     pub host: IpAddr,
     pub port: u16,
     /// The token to require; made up when the address is not loopback and none is given.
@@ -87,6 +91,10 @@ const MAX_BODY: usize = 16 * 1024;
 pub(crate) struct App {
     dag_path: Option<PathBuf>,
     workspace_arg: Option<String>,
+    /// The `--var`s the DAG is loaded with, each time it is.
+    vars: Vec<dag::VarOverride>,
+    /// The device the DAG is loaded for (its fingerprints).
+    device: unoflow_api::Device,
     location: Location,
     registry: Registry,
     token: Option<String>,
@@ -107,7 +115,8 @@ impl App {
         {
             return Ok(Some(Arc::clone(dag)));
         }
-        let dag = Arc::new(dag::load(path, self.workspace_arg.as_deref(), &self.registry).await?);
+        let options = dag::LoadOptions { device: self.device, ..dag::LoadOptions::new(self.workspace_arg.as_deref(), &self.vars) };
+        let dag = Arc::new(dag::load_with(path, options, &self.registry).await?);
         *self.dag_cache.lock().map_err(poisoned)? = Some((modified, Arc::clone(&dag)));
         Ok(Some(dag))
     }
@@ -164,7 +173,9 @@ fn router(app: Arc<App>) -> Router {
 /// Runs the server until the process is stopped.
 pub async fn serve(options: ServeOptions, registry: Registry) -> Result<i32> {
     let (location, dag_path) = match (&options.dag, &options.workspace) {
-        (Some(path), w) => (dag::load(path, w.as_deref(), &registry).await?.workspace, Some(path.clone())),
+        (Some(path), w) => {
+            (dag::load_with(path, dag::LoadOptions::new(w.as_deref(), &options.vars), &registry).await?.workspace, Some(path.clone()))
+        }
         (None, Some(w)) => (Location::parse(w, &std::path::absolute(".").map_err(|e| Error::io(".", e))?)?, None),
         (None, None) => return Err(Error::Usage("say what to serve: --dag DAG or --workspace DIR|URL".into())),
     };
@@ -185,6 +196,8 @@ pub async fn serve(options: ServeOptions, registry: Registry) -> Result<i32> {
     let app = Arc::new(App {
         dag_path,
         workspace_arg: options.workspace.clone(),
+        vars: options.vars.clone(),
+        device: options.device,
         location: location.clone(),
         registry,
         token: token.clone(),

@@ -276,10 +276,14 @@ impl Workspace {
         Labels::new(Arc::clone(&self.store))
     }
 
-    /// The local mirror of an object-storage workspace.
+    /// The local mirror of an object-storage workspace (answers of VLMs, fetched artifacts,
+    /// thumbnails), in this host's cache folder ([`crate::host_cache::root`]).
     fn mirror(&self) -> PathBuf {
-        let id = blake3::hash(self.location.to_string().as_bytes()).to_hex()[..16].to_string();
-        std::env::temp_dir().join("unoflow-mirror").join(id)
+        // Keyed by the URL and the endpoint it is reached at: two S3-compatible servers (a test
+        // server, MinIO beside AWS) can hold the same bucket name with other contents.
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+        let id = blake3::hash(format!("{}\n{endpoint}", self.location).as_bytes()).to_hex()[..16].to_string();
+        crate::host_cache::root().join("workspaces").join(id)
     }
 
     /// The local path of a file a row names relative to the workspace (`artifacts/…`), fetched

@@ -36,6 +36,10 @@ pub struct RunRecord {
     pub unoflow_version: String,
     pub host: String,
     pub command: Vec<String>,
+    /// The `--var` overrides of the DAG's `[vars]` (the last of each name), values as TOML read
+    /// them; secret-looking names redacted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, serde_json::Value>,
     pub nodes: Vec<NodeRecord>,
     /// The worker that made the record: id, rank and world size (none for a run alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]

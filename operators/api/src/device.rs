@@ -44,6 +44,16 @@ impl Device {
     pub fn is_gpu(self) -> bool {
         matches!(self, Self::Cuda(_))
     }
+
+    /// The device class and the precision models compute in there, as fingerprints hold them:
+    /// `cpu/f32`, or `cuda/bf16` (as the reference implementation; every CUDA device of a run is
+    /// the same class). The operators that load models choose their precision by the same rule.
+    pub fn compute_class(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu/f32",
+            Self::Cuda(_) => "cuda/bf16",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -57,5 +67,6 @@ mod tests {
         assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
         assert_eq!("gpu".parse::<Device>(), Err(UnknownDevice("gpu".into())));
         assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+        assert_eq!((Device::Cpu.compute_class(), Device::Cuda(3).compute_class()), ("cpu/f32", "cuda/bf16"));
     }
 }

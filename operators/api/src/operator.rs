@@ -28,6 +28,20 @@ pub enum RowMapping {
     Derive,
 }
 
+/// Whether an operator's output bytes depend on the device it runs on.
+///
+/// Models compute in another precision on a GPU (bf16) than on the CPU (f32), and even at one
+/// precision the kernels of another device sum in another order: a CPU output reused by a CUDA
+/// run (or the other way) would be another result under the same fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceDependence {
+    /// The same bytes on every device (image processing, SQL, a remote service's answers).
+    Independent,
+    /// Runs models: the device class and precision ([`crate::Device::compute_class`]) enter
+    /// the fingerprint.
+    ClassAndPrecision,
+}
+
 /// What an operator declares about itself. `unoflow ops` prints it; validation checks DAG nodes
 /// against it.
 #[derive(Debug, Clone)]
@@ -35,7 +49,9 @@ pub struct OpSpec {
     /// The name DAG files use in `op = "…"`.
     pub name: &'static str,
     /// Bumped whenever the operator's output for the same input and parameters changes; part of
-    /// every fingerprint, so a bump recomputes the nodes that use the operator.
+    /// every fingerprint, so a bump recomputes the nodes that use the operator. For the
+    /// model-running operators the integration test `operator_outputs` fails when their bytes
+    /// change without a bump.
     pub version: u32,
     /// One line for listings.
     pub summary: &'static str,
@@ -48,6 +64,9 @@ pub struct OpSpec {
     pub mapping: RowMapping,
     /// Rows per partition: the unit of parallelism, of progress and of resume.
     pub partition_rows: usize,
+    /// Whether the output's bytes depend on where it is computed; if so, the device class and
+    /// precision of the run are part of the node's fingerprint.
+    pub device_dependence: DeviceDependence,
 }
 
 impl OpSpec {
@@ -186,6 +205,7 @@ pub trait PartitionProcessor: Send + Sync {
 ///     resource: Resource::Cpu,
 ///     mapping: RowMapping::Preserve,
 ///     partition_rows: 64,
+///     device_dependence: DeviceDependence::Independent,
 /// });
 ///
 /// #[derive(Debug)]

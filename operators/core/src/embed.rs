@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use unoflow_models::Device;
 use unoflow_models::Kernels;
 use unoflow_models::clip::{Clip, ClipConfig};
-use unoflow_models::dino::{Dino, DinoConfig};
+use unoflow_models::dino::{Dino, DinoConfig, VitConfig, VitView};
 use unoflow_models::dinov2::{Dinov2, Dinov2Config};
 use unoflow_models::tokenizer::TextTokenizer;
 use unoflow_models::vb::Vb;
@@ -239,13 +239,18 @@ pub struct DinoEncoder<B: Backend> {
 }
 
 impl<B: Kernels> DinoEncoder<B> {
-    /// A folder with `model.safetensors` (timm's `vit_small_patch16_224.dino` layout) and
-    /// optionally a `config.json` with `img_size`, `patch_size`, `embed_dim`, `depth`,
-    /// `num_heads`, `mlp_ratio`; without one, the sizes are read from the tensors (64-dim heads).
+    /// A folder with `model.safetensors` in transformers' `ViTModel` layout and its
+    /// `config.json` (`facebook/dino-vits16` as shipped), or in timm's
+    /// `vit_small_patch16_224.dino` layout, optionally with a `config.json` holding `img_size`,
+    /// `patch_size`, `embed_dim`, `depth`, `num_heads`, `mlp_ratio` (without one, the sizes are
+    /// read from the tensors, with 64-dim heads).
     pub fn open(path: &Path, device: B::Device) -> Result<Self> {
         let weights = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
         let ckpt = Checkpoint::open(&weights).map_err(load_err)?;
         let config_file = weights.with_file_name("config.json");
+        if ckpt.contains("embeddings.cls_token") {
+            return Self::open_vit(&ckpt, &config_file, device);
+        }
         let config: DinoConfig = match std::fs::read(&config_file).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
             Some(c) => c,
             None => infer_dino_config(&ckpt).ok_or_else(|| {
@@ -257,8 +262,30 @@ impl<B: Kernels> DinoEncoder<B> {
         };
         let model = Dino::load(&Vb::new(&ckpt, &device, Some(burn::tensor::DType::F32)), &config).map_err(load_err)?;
         ckpt.check_all_read().map_err(load_err)?;
-        let preprocess = Preprocess { resize: config.img_size as u32 * 8 / 7, crop: config.img_size as u32, ..Preprocess::DINO };
-        Ok(Self { model, device, preprocess })
+        Ok(Self { model, device, preprocess: Self::preprocess_for(&config) })
+    }
+
+    /// transformers `ViTModel` weights (`facebook/dino-vits16`), read through timm's names.
+    fn open_vit(ckpt: &Checkpoint, config_file: &Path, device: B::Device) -> Result<Self> {
+        let text = std::fs::read(config_file).map_err(|e| {
+            load_err(format!("{}: {e}; a transformers ViTModel folder (facebook/dino-vits16) ships config.json", config_file.display()))
+        })?;
+        let vit: VitConfig = serde_json::from_slice(&text).map_err(|e| load_err(format!("{}: {e}", config_file.display())))?;
+        let config = DinoConfig::from(&vit);
+        let model = Dino::load(&Vb::new(&VitView(ckpt), &device, Some(burn::tensor::DType::F32)), &config).map_err(load_err)?;
+        // A ViTModel saved with its pooler: DINO's score is the CLS token before it.
+        for unused in ["pooler.dense.weight", "pooler.dense.bias"] {
+            if let Some(shape) = ckpt.shape(unused).map(<[usize]>::to_vec) {
+                ckpt.read(unused, &shape).map_err(load_err)?;
+            }
+        }
+        ckpt.check_all_read().map_err(load_err)?;
+        Ok(Self { model, device, preprocess: Self::preprocess_for(&config) })
+    }
+
+    /// DINO's evaluation preprocessing at the model's resolution (resize to 8/7, centre crop).
+    fn preprocess_for(config: &DinoConfig) -> Preprocess {
+        Preprocess { resize: config.img_size as u32 * 8 / 7, crop: config.img_size as u32, ..Preprocess::DINO }
     }
 
     pub fn with_preprocess(mut self, preprocess: Preprocess) -> Self {
@@ -314,9 +341,11 @@ impl<B: Kernels> ClipEncoder<B> {
         let ckpt = Checkpoint::open(&weights).map_err(load_err)?;
         let model = Clip::load(&Vb::new(&ckpt, &device, Some(burn::tensor::DType::F32)), &config).map_err(load_err)?;
         ckpt.check_all_read().map_err(load_err)?;
-        let tokenizer_file = weights.with_file_name("tokenizer.json");
-        let tokenizer = if tokenizer_file.is_file() {
-            Some(TextTokenizer::from_file(&tokenizer_file, config.text_config.max_position_embeddings, "<|endoftext|>").map_err(load_err)?)
+        // openai/clip-vit-base-patch32 ships tokenizer.json and vocab.json + merges.txt; either will do.
+        let dir = weights.parent().unwrap_or(Path::new("."));
+        let has_tokenizer = dir.join("tokenizer.json").is_file() || dir.join("vocab.json").is_file();
+        let tokenizer = if has_tokenizer {
+            Some(TextTokenizer::clip_dir(dir, config.text_config.max_position_embeddings).map_err(load_err)?)
         } else {
             None
         };
@@ -354,8 +383,9 @@ where
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let tokenizer =
-            self.0.tokenizer.as_ref().ok_or_else(|| load_err("this CLIP folder has no tokenizer.json: text embeddings need it"))?;
+        let tokenizer = self.0.tokenizer.as_ref().ok_or_else(|| {
+            load_err("this CLIP folder has no tokenizer (tokenizer.json, or vocab.json + merges.txt): text embeddings need it")
+        })?;
         let ids = tokenizer.encode(texts).map_err(load_err)?;
         Ok(rows(self.0.model.text_embeds(&ids)))
     }

@@ -19,7 +19,9 @@ use crate::draws::Draws;
 use crate::embed::{ImageEncoder, Resize, TextEncoder, open_clip, open_dino};
 use crate::generate::{GenerateOptions, Pe, SamplingParams, SubjectGenerator, open_generator, png_with_text};
 use crate::metrics::{Sample, Scorer};
-use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::operator::{
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping,
+};
 use crate::params::{ParamType, Params, PathKind};
 use crate::rowid::RowIdHasher;
 use crate::rows::{RowResults, column, derived, derived_schema, row_ids, text};
@@ -66,7 +68,8 @@ pub struct EvaluateConfig {
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "evaluate",
-    version: 1,
+    // 2: the fused CPU kernels (issue 17) sum in another order: other output bytes.
+    version: 2,
     summary: "DreamBench evaluation: generate each prompt from its references with UNO, score DINO, CLIP-I, CLIP-T per image",
     doc: "Input rows are the protocol's prompts (`prompt`, `image_paths` relative to `dataset`, \
           UNO's `./dreambooth/dataset/SUBJECT/NN.jpg` form accepted; read `uno_singleip.json` or \
@@ -83,6 +86,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Gpu,
     mapping: RowMapping::Derive,
     partition_rows: 4,
+    device_dependence: DeviceDependence::ClassAndPrecision,
 });
 
 fn added_fields() -> Vec<Field> {

@@ -26,6 +26,7 @@ use unoflow_models::flux::autoencoder::{self, AutoEncoder, AutoEncoderConfig};
 use unoflow_models::flux::sampling::{ShiftRule, ids_tensor, noise, pack, schedule, unpack};
 use unoflow_models::flux::{Flux, FluxCheckpoint, FluxConfig, FluxInput, PeMode, TokenGrid, load_lora, position_ids};
 use unoflow_models::t5::{T5Config, T5Encoder};
+use unoflow_models::tiny;
 use unoflow_models::tokenizer::TextTokenizer;
 use unoflow_models::vb::Vb;
 use unoflow_models::weights::Checkpoint;
@@ -96,40 +97,16 @@ pub struct Models<B: Backend> {
     device: B::Device,
 }
 
-const TINY_T5_TOKENIZER: &[u8] = include_bytes!("../../models/fixtures/t5/tokenizer/tokenizer.json");
-const TINY_CLIP_TOKENIZER: &[u8] = include_bytes!("../../models/fixtures/clip_text/tokenizer/tokenizer.json");
-
 impl<B: Kernels> Models<B> {
-    /// A tiny random model set (fixed seed): the whole pipeline with no downloads.
+    /// A tiny random model set (fixed seed): the whole pipeline with no downloads. The sizes are
+    /// those of `unoflow model tiny --kind flux-dev` (but for the rope axes, kept as they were so
+    /// `--tiny` images keep their bytes).
     pub fn tiny(device: &B::Device) -> Result<Self> {
         B::seed(device, 20_250_402);
-        let flux_config = FluxConfig {
-            in_channels: 64,
-            vec_in_dim: 32,
-            context_in_dim: 32,
-            hidden_size: 64,
-            mlp_ratio: 4.0,
-            num_heads: 2,
-            depth: 1,
-            depth_single_blocks: 2,
-            axes_dim: vec![8, 12, 12],
-            theta: 10_000.0,
-            qkv_bias: true,
-            guidance_embed: true,
-        };
-        let ae_config = AutoEncoderConfig { ch: 32, ch_mult: vec![1, 1, 1, 1], num_res_blocks: 1, ..AutoEncoderConfig::flux() };
-        let t5_config = T5Config { vocab_size: 100, d_model: 32, d_kv: 8, d_ff: 64, num_layers: 1, num_heads: 4, ..T5Config::xxl() };
-        let clip_config = ClipTextConfig {
-            vocab_size: 525,
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_hidden_layers: 1,
-            num_attention_heads: 2,
-            max_position_embeddings: 77,
-            hidden_act: "quick_gelu".into(),
-            layer_norm_eps: 1e-5,
-            eos_token_id: 524,
-        };
+        let flux_config = FluxConfig { axes_dim: vec![8, 12, 12], ..tiny::flux_config() };
+        let ae_config = tiny::ae_config();
+        let t5_config = tiny::t5_config();
+        let clip_config = tiny::clip_text_config();
         let random = Vb::<B>::random(device, DType::F32);
         let loaded = |e: unoflow_models::weights::WeightsError| err(e.to_string());
         let models = Self {
@@ -137,11 +114,11 @@ impl<B: Kernels> Models<B> {
             ae: AutoEncoder::load(&random, &ae_config).map_err(loaded)?,
             t5: Some((
                 T5Encoder::load(&random, &t5_config).map_err(loaded)?,
-                TextTokenizer::t5_from_bytes(TINY_T5_TOKENIZER).map_err(tokenizer_err)?,
+                TextTokenizer::t5_from_bytes(tiny::T5_TOKENIZER_JSON).map_err(tokenizer_err)?,
             )),
             clip: Some((
                 ClipText::load(&random, &clip_config).map_err(loaded)?,
-                TextTokenizer::clip_from_bytes(TINY_CLIP_TOKENIZER).map_err(tokenizer_err)?,
+                TextTokenizer::clip_from_bytes(tiny::CLIP_TOKENIZER_JSON).map_err(tokenizer_err)?,
             )),
             flux_config,
             digests: BTreeMap::from([("models".to_string(), "tiny-random-20250402".to_string())]),
@@ -150,28 +127,19 @@ impl<B: Kernels> Models<B> {
         Ok(models)
     }
 
-    /// Loads a model folder in the BFL layout:
-    ///
-    /// ```text
-    /// DIR/flux1-dev.safetensors (or flux1-schnell.safetensors)   the transformer
-    /// DIR/ae.safetensors                                        the autoencoder
-    /// DIR/t5/{config.json, model*.safetensors[.index.json], tokenizer.json}
-    /// DIR/clip/{config.json, model.safetensors, tokenizer.json} (CLIP-L text)
-    /// ```
-    /// or a diffusers pipeline folder (`model_index.json`, `transformer/`, `vae/`,
-    /// `text_encoder{,_2}/`, `tokenizer{,_2}/tokenizer.json`); an `ae.safetensors` beside
-    /// `model_index.json` is preferred over `vae/`. `lora`: a UNO LoRA (`dit_lora.safetensors`).
+    /// Loads a FLUX.1 model folder as Hugging Face ships it ([`Layout`]): the BFL files at the
+    /// root or the diffusers `transformer/` and `vae/`, with the text encoders and tokenizers of
+    /// `text_encoder/`, `text_encoder_2/`, `tokenizer/` and `tokenizer_2/`. The sizes come from
+    /// the files (config.json, or the tensor shapes of BFL files, which carry no config), so a
+    /// tiny rehearsal folder (`unoflow model tiny`) loads as the release does. `lora`: a UNO LoRA
+    /// (`dit_lora.safetensors`).
     pub fn load(dir: &Path, lora: Option<&Path>, precision: Precision, device: &B::Device) -> Result<Self> {
         let layout = Layout::detect(dir)?;
         let dtype = Some(precision.dtype());
         let to_err = |e: unoflow_models::weights::WeightsError| err(e.to_string());
         let mut digests = BTreeMap::new();
         let transformer = FluxCheckpoint::open(&layout.transformer).map_err(to_err)?;
-        let guidance = match &transformer {
-            FluxCheckpoint::Bfl(c) => c.contains("guidance_in.in_layer.weight"),
-            FluxCheckpoint::Diffusers(c) => c.contains("time_text_embed.guidance_embedder.linear_1.weight"),
-        };
-        let flux_config = if guidance { FluxConfig::dev() } else { FluxConfig::schnell() };
+        let flux_config = transformer.config().map_err(to_err)?;
         let mut flux = transformer.load::<B>(&flux_config, device, dtype).map_err(to_err)?;
         if layout.transformer.is_file() {
             digests.insert("flux".into(), weights_fingerprint(&layout.transformer)?);
@@ -180,7 +148,8 @@ impl<B: Kernels> Models<B> {
             load_lora(&mut flux, &flux_config, lora, 1.0, device).map_err(to_err)?;
             digests.insert("lora".into(), weights_fingerprint(lora)?);
         }
-        let ae = AutoEncoder::open(&layout.ae, &AutoEncoderConfig::flux(), device, dtype).map_err(to_err)?;
+        let ae_config = AutoEncoderConfig::read(&layout.ae).map_err(to_err)?;
+        let ae = AutoEncoder::open(&layout.ae, &ae_config, device, dtype).map_err(to_err)?;
         digests.insert("ae".into(), weights_fingerprint(&autoencoder::weights_file(&layout.ae))?);
         let t5 = load_encoder(&layout.t5, device, dtype, |vb, c: &T5Config| T5Encoder::load(vb, c))?;
         let clip = load_encoder(&layout.clip, device, dtype, |vb, c: &ClipTextConfig| ClipText::load_text_model(vb, c))?;
@@ -188,8 +157,8 @@ impl<B: Kernels> Models<B> {
             flux,
             flux_config,
             ae,
-            t5: Some((t5, TextTokenizer::t5(&layout.t5_tokenizer, 512).map_err(tokenizer_err)?)),
-            clip: Some((clip, TextTokenizer::clip(&layout.clip_tokenizer).map_err(tokenizer_err)?)),
+            t5: Some((t5, TextTokenizer::t5(&layout.t5_tokenizer.join("tokenizer.json"), 512).map_err(tokenizer_err)?)),
+            clip: Some((clip, TextTokenizer::clip_dir(&layout.clip_tokenizer, 77).map_err(tokenizer_err)?)),
             digests,
             device: device.clone(),
         })
@@ -243,64 +212,110 @@ fn load_encoder<B: Kernels, C: serde::de::DeserializeOwned, M>(
     Ok(model)
 }
 
-/// Where a model folder keeps each model.
+/// What a FLUX.1 folder must hold, for messages: the repository as Hugging Face ships it.
+const EXPECTED_FOLDER: &str = "expected the BFL layout (flux1-dev.safetensors or flux1-schnell.safetensors, and ae.safetensors) \
+    or the diffusers layout (model_index.json, transformer/ with config.json and diffusion_pytorch_model*.safetensors, \
+    vae/ with config.json and diffusion_pytorch_model.safetensors), with the text encoders as the release ships them: \
+    text_encoder/ (config.json, model.safetensors), text_encoder_2/ (config.json, model.safetensors or \
+    model.safetensors.index.json and its shards), tokenizer/ (vocab.json and merges.txt, or tokenizer.json), \
+    tokenizer_2/ (tokenizer.json); download the whole repository, e.g. \
+    `hf download black-forest-labs/FLUX.1-dev --local-dir DIR`, or rehearse with `unoflow model tiny DIR --kind flux-dev`";
+
+/// Where a FLUX.1 folder keeps each model. Both layouts of the Hugging Face release are read as
+/// shipped:
+///
+/// ```text
+/// DIR/flux1-dev.safetensors (or flux1-schnell)  ┐ BFL: the transformer and autoencoder
+/// DIR/ae.safetensors                            ┘ (the release root holds both layouts)
+/// DIR/model_index.json, transformer/, vae/        diffusers (used when no BFL file is present)
+/// DIR/text_encoder/    CLIP-L text (config.json, model.safetensors)
+/// DIR/text_encoder_2/  T5-XXL encoder (config.json, model-0000N-of-00002.safetensors + index)
+/// DIR/tokenizer/       CLIP's vocab.json + merges.txt (no tokenizer.json in the release)
+/// DIR/tokenizer_2/     T5's tokenizer.json (and spiece.model)
+/// ```
+/// An older hand-assembled form, `t5/` and `clip/` folders each with its `tokenizer.json`,
+/// beside the BFL files, is still read.
 #[derive(Debug)]
 struct Layout {
     transformer: PathBuf,
     /// `ae.safetensors`, or a diffusers `vae/` folder.
     ae: PathBuf,
     t5: PathBuf,
+    /// The folder holding T5's `tokenizer.json`.
     t5_tokenizer: PathBuf,
     clip: PathBuf,
+    /// The folder holding CLIP's `tokenizer.json`, or `vocab.json` and `merges.txt`.
     clip_tokenizer: PathBuf,
 }
 
 impl Layout {
     fn detect(dir: &Path) -> Result<Self> {
-        let expected = "expected the BFL layout (flux1-dev.safetensors or flux1-schnell.safetensors, ae.safetensors, \
-                        t5/ and clip/ folders with config.json, model.safetensors and tokenizer.json) or a diffusers \
-                        folder (model_index.json, transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/)";
         if !dir.is_dir() {
-            return Err(err(format!("{}: not a folder; {expected}", dir.display())));
+            return Err(err(format!("{}: not a folder; {EXPECTED_FOLDER}", dir.display())));
         }
         let bfl = ["flux1-dev.safetensors", "flux1-schnell.safetensors"].iter().map(|f| dir.join(f)).find(|p| p.is_file());
-        let diffusers = dir.join("model_index.json").is_file();
-        let layout = match (bfl, diffusers) {
-            (Some(transformer), _) => Self {
-                transformer,
-                ae: dir.join("ae.safetensors"),
-                t5: dir.join("t5"),
-                t5_tokenizer: dir.join("t5/tokenizer.json"),
-                clip: dir.join("clip"),
-                clip_tokenizer: dir.join("clip/tokenizer.json"),
-            },
-            (None, true) => Self {
-                transformer: dir.to_path_buf(),
-                ae: if dir.join("ae.safetensors").is_file() { dir.join("ae.safetensors") } else { dir.join("vae") },
-                t5: dir.join("text_encoder_2"),
-                t5_tokenizer: dir.join("tokenizer_2/tokenizer.json"),
-                clip: dir.join("text_encoder"),
-                clip_tokenizer: dir.join("tokenizer/tokenizer.json"),
-            },
-            (None, false) => return Err(err(format!("{}: no FLUX transformer found; {expected}", dir.display()))),
+        let diffusers = dir.join("model_index.json").is_file() || dir.join("transformer").is_dir();
+        let (transformer, ae) = match bfl {
+            Some(file) => (file, dir.join("ae.safetensors")),
+            None if diffusers => {
+                let ae = if dir.join("ae.safetensors").is_file() { dir.join("ae.safetensors") } else { dir.join("vae") };
+                (dir.to_path_buf(), ae)
+            }
+            None => return Err(err(format!("{}: no FLUX transformer found; {EXPECTED_FOLDER}", dir.display()))),
         };
-        let needed = [
-            autoencoder::weights_file(&layout.ae),
-            layout.t5.join("config.json"),
-            layout.t5_tokenizer.clone(),
-            layout.clip.join("config.json"),
-            layout.clip_tokenizer.clone(),
-        ];
-        let missing: Vec<String> = needed.iter().filter(|p| !p.is_file()).map(|p| p.display().to_string()).collect();
+        let hand_assembled = !dir.join("text_encoder").is_dir() && dir.join("t5").is_dir() && dir.join("clip").is_dir();
+        let layout = if hand_assembled {
+            Self {
+                transformer,
+                ae,
+                t5: dir.join("t5"),
+                t5_tokenizer: dir.join("t5"),
+                clip: dir.join("clip"),
+                clip_tokenizer: dir.join("clip"),
+            }
+        } else {
+            Self {
+                transformer,
+                ae,
+                t5: dir.join("text_encoder_2"),
+                t5_tokenizer: dir.join("tokenizer_2"),
+                clip: dir.join("text_encoder"),
+                clip_tokenizer: dir.join("tokenizer"),
+            }
+        };
+        let missing = layout.missing_files();
         if !missing.is_empty() {
-            let hint = if missing.iter().any(|m| m.ends_with("tokenizer/tokenizer.json")) {
-                " (diffusers' FLUX.1 repositories ship CLIP's tokenizer as vocab.json + merges.txt: save it as tokenizer.json with transformers' CLIPTokenizerFast)"
-            } else {
-                ""
-            };
-            return Err(err(format!("{}: missing {}{hint}; {expected}", dir.display(), missing.join(", "))));
+            let names: Vec<String> = missing.iter().map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string()).collect();
+            return Err(err(format!("{}: missing {}; {EXPECTED_FOLDER}", dir.display(), names.join(", "))));
         }
         Ok(layout)
+    }
+
+    /// The files the loaders open that are not there (the diffusers transformer's own files are
+    /// checked when it is opened).
+    fn missing_files(&self) -> Vec<PathBuf> {
+        let mut missing: Vec<PathBuf> = Vec::new();
+        let mut need = |p: PathBuf| {
+            if !p.is_file() {
+                missing.push(p);
+            }
+        };
+        need(autoencoder::weights_file(&self.ae));
+        if self.ae.is_dir() {
+            need(self.ae.join("config.json"));
+        }
+        for encoder in [&self.clip, &self.t5] {
+            need(encoder.join("config.json"));
+            if !encoder.join("model.safetensors.index.json").is_file() {
+                need(encoder.join("model.safetensors"));
+            }
+        }
+        if !self.clip_tokenizer.join("tokenizer.json").is_file() {
+            need(self.clip_tokenizer.join("vocab.json"));
+            need(self.clip_tokenizer.join("merges.txt"));
+        }
+        need(self.t5_tokenizer.join("tokenizer.json"));
+        missing
     }
 }
 

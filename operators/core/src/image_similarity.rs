@@ -14,7 +14,9 @@ use rayon::prelude::*;
 
 use crate::columns::ColumnRequirement;
 use crate::embed::{ImageEncoder, Pooling, Resize, cosine, open_clip, open_dino, open_dinov2};
-use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::operator::{
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping,
+};
 use crate::params::{ParamType, Params, PathKind};
 use crate::rows::{RowResults, binary, bytes_at, extend_schema, row_ids, with_added};
 
@@ -81,7 +83,8 @@ crate::params! {
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "image_similarity",
-    version: 1,
+    // 2: the fused CPU kernels (issue 17) sum in another order: other output bytes.
+    version: 2,
     summary: "embed two image columns with a vision backbone and add their cosine similarity",
     doc: "For each row, both images are preprocessed as the backbone's reference does (DINO, \
           DINOv2: shortest side 256 bicubic, centre crop 224, ImageNet statistics; CLIP: 224, \
@@ -93,6 +96,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Gpu,
     mapping: RowMapping::Preserve,
     partition_rows: 64,
+    device_dependence: DeviceDependence::ClassAndPrecision,
 });
 
 impl Operator for ImageSimilarity {

@@ -10,7 +10,9 @@ use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use crate::columns::ColumnRequirement;
-use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::operator::{
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping,
+};
 use crate::params::{ParamType, Params};
 use crate::rows::{extend_schema, with_added};
 use crate::{OpError, Result};
@@ -38,6 +40,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Gpu,
     mapping: RowMapping::Preserve,
     partition_rows: 1,
+    device_dependence: DeviceDependence::Independent,
 });
 
 impl Operator for Sleep {

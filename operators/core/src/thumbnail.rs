@@ -10,7 +10,8 @@ use image::imageops::FilterType;
 
 use crate::columns::{ColumnRequirement, HEIGHT, ROW_ID, WIDTH};
 use crate::operator::{
-    Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError, RowMapping,
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError,
+    RowMapping,
 };
 use crate::params::{ParamType, Params};
 use crate::{OpError, Result, image_io};
@@ -66,6 +67,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Cpu,
     mapping: RowMapping::Preserve,
     partition_rows: 16,
+    device_dependence: DeviceDependence::Independent,
 });
 
 impl Operator for Thumbnail {

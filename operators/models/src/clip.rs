@@ -354,6 +354,9 @@ pub fn normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
 impl<B: Kernels> Clip<B> {
     pub fn load(vb: &Vb<B>, c: &ClipConfig) -> Result<Self> {
         vb.skip("logit_scale")?; // a training-time temperature
+        // Buffers (0..n) that checkpoints saved before transformers 4.31 still carry.
+        vb.skip("text_model.embeddings.position_ids")?;
+        vb.skip("vision_model.embeddings.position_ids")?;
         Ok(Self {
             text_model: ClipText::load(&vb.pp("text_model"), &c.text_config)?,
             vision_model: ClipVision::load(&vb.pp("vision_model"), &c.vision_config)?,

@@ -1,6 +1,8 @@
 //! DINO v1 ViT (the backbone of DreamBench's DINO score): timm's `VisionTransformer` layout, as
 //! `timm/vit_small_patch16_224.dino` ships it in `model.safetensors`; facebookresearch/dino's
 //! `dino_vits16` checkpoint has the same key names (convert its `.pth` to safetensors).
+//! `facebook/dino-vits16` (transformers `ViTModel`) is read through [`VitView`], which answers
+//! timm keys from transformers tensors.
 //!
 //! - Paper: "Emerging Properties in Self-Supervised Vision Transformers", arXiv 2104.14294.
 //! - Reference: timm `models/vision_transformer.py`; the embedding is the CLS token after the
@@ -15,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernels::Kernels;
 use crate::nn::{LayerNorm, Linear, gelu, scaled_dot_product};
+use crate::vb::TensorSource;
 use crate::vb::Vb;
-use crate::weights::Result;
+use crate::weights::{Checkpoint, Result, WeightsError, cat_rows};
 
 /// timm/DINO hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +41,110 @@ impl DinoConfig {
     /// ViT-B/16 (`dino_vitb16`).
     pub fn vit_base_16() -> Self {
         Self { img_size: 224, patch_size: 16, embed_dim: 768, depth: 12, num_heads: 12, mlp_ratio: 4.0 }
+    }
+}
+
+/// transformers `ViTConfig`, the sizes `facebook/dino-vits16`'s `config.json` gives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VitConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+}
+
+impl From<&VitConfig> for DinoConfig {
+    fn from(c: &VitConfig) -> Self {
+        Self {
+            img_size: c.image_size,
+            patch_size: c.patch_size,
+            embed_dim: c.hidden_size,
+            depth: c.num_hidden_layers,
+            num_heads: c.num_attention_heads,
+            mlp_ratio: c.intermediate_size as f64 / c.hidden_size as f64,
+        }
+    }
+}
+
+/// The transformers `ViTModel` tensors a timm key is made of: one, renamed, or the query, key
+/// and value projections that timm fuses into `attn.qkv`.
+pub fn vit_names(timm_key: &str) -> Option<Vec<String>> {
+    let renamed = |name: &str| Some(vec![name.to_string()]);
+    match timm_key {
+        "cls_token" => return renamed("embeddings.cls_token"),
+        "pos_embed" => return renamed("embeddings.position_embeddings"),
+        _ => {}
+    }
+    let (stem, part) = timm_key.rsplit_once('.')?; // part: weight | bias
+    let fields: Vec<&str> = stem.split('.').collect();
+    let name = match fields.as_slice() {
+        ["patch_embed", "proj"] => "embeddings.patch_embeddings.projection".to_string(),
+        ["norm"] => "layernorm".to_string(),
+        ["blocks", i, rest @ ..] => {
+            let layer = format!("encoder.layer.{i}");
+            let sub = match rest {
+                ["norm1"] => "layernorm_before",
+                ["norm2"] => "layernorm_after",
+                ["attn", "proj"] => "attention.output.dense",
+                ["mlp", "fc1"] => "intermediate.dense",
+                ["mlp", "fc2"] => "output.dense",
+                ["attn", "qkv"] => {
+                    return Some(["query", "key", "value"].iter().map(|p| format!("{layer}.attention.attention.{p}.{part}")).collect());
+                }
+                _ => return None,
+            };
+            format!("{layer}.{sub}")
+        }
+        _ => return None,
+    };
+    Some(vec![format!("{name}.{part}")])
+}
+
+/// A transformers `ViTModel` checkpoint (`facebook/dino-vits16`) read through timm key names.
+#[derive(Debug)]
+pub struct VitView<'a>(pub &'a Checkpoint);
+
+impl TensorSource for VitView<'_> {
+    fn read(&self, key: &str, shape: &[usize]) -> Result<burn::tensor::TensorData> {
+        let path = || self.0.path().to_path_buf();
+        let names = vit_names(key).ok_or_else(|| WeightsError::Missing {
+            path: path(),
+            key: key.into(),
+            hint: " (no ViTModel equivalent)".into(),
+        })?;
+        let mut parts = names
+            .iter()
+            .map(|n| {
+                let found = self.0.shape(n).ok_or_else(|| WeightsError::Missing {
+                    path: path(),
+                    key: n.clone(),
+                    hint: format!(" (needed for `{key}`)"),
+                })?;
+                self.0.read(n, found)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let data = if parts.len() == 1 { parts.swap_remove(0) } else { cat_rows(parts) };
+        if data.shape.as_slice() != shape {
+            return Err(WeightsError::Shape { path: path(), key: key.into(), expected: shape.to_vec(), found: data.shape.to_vec() });
+        }
+        Ok(data)
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        vit_names(key).is_some_and(|ns| ns.iter().all(|n| self.0.contains(n)))
+    }
+
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        let shapes: Vec<Vec<usize>> = vit_names(key)?.iter().map(|n| self.0.shape(n).map(<[usize]>::to_vec)).collect::<Option<_>>()?;
+        let mut s = shapes.first()?.clone();
+        s[0] = shapes.iter().map(|x| x[0]).sum();
+        Some(s)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
     }
 }
 

@@ -13,6 +13,7 @@ pub mod flux;
 pub mod kernels;
 pub mod nn;
 pub mod t5;
+pub mod tiny;
 pub mod tokenizer;
 pub mod vb;
 pub mod weights;

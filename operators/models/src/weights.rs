@@ -313,6 +313,21 @@ pub fn split_rows(data: &TensorData, n: usize) -> Vec<TensorData> {
     data.as_bytes().chunks(chunk).map(|c| TensorData::from_bytes_vec(c.to_vec(), shape.clone(), data.dtype)).collect()
 }
 
+/// Splits a row-major tensor along its first dimension into parts of `rows` rows each.
+pub fn split_rows_by(data: &TensorData, rows: &[usize]) -> Vec<TensorData> {
+    let row_bytes = data.as_bytes().len() / data.shape[0].max(1);
+    let mut start = 0;
+    rows.iter()
+        .map(|&n| {
+            let mut shape = data.shape.clone();
+            shape[0] = n;
+            let part = TensorData::from_bytes_vec(data.as_bytes()[start..start + n * row_bytes].to_vec(), shape, data.dtype);
+            start += n * row_bytes;
+            part
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

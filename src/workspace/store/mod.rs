@@ -22,7 +22,8 @@ use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
 pub use local::{LocalStore, relative_key};
-pub use object::{Call, ObjectBackend, calls, requests};
+pub(crate) use object::wait;
+pub use object::{Call, ObjectBackend, calls, connect, requests};
 
 use super::Location;
 use crate::error::Result;

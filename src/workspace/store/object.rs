@@ -99,7 +99,7 @@ fn count_pages(objects: usize) {
 
 /// Runs an object-store request from synchronous code: on the current runtime when there is one
 /// (letting the runtime use this thread meanwhile), else on a runtime of its own.
-fn wait<T>(call: Call, future: impl Future<Output = T>) -> T {
+pub(crate) fn wait<T>(call: Call, future: impl Future<Output = T>) -> T {
     count(call, 1);
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => tokio::task::block_in_place(|| handle.block_on(future)),
@@ -121,6 +121,45 @@ fn memory_bucket(name: &str) -> Arc<dyn ObjectStore> {
     Arc::clone(buckets.entry(name.to_string()).or_insert_with(|| Arc::new(super::memory::MemoryBucket::default())))
 }
 
+/// The store a URL names, with credentials and endpoint from the environment: the one place a
+/// URL becomes a store (workspaces, and inputs read by URL through `crate::remote`).
+/// `http(s)://` is the host's files over HTTP (inputs only: `Location::parse` refuses it for
+/// workspaces); plain `http://` only to this host's loopback, where nothing crosses a network.
+pub fn connect(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
+    let location = url.as_str().trim_end_matches('/');
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "s3" | "s3a" => Arc::new(object_store::aws::AmazonS3Builder::from_env().with_url(location).build().map_err(|e| fail(location, e))?),
+        "gs" => {
+            Arc::new(object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(location).build().map_err(|e| fail(location, e))?)
+        }
+        "az" | "azure" | "abfs" | "abfss" => {
+            Arc::new(object_store::azure::MicrosoftAzureBuilder::from_env().with_url(location).build().map_err(|e| fail(location, e))?)
+        }
+        "memory" => memory_bucket(url.host_str().unwrap_or_default()),
+        "http" | "https" => {
+            let loopback = match url.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+                None => false,
+            };
+            let options = object_store::ClientOptions::new().with_allow_http(url.scheme() == "https" || loopback);
+            let base = format!("{}://{}", url.scheme(), &url[url::Position::BeforeHost..url::Position::AfterPort]);
+            Arc::new(
+                object_store::http::HttpBuilder::new()
+                    .with_url(base)
+                    .with_client_options(options)
+                    .build()
+                    .map_err(|e| fail(location, e))?,
+            )
+        }
+        other => {
+            return Err(Error::Usage(format!("{location}: unknown scheme `{other}`; use a folder, or s3://, gs://, az://, file:// URLs")));
+        }
+    };
+    Ok(store)
+}
+
 fn fail(location: &str, e: object_store::Error) -> Error {
     Error::Workspace { path: PathBuf::from(location), message: e.to_string() }
 }
@@ -135,23 +174,7 @@ impl ObjectBackend {
         };
         let location = normal.as_str();
         let url = url::Url::parse(location).map_err(|e| Error::Usage(format!("workspace {location}: not a URL: {e}")))?;
-        let store: Arc<dyn ObjectStore> = match url.scheme() {
-            "s3" | "s3a" => {
-                Arc::new(object_store::aws::AmazonS3Builder::from_env().with_url(location).build().map_err(|e| fail(location, e))?)
-            }
-            "gs" => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(location).build().map_err(|e| fail(location, e))?,
-            ),
-            "az" | "azure" | "abfs" | "abfss" => {
-                Arc::new(object_store::azure::MicrosoftAzureBuilder::from_env().with_url(location).build().map_err(|e| fail(location, e))?)
-            }
-            "memory" => memory_bucket(url.host_str().unwrap_or_default()),
-            other => {
-                return Err(Error::Usage(format!(
-                    "workspace {location}: unknown scheme `{other}`; use a folder, or s3://, gs://, az://, file:// URLs"
-                )));
-            }
-        };
+        let store = connect(&url)?;
         let host = url.host_str().unwrap_or_default();
         let base =
             url::Url::parse(&format!("{}://{host}", url.scheme())).map_err(|e| Error::Usage(format!("workspace {location}: {e}")))?;

@@ -13,7 +13,9 @@ use crate::Result;
 use crate::columns::ColumnRequirement;
 use crate::embed::{ImageEncoder, Pooling, Resize, cosine, open_dinov2};
 use crate::image_similarity::{decode_pairs, embed_pairs};
-use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::operator::{
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping,
+};
 use crate::params::{ParamType, Params, PathKind};
 use crate::rows::{extend_schema, with_added};
 
@@ -55,7 +57,8 @@ crate::params! {
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "dino_filter",
-    version: 1,
+    // 2: the fused CPU kernels (issue 17) sum in another order: other output bytes.
+    version: 2,
     summary: "DINOv2 similarity of reference and target (CLS and mean patch) and a pass/fail verdict; no row is dropped",
     doc: "Embeds `ref_image` and `target_image` with DINOv2 (one forward pass per image gives both \
           poolings), adds dino_cls and dino_mean (cosine similarities) and dino_pass (the \
@@ -68,6 +71,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Gpu,
     mapping: RowMapping::Preserve,
     partition_rows: 64,
+    device_dependence: DeviceDependence::ClassAndPrecision,
 });
 
 impl Operator for DinoFilter {

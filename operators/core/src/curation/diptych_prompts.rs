@@ -10,7 +10,9 @@ use arrow::record_batch::RecordBatch;
 
 use crate::columns::{ColumnRequirement, HEIGHT, WIDTH};
 use crate::draws::Draws;
-use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::operator::{
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping,
+};
 use crate::params::{Choice, FromParam, ParamType, ParamValue, Params, PathKind};
 use crate::rowid::RowIdHasher;
 use crate::rows::{RowResults, derived, derived_schema, row_ids, text};
@@ -120,6 +122,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Cpu,
     mapping: RowMapping::Derive,
     partition_rows: 4096,
+    device_dependence: DeviceDependence::Independent,
 });
 
 fn added_fields() -> Vec<Field> {

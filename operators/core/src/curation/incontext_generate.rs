@@ -18,7 +18,9 @@ use crate::columns::{ColumnRequirement, HEIGHT, WIDTH};
 use crate::draws::Draws;
 use crate::embed::{load_err, on_device};
 use crate::generate::{GenerateOptions, Models, PromptEmbedding, Shift, png_with_text, sample_batch};
-use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::operator::{
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping,
+};
 use crate::params::{ParamType, Params, PathKind};
 use crate::rowid::RowIdHasher;
 use crate::rows::{RowResults, column, derived, derived_schema, row_ids, text};
@@ -50,7 +52,8 @@ crate::params! {
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "incontext_generate",
-    version: 1,
+    // 2: the fused CPU kernels (issue 17) sum in another order: other output bytes.
+    version: 2,
     summary: "FLUX text-to-image of each prompt (the diptychs), seeds_per_prompt images per prompt",
     doc: "Generates `seeds_per_prompt` images of `width`×`height` (the input's columns, multiples \
           of 16) for each prompt with FLUX: the flow-matching sampler of `unoflow generate` with \
@@ -64,6 +67,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Gpu,
     mapping: RowMapping::Derive,
     partition_rows: 8,
+    device_dependence: DeviceDependence::ClassAndPrecision,
 });
 
 fn added_fields() -> Vec<Field> {

@@ -18,7 +18,9 @@ use rayon::prelude::*;
 
 use super::diptych_prompts::Layout;
 use crate::columns::ColumnRequirement;
-use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::operator::{
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping,
+};
 use crate::params::{Choice, ParamType, Params};
 use crate::rows::{RowResults, binary, bytes_at, extend_schema, row_ids, text, with_added};
 use crate::{Result, image_io};
@@ -61,6 +63,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Cpu,
     mapping: RowMapping::Preserve,
     partition_rows: 64,
+    device_dependence: DeviceDependence::Independent,
 });
 
 crate::choice! {

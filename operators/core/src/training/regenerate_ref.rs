@@ -18,7 +18,9 @@ use crate::columns::ColumnRequirement;
 use crate::draws::Draws;
 use crate::embed::{ImageEncoder, Pooling, Resize, cosine, open_dinov2};
 use crate::generate::{GenerateOptions, SamplingParams, SubjectGenerator, open_generator, png_with_text};
-use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::operator::{
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping,
+};
 use crate::params::{ParamType, Params, PathKind};
 use crate::rows::{RowResults, binary, bytes_at, column, extend_schema, row_ids, text, with_added};
 use crate::{OpError, Result, image_io};
@@ -62,7 +64,8 @@ pub struct RegenerateRefConfig {
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "regenerate_ref",
-    version: 1,
+    // 2: the fused CPU kernels (issue 17) sum in another order: other output bytes.
+    version: 2,
     summary: "crop subject 2 from the target, regenerate it in another scene with the stage-I model, DINOv2-check it",
     doc: "For each row: crop `box_x1..box_y2` (vlm_detect's columns, or any given box) from the \
           target, generate `subject2 in SCENE` (SCENE from the `scene` column: the reference \
@@ -76,6 +79,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Gpu,
     mapping: RowMapping::Preserve,
     partition_rows: 4,
+    device_dependence: DeviceDependence::ClassAndPrecision,
 });
 
 fn added_fields() -> Vec<Field> {

@@ -34,7 +34,9 @@ use crate::columns::{ColumnRequirement, PARENT_IDS};
 use crate::draws::Draws;
 use crate::embed::load_err;
 use crate::generate::{Models, Pe, PromptEmbedding, to_tensor};
-use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::operator::{
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping,
+};
 use crate::params::{ParamType, Params, PathKind};
 use crate::rowid::RowIdHasher;
 use crate::rows::{binary, bytes_at, row_ids, text};
@@ -89,7 +91,8 @@ crate::params! {
 
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "train_lora",
-    version: 1,
+    // 2: the fused CPU kernels (issue 17) sum in another order: other output bytes.
+    version: 2,
     summary: "UNO LoRA training (rectified flow, UnoPE references, AdamW) on the input pairs; one row per step, checkpoints as artifacts",
     doc: "Trains a LoRA on every block of FLUX as UNO's train.py: target and references encoded by \
           the frozen autoencoder (targets resized without cropping to the bucket closest to the \
@@ -110,6 +113,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     // The whole dataset is one unit: training is one sequential computation; checkpoints, not
     // partitions, make it resumable.
     partition_rows: 1 << 30,
+    device_dependence: DeviceDependence::ClassAndPrecision,
 });
 
 fn output_fields() -> Vec<Field> {

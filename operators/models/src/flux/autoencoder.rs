@@ -53,6 +53,64 @@ impl AutoEncoderConfig {
     }
 }
 
+impl AutoEncoderConfig {
+    /// The hyper-parameters of the autoencoder at `path`: a diffusers `vae/` folder's
+    /// `config.json` (`block_out_channels`, `layers_per_block`, `latent_channels`,
+    /// `scaling_factor`, `shift_factor`), or, for BFL's `ae.safetensors`, which carries no
+    /// config, the tensor shapes (FLUX.1's scale and shift: the latent statistics of its training
+    /// images, not in the weights).
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        if path.is_dir() {
+            return Self::from_diffusers_config(&path.join("config.json"));
+        }
+        let file = crate::weights::SafetensorsFile::open(path)?;
+        let shape = |key: &str| {
+            file.shape(key).ok_or_else(|| WeightsError::Missing {
+                path: path.to_path_buf(),
+                key: key.into(),
+                hint: " (needed to read the autoencoder's sizes: is this FLUX's ae.safetensors?)".into(),
+            })
+        };
+        let conv_in = shape("encoder.conv_in.weight")?;
+        let ch = conv_in[0];
+        let levels = (0..).take_while(|i| file.shape(&format!("encoder.down.{i}.block.0.conv1.weight")).is_some()).count();
+        let ch_mult = (0..levels)
+            .map(|i| shape(&format!("encoder.down.{i}.block.0.conv1.weight")).map(|s| s[0] / ch.max(1)))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            in_channels: conv_in[1],
+            ch,
+            out_ch: shape("decoder.conv_out.weight")?[0],
+            ch_mult,
+            num_res_blocks: (0..).take_while(|j| file.shape(&format!("encoder.down.0.block.{j}.conv1.weight")).is_some()).count(),
+            z_channels: shape("decoder.conv_in.weight")?[1],
+            ..Self::flux()
+        })
+    }
+
+    fn from_diffusers_config(config: &std::path::Path) -> Result<Self> {
+        let format = |message: String| WeightsError::Format { path: config.to_path_buf(), message };
+        let text = std::fs::read(config).map_err(|source| WeightsError::Io { path: config.to_path_buf(), source })?;
+        let json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| format(format!("not JSON ({e})")))?;
+        let size = |key: &str| json[key].as_u64().map(|v| v as usize).ok_or_else(|| format(format!("no `{key}`")));
+        let widths: Vec<usize> =
+            serde_json::from_value(json["block_out_channels"].clone()).map_err(|e| format(format!("`block_out_channels`: {e}")))?;
+        let ch = *widths.first().ok_or_else(|| format("`block_out_channels` is empty".into()))?;
+        let flux = Self::flux();
+        Ok(Self {
+            in_channels: size("in_channels")?,
+            ch,
+            out_ch: size("out_channels")?,
+            ch_mult: widths.iter().map(|w| w / ch.max(1)).collect(),
+            num_res_blocks: size("layers_per_block")?,
+            z_channels: size("latent_channels")?,
+            scale_factor: json["scaling_factor"].as_f64().unwrap_or(flux.scale_factor),
+            shift_factor: json["shift_factor"].as_f64().unwrap_or(flux.shift_factor),
+            ..flux
+        })
+    }
+}
+
 const GROUPS: usize = 32;
 const EPS: f64 = 1e-6;
 
@@ -332,40 +390,46 @@ pub struct DiffusersAutoEncoder<'a> {
 
 impl DiffusersAutoEncoder<'_> {
     fn translate(&self, key: &str) -> Option<String> {
-        let (stem, part) = key.rsplit_once('.')?;
-        let f: Vec<&str> = stem.split('.').collect();
-        let mapped = match f.as_slice() {
-            [side, "conv_in"] | [side, "conv_out"] => format!("{side}.{}", f[1]),
-            [side, "norm_out"] => format!("{side}.conv_norm_out"),
-            ["encoder", "down", i, "block", j, rest @ ..] => format!("encoder.down_blocks.{i}.resnets.{j}.{}", resnet_part(rest)?),
-            ["encoder", "down", i, "downsample", "conv"] => format!("encoder.down_blocks.{i}.downsamplers.0.conv"),
-            ["decoder", "up", i, "block", j, rest @ ..] => {
-                let k = self.levels - 1 - i.parse::<usize>().ok()?;
-                format!("decoder.up_blocks.{k}.resnets.{j}.{}", resnet_part(rest)?)
-            }
-            ["decoder", "up", i, "upsample", "conv"] => {
-                let k = self.levels - 1 - i.parse::<usize>().ok()?;
-                format!("decoder.up_blocks.{k}.upsamplers.0.conv")
-            }
-            [side, "mid", block @ ("block_1" | "block_2"), rest @ ..] => {
-                let n = if *block == "block_1" { 0 } else { 1 };
-                format!("{side}.mid_block.resnets.{n}.{}", resnet_part(rest)?)
-            }
-            [side, "mid", "attn_1", layer] => {
-                let name = match *layer {
-                    "norm" => "group_norm",
-                    "q" => "to_q",
-                    "k" => "to_k",
-                    "v" => "to_v",
-                    "proj_out" => "to_out.0",
-                    _ => return None,
-                };
-                format!("{side}.mid_block.attentions.0.{name}")
-            }
-            _ => return None,
-        };
-        Some(format!("{mapped}.{part}"))
+        diffusers_name(key, self.levels)
     }
+}
+
+/// The diffusers `AutoencoderKL` name of the BFL key `key` in an autoencoder of `levels`
+/// resolution levels (diffusers numbers the decoder's levels from the bottom).
+pub fn diffusers_name(key: &str, levels: usize) -> Option<String> {
+    let (stem, part) = key.rsplit_once('.')?;
+    let f: Vec<&str> = stem.split('.').collect();
+    let mapped = match f.as_slice() {
+        [side, "conv_in"] | [side, "conv_out"] => format!("{side}.{}", f[1]),
+        [side, "norm_out"] => format!("{side}.conv_norm_out"),
+        ["encoder", "down", i, "block", j, rest @ ..] => format!("encoder.down_blocks.{i}.resnets.{j}.{}", resnet_part(rest)?),
+        ["encoder", "down", i, "downsample", "conv"] => format!("encoder.down_blocks.{i}.downsamplers.0.conv"),
+        ["decoder", "up", i, "block", j, rest @ ..] => {
+            let k = levels - 1 - i.parse::<usize>().ok()?;
+            format!("decoder.up_blocks.{k}.resnets.{j}.{}", resnet_part(rest)?)
+        }
+        ["decoder", "up", i, "upsample", "conv"] => {
+            let k = levels - 1 - i.parse::<usize>().ok()?;
+            format!("decoder.up_blocks.{k}.upsamplers.0.conv")
+        }
+        [side, "mid", block @ ("block_1" | "block_2"), rest @ ..] => {
+            let n = if *block == "block_1" { 0 } else { 1 };
+            format!("{side}.mid_block.resnets.{n}.{}", resnet_part(rest)?)
+        }
+        [side, "mid", "attn_1", layer] => {
+            let name = match *layer {
+                "norm" => "group_norm",
+                "q" => "to_q",
+                "k" => "to_k",
+                "v" => "to_v",
+                "proj_out" => "to_out.0",
+                _ => return None,
+            };
+            format!("{side}.mid_block.attentions.0.{name}")
+        }
+        _ => return None,
+    };
+    Some(format!("{mapped}.{part}"))
 }
 
 fn resnet_part(rest: &[&str]) -> Option<&'static str> {

@@ -14,7 +14,7 @@ use burn::tensor::{DType, TensorData};
 use super::model::{Flux, FluxConfig};
 use crate::kernels::Kernels;
 use crate::vb::{TensorSource, Vb};
-use crate::weights::{Checkpoint, Result, WeightsError, cat_rows, split_rows};
+use crate::weights::{Checkpoint, Result, WeightsError, cat_rows, split_rows, split_rows_by};
 
 /// A FLUX transformer checkpoint in either layout.
 #[derive(Debug)]
@@ -53,6 +53,56 @@ impl FluxCheckpoint {
         }
     }
 
+    /// The model's hyper-parameters. A diffusers `transformer/config.json` gives them (with the
+    /// rope axes); a BFL file carries none, so they are read from the tensor shapes, as ComfyUI
+    /// does: widths from `img_in`, `txt_in`, `vector_in` and `img_mlp.0`, the head dim from the
+    /// query norm, depths by counting blocks, guidance and qkv bias by presence. The rope axes are
+    /// FLUX.1's `[16, 56, 56]` for its 128-dim heads; other head dims (tiny rehearsal models,
+    /// `unoflow model tiny`) are split in the same 1 : 3.5 : 3.5 proportion.
+    pub fn config(&self) -> Result<FluxConfig> {
+        let source = self.source();
+        let path = self.checkpoint().path();
+        let shape = |key: &str| {
+            source.shape(key).ok_or_else(|| WeightsError::Missing {
+                path: path.to_path_buf(),
+                key: key.into(),
+                hint: " (needed to read the model's sizes: is this a FLUX transformer?)".into(),
+            })
+        };
+        let img_in = shape("img_in.weight")?;
+        let (hidden_size, in_channels) = (img_in[0], img_in[1]);
+        let head_dim = shape("double_blocks.0.img_attn.norm.query_norm.scale")?[0];
+        let count = |prefix: &str, probe: &str| (0..).take_while(|i| source.contains(&format!("{prefix}.{i}.{probe}"))).count();
+        let from_file = self.diffusers_config();
+        let axes_dim = match from_file.as_ref().and_then(|c| c.get("axes_dims_rope")) {
+            Some(axes) => serde_json::from_value(axes.clone())
+                .map_err(|e| WeightsError::Format { path: path.to_path_buf(), message: format!("config.json `axes_dims_rope`: {e}") })?,
+            None if head_dim == 128 => vec![16, 56, 56],
+            None => vec![head_dim / 8, head_dim * 7 / 16, head_dim * 7 / 16],
+        };
+        Ok(FluxConfig {
+            in_channels,
+            vec_in_dim: shape("vector_in.in_layer.weight")?[1],
+            context_in_dim: shape("txt_in.weight")?[1],
+            hidden_size,
+            mlp_ratio: shape("double_blocks.0.img_mlp.0.weight")?[0] as f64 / hidden_size as f64,
+            num_heads: hidden_size / head_dim.max(1),
+            depth: count("double_blocks", "img_attn.qkv.weight"),
+            depth_single_blocks: count("single_blocks", "linear1.weight"),
+            axes_dim,
+            theta: 10_000.0,
+            qkv_bias: source.contains("double_blocks.0.img_attn.qkv.bias"),
+            guidance_embed: source.contains("guidance_in.in_layer.weight"),
+        })
+    }
+
+    /// The diffusers `config.json` beside the transformer's weights, if any.
+    fn diffusers_config(&self) -> Option<serde_json::Value> {
+        let Self::Diffusers(c) = self else { return None };
+        let text = std::fs::read(c.path().parent()?.join("config.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
     fn source(&self) -> Box<dyn TensorSource + '_> {
         match self {
             Self::Bfl(c) => Box::new(BflView(c)),
@@ -75,6 +125,24 @@ impl FluxCheckpoint {
         self.checkpoint().check_all_read()?;
         Ok(model)
     }
+}
+
+/// The diffusers tensors of a BFL tensor (the inverse of the view diffusers checkpoints are read
+/// through): renamed, split back into q, k, v (and the MLP input), or with the halves swapped.
+/// Fused projections split into `hidden_size` rows each, the last part taking the rest.
+pub fn diffusers_tensors(bfl_key: &str, data: &TensorData, hidden_size: usize) -> Option<Vec<(String, TensorData)>> {
+    Some(match DiffusersView::recipe(bfl_key)? {
+        Recipe::Rename(name) => vec![(name, data.clone())],
+        Recipe::SwapHalves(name) => {
+            let halves = split_rows(data, 2);
+            vec![(name, cat_rows(vec![halves[1].clone(), halves[0].clone()]))]
+        }
+        Recipe::Cat(names) => {
+            let mut rows = vec![hidden_size; names.len()];
+            rows[names.len() - 1] = data.shape[0] - hidden_size * (names.len() - 1);
+            names.into_iter().zip(split_rows_by(data, &rows)).collect()
+        }
+    })
 }
 
 /// Loads UNO LoRA weights from `path` into `model`, scaled by `weight`; returns the rank.

@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use super::client::ChatClient;
 use super::{ConnectionParams, ImageSendParams, image_part, in_parallel, parse};
 use crate::columns::ColumnRequirement;
-use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::operator::{
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping,
+};
 use crate::params::{ParamType, Params};
 use crate::rows::{RowResults, binary, bytes_at, extend_schema, row_ids, text, with_added};
 use crate::{OpError, Result, image_io};
@@ -70,6 +72,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Cpu,
     mapping: RowMapping::Preserve,
     partition_rows: 64,
+    device_dependence: DeviceDependence::Independent,
 });
 
 impl Operator for VlmDetect {

@@ -12,7 +12,9 @@ use serde_json::json;
 use super::client::ChatClient;
 use super::{ConnectionParams, in_parallel};
 use crate::columns::ColumnRequirement;
-use crate::operator::{Configured, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping};
+use crate::operator::{
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping,
+};
 use crate::params::{Choice, ParamType, Params};
 use crate::rowid::RowIdHasher;
 use crate::rows::{RowResults, derived, derived_schema, row_ids, text};
@@ -115,6 +117,7 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     resource: Resource::Cpu,
     mapping: RowMapping::Derive,
     partition_rows: 8,
+    device_dependence: DeviceDependence::Independent,
 });
 
 fn added_fields() -> Vec<Field> {
