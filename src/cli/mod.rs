@@ -327,7 +327,11 @@ impl VarArgs {
 
     /// The flags that give these variables again, for commands printed to paste.
     pub fn flags(&self) -> String {
-        self.vars.iter().map(|v| format!(" --var {}", shell_word(&v.arg()))).collect()
+        let arg = |v: &crate::dag::VarOverride| match crate::dag::interpolate::is_secret_name(&v.name) {
+            true => format!("{}=…", v.name),
+            false => v.arg(),
+        };
+        self.vars.iter().map(|v| format!(" --var {}", shell_word(&arg(v)))).collect()
     }
 }
 

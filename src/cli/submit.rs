@@ -238,6 +238,18 @@ impl Launch {
         }
         // A `--var` the DAG does not declare would stop every worker with the same error.
         crate::dag::check_vars(&args.dag, &dag_text, &args.vars.vars)?;
+        // A --var is written into the script or manifest as a worker argument: a secret's value
+        // goes through the environment instead (a Secret for pods, the shell for Slurm).
+        if let Some(var) = args.vars.vars.iter().find(|v| crate::dag::interpolate::is_secret_name(&v.name)) {
+            return Err(usage(format!(
+                "--var {}=…: a variable whose name says it is a secret would be written into the {} in clear; declare it \
+                 `{} = \"${{env:NAME}}\"` in [vars] and pass NAME in the environment{}",
+                var.name,
+                if args.backend == Backend::Kubernetes { "manifest" } else { "sbatch script" },
+                var.name,
+                if args.backend == Backend::Kubernetes { " (--env NAME)" } else { " of the shell that submits" }
+            )));
+        }
         if args.backend == Backend::Kubernetes && dag_text.len() > MAX_CONFIGMAP_DAG {
             return Err(usage(format!(
                 "the DAG file {} has {} bytes; a Kubernetes ConfigMap holds at most {MAX_CONFIGMAP_DAG}: move inline data into files",
@@ -915,6 +927,18 @@ mod tests {
         assert_usage(Backend::Kubernetes, |a| a.partition = Some("gpu".into()), "--partition");
         assert_usage(Backend::Kubernetes, |a| a.secret = Some("My_Secret".into()), "--secret");
         assert_usage(Backend::Kubernetes, |a| a.image = Some("my image".into()), "--image");
+    }
+
+    #[test]
+    fn secret_vars_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path(), Backend::Kubernetes);
+        std::fs::write(&a.dag, "[dag]\nname = \"flow\"\n\n[vars]\nhf_token = \"\"\n").unwrap();
+        a.vars.vars = vec![crate::dag::VarOverride { name: "hf_token".into(), value: "abc".into(), text: "abc".into() }];
+        match Launch::from_args(&a) {
+            Err(Error::Usage(message)) => assert!(message.contains("--env NAME") && !message.contains("abc"), "{message}"),
+            other => panic!("expected a usage error, got {other:?}"),
+        }
     }
 
     #[test]

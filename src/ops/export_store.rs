@@ -64,9 +64,18 @@ impl StoreDestination {
             };
         }
         let Some(size) = self.store.size(&self.name).map_err(|e| e.to_string())? else { return Ok(()) };
-        match marker {
-            Some((recorded, _)) if String::from_utf8_lossy(&recorded).trim() == size.to_string() => Ok(()),
-            _ => Err(refused("it exists and was not written by unoflow's export (or changed since)")),
+        // The marker holds the size uploaded and, once the upload is done, the object's write
+        // time: a file of the same size put there since (a hand-fixed copy) is not ours.
+        let recorded = marker.map(|(bytes, _)| String::from_utf8_lossy(&bytes).trim().to_string()).unwrap_or_default();
+        let mut fields = recorded.split(' ');
+        let same_size = fields.next() == Some(size.to_string().as_str());
+        let same_time = match fields.next() {
+            Some(ms) => self.store.written_at_ms(&self.name).map_err(|e| e.to_string())?.is_some_and(|t| t.to_string() == ms),
+            None => true,
+        };
+        match same_size && same_time {
+            true => Ok(()),
+            false => Err(refused("it exists and was not written by unoflow's export (or changed since)")),
         }
     }
 
@@ -77,7 +86,11 @@ impl StoreDestination {
         // The marker first: a crash between the two leaves a marker that does not match the old
         // object, which is then refused, never silently replaced (as for a local file).
         self.store.put(&self.marker_key(), format!("{size}\n").as_bytes())?;
-        self.store.finish_file(&self.name, file)
+        self.store.finish_file(&self.name, file)?;
+        if let Some(ms) = self.store.written_at_ms(&self.name)? {
+            self.store.put(&self.marker_key(), format!("{size} {ms}\n").as_bytes())?;
+        }
+        Ok(())
     }
 
     /// Uploads a staged folder export, replacing what an earlier export put there.
@@ -142,6 +155,10 @@ mod tests {
         dest.upload_file(&file).unwrap();
         assert_eq!(dest.missing(&[]).unwrap(), None);
         dest.replaceable().unwrap();
+        // Put again with the same size (a hand-fixed copy): not ours any more.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        store::open("memory://export-file/ws/exports").unwrap().put("pairs.parquet", b"PAR2").unwrap();
+        assert!(dest.replaceable().is_err(), "changed since it was exported, at the same size");
         store::open("memory://export-file/ws/exports").unwrap().put("pairs.parquet", b"changed!").unwrap();
         assert!(dest.replaceable().is_err(), "changed since it was exported");
         assert!(StoreDestination::of(Path::new("relative/out.parquet"), false).is_none());

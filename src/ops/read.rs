@@ -212,7 +212,10 @@ impl Op for ReadNode {
             // The store's listing of the files read (names, sizes, ETags: a remote object's
             // identity is its store's checksum), so `plan` downloads nothing.
             hasher.update(b"remote\0");
-            for e in crate::remote::listing(url)?.entries.iter().filter(|e| has_extension(&e.relative, self.p.format.extensions())) {
+            // A URL naming one object is read whatever its name (as a local file is); under a
+            // prefix, the files of the format are.
+            let listing = crate::remote::listing(url)?;
+            for e in listing.entries.iter().filter(|e| listing.single_file || has_extension(&e.relative, self.p.format.extensions())) {
                 hasher.update(e.relative.as_bytes()).update(&[0]).update(&e.size.to_le_bytes()).update(e.version.as_bytes()).update(&[0]);
             }
             return Ok(Some(hasher.finalize().to_hex()[..32].to_string()));

@@ -167,7 +167,14 @@ impl Cache {
         File::open(&part).and_then(|f| f.sync_all()).at(&part)?;
         let path = self.root.join("objects").join(&digest);
         std::fs::create_dir_all(self.root.join("objects")).at(self.root.join("objects"))?;
-        std::fs::rename(&part, &path).at(&path)?;
+        // Objects are named by their content: one already here (another URL with the same bytes)
+        // is kept, never replaced, so the folders linked to it stay whole. A link fails
+        // atomically where the name exists; a filesystem without links renames.
+        match std::fs::hard_link(&part, &path) {
+            Ok(()) => std::fs::remove_file(&part).at(&part)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::remove_file(&part).at(&part)?,
+            Err(_) => std::fs::rename(&part, &path).at(&path)?,
+        }
         let stamp = Stamp::of(&path).ok_or_else(|| Error::Internal(format!("{} vanished", path.display())))?;
         let indexed = Indexed {
             url: format!("{}/{}", listing.url.store_url().as_str().trim_end_matches('/'), entry.key),
@@ -230,12 +237,17 @@ impl Cache {
                 std::fs::write(tmp.join(COPIES), b"").at(&tmp)?;
             }
         }
-        if dir.exists() {
-            let old = folders.join(format!(".old-{digest}-{}", std::process::id()));
-            std::fs::rename(dir, &old).at(dir)?;
-            std::fs::remove_dir_all(&old).at(&old)?;
+        // The old folder is moved aside and the new one moved in before the old is removed: a
+        // reader opening a file between the two renames is the only one who can miss it.
+        let old = dir.exists().then(|| folders.join(format!(".old-{digest}-{}", std::process::id())));
+        if let Some(old) = &old {
+            std::fs::rename(dir, old).at(dir)?;
         }
-        std::fs::rename(&tmp, dir).at(dir)
+        std::fs::rename(&tmp, dir).at(dir)?;
+        if let Some(old) = &old {
+            std::fs::remove_dir_all(old).at(old)?;
+        }
+        Ok(())
     }
 
     /// Takes the lock `name` of this host, waiting for its holder.

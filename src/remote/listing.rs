@@ -55,6 +55,7 @@ impl Listing {
                 }
                 entries.push(entry(meta.location.clone(), parts.join("/"), &meta));
             }
+            drop_folder_markers(&mut entries);
         }
         let single_file = entries.is_empty();
         if single_file {
@@ -74,10 +75,16 @@ impl Listing {
     /// The input's identity for fingerprints: its relative names, sizes and versions (ETags).
     /// A remote object's identity is its store's checksum, not a digest of its bytes, so that
     /// `plan` downloads nothing; the same weights at another URL keep their fingerprint where the
-    /// store's ETags are content digests (S3's for single-part uploads are their MD5).
+    /// store's ETags are content digests (S3's for single-part uploads are their MD5). Where a
+    /// version is weaker than that — a web server's ETag (nginx and Apache make it of the
+    /// modification time and size) or a modification time — the URL is part of the identity,
+    /// so two files that only share a name, a size and a time are not one input.
     pub fn digest(&self) -> String {
         let mut hasher = blake3::Hasher::new();
         hasher.update(b"unoflow remote listing 1\0").update(&[u8::from(self.single_file)]);
+        if self.url.is_http() || self.entries.iter().any(|e| e.version.starts_with("modified:")) {
+            hasher.update(b"url\0").update(self.url.as_str().as_bytes()).update(&[0]);
+        }
         for e in &self.entries {
             hasher.update(e.relative.as_bytes()).update(&[0]).update(&e.size.to_le_bytes()).update(e.version.as_bytes()).update(&[0]);
         }
@@ -88,6 +95,15 @@ impl Listing {
     pub fn bytes(&self) -> u64 {
         self.entries.iter().map(|e| e.size).sum()
     }
+}
+
+/// Removes folder markers: object_store lists the key `a/b/` (what consoles, s3fs and rclone
+/// create for an empty folder) as an empty object `a/b`, which as a file would stand where the
+/// folder `a/b` must be.
+fn drop_folder_markers(entries: &mut Vec<Entry>) {
+    let names: std::collections::HashSet<String> =
+        entries.iter().flat_map(|e| e.relative.match_indices('/').map(|(i, _)| e.relative[..i].to_string()).collect::<Vec<_>>()).collect();
+    entries.retain(|e| !(e.size == 0 && names.contains(&e.relative)));
 }
 
 fn entry(key: ObjectPath, relative: String, meta: &object_store::ObjectMeta) -> Entry {
@@ -107,7 +123,9 @@ fn nothing_at(url: &RemoteUrl) -> Error {
     Error::Usage(format!("nothing is stored at {url}: no object has this name, and no object is under it as a prefix; check the URL"))
 }
 
-/// A listing that failed, with what to check.
+/// A listing that failed, with what to check: a usage error (exit 2) where the URL or the
+/// credentials are wrong, a failure to retry (exit 1) where the store or the network is (a
+/// timeout, a 5xx, a reset: a Kubernetes index that exits 2 is not retried).
 pub(super) fn unreadable(url: &RemoteUrl, e: &object_store::Error) -> Error {
     let hint = match url.store_url().scheme() {
         "gs" => "GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT",
@@ -124,5 +142,29 @@ pub(super) fn unreadable(url: &RemoteUrl, e: &object_store::Error) -> Error {
     }
     // The store's XML body says nothing a user needs; the first line does.
     let text = text.lines().next().unwrap_or_default().split(": <").next().unwrap_or_default().to_string();
-    Error::Usage(format!("cannot read {url}: {text}; check {hint}"))
+    let message = format!("cannot read {url}: {text}; check {hint}");
+    match e {
+        object_store::Error::NotFound { .. }
+        | object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => Error::Usage(message),
+        _ => Error::Execution(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry_of(relative: &str, size: u64) -> Entry {
+        Entry { key: ObjectPath::from(relative), relative: relative.into(), size, version: "etag:x".into(), e_tag: None }
+    }
+
+    #[test]
+    fn folder_markers_are_no_files() {
+        let mut entries =
+            vec![entry_of("tok", 0), entry_of("tok/vocab.json", 10), entry_of("empty.txt", 0), entry_of("a/b", 0), entry_of("a/b/c", 1)];
+        drop_folder_markers(&mut entries);
+        let names: Vec<&str> = entries.iter().map(|e| e.relative.as_str()).collect();
+        assert_eq!(names, ["tok/vocab.json", "empty.txt", "a/b/c"], "an empty file that is no folder stays");
+    }
 }

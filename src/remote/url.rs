@@ -56,6 +56,15 @@ impl RemoteUrl {
     fn http(text: &str) -> Result<Self> {
         let bad = |why: &str| Error::Usage(format!("`{text}`: {why}"));
         let parsed = url::Url::parse(text).map_err(|e| bad(&format!("not a URL: {e}")))?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            // It would be kept in fingerprints' records, run records, errors and manifests.
+            return Err(Error::Usage(format!(
+                "`{}://…@{}…`: a URL cannot hold credentials (they would be written into run records and manifests); \
+                 serve the file without them, or put it on object storage and its credentials in the environment",
+                parsed.scheme(),
+                parsed.host_str().unwrap_or_default()
+            )));
+        }
         if parsed.query().is_some() || parsed.fragment().is_some() {
             return Err(bad("a query string or fragment cannot be fetched through the store client; name the file by its path alone"));
         }
@@ -138,5 +147,7 @@ mod tests {
         assert!(message("http://example.com/x.jsonl").contains("use https://"));
         assert!(message("https://example.com/x?sig=1").contains("query string"));
         assert!(message("https://example.com/folder/").contains("names one file"));
+        let with_password = message("https://me:hunter2@example.com/x.jsonl");
+        assert!(with_password.contains("cannot hold credentials") && !with_password.contains("hunter2"), "{with_password}");
     }
 }
