@@ -61,4 +61,18 @@ query = "SELECT subject, count(*) AS images, avg(dino) AS dino, avg(clip_i) AS c
     assert_eq!(sql_csv(&p, "SELECT count(DISTINCT md5(image)) AS n FROM eval"), ["n", "4"]);
     let errors = sql_csv(&p, "SELECT message FROM errors.eval");
     assert!(errors[1].contains("bear/00.png"), "{errors:?}");
+
+    // A LoRA column left empty (a training that made no checkpoint) is a row error, never the
+    // base model's scores under the LoRA's name.
+    let dag = std::fs::read_to_string(p.path("dag.toml")).unwrap();
+    let eval_node = dag.split("[nodes.eval]\n").nth(1).unwrap().split("\n\n").next().unwrap();
+    let with_lora = eval_node.replace("inputs = [\"protocol\"]", "inputs = [\"untrained\"]\nlora = \"lora\"");
+    p.dag(&format!(
+        "{dag}\n[nodes.untrained]\nop = \"sql\"\ninputs = [\"protocol\"]\nquery = \"SELECT *, CAST(NULL AS VARCHAR) AS lora FROM protocol \
+         WHERE prompt LIKE 'a backpack%'\"\n\n[nodes.eval_lora]\n{with_lora}\n"
+    ));
+    p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    let errors = sql_csv(&p, "SELECT message FROM errors.eval_lora");
+    assert!(errors[1].contains("the `lora` column (parameter `lora`) is empty"), "{errors:?}");
+    assert_eq!(sql_csv(&p, "SELECT count(*) AS n FROM eval_lora"), ["n", "0"]);
 }

@@ -1,5 +1,5 @@
 //! `evaluate`: the DreamBench protocol (uno-method §6.1). For each prompt row (UNO's
-//! `uno_singleip.json` / `uno_multiip.json` format: `prompt`, `image_paths`), generate
+//! `dreambench_singleip.json` / `dreambench_multiip.json` format: `prompt`, `image_paths`), generate
 //! `images_per_prompt` images with UNO from the row's references, and score each with DINO
 //! (ViT-S/16, CLS), CLIP-I and CLIP-T (ViT-B/32): one output row per image. Per-subject and
 //! overall means are `sql` views over it (`GROUP BY subject`), so two evaluation nodes compare
@@ -69,11 +69,12 @@ pub struct EvaluateConfig {
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "evaluate",
     // 2: the fused CPU kernels (issue 17) sum in another order: other output bytes.
-    version: 2,
+    // 3: a row whose LoRA column is empty is an error (it was scored as the base model).
+    version: 3,
     summary: "DreamBench evaluation: generate each prompt from its references with UNO, score DINO, CLIP-I, CLIP-T per image",
     doc: "Input rows are the protocol's prompts (`prompt`, `image_paths` relative to `dataset`, \
-          UNO's `./dreambooth/dataset/SUBJECT/NN.jpg` form accepted; read `uno_singleip.json` or \
-          `uno_multiip.json` with `read format = \"jsonl\"`). For each row, `images_per_prompt` \
+          UNO's `./dreambooth/dataset/SUBJECT/NN.jpg` form accepted; read `dreambench_singleip.json` or \
+          `dreambench_multiip.json` with `read format = \"jsonl\"`). For each row, `images_per_prompt` \
           images (seeds drawn from the DAG seed and the row id) are generated with the UNO \
           pipeline of `unoflow generate` and scored: DINO (cosine of DINO ViT-S/16 CLS \
           embeddings, generated vs each reference, mean over references), CLIP-I (same with \
@@ -264,7 +265,19 @@ impl PartitionProcessor for Evaluator {
             } else {
                 lists.value(row).as_string::<i32>().iter().flatten().map(str::to_string).collect()
             };
-            let lora = loras.as_ref().filter(|l| l.is_valid(row)).map(|l| l.value(row));
+            // A row whose LoRA column is empty (a training upstream that made no checkpoint) is
+            // an error, never the base model's scores under the LoRA's name.
+            let lora = match (&loras, &self.lora) {
+                (Some(l), Some(column)) if l.is_null(row) => {
+                    results.push(Err(format!(
+                        "the `{column}` column (parameter `lora`) is empty in this row: did the training upstream make no \
+                         checkpoint (no rows to train on)? Leave `lora` out to evaluate the base model"
+                    )));
+                    continue;
+                }
+                (Some(l), _) => Some(l.value(row)),
+                (None, _) => None,
+            };
             results.push(self.row(ids.value(row), prompts.value(row), &paths, lora));
         }
         let results = RowResults::split(ids, results);
