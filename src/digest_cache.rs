@@ -32,9 +32,10 @@ const CACHED_FROM: u64 = 64 << 10;
 /// "racily clean" entries.
 const SETTLED: Duration = Duration::from_secs(2);
 
-/// What the file system says about a file: the key an entry must match.
+/// What the file system says about a file: the key an entry must match (and what the remote
+/// input cache checks its object files by). Any write to the file changes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Stat {
+pub(crate) struct Stat {
     size: u64,
     /// Nanoseconds since the epoch (u64 lasts until 2554; serde's `flatten` cannot carry u128).
     modified_ns: u64,
@@ -43,6 +44,11 @@ struct Stat {
 }
 
 impl Stat {
+    /// The stat of `path`, if it can be read.
+    pub(crate) fn of_path(path: &Path) -> Option<Self> {
+        std::fs::metadata(path).ok().map(|meta| Self::of(&meta))
+    }
+
     fn of(meta: &std::fs::Metadata) -> Self {
         let modified_ns = meta
             .modified()

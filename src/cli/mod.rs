@@ -828,3 +828,15 @@ fn format_duration(seconds: f64) -> String {
         _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_commands_hide_secret_vars() {
+        let var = |name: &str, text: &str| dag::VarOverride { name: name.into(), value: text.into(), text: text.into() };
+        let args = VarArgs { vars: vec![var("steps", "4"), var("hf_token", "hf_abc"), var("data", "/my data")] };
+        assert_eq!(args.flags(), " --var steps=4 --var 'hf_token=…' --var 'data=/my data'");
+    }
+}

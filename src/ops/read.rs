@@ -207,19 +207,16 @@ impl Op for ReadNode {
     }
 
     fn source_digest(&self) -> Result<Option<String>> {
-        let mut hasher = blake3::Hasher::new();
         if let Some(url) = &self.remote {
             // The store's listing of the files read (names, sizes, ETags: a remote object's
-            // identity is its store's checksum), so `plan` downloads nothing.
-            hasher.update(b"remote\0");
-            // A URL naming one object is read whatever its name (as a local file is); under a
-            // prefix, the files of the format are.
+            // identity is its store's checksum), so `plan` downloads nothing. A URL naming one
+            // object is read whatever its name (as a local file is); under a prefix, the files
+            // of the format are.
             let listing = crate::remote::listing(url)?;
-            for e in listing.entries.iter().filter(|e| listing.single_file || has_extension(&e.relative, self.p.format.extensions())) {
-                hasher.update(e.relative.as_bytes()).update(&[0]).update(&e.size.to_le_bytes()).update(e.version.as_bytes()).update(&[0]);
-            }
-            return Ok(Some(hasher.finalize().to_hex()[..32].to_string()));
+            let extensions = self.p.format.extensions();
+            return Ok(Some(listing.digest_of(|e| listing.single_file || has_extension(&e.relative, extensions))));
         }
+        let mut hasher = blake3::Hasher::new();
         for source in self.sources()?.iter() {
             hasher.update(source.relative.as_bytes()).update(&[0]).update(source.digest.as_bytes());
         }

@@ -28,6 +28,7 @@ use object_store::{GetOptions, GetRange, ObjectStore};
 use serde::{Deserialize, Serialize};
 
 use super::{Entry, Listing};
+use crate::digest_cache::Stat;
 use crate::error::{Error, IoContext, Result};
 use crate::workspace::store::{Call, connect, wait};
 
@@ -48,33 +49,7 @@ struct Indexed {
     version: String,
     blake3: String,
     /// The object file when it was last hashed.
-    stamp: Stamp,
-}
-
-/// What changes when a file's bytes are written: its size, modification time and inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Stamp {
-    size: u64,
-    modified_ns: u64,
-    inode: u64,
-}
-
-impl Stamp {
-    fn of(path: &Path) -> Option<Self> {
-        let meta = std::fs::metadata(path).ok()?;
-        let modified_ns = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as u64;
-        Some(Self { size: meta.len(), modified_ns, inode: inode(&meta) })
-    }
-}
-
-#[cfg(unix)]
-fn inode(meta: &std::fs::Metadata) -> u64 {
-    std::os::unix::fs::MetadataExt::ino(meta)
-}
-
-#[cfg(not(unix))]
-fn inode(_meta: &std::fs::Metadata) -> u64 {
-    0
+    stamp: Stat,
 }
 
 #[cfg(unix)]
@@ -175,7 +150,7 @@ impl Cache {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::remove_file(&part).at(&part)?,
             Err(_) => std::fs::rename(&part, &path).at(&path)?,
         }
-        let stamp = Stamp::of(&path).ok_or_else(|| Error::Internal(format!("{} vanished", path.display())))?;
+        let stamp = Stat::of_path(&path).ok_or_else(|| Error::Internal(format!("{} vanished", path.display())))?;
         let indexed = Indexed {
             url: format!("{}/{}", listing.url.store_url().as_str().trim_end_matches('/'), entry.key),
             size: entry.size,
@@ -194,7 +169,7 @@ impl Cache {
         let Ok(text) = std::fs::read(index) else { return Ok(None) };
         let Ok(mut indexed) = serde_json::from_slice::<Indexed>(&text) else { return Ok(None) };
         let path = self.root.join("objects").join(&indexed.blake3);
-        let Some(stamp) = Stamp::of(&path) else { return Ok(None) };
+        let Some(stamp) = Stat::of_path(&path) else { return Ok(None) };
         if stamp == indexed.stamp {
             return Ok(Some(path));
         }
@@ -346,9 +321,9 @@ mod tests {
         let folder = cache.local_copy(&listing).unwrap();
         assert_eq!(std::fs::read(folder.join("sub/w.bin")).unwrap(), b"weights");
         let object = dir.path().join("objects").join(blake3::hash(b"weights").to_hex().as_str());
-        let stamp = Stamp::of(&object).unwrap();
+        let stamp = Stat::of_path(&object).unwrap();
         assert_eq!(cache.local_copy(&listing).unwrap(), folder);
-        assert_eq!(Stamp::of(&object), Some(stamp), "not fetched again");
+        assert_eq!(Stat::of_path(&object), Some(stamp), "not fetched again");
         assert_eq!(std::fs::read_dir(dir.path().join("partial")).unwrap().count(), 0);
     }
 

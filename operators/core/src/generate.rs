@@ -65,9 +65,10 @@ pub fn weights_fingerprint(path: &Path) -> Result<String> {
     Ok(digest.to_hex()[..16].to_string())
 }
 
-/// blake3 of a file's size and its first and last MiB: an identity for files too large to hash
-/// whole (model weights), shared by provenance and the engine's fingerprints.
-pub fn sampled_digest(path: &Path) -> std::io::Result<blake3::Hash> {
+/// blake3 of a file's size and its first and last MiB: the weights' identity in a generated
+/// PNG's provenance chunks, cheap at every model load. (Fingerprints use whole-content digests,
+/// cached per host by the engine.)
+fn sampled_digest(path: &Path) -> std::io::Result<blake3::Hash> {
     use std::io::Seek;
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
