@@ -37,8 +37,16 @@ fn main() {
     let bytes: u64 = files.iter().map(|f| std::fs::metadata(f).map_or(0, |m| m.len())).sum();
     let cache = DigestCache::at(scratch.path().join("digests"));
     let read = time(|| files.iter().for_each(read_all));
-    let first = time(|| files.iter().for_each(|f| drop(cache.digest(f).expect("digest"))));
-    let again = time(|| files.iter().for_each(|f| drop(cache.digest(f).expect("digest"))));
+    let first = time(|| {
+        files.iter().for_each(|f| {
+            std::hint::black_box(cache.digest(f).expect("digest"));
+        })
+    });
+    let again = time(|| {
+        files.iter().for_each(|f| {
+            std::hint::black_box(cache.digest(f).expect("digest"));
+        })
+    });
     let mb = bytes as f64 / 1e6;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("{} files, {:.0} MB, {threads} threads", files.len(), mb);

@@ -31,11 +31,27 @@ pub struct NodeProgress {
     pub eta_s: Option<f64>,
 }
 
+/// A gang of workers computing a unit together (its token left out).
+#[derive(Debug, Clone, Serialize)]
+pub struct GangProgress {
+    pub node: String,
+    pub unit: usize,
+    pub leader: String,
+    /// Where the leader listens.
+    pub address: String,
+    /// The peers, the leader first.
+    pub peers: Vec<String>,
+    /// The step the gang was at when its peers last changed.
+    pub step: u64,
+}
+
 /// A workspace's progress.
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
     pub nodes: Vec<NodeProgress>,
     pub workers: Vec<WorkerBeat>,
+    /// The gangs at work (data-parallel training).
+    pub gangs: Vec<GangProgress>,
 }
 
 impl Progress {
@@ -64,6 +80,7 @@ pub fn nodes_of(ws: &Workspace, dag: Option<&Dag>) -> Result<Vec<NodeRef>> {
 /// The progress of the stored nodes among `nodes`.
 pub fn progress(ws: &Workspace, nodes_in: &[NodeRef]) -> Result<Progress> {
     let mut nodes = Vec::new();
+    let mut gangs = Vec::new();
     let now = now_ms();
     for (name, fingerprint, storage) in nodes_in.iter().cloned() {
         if storage != Storage::Table {
@@ -94,8 +111,18 @@ pub fn progress(ws: &Workspace, nodes_in: &[NodeRef]) -> Result<Progress> {
         let recent = times.iter().filter(|t| now - **t <= RATE_WINDOW.as_millis() as i64).count();
         let units_per_s = recent as f64 / RATE_WINDOW.as_secs_f64();
         let eta_s = pending.filter(|_| units_per_s > 0.0).map(|p| (p + held) as f64 / units_per_s);
+        for gang in ws.leases().gangs(&fingerprint)?.into_iter().filter(|g| !committed.contains(&g.unit)) {
+            gangs.push(GangProgress {
+                node: name.clone(),
+                unit: gang.unit,
+                leader: gang.leader,
+                address: gang.address,
+                peers: gang.peers,
+                step: gang.step,
+            });
+        }
         nodes.push(NodeProgress { node: name, fingerprint, complete: false, done, held, pending, rows: None, units_per_s, eta_s });
     }
     let workers = ws.leases().live_workers()?;
-    Ok(Progress { nodes, workers })
+    Ok(Progress { nodes, workers, gangs })
 }

@@ -8,6 +8,7 @@ mod curation;
 mod errors;
 mod evaluation;
 mod execution;
+mod gang;
 mod generate;
 mod hardening;
 mod hardening_store;

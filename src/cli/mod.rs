@@ -816,6 +816,23 @@ async fn status(dag: Option<&Path>, options: dag::LoadOptions<'_>, json: bool, r
         )
         .at(STDOUT)?;
     }
+    for g in &progress.gangs {
+        let n = g.peers.len();
+        writeln!(
+            out,
+            "\ngang training `{}` (unit {}): {n} peer{}, led by {} at {}, from step {}",
+            g.node,
+            g.unit,
+            if n == 1 { "" } else { "s" },
+            g.leader,
+            g.address,
+            g.step + 1
+        )
+        .at(STDOUT)?;
+        for peer in &g.peers {
+            writeln!(out, "  {peer}").at(STDOUT)?;
+        }
+    }
     Ok(0)
 }
 

@@ -98,6 +98,11 @@ impl Claims {
         Self { leases, id, opts, units_done: AtomicU64::new(0), won: Mutex::default(), started_at_ms, beats: Mutex::default() }
     }
 
+    /// The workspace's leases (gangs write their rendezvous beside them).
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
     /// Whether the unit with `key` is this worker's first choice.
     pub fn is_own(&self, key: &str) -> bool {
         first_choice(key, self.opts.world) == self.opts.rank

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::AsArray;
@@ -17,6 +18,7 @@ use unoflow_api::{ExecContext, RowError};
 
 use super::RunCtx;
 use super::claims::{Asked, Renewal};
+use super::gang;
 use super::gather::ManifestWriter;
 use super::queue::{self, UnitQueue};
 use super::unit_set::UnitSet;
@@ -72,20 +74,36 @@ pub(super) async fn materialize(
 
     let runner = LazyRunner::new(ctx, i, inputs);
     let node_ctx = NodeRun { ctx, i, store, input_digest: &input_digest, runner: &runner };
-    let Ran { commits, reused, watching } = match node.op.units(inputs)? {
-        UnitPlan::Listed(units) => {
-            ctx.observer.node_started(&node.name, Some(units.iter().map(|u| u.rows).sum()));
-            if ctx.claims.is_some() {
-                store.set_units(units.len())?;
+    let plan = node.op.units(inputs)?;
+    // A data-parallel node's units are computed by gangs: while this worker waits for a unit
+    // another holds, it joins that unit's gang.
+    let gang_units = (ctx.claims.is_some() && node.op.data_parallel()).then(|| GangUnits::of(&plan));
+    let node_done = AtomicBool::new(false);
+    let units = async {
+        let ran = match plan {
+            UnitPlan::Listed(units) => {
+                ctx.observer.node_started(&node.name, Some(units.iter().map(|u| u.rows).sum()));
+                if ctx.claims.is_some() {
+                    store.set_units(units.len())?;
+                }
+                node_ctx.run_listed(units, &mut committed).await
             }
-            node_ctx.run_listed(units, &mut committed).await?
-        }
-        UnitPlan::Chunks { source, rows_per_unit } => {
-            let total = count_rows(&source).await.ok();
-            ctx.observer.node_started(&node.name, total);
-            node_ctx.run_chunks(&source, rows_per_unit, &mut committed).await?
+            UnitPlan::Chunks { source, rows_per_unit } => {
+                let total = count_rows(&source).await.ok();
+                ctx.observer.node_started(&node.name, total);
+                node_ctx.run_chunks(&source, rows_per_unit, &mut committed).await
+            }
+        };
+        node_done.store(true, Ordering::Relaxed);
+        ran
+    };
+    let follow = async {
+        if let Some(gang_units) = gang_units {
+            node_ctx.follow_gangs(&gang_units, &node_done).await;
         }
     };
+    let (ran, ()) = tokio::join!(units, follow);
+    let Ran { commits, reused, watching } = ran?;
     if let Some(claims) = &ctx.claims {
         // Its units are all asked for: the commits this worker won there need no summary now
         // (a streamed view's units are not summarised).
@@ -355,6 +373,56 @@ impl NodeRun<'_> {
         Ok(Ran { commits, reused, watching: None })
     }
 
+    /// Joins the gangs other workers lead at this node's units, one after the other, until the
+    /// node is done here (`node_done`) or the run stops. A gang this worker cannot reach (its
+    /// leader died; its record is stale) is tried again each time its record is looked at.
+    async fn follow_gangs(&self, units: &GangUnits, node_done: &AtomicBool) {
+        let Some(claims) = self.ctx.claims.as_deref() else { return };
+        let stop = || node_done.load(Ordering::Relaxed) || self.ctx.stop_requested();
+        let mut last_warning = String::new();
+        while !stop() {
+            let pause = match self.follow_one(claims, units, &stop).await {
+                Ok(()) => FOLLOW_POLL,
+                Err(e) => {
+                    let warning = format!("node `{}`: this worker left a gang: {e}", self.name());
+                    if warning != last_warning {
+                        self.ctx.observer.warn(&warning);
+                        last_warning = warning;
+                    }
+                    FOLLOW_BACKOFF
+                }
+            };
+            sleep_unless(&stop, pause).await;
+        }
+    }
+
+    /// Follows the first gang it can join, if there is one.
+    async fn follow_one(&self, claims: &super::Claims, units: &GangUnits, stop: &(dyn Fn() -> bool + Send + Sync)) -> Result<()> {
+        let (leases, fp) = (claims.leases().clone(), self.fingerprint().to_string());
+        let records = tokio::task::spawn_blocking(move || leases.gangs(&fp))
+            .await
+            .map_err(|e| Error::Internal(format!("reading gangs panicked: {e}")))??;
+        for record in records.into_iter().filter(|r| r.leader != claims.id) {
+            if stop() || self.store.committed_among(&[record.unit])?.contains(&record.unit) {
+                continue;
+            }
+            let Some(unit) = units.unit(record.unit).await? else { continue };
+            let runner = self.runner.get().await?;
+            let (fp, id) = (self.fingerprint().to_string(), claims.id.clone());
+            let joined = tokio::task::spawn_blocking(move || gang::join(&record, &fp, &id))
+                .await
+                .map_err(|e| Error::Internal(format!("joining a gang panicked: {e}")))?;
+            // Nobody listens there: a leader that died (its lease runs out, and whoever claims
+            // the unit next writes a new record).
+            let Ok(follower) = joined else { continue };
+            let exec = ExecContext::new(self.ctx.dag.seed, unit.index, self.ctx.interrupt.stop_flag()).with_gang(Arc::new(follower));
+            // A follower's rows are the leader's to commit.
+            drop(runner.run(unit, exec).await?);
+            return Ok(());
+        }
+        Ok(())
+    }
+
     /// The commits in unit order, or why the node is not complete.
     fn complete(&self, mut commits: Vec<Commit>, elsewhere: &UnitSet, units: usize) -> Result<Vec<Commit>> {
         commits.sort_by_key(|c| c.unit);
@@ -434,7 +502,24 @@ impl NodeRun<'_> {
         let runner = self.runner.get().await?;
         let exec = ExecContext::new(self.ctx.dag.seed, unit.index, self.ctx.interrupt.stop_flag());
         let key = unit.key.clone();
+        let index = unit.index;
+        let leader = match &self.ctx.claims {
+            Some(claims) if self.ctx.node(self.i).op.data_parallel() => {
+                Some((claims, gang::lead(claims.leases(), self.fingerprint(), index, &claims.id, claims.opts.world - 1)?))
+            }
+            _ => None,
+        };
+        let exec = match &leader {
+            Some((_, l)) => exec.with_gang(Arc::clone(l) as Arc<dyn unoflow_api::gang::Gang>),
+            None => exec,
+        };
         let output = runner.run(unit, exec).await;
+        if let Some((claims, leader)) = leader {
+            leader.close();
+            self.ctx.gang_took(self.i, leader.spans());
+            let (leases, fp, id) = (claims.leases().clone(), self.fingerprint().to_string(), claims.id.clone());
+            let _ = tokio::task::spawn_blocking(move || leases.remove_gang(&fp, index, &id)).await;
+        }
         let schema = Arc::clone(&self.ctx.node(self.i).schema);
         let written = match output {
             Ok(output) => write_output(self.ctx, self.name(), attempt, output, schema).await,
@@ -482,6 +567,45 @@ impl NodeRun<'_> {
         let errors = write_errors(&attempt, errors).await?;
         let record = attempt.record(&unit.key, self.input_digest, vec![part], Some(errors), 0.0);
         Ok(self.settle(self.store.commit(&attempt, record)?))
+    }
+}
+
+/// How often a worker waiting at a data-parallel node looks for a gang to join.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// How long it waits after a gang refused it or was left.
+const FOLLOW_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Where a follower finds the input of a unit it helps with.
+enum GangUnits {
+    Listed(BTreeMap<usize, Unit>),
+    Chunks { source: NodeData, rows_per_unit: usize },
+}
+
+impl GangUnits {
+    fn of(plan: &UnitPlan) -> Self {
+        match plan {
+            UnitPlan::Listed(units) => Self::Listed(units.iter().map(|u| (u.index, u.clone())).collect()),
+            UnitPlan::Chunks { source, rows_per_unit } => Self::Chunks { source: source.clone(), rows_per_unit: *rows_per_unit },
+        }
+    }
+
+    /// Unit `index` (a view's rows streamed up to its chunk).
+    async fn unit(&self, index: usize) -> Result<Option<Unit>> {
+        match self {
+            Self::Listed(units) => Ok(units.get(&index).cloned()),
+            Self::Chunks { source, rows_per_unit } => {
+                let mut chunks = Chunks::open(source, *rows_per_unit).await?;
+                let mut at = 0;
+                while let Some(chunk) = chunks.next().await? {
+                    if at == index {
+                        let unit = Unit { index, key: chunk_key(&chunk)?, rows: chunk.num_rows() as u64, work: Work::Rows(chunk) };
+                        return Ok(Some(unit));
+                    }
+                    at += 1;
+                }
+                Ok(None)
+            }
+        }
     }
 }
 

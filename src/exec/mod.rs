@@ -14,6 +14,7 @@
 //! The engine prints nothing: it reports to a [`RunObserver`] (the CLI's progress bars).
 
 mod claims;
+pub mod gang;
 mod gather;
 mod materialize;
 mod observer;
@@ -42,7 +43,7 @@ use crate::data::{NodeData, TableData, ViewData};
 use crate::error::{Error, Result};
 use crate::fingerprint::{self, Components};
 use crate::interrupt::Interrupt;
-use crate::workspace::{DagRef, Index, IndexEntry, LockMode, Manifest, NodeRecord, NodeStore, RunRecord, Storage, Workspace};
+use crate::workspace::{DagRef, Index, IndexEntry, LockMode, Manifest, NodeRecord, NodeStore, PeerSpan, RunRecord, Storage, Workspace};
 
 /// What `unoflow run` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -98,6 +99,8 @@ pub struct NodeOutcome {
     pub error_rows: u64,
     pub seconds: f64,
     pub message: Option<String>,
+    /// For a node this worker led a gang for: how many peers took which steps.
+    pub peers: Vec<PeerSpan>,
 }
 
 /// The result of a run.
@@ -133,6 +136,8 @@ struct RunCtx {
     env: Environment,
     /// Leases, when other processes may work in the workspace (workers, object storage).
     claims: Option<Arc<claims::Claims>>,
+    /// The gangs this worker led, by node: how many peers took which steps.
+    gangs: Mutex<BTreeMap<usize, Vec<PeerSpan>>>,
 }
 
 type NodeFuture = Shared<BoxFuture<'static, Option<NodeData>>>;
@@ -206,6 +211,7 @@ async fn run_seated(
             files: Some(Arc::new(ws.clone())),
         },
         claims: claims.clone(),
+        gangs: Mutex::default(),
         index: Mutex::new(index),
         dag: Arc::clone(&dag),
         ws,
@@ -309,6 +315,7 @@ async fn run_seated(
             seconds: o.seconds,
             params: dag.index_of(&o.name).map(|i| fingerprint::redacted_params(&dag.nodes[i])).unwrap_or_default(),
             message: o.message.clone(),
+            peers: o.peers.clone(),
         })
         .collect();
     ctx.ws.save_run(&record)?;
@@ -363,7 +370,16 @@ impl RunCtx {
             error_rows: manifest.map_or(0, |m| m.error_rows),
             seconds,
             message,
+            peers: self.gangs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&i).cloned().unwrap_or_default(),
         }
+    }
+
+    /// Records the steps a gang this worker led took, and with how many peers.
+    fn gang_took(&self, i: usize, spans: Vec<PeerSpan>) {
+        let mut gangs = self.gangs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all = gangs.entry(i).or_default();
+        all.extend(spans);
+        all.sort_by_key(|s| s.first_step);
     }
 
     fn stop_requested(&self) -> bool {

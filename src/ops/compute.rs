@@ -89,6 +89,10 @@ impl Op for ComputeNode {
         Ok(any.then(|| hasher.finalize().to_hex()[..32].to_string()))
     }
 
+    fn data_parallel(&self) -> bool {
+        self.configured.data_parallel()
+    }
+
     fn units(&self, inputs: &[NodeData]) -> Result<UnitPlan> {
         let per_unit = self.op.spec().partition_rows.max(1);
         let input = inputs.first().ok_or_else(|| Error::Internal(format!("`{}` without input", self.op.spec().name)))?;

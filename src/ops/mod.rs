@@ -144,6 +144,12 @@ pub trait Op: Send + Sync + Debug {
         None
     }
 
+    /// Whether workers sharing the workspace compute each unit together as a gang (see
+    /// `exec::gang`).
+    fn data_parallel(&self) -> bool {
+        false
+    }
+
     /// For a complete output: something it made outside the workspace that is gone (an export's
     /// file), which makes it stale.
     fn output_missing(&self, _table: &TableData) -> Option<String> {

@@ -3,6 +3,8 @@
 //! ```text
 //! leases/FP/uNNNNNN.json   {owner, expires_at_ms}: created if absent to claim the unit,
 //!                          replaced if unchanged (compare-and-swap) to renew or take it over
+//! leases/FP/gang-uNNNNNN.json  the gang training a unit together (see `exec::gang`): its
+//!                          leader, where it listens, the token peers present, its peers
 //! workers/ID.json          a worker's heartbeat: rank, host, device, units done, last beat,
 //!                          its lease and beat interval (how long it counts live), clock skew
 //! ```
@@ -31,6 +33,25 @@ use crate::error::{Error, Result};
 struct LeaseRecord {
     owner: String,
     expires_at_ms: i64,
+}
+
+/// The rendezvous of a gang: the leader (the unit's lease holder) writes it, and workers that
+/// want to join read where to connect, and the token that shows they share the workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GangRecord {
+    /// The leader's worker id.
+    pub leader: String,
+    pub unit: usize,
+    /// `HOST:PORT` the leader listens on.
+    pub address: String,
+    /// A random secret peers present when they connect (the port is open to the network; the
+    /// workspace is not).
+    pub token: String,
+    /// The peers now, the leader first.
+    pub peers: Vec<String>,
+    /// The step the gang was at when the record was written.
+    pub step: u64,
+    pub updated_at_ms: i64,
 }
 
 /// A lease this worker holds.
@@ -216,6 +237,44 @@ impl Leases {
             }
         }
         Ok(out)
+    }
+
+    fn gang_key(fp: &str, unit: usize) -> String {
+        format!("leases/{fp}/gang-u{unit:06}.json")
+    }
+
+    /// Writes (or replaces) the rendezvous of the gang computing unit `record.unit` of `fp`.
+    pub fn write_gang(&self, fp: &str, record: &GangRecord) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?;
+        self.store.put(&Self::gang_key(fp, record.unit), &bytes)
+    }
+
+    /// The rendezvous of the gang computing unit `unit` of `fp`, if there is one (a damaged
+    /// record is none: its leader rewrites it).
+    pub fn gang(&self, fp: &str, unit: usize) -> Result<Option<GangRecord>> {
+        Ok(self.store.get(&Self::gang_key(fp, unit))?.and_then(|(bytes, _)| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Every gang of node `fp`, for `unoflow status`.
+    pub fn gangs(&self, fp: &str) -> Result<Vec<GangRecord>> {
+        let mut out = Vec::new();
+        for object in self.store.list(&format!("leases/{fp}"))? {
+            if object.key.rsplit('/').next().is_some_and(|name| name.starts_with("gang-"))
+                && let Some((bytes, _)) = self.store.get(&object.key)?
+                && let Ok(record) = serde_json::from_slice::<GangRecord>(&bytes)
+            {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the rendezvous of a gang whose unit is done, if `leader` still leads it.
+    pub fn remove_gang(&self, fp: &str, unit: usize, leader: &str) -> Result<()> {
+        match self.gang(fp, unit)? {
+            Some(record) if record.leader == leader => self.store.delete(&Self::gang_key(fp, unit)),
+            _ => Ok(()),
+        }
     }
 
     fn beat_key(id: &str) -> String {

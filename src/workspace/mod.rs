@@ -45,14 +45,14 @@ use std::sync::Arc;
 pub use clock::ClockSkew;
 pub use index::{DagRef, Index, IndexEntry, Storage};
 pub use labels::{Label, Labels, MAX_ROW_ID, Verdict};
-pub use lease::{Lease, LeaseOutcome, Leases, WorkerBeat, now_ms};
+pub use lease::{GangRecord, Lease, LeaseOutcome, Leases, WorkerBeat, now_ms};
 pub use location::Location;
 pub use lock::RunLock;
 pub(crate) use node::hostname;
 pub use node::{Attempt, Committed, Garbage, NodeStore};
 pub use part_writer::PartWriter;
 pub use records::{Commit, CommitSummary, FileDigest, Manifest, SummarizedCommit, WatchReport, error_schema};
-pub use runs::{NodeRecord, RunList, RunRecord};
+pub use runs::{NodeRecord, PeerSpan, RunList, RunRecord};
 use store::{LocalStore, Store};
 
 use crate::error::{Error, IoContext, Result};

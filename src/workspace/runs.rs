@@ -19,6 +19,17 @@ pub struct NodeRecord {
     pub params: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// For a node trained by a gang of workers: how many peers took each range of steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerSpan>,
+}
+
+/// How many peers of a gang computed a range of steps together (see `exec::gang`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSpan {
+    pub first_step: u64,
+    pub last_step: u64,
+    pub peers: usize,
 }
 
 /// A whole run.

@@ -19,6 +19,7 @@ pub mod columns;
 pub mod device;
 pub mod draws;
 mod error;
+pub mod gang;
 mod operator;
 pub mod params;
 pub mod rowid;

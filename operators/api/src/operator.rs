@@ -100,12 +100,26 @@ pub struct ExecContext {
     /// Index of this partition within the node.
     pub partition: usize,
     cancelled: Arc<AtomicBool>,
+    /// The peers computing this partition together, when the engine formed a gang for it (see
+    /// [`Configured::data_parallel`]).
+    gang: Option<Arc<dyn crate::gang::Gang>>,
 }
 
 impl ExecContext {
     /// A context for one partition; `cancelled` is shared with the engine's signal handler.
     pub fn new(seed: u64, partition: usize, cancelled: Arc<AtomicBool>) -> Self {
-        Self { seed, partition, cancelled }
+        Self { seed, partition, cancelled, gang: None }
+    }
+
+    /// The context with this worker's end of a gang.
+    pub fn with_gang(mut self, gang: Arc<dyn crate::gang::Gang>) -> Self {
+        self.gang = Some(gang);
+        self
+    }
+
+    /// This worker's end of the gang computing the partition, if there is one.
+    pub fn gang(&self) -> Option<crate::gang::GangRole<'_>> {
+        self.gang.as_deref().map(|g| g.role())
     }
 
     /// Whether the run is stopping; long operators check it between rows and return early.
@@ -276,4 +290,11 @@ pub trait Configured: Send + Sync + Debug {
     /// What the node needs for all its partitions (models loaded once) as a
     /// [`PartitionProcessor`]. The engine drops it when the node is done, which frees them.
     fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>>;
+
+    /// Whether workers sharing a workspace compute each partition together, as a gang (see
+    /// [`crate::gang`]): the engine then hands the processor a leader's or a follower's end in
+    /// [`ExecContext::gang`], and commits the leader's output only.
+    fn data_parallel(&self) -> bool {
+        false
+    }
 }

@@ -179,10 +179,17 @@ fn k8s_container_rest(y: &mut String, l: &Launch) {
 /// before it starts (CreateContainerConfigError, naming the key), where `envFrom` alone would
 /// start a worker without it.
 fn k8s_env(y: &mut String, l: &Launch) {
-    if l.env.is_empty() {
-        return;
-    }
-    y.push_str("          env:\n");
+    let _ = write!(
+        y,
+        "          env:
+            # Workers that train together (a gang) reach its leader at its pod's address.
+            - name: {}
+              valueFrom:
+                fieldRef:
+                  fieldPath: status.podIP
+",
+        crate::exec::gang::HOST_ENV
+    );
     let own = env_secret_name(l);
     for e in &l.env {
         let secret = match &e.from {

@@ -187,6 +187,9 @@ fn check_env_name(name: &str) -> Result<()> {
     if name == "JOB_COMPLETION_INDEX" {
         return Err(Error::Usage("--env JOB_COMPLETION_INDEX: Kubernetes sets it (each worker's rank); leave it out".into()));
     }
+    if name == crate::exec::gang::HOST_ENV {
+        return Err(Error::Usage(format!("--env {name}: the manifest sets it (each pod's own address); leave it out")));
+    }
     Ok(())
 }
 

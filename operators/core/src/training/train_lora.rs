@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, Float64Array, ListBuilder, StringArray, StringBuilder, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -21,11 +22,13 @@ use burn::tensor::{DType, Tensor, TensorData};
 use image::imageops::FilterType;
 use image::{DynamicImage, RgbImage};
 use serde::{Deserialize, Serialize};
+use unoflow_api::gang::{GangFollower, GangRole, Order};
 use unoflow_models::Kernels;
 use unoflow_models::flux::sampling::ids_tensor;
 use unoflow_models::flux::sampling::{noise, pack};
 use unoflow_models::flux::train::{
-    CHECKPOINT_LORA, FlowBatch, LoraGrads, LoraTrainer, OptimSettings, load_optimizer, lora_gradients, save_checkpoint, training_timesteps,
+    CHECKPOINT_LORA, CHECKPOINT_OPTIMIZER, FlowBatch, LoraGrads, LoraTrainer, OptimSettings, load_optimizer, lora_gradients,
+    save_checkpoint, training_timesteps,
 };
 use unoflow_models::flux::{Flux, PeMode, TokenGrid, load_lora, position_ids};
 
@@ -41,6 +44,10 @@ use crate::params::{ParamType, Params, PathKind};
 use crate::rowid::RowIdHasher;
 use crate::rows::{binary, bytes_at, row_ids, text};
 use crate::{OpError, Result, image_io};
+
+/// How long a gang's leader waits at the start of a training for the workers started with it
+/// (later ones join at a checkpoint).
+const GANG_START_WAIT: Duration = Duration::from_secs(60);
 
 /// The `train_lora` operator.
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +156,12 @@ impl Configured for TrainLoraParams {
 
     fn output_schema(&self, _inputs: &[SchemaRef]) -> Result<SchemaRef> {
         Ok(Arc::new(Schema::new(output_fields())))
+    }
+
+    /// Workers sharing a workspace train together: each computes its share of the
+    /// micro-batches of every step (see [`Trainer::share`]).
+    fn data_parallel(&self) -> bool {
+        true
     }
 
     fn prepare(&self, env: &Environment, _input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
@@ -489,12 +502,69 @@ impl<B: AutodiffBackend + Kernels> Train for Trainer<B> {
 
     fn run(&mut self, ctx: &ExecContext, input: &RecordBatch) -> Result<Vec<StepRow>> {
         let (examples, init) = self.examples(input)?;
-        let config = self.models.flux_config.clone();
         if let Some(r) = examples.iter().find(|e| e.refs.len() != self.settings.refs.len()) {
             return Err(OpError::Internal(format!("row {} has {} references", r.id, r.refs.len())));
         }
+        let leader = match ctx.gang() {
+            Some(GangRole::Follower(follower)) => {
+                self.follow(ctx, follower, &examples)?;
+                return Ok(Vec::new());
+            }
+            Some(GangRole::Leader(leader)) => Some(leader),
+            None => None,
+        };
+        let (flux, mut trainer, mut rows) = self.start(init.as_deref())?;
+        let mut flux = flux.with_trainable_lora();
+        let per_step = (self.settings.batch_size * self.settings.accumulation) as u64;
+        let first = rows.len() as u64 + 1;
+        for step in first..=self.settings.steps {
+            if ctx.is_cancelled() {
+                return Err(OpError::Execution("cancelled".into()));
+            }
+            // Workers join at the start (waiting a while for those started together) and at
+            // each checkpoint; they continue from the state all peers share then.
+            if let Some(leader) = leader
+                && (step == first || (step - 1) % self.settings.checkpoint_every == 0)
+            {
+                let wait = if step == first { GANG_START_WAIT } else { Duration::ZERO };
+                leader.admit(wait, self.settings.accumulation, &mut || self.state_bytes(&flux, &trainer))?;
+            }
+            let (mut grads, loss) = loop {
+                let size = leader.map_or(1, |l| l.begin_step(step));
+                let (grads, loss) = self.share(&flux, step, 0, size, &examples)?;
+                let Some(leader) = leader.filter(|_| size > 1) else { break (grads, loss) };
+                let (mut values, layout) = flatten(&grads);
+                let mut scalars = [loss];
+                if leader.all_reduce(&mut values, &mut scalars) {
+                    break (unflatten::<B::InnerBackend>(&values, &layout, &self.device)?, scalars[0]);
+                }
+                // A peer was lost: the step again, with the peers left.
+            };
+            let used = self.examples_of(step, &examples);
+            let grad_norm = grads.clip(self.settings.optim.max_grad_norm);
+            flux = trainer.apply(flux, &grads);
+            rows.push(StepRow { step, loss, grad_norm, examples_seen: step * per_step, examples: used, checkpoint: None });
+            if step % self.settings.checkpoint_every == 0 || step == self.settings.steps {
+                let dir = self.checkpoint(step, &flux, &trainer, &rows)?;
+                if let Some(last) = rows.last_mut() {
+                    last.checkpoint = Some(self.settings.env.reference(&dir.join(CHECKPOINT_LORA)));
+                }
+                // The rows file of the checkpoint names its own LoRA too.
+                let rows_json = serde_json::to_vec(&rows).map_err(|e| OpError::Internal(e.to_string()))?;
+                std::fs::write(dir.join("rows.json"), rows_json).map_err(|e| OpError::Execution(format!("{}: {e}", dir.display())))?;
+            }
+        }
+        Ok(rows)
+    }
+}
+
+impl<B: AutodiffBackend + Kernels> Trainer<B> {
+    /// The LoRA, the optimiser and the rows to start from: the last checkpoint, else the
+    /// `init_lora` file or a fresh LoRA.
+    fn start(&self, init: Option<&str>) -> Result<(Flux<B>, LoraTrainer<B>, Vec<StepRow>)> {
+        let config = self.models.flux_config.clone();
         let mut flux = self.models.flux.clone();
-        match &init {
+        match init {
             Some(file) => {
                 let local = self.settings.env.resolve(file).map_err(|e| OpError::Internal(format!("the LoRA {file}: {e}")))?;
                 load_lora(&mut flux, &config, &local, 1.0, &self.device).map_err(load_err)?;
@@ -513,40 +583,135 @@ impl<B: AutodiffBackend + Kernels> Train for Trainer<B> {
             rows = serde_json::from_slice(&text).map_err(|e| OpError::Execution(format!("{}: {e}", dir.display())))?;
             debug_assert_eq!(rows.len() as u64, step);
         }
-        let mut flux = flux.with_trainable_lora();
-        let per_step = (self.settings.batch_size * self.settings.accumulation) as u64;
-        for step in rows.len() as u64 + 1..=self.settings.steps {
+        Ok((flux, trainer, rows))
+    }
+
+    /// The share of rank `rank` of `size` peers of step `step`: the micro-batches `m` with
+    /// `m mod size = rank`, their gradients (each scaled by 1/accumulation) and losses summed
+    /// in micro-batch order. Alone (`size` 1) that is the whole step. A gang is never larger
+    /// than the number of micro-batches, so every rank has one.
+    fn share(
+        &mut self,
+        flux: &Flux<B>,
+        step: u64,
+        rank: usize,
+        size: usize,
+        examples: &[Example],
+    ) -> Result<(LoraGrads<B::InnerBackend>, f64)> {
+        let accumulation = self.settings.accumulation;
+        let scale = 1.0 / accumulation as f64;
+        let mut total: Option<LoraGrads<B::InnerBackend>> = None;
+        let mut loss = 0.0;
+        for micro in (rank..accumulation).step_by(size.max(1)) {
+            let (batch, _) = self.batch(step, micro, examples)?;
+            let (grads, l) = lora_gradients(flux, batch).map_err(|e| OpError::Execution(e.to_string()))?;
+            loss += l * scale;
+            let grads = LoraGrads(grads.0.into_iter().map(|(k, g)| (k, g * scale)).collect());
+            total = Some(match total {
+                None => grads,
+                Some(sum) => LoraGrads(sum.0.into_iter().zip(grads.0).map(|((k, a), (_, b))| (k, a + b)).collect()),
+            });
+        }
+        let total = total.ok_or_else(|| OpError::Internal(format!("rank {rank} of {size} has no micro-batch of {accumulation}")))?;
+        Ok((total, loss))
+    }
+
+    /// The row ids of the examples step `step` uses, in micro-batch order.
+    fn examples_of(&mut self, step: u64, examples: &[Example]) -> Vec<String> {
+        (0..self.settings.accumulation).flat_map(|micro| self.picks(step, micro, examples.len())).map(|i| examples[i].id.clone()).collect()
+    }
+
+    /// Follows a gang's leader: takes the state it sends, computes the shares it orders and
+    /// applies the sums, as the leader does, until it says the training is done.
+    fn follow(&mut self, ctx: &ExecContext, gang: &dyn GangFollower, examples: &[Example]) -> Result<()> {
+        let mut state: Option<(Flux<B>, LoraTrainer<B>)> = None;
+        let mut layout: Vec<Slot> = Vec::new();
+        loop {
             if ctx.is_cancelled() {
                 return Err(OpError::Execution("cancelled".into()));
             }
-            let mut total: Option<LoraGrads<B::InnerBackend>> = None;
-            let (mut loss, mut used) = (0.0, Vec::new());
-            for micro in 0..self.settings.accumulation {
-                let (batch, ids) = self.batch(step, micro, &examples)?;
-                let (grads, l) = lora_gradients(&flux, batch).map_err(|e| OpError::Execution(e.to_string()))?;
-                loss += l / self.settings.accumulation as f64;
-                used.extend(ids);
-                let scale = 1.0 / self.settings.accumulation as f64;
-                let grads = LoraGrads(grads.0.into_iter().map(|(k, g)| (k, g * scale)).collect());
-                total = Some(match total {
-                    None => grads,
-                    Some(sum) => LoraGrads(sum.0.into_iter().zip(grads.0).map(|((k, a), (_, b))| (k, a + b)).collect()),
-                });
-            }
-            let mut grads = total.ok_or_else(|| OpError::Internal("no micro-batch".into()))?;
-            let grad_norm = grads.clip(self.settings.optim.max_grad_norm);
-            flux = trainer.apply(flux, &grads);
-            rows.push(StepRow { step, loss, grad_norm, examples_seen: step * per_step, examples: used, checkpoint: None });
-            if step % self.settings.checkpoint_every == 0 || step == self.settings.steps {
-                let dir = self.checkpoint(step, &flux, &trainer, &rows)?;
-                if let Some(last) = rows.last_mut() {
-                    last.checkpoint = Some(self.settings.env.reference(&dir.join(CHECKPOINT_LORA)));
+            match gang.next()? {
+                Order::State(bytes) => state = Some(self.load_state(&bytes)?),
+                Order::Step { step, rank, size } => {
+                    let (flux, _) = state.as_ref().ok_or_else(|| OpError::Internal("a step ordered before any state".into()))?;
+                    let flux = flux.clone();
+                    let (grads, loss) = self.share(&flux, step, rank, size, examples)?;
+                    let (values, slots) = flatten(&grads);
+                    layout = slots;
+                    gang.send(&values, &[loss])?;
                 }
-                // The rows file of the checkpoint names its own LoRA too.
-                let rows_json = serde_json::to_vec(&rows).map_err(|e| OpError::Internal(e.to_string()))?;
-                std::fs::write(dir.join("rows.json"), rows_json).map_err(|e| OpError::Execution(format!("{}: {e}", dir.display())))?;
+                Order::Sums { values, .. } => {
+                    let (flux, mut trainer) = state.take().ok_or_else(|| OpError::Internal("sums sent before any state".into()))?;
+                    let mut grads = unflatten::<B::InnerBackend>(&values, &layout, &self.device)?;
+                    grads.clip(self.settings.optim.max_grad_norm);
+                    state = Some((trainer.apply(flux, &grads), trainer));
+                }
+                Order::Done => return Ok(()),
             }
         }
-        Ok(rows)
     }
+
+    /// The training's state (the LoRA and AdamW's), as a gang's joining peer receives it: the
+    /// two files of a checkpoint, each after its length.
+    fn state_bytes(&self, flux: &Flux<B>, trainer: &LoraTrainer<B>) -> Result<Vec<u8>> {
+        let dir = tempfile::tempdir().map_err(|e| OpError::Execution(format!("a temporary folder: {e}")))?;
+        save_checkpoint(dir.path(), flux, trainer).map_err(load_err)?;
+        let mut out = Vec::new();
+        for name in [CHECKPOINT_LORA, CHECKPOINT_OPTIMIZER] {
+            let bytes = std::fs::read(dir.path().join(name)).map_err(|e| OpError::Execution(format!("{name}: {e}")))?;
+            out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        Ok(out)
+    }
+
+    /// The model and optimiser of a state from [`Self::state_bytes`].
+    fn load_state(&self, bytes: &[u8]) -> Result<(Flux<B>, LoraTrainer<B>)> {
+        let dir = tempfile::tempdir().map_err(|e| OpError::Execution(format!("a temporary folder: {e}")))?;
+        let mut rest = bytes;
+        for name in [CHECKPOINT_LORA, CHECKPOINT_OPTIMIZER] {
+            let bad = || OpError::Execution("a gang's leader sent a damaged training state".into());
+            let len = rest.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize).ok_or_else(bad)?;
+            let file = rest.get(8..8 + len).ok_or_else(bad)?;
+            std::fs::write(dir.path().join(name), file).map_err(|e| OpError::Execution(format!("{name}: {e}")))?;
+            rest = &rest[8 + len..];
+        }
+        let mut flux = self.models.flux.clone();
+        load_lora(&mut flux, &self.models.flux_config, &dir.path().join(CHECKPOINT_LORA), 1.0, &self.device).map_err(load_err)?;
+        let mut trainer = LoraTrainer::<B>::new(self.settings.optim);
+        load_optimizer(dir.path(), &mut trainer, &self.device).map_err(load_err)?;
+        Ok((flux.with_trainable_lora(), trainer))
+    }
+}
+
+/// Where one gradient tensor sits in a flat vector: its name, shape and type.
+struct Slot {
+    name: String,
+    shape: [usize; 2],
+    dtype: DType,
+}
+
+/// The gradients as one f32 vector, for the gang's sums.
+fn flatten<B: burn::tensor::backend::Backend>(grads: &LoraGrads<B>) -> (Vec<f32>, Vec<Slot>) {
+    let mut values = Vec::new();
+    let mut slots = Vec::with_capacity(grads.0.len());
+    for (name, g) in &grads.0 {
+        slots.push(Slot { name: name.clone(), shape: g.dims(), dtype: g.dtype() });
+        values.extend(g.clone().cast(DType::F32).into_data().iter::<f32>());
+    }
+    (values, slots)
+}
+
+/// The gradients of a flat vector laid out as `slots`.
+fn unflatten<B: burn::tensor::backend::Backend>(values: &[f32], slots: &[Slot], device: &B::Device) -> Result<LoraGrads<B>> {
+    let mut at = 0;
+    let mut out = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let n = slot.shape[0] * slot.shape[1];
+        let part = values.get(at..at + n).ok_or_else(|| OpError::Internal("the gang's sums are shorter than the gradients".into()))?;
+        at += n;
+        let t = Tensor::<B, 2>::from_data(TensorData::new(part.to_vec(), slot.shape), (device, DType::F32)).cast(slot.dtype);
+        out.push((slot.name.clone(), t));
+    }
+    Ok(LoraGrads(out))
 }
