@@ -371,10 +371,12 @@ pub struct RunArgs {
     /// If another run holds the workspace, wait for it instead of refusing.
     #[arg(long)]
     pub wait: bool,
-    /// Run this many worker processes on this host (on --device), sharing the units.
+    /// Run this many worker processes on this host (on --device), sharing the units; a
+    /// `train_lora` node is trained by all of them together (data parallel).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
-    /// One worker per device: a list (cuda:0,cuda:1) or `all`.
+    /// One worker per device: a list (cuda:0,cuda:1) or `all`; a `train_lora` node is trained
+    /// on all of them together.
     #[arg(long, value_name = "LIST|all", conflicts_with = "workers")]
     pub devices: Option<String>,
     /// With several workers: seconds a claim on a unit lasts without renewal.

@@ -54,8 +54,15 @@ pub(super) async fn materialize(
     let node_json = serde_json::to_vec_pretty(&ctx.components[i]).map_err(|e| Error::Internal(e.to_string()))?;
     store.begin(&node_json)?;
     let input_digest = input_digest(ctx, i, inputs);
-    let mut committed =
-        Committed { commits: Vec::new(), elsewhere: UnitSet::new(), verified: verified.clone(), store, input_digest: &input_digest };
+    let gang_ended = AtomicBool::new(false);
+    let mut committed = Committed {
+        commits: Vec::new(),
+        elsewhere: UnitSet::new(),
+        verified: verified.clone(),
+        store,
+        input_digest: &input_digest,
+        gang_ended: &gang_ended,
+    };
     if ctx.claims.is_none() {
         // Alone in the workspace: attempts no commit names are from killed or failed runs, and
         // every record is read and checked before it is reused.
@@ -78,7 +85,7 @@ pub(super) async fn materialize(
     // A data-parallel node's units are computed by gangs: while this worker waits for a unit
     // another holds, it joins that unit's gang.
     let gang_units = (ctx.claims.is_some() && node.op.data_parallel()).then(|| GangUnits::of(&plan));
-    let node_done = AtomicBool::new(false);
+    let node_done = Arc::new(AtomicBool::new(false));
     let units = async {
         let ran = match plan {
             UnitPlan::Listed(units) => {
@@ -99,7 +106,7 @@ pub(super) async fn materialize(
     };
     let follow = async {
         if let Some(gang_units) = gang_units {
-            node_ctx.follow_gangs(&gang_units, &node_done).await;
+            node_ctx.follow_gangs(&gang_units, &node_done, &gang_ended).await;
         }
     };
     let (ran, ()) = tokio::join!(units, follow);
@@ -160,6 +167,9 @@ struct Committed<'a> {
     verified: BTreeSet<usize>,
     store: &'a NodeStore,
     input_digest: &'a str,
+    /// Set when a gang this worker followed ended: its unit is being committed, so the worker
+    /// looks at once rather than at its next poll.
+    gang_ended: &'a AtomicBool,
 }
 
 impl Committed<'_> {
@@ -364,8 +374,12 @@ impl NodeRun<'_> {
             // Units left after the first pass are others' first choices: look at once; after
             // that, wait for their holders between passes.
             let poll = self.ctx.claims.as_ref().map_or(Duration::ZERO, |c| c.poll_interval());
-            if pass > 0 && !sleep_unless(&|| self.ctx.stop_requested(), poll).await {
-                break;
+            if pass > 0 {
+                let gang_ended = || committed.gang_ended.swap(false, Ordering::Relaxed);
+                sleep_unless(&|| self.ctx.stop_requested() || gang_ended(), poll).await;
+                if self.ctx.stop_requested() {
+                    break;
+                }
             }
             committed.refresh(&waiting)?;
         }
@@ -376,13 +390,24 @@ impl NodeRun<'_> {
     /// Joins the gangs other workers lead at this node's units, one after the other, until the
     /// node is done here (`node_done`) or the run stops. A gang this worker cannot reach (its
     /// leader died; its record is stale) is tried again each time its record is looked at.
-    async fn follow_gangs(&self, units: &GangUnits, node_done: &AtomicBool) {
+    async fn follow_gangs(&self, units: &GangUnits, node_done: &Arc<AtomicBool>, gang_ended: &AtomicBool) {
         let Some(claims) = self.ctx.claims.as_deref() else { return };
         let stop = || node_done.load(Ordering::Relaxed) || self.ctx.stop_requested();
         let mut last_warning = String::new();
         while !stop() {
-            let pause = match self.follow_one(claims, units, &stop).await {
-                Ok(()) => FOLLOW_POLL,
+            let pause = match self.follow_one(claims, units, node_done, &stop).await {
+                Ok(Some(unit)) => {
+                    // The leader commits right after it ends the gang: wait for that (briefly),
+                    // then have the node look at once.
+                    let committed = || self.store.committed_among(&[unit]).is_ok_and(|c| c.contains(&unit));
+                    let waited = Instant::now();
+                    while !committed() && waited.elapsed() < COMMIT_AFTER_GANG && !stop() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    gang_ended.store(true, Ordering::Relaxed);
+                    FOLLOW_POLL
+                }
+                Ok(None) => FOLLOW_POLL,
                 Err(e) => {
                     let warning = format!("node `{}`: this worker left a gang: {e}", self.name());
                     if warning != last_warning {
@@ -396,31 +421,57 @@ impl NodeRun<'_> {
         }
     }
 
-    /// Follows the first gang it can join, if there is one.
-    async fn follow_one(&self, claims: &super::Claims, units: &GangUnits, stop: &(dyn Fn() -> bool + Send + Sync)) -> Result<()> {
+    /// Follows the first gang it can join, to its end: its unit, or `None` when there was none.
+    async fn follow_one(
+        &self,
+        claims: &super::Claims,
+        units: &GangUnits,
+        node_done: &Arc<AtomicBool>,
+        stop: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<Option<usize>> {
         let (leases, fp) = (claims.leases().clone(), self.fingerprint().to_string());
         let records = tokio::task::spawn_blocking(move || leases.gangs(&fp))
             .await
             .map_err(|e| Error::Internal(format!("reading gangs panicked: {e}")))??;
-        for record in records.into_iter().filter(|r| r.leader != claims.id) {
-            if stop() || self.store.committed_among(&[record.unit])?.contains(&record.unit) {
+        for record in records.into_iter().filter(|r| gang::joinable(r, &claims.id)) {
+            // A worker leading a unit of the node follows no gang of it: its training holds the
+            // node's models.
+            if stop()
+                || self.ctx.leading[self.i].load(Ordering::Relaxed) > 0
+                || self.store.committed_among(&[record.unit])?.contains(&record.unit)
+            {
                 continue;
             }
             let Some(unit) = units.unit(record.unit).await? else { continue };
             let runner = self.runner.get().await?;
-            let (fp, id) = (self.fingerprint().to_string(), claims.id.clone());
-            let joined = tokio::task::spawn_blocking(move || gang::join(&record, &fp, &id))
+            let (fp, id, key, address) = (self.fingerprint().to_string(), claims.id.clone(), unit.key.clone(), record.address.clone());
+            let flag = self.ctx.interrupt.stop_flag();
+            let done = Arc::clone(node_done);
+            let stop_following: Box<dyn Fn() -> bool + Send + Sync> =
+                Box::new(move || flag.load(Ordering::Relaxed) || done.load(Ordering::Relaxed));
+            let joined = tokio::task::spawn_blocking(move || gang::join(&record, &fp, &key, &id, stop_following))
                 .await
                 .map_err(|e| Error::Internal(format!("joining a gang panicked: {e}")))?;
-            // Nobody listens there: a leader that died (its lease runs out, and whoever claims
-            // the unit next writes a new record).
-            let Ok(follower) = joined else { continue };
+            let follower = match joined {
+                Ok(follower) => follower,
+                // A leader that died leaves its record until the next one rewrites it; one
+                // alive but unreachable (a firewall, a host name that does not resolve here)
+                // is worth saying.
+                Err(e) => {
+                    return Err(Error::Execution(format!(
+                        "cannot reach the gang's leader at {address}: {e} (see {} and {})",
+                        gang::HOST_ENV,
+                        gang::PORT_ENV
+                    )));
+                }
+            };
             let exec = ExecContext::new(self.ctx.dag.seed, unit.index, self.ctx.interrupt.stop_flag()).with_gang(Arc::new(follower));
             // A follower's rows are the leader's to commit.
+            let index = unit.index;
             drop(runner.run(unit, exec).await?);
-            return Ok(());
+            return Ok(Some(index));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The commits in unit order, or why the node is not complete.
@@ -505,7 +556,13 @@ impl NodeRun<'_> {
         let index = unit.index;
         let leader = match &self.ctx.claims {
             Some(claims) if self.ctx.node(self.i).op.data_parallel() => {
-                Some((claims, gang::lead(claims.leases(), self.fingerprint(), index, &claims.id, claims.opts.world - 1)?))
+                let (leases, fp, id, world) =
+                    (claims.leases().clone(), self.fingerprint().to_string(), claims.id.clone(), claims.opts.world);
+                let unit_key = key.clone();
+                let leader = tokio::task::spawn_blocking(move || gang::lead(&leases, &fp, index, &unit_key, &id, world - 1))
+                    .await
+                    .map_err(|e| Error::Internal(format!("starting a gang panicked: {e}")))??;
+                Some((claims, leader))
             }
             _ => None,
         };
@@ -513,12 +570,19 @@ impl NodeRun<'_> {
             Some((_, l)) => exec.with_gang(Arc::clone(l) as Arc<dyn unoflow_api::gang::Gang>),
             None => exec,
         };
+        self.ctx.leading[self.i].fetch_add(1, Ordering::Relaxed);
         let output = runner.run(unit, exec).await;
+        self.ctx.leading[self.i].fetch_sub(1, Ordering::Relaxed);
         if let Some((claims, leader)) = leader {
-            leader.close();
             self.ctx.gang_took(self.i, leader.spans());
+            let failure = output.as_ref().err().map(|e| e.to_string());
             let (leases, fp, id) = (claims.leases().clone(), self.fingerprint().to_string(), claims.id.clone());
-            let _ = tokio::task::spawn_blocking(move || leases.remove_gang(&fp, index, &id)).await;
+            // Telling the peers and removing the rendezvous wait on the network and the store.
+            let _ = tokio::task::spawn_blocking(move || {
+                leader.close(failure.as_deref());
+                leases.remove_gang(&fp, index, &id)
+            })
+            .await;
         }
         let schema = Arc::clone(&self.ctx.node(self.i).schema);
         let written = match output {
@@ -572,6 +636,8 @@ impl NodeRun<'_> {
 
 /// How often a worker waiting at a data-parallel node looks for a gang to join.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// How long a follower waits for the leader's commit after the gang ended.
+const COMMIT_AFTER_GANG: Duration = Duration::from_secs(30);
 /// How long it waits after a gang refused it or was left.
 const FOLLOW_BACKOFF: Duration = Duration::from_secs(2);
 

@@ -138,6 +138,9 @@ struct RunCtx {
     claims: Option<Arc<claims::Claims>>,
     /// The gangs this worker led, by node: how many peers took which steps.
     gangs: Mutex<BTreeMap<usize, Vec<PeerSpan>>>,
+    /// By node: how many of its units this worker is computing now (it follows no gang of a
+    /// node it leads one of).
+    leading: Vec<std::sync::atomic::AtomicUsize>,
 }
 
 type NodeFuture = Shared<BoxFuture<'static, Option<NodeData>>>;
@@ -212,6 +215,7 @@ async fn run_seated(
         },
         claims: claims.clone(),
         gangs: Mutex::default(),
+        leading: dag.nodes.iter().map(|_| std::sync::atomic::AtomicUsize::new(0)).collect(),
         index: Mutex::new(index),
         dag: Arc::clone(&dag),
         ws,

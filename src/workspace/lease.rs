@@ -49,6 +49,9 @@ pub struct GangRecord {
     pub token: String,
     /// The peers now, the leader first.
     pub peers: Vec<String>,
+    /// The most peers it takes (one per micro-batch), once the training started.
+    #[serde(default)]
+    pub max_peers: Option<usize>,
     /// The step the gang was at when the record was written.
     pub step: u64,
     pub updated_at_ms: i64,

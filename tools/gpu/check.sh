@@ -10,7 +10,7 @@
 #   cargo bench -p unoflow-models --features cuda --bench flux_gpu --no-run --profile release
 #   tools/gpu/check.sh                       # or: tools/gpu/check.sh BIN BENCH_BIN
 #
-# Budget: about 3 minutes on an H100 (model construction dominates). Exit status 1 if a
+# Budget: about 4 minutes on an H100 (model construction dominates; the training gang about one). Exit status 1 if a
 # fixture is out of tolerance or a step fails; the timing table is printed either way.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -91,6 +91,11 @@ for case in ref512 t2i1024; do
     theirs_mem[$case]=${r[1]}
     echo "$case: unoflow ${ours[$case]} s, PyTorch ${theirs[$case]} s"
 done
+
+echo "== 5. data-parallel training: one step of train_lora alone and by a gang (every GPU, or 2 workers sharing one)"
+gpus=$(nvidia-smi --list-gpus | wc -l)
+if [ "$gpus" -gt 1 ]; then gang="--devices all --lease-s 4"; else gang="--workers 2 --device cuda --lease-s 4"; fi
+UNOFLOW=$BIN ALONE_ARGS="--device cuda" GANG_ARGS="$gang" timeout 300 tools/gang-bench.sh 8 256 || status=1
 
 echo "== 4. results ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader), $(date -u +%F))"
 printf '%-34s %12s %12s %8s %14s %14s\n' case "unoflow s" "PyTorch s" ratio "unoflow MiB" "PyTorch MiB"

@@ -13,34 +13,48 @@ use super::wire::{Conn, Frame, Hello, SILENCE};
 const CONNECT: Duration = Duration::from_secs(5);
 
 /// A follower's end.
-#[derive(Debug)]
 pub struct Follower {
     conn: Conn,
+    /// Whether to stop waiting for orders (the run stops, or the node is done here).
+    stop: Box<dyn Fn() -> bool + Send + Sync>,
     /// Whether the leader was told this worker is ready (at the first order asked for).
     ready: AtomicBool,
     /// The attempt of the step ordered last, which a share answers.
     attempt: AtomicU64,
 }
 
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower").field("leader", &self.conn.peer).finish_non_exhaustive()
+    }
+}
+
 impl Follower {
-    /// Connects to the leader at `address` and says hello.
-    pub fn connect(address: &str, hello: &Hello) -> std::io::Result<Self> {
-        let target = address
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{address} resolves to no address")))?;
-        let conn = Conn::new(TcpStream::connect_timeout(&target, CONNECT)?, address.to_string())?;
-        let bytes = serde_json::to_vec(hello).map_err(std::io::Error::other)?;
-        conn.send(&Frame::Hello(bytes))?;
-        Ok(Self { conn, ready: AtomicBool::new(false), attempt: AtomicU64::new(0) })
+    /// Connects to the leader at `address` (each address it resolves to, in turn) and says
+    /// hello.
+    pub fn connect(address: &str, hello: &Hello, stop: Box<dyn Fn() -> bool + Send + Sync>) -> std::io::Result<Self> {
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, format!("{address} resolves to no address"));
+        for target in address.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&target, CONNECT) {
+                Ok(stream) => {
+                    let conn = Conn::new(stream, address.to_string())?;
+                    let bytes = serde_json::to_vec(hello).map_err(std::io::Error::other)?;
+                    conn.send(&Frame::Hello(bytes))?;
+                    return Ok(Self { conn, stop, ready: AtomicBool::new(false), attempt: AtomicU64::new(0) });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
-    fn gone(&self, why: impl std::fmt::Display) -> OpError {
-        OpError::Execution(format!(
-            "the gang's leader at {} is gone ({why}; a peer silent for {} s counts as gone)",
-            self.conn.peer,
-            SILENCE.as_secs()
-        ))
+    fn gone(&self, why: std::io::Error) -> OpError {
+        let what = match why.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!("silent for {} s", SILENCE.as_secs()),
+            std::io::ErrorKind::UnexpectedEof => "it closed the connection".to_string(),
+            _ => why.to_string(),
+        };
+        OpError::Execution(format!("lost the gang's leader at {}: {what}", self.conn.peer))
     }
 }
 
@@ -56,7 +70,11 @@ impl GangFollower for Follower {
             self.conn.send(&Frame::Ready).map_err(|e| self.gone(e))?;
         }
         loop {
-            return match self.conn.receive().map_err(|e| self.gone(e))? {
+            let frame = match self.conn.receive_unless(&*self.stop) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Err(OpError::Execution("stopped".into())),
+                received => received.map_err(|e| self.gone(e))?,
+            };
+            return match frame {
                 Frame::State(bytes) => Ok(Order::State(bytes)),
                 Frame::Step { step, attempt, rank, size } => {
                     self.attempt.store(attempt, Ordering::Relaxed);

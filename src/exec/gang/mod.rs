@@ -36,8 +36,9 @@ pub const HOST_ENV: &str = "UNOFLOW_GANG_HOST";
 /// The environment variable naming the port a leader listens on; default: any free port.
 pub const PORT_ENV: &str = "UNOFLOW_GANG_PORT";
 
-/// Starts leading the gang of unit `unit` of node `fp`: listens, and writes the rendezvous.
-pub fn lead(leases: &Leases, fp: &str, unit: usize, id: &str, expected: usize) -> Result<Arc<Leader>> {
+/// Starts leading the gang of unit `unit` (rows `unit_key`) of node `fp`: listens; the
+/// rendezvous is written when the operator first admits peers (the training started).
+pub fn lead(leases: &Leases, fp: &str, unit: usize, unit_key: &str, id: &str, expected: usize) -> Result<Arc<Leader>> {
     let port = match std::env::var(PORT_ENV) {
         Ok(v) => v.trim().parse::<u16>().map_err(|_| Error::Usage(format!("{PORT_ENV}={v:?} is not a port number")))?,
         Err(_) => 0,
@@ -47,31 +48,52 @@ pub fn lead(leases: &Leases, fp: &str, unit: usize, id: &str, expected: usize) -
     let host = std::env::var(HOST_ENV).unwrap_or_else(|_| hostname());
     let listening = |e: std::io::Error| Error::Execution(format!("a gang leader cannot listen: {e}"));
     let address = format!("{host}:{}", listener.local_addr().map_err(listening)?.port());
-    let token = blake3::hash(format!("{id}-{fp}-{unit}-{:?}", std::time::SystemTime::now()).as_bytes()).to_hex()[..32].to_string();
+    let mut secret = [0u8; 16];
+    getrandom::fill(&mut secret).map_err(|e| Error::Execution(format!("no random token for a gang: {e}")))?;
+    let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     let record = GangRecord {
         leader: id.to_string(),
         unit,
         address,
         token: token.clone(),
         peers: vec![id.to_string()],
+        max_peers: None,
         step: 0,
         updated_at_ms: now_ms(),
     };
-    leases.write_gang(fp, &record)?;
     let (leases, fp_owned) = (leases.clone(), fp.to_string());
     let on_change = move |roster: Roster| {
-        let record = GangRecord { peers: roster.peers, step: roster.step, updated_at_ms: now_ms(), ..record.clone() };
+        let record =
+            GangRecord { peers: roster.peers, step: roster.step, max_peers: roster.max_peers, updated_at_ms: now_ms(), ..record.clone() };
         // The record is for `status` and for joiners; a failed write costs neither the training.
         let _ = leases.write_gang(&fp_owned, &record);
     };
-    let charter = Charter { fingerprint: fp.to_string(), unit, token, expected };
+    let charter = Charter { fingerprint: fp.to_string(), unit, unit_key: unit_key.to_string(), token, expected };
     Leader::start(listener, id.to_string(), charter, Box::new(on_change)).map_err(listening)
 }
 
-/// Joins the gang of `record` as worker `id` of node `fp`.
-pub fn join(record: &GangRecord, fp: &str, id: &str) -> std::io::Result<Follower> {
-    let hello = Hello { worker: id.to_string(), fingerprint: fp.to_string(), unit: record.unit, token: record.token.clone() };
-    Follower::connect(&reachable(&record.address), &hello)
+/// Whether a worker should try to join the gang of `record`: not its own, not full.
+pub fn joinable(record: &GangRecord, id: &str) -> bool {
+    record.leader != id && record.max_peers.is_none_or(|max| record.peers.len() < max)
+}
+
+/// Joins the gang of `record` as worker `id` of node `fp`, for the unit keyed `unit_key`;
+/// `stop` is asked at every heartbeat while the follower waits for an order.
+pub fn join(
+    record: &GangRecord,
+    fp: &str,
+    unit_key: &str,
+    id: &str,
+    stop: Box<dyn Fn() -> bool + Send + Sync>,
+) -> std::io::Result<Follower> {
+    let hello = Hello {
+        worker: id.to_string(),
+        fingerprint: fp.to_string(),
+        unit: record.unit,
+        unit_key: unit_key.to_string(),
+        token: record.token.clone(),
+    };
+    Follower::connect(&reachable(&record.address), &hello, stop)
 }
 
 /// The address to connect to: a leader on this very host is reached over loopback (its name

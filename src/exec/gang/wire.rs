@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 pub const BEAT: Duration = Duration::from_secs(1);
 /// How long without a frame before a peer counts as gone: the bound on noticing a dead peer.
 pub const SILENCE: Duration = Duration::from_secs(10);
-/// The largest frame accepted (a rank-512 LoRA of FLUX.1-dev with AdamW's moments is ~6 GB).
+/// The largest frame accepted (a rank-512 LoRA of FLUX.1-dev with AdamW's moments is ~11 GB).
 const MAX_FRAME: u64 = 64 << 30;
+/// The largest hello (read before the token is checked).
+const MAX_HELLO: u64 = 64 << 10;
 
 /// What a joining worker says first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +30,8 @@ pub struct Hello {
     /// this one) is refused.
     pub fingerprint: String,
     pub unit: usize,
+    /// The unit's key (its rows): a worker that cut the input otherwise is refused.
+    pub unit_key: String,
     /// The token of the gang's record in the workspace.
     pub token: String,
 }
@@ -143,11 +147,12 @@ fn numbers(out: &mut Vec<u8>, values: &[f32], scalars: &[f64]) {
 }
 
 fn parse_numbers(bytes: &[u8]) -> Option<(Vec<f32>, Vec<f64>)> {
-    let count = |at: usize| bytes.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize);
-    let (n_scalars, n_values) = (count(0)?, count(8)?);
-    let scalar_bytes = bytes.get(16..16 + 8 * n_scalars)?;
-    let value_bytes = bytes.get(16 + 8 * n_scalars..)?;
-    if value_bytes.len() != 4 * n_values {
+    let count = |at: usize| bytes.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+    let (n_scalars, n_values) = (usize::try_from(count(0)?).ok()?, usize::try_from(count(8)?).ok()?);
+    let values_at = n_scalars.checked_mul(8)?.checked_add(16)?;
+    let scalar_bytes = bytes.get(16..values_at)?;
+    let value_bytes = bytes.get(values_at..)?;
+    if value_bytes.len() != n_values.checked_mul(4)? {
         return None;
     }
     let scalars = scalar_bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
@@ -203,29 +208,56 @@ impl Conn {
     /// The next frame that is not a heartbeat; an error when the peer closed the connection,
     /// went silent for [`SILENCE`], or sent something malformed.
     pub fn receive(&self) -> std::io::Result<Frame> {
+        self.receive_unless(&|| false)
+    }
+
+    /// [`Self::receive`], giving up (`Interrupted`) when `stop` says so, which it is asked at
+    /// every heartbeat.
+    pub fn receive_unless(&self, stop: &dyn Fn() -> bool) -> std::io::Result<Frame> {
         let mut r = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            let mut header = [0u8; 9];
-            r.read_exact(&mut header)?;
-            let len = u64::from_le_bytes(header[1..].try_into().unwrap_or_default());
-            if len > MAX_FRAME {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a gang frame of {len} bytes")));
-            }
-            let mut payload = vec![0u8; len as usize];
-            r.read_exact(&mut payload)?;
-            match Frame::parse(header[0], payload)? {
+            match read_frame(&mut *r, MAX_FRAME)? {
+                Frame::Beat if stop() => return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stopped")),
                 Frame::Beat => continue,
                 frame => return Ok(frame),
             }
         }
     }
+
+    /// The first frame of a worker that connected: a hello, small, before anything else (a
+    /// stranger can make the leader read nothing larger).
+    pub fn receive_hello(&self) -> std::io::Result<Hello> {
+        let mut r = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        match read_frame(&mut *r, MAX_HELLO)? {
+            Frame::Hello(bytes) => serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "a gang peer spoke before its hello")),
+        }
+    }
+
+    /// Closes the connection (a reader blocked on it gets an error).
+    pub fn shutdown(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = w.out.get_ref().shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// One frame of at most `max` payload bytes.
+fn read_frame(r: &mut impl Read, max: u64) -> std::io::Result<Frame> {
+    let mut header = [0u8; 9];
+    r.read_exact(&mut header)?;
+    let len = u64::from_le_bytes(header[1..].try_into().unwrap_or_default());
+    if len > max {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a gang frame of {len} bytes (at most {max} here)")));
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload)?;
+    Frame::parse(header[0], payload)
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.closed.store(true, Ordering::Relaxed);
-        let w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = w.out.get_ref().shutdown(std::net::Shutdown::Both);
+        self.shutdown();
     }
 }
 
@@ -271,5 +303,23 @@ mod tests {
         assert_eq!(conn.receive().unwrap(), Frame::Done);
         drop(client.join().unwrap());
         assert!(conn.receive().is_err(), "a closed connection is an error, not a hang");
+    }
+
+    #[test]
+    fn a_hello_too_large_is_refused_before_it_is_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(address).unwrap();
+            let mut header = vec![1u8];
+            header.extend_from_slice(&(1u64 << 40).to_le_bytes());
+            stream.write_all(&header).unwrap();
+            stream
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let conn = Conn::new(stream, "stranger".into()).unwrap();
+        let refused = conn.receive_hello().unwrap_err();
+        assert!(refused.to_string().contains("at most 65536"), "{refused}");
+        drop(client.join().unwrap());
     }
 }
