@@ -195,6 +195,32 @@ fn a_peer_killed_mid_training_leaves_the_others_to_finish_the_same_lora() {
 }
 
 #[test]
+fn a_leader_killed_mid_training_is_replaced_by_a_follower_that_resumes_from_the_checkpoint() {
+    let alone = project(12, 3);
+    alone.unoflow(&["run", "dag.toml", "-q"]).ok();
+    let p = project(12, 3);
+    let children = [worker(&p, "0", "2"), worker(&p, "1", "2")];
+    wait_for("a gang of two", || gang_peers(&p).len() == 2);
+    wait_for("the first checkpoint", || checkpointed(&p, 3));
+    let leader = pid_of(&gang_peers(&p)[0]);
+    let (mut killed, survivor): (Vec<Child>, Vec<Child>) = children.into_iter().partition(|c| c.id() == leader);
+    killed[0].kill().unwrap();
+    killed[0].wait().unwrap();
+    for child in survivor {
+        wait_ok(child);
+    }
+    // The survivor took the unit over when the lease ran out, and trained from the last
+    // checkpoint on, alone.
+    let spans = peer_spans(&p);
+    let resumed = spans.first().unwrap_or_else(|| panic!("the survivor led no gang: {spans:?}"));
+    assert_eq!((resumed.0 - 1) % 3, 0, "resumed after a checkpoint: {spans:?}");
+    assert_eq!(spans.last().map(|s| (s.1, s.2)), Some((12, 1)), "{spans:?}");
+    assert_same_curve(&curve(&alone), &curve(&p), "the leader killed");
+    let difference = lora_difference(&lora(&alone), &lora(&p));
+    assert!(difference <= 1e-5, "the LoRA differs by {difference:e}");
+}
+
+#[test]
 fn a_worker_arriving_late_joins_at_a_checkpoint() {
     let alone = project(16, 2);
     alone.unoflow(&["run", "dag.toml", "-q"]).ok();

@@ -79,23 +79,25 @@ impl Frame {
         }
     }
 
-    fn payload(&self) -> Vec<u8> {
+    /// The payload: a borrowed one as it is (a training state is gigabytes), others encoded.
+    fn payload(&self) -> std::borrow::Cow<'_, [u8]> {
+        use std::borrow::Cow;
         match self {
-            Self::Hello(bytes) | Self::State(bytes) => bytes.clone(),
-            Self::Refused(message) => message.as_bytes().to_vec(),
-            Self::Ready | Self::Beat | Self::Done => Vec::new(),
+            Self::Hello(bytes) | Self::State(bytes) => Cow::Borrowed(bytes),
+            Self::Refused(message) => Cow::Borrowed(message.as_bytes()),
+            Self::Ready | Self::Beat | Self::Done => Cow::Borrowed(&[]),
             Self::Step { step, attempt, rank, size } => {
-                [&step.to_le_bytes()[..], &attempt.to_le_bytes(), &rank.to_le_bytes(), &size.to_le_bytes()].concat()
+                Cow::Owned([&step.to_le_bytes()[..], &attempt.to_le_bytes(), &rank.to_le_bytes(), &size.to_le_bytes()].concat())
             }
             Self::Share { attempt, values, scalars } => {
                 let mut out = attempt.to_le_bytes().to_vec();
                 numbers(&mut out, values, scalars);
-                out
+                Cow::Owned(out)
             }
             Self::Sums { values, scalars } => {
                 let mut out = Vec::new();
                 numbers(&mut out, values, scalars);
-                out
+                Cow::Owned(out)
             }
         }
     }

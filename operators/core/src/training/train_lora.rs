@@ -45,9 +45,12 @@ use crate::rowid::RowIdHasher;
 use crate::rows::{binary, bytes_at, row_ids, text};
 use crate::{OpError, Result, image_io};
 
-/// How long a gang's leader waits at the start of a training for the workers started with it
-/// (later ones join at a checkpoint).
+/// How long a gang's leader waits at the start of a training for the workers started with it,
+/// loading their models (later ones join at a checkpoint).
 const GANG_START_WAIT: Duration = Duration::from_secs(60);
+/// How long it waits when it resumes a training (its leader died): the peers of the last gang
+/// have their models loaded and rejoin within a second or two; workers that died stay away.
+const GANG_RESUME_WAIT: Duration = Duration::from_secs(10);
 
 /// The `train_lora` operator.
 #[derive(Debug, Clone, Copy)]
@@ -526,7 +529,11 @@ impl<B: AutodiffBackend + Kernels> Train for Trainer<B> {
             if let Some(leader) = leader
                 && (step == first || (step - 1) % self.settings.checkpoint_every == 0)
             {
-                let wait = if step == first { GANG_START_WAIT } else { Duration::ZERO };
+                let wait = match step {
+                    1 => GANG_START_WAIT,
+                    _ if step == first => GANG_RESUME_WAIT,
+                    _ => Duration::ZERO,
+                };
                 leader.admit(wait, self.settings.accumulation, &mut || self.state_bytes(&flux, &trainer))?;
             }
             let (mut grads, loss) = loop {
