@@ -175,3 +175,45 @@ resolution = 64
     let all = format!("{}{}", run.stdout, run.stderr);
     assert!(all.contains("`init`") && all.contains("different LoRA files"), "{all}");
 }
+
+#[test]
+fn a_training_on_a_table_stored_in_several_parts_is_one_training() {
+    let p = Project::new();
+    // 20 images: `thumbnail` takes 16 a unit, so its table has two part files.
+    for i in 0..20u8 {
+        p.solid_png(&format!("images/p{i:02}.png"), 48, 48, [10 * i, 100, 200 - 5 * i]);
+    }
+    p.dag(
+        r#"[dag]
+name = "parts"
+seed = 2
+workspace = "ws"
+
+[nodes.photos]
+op = "read"
+path = "images"
+format = "images"
+
+[nodes.thumbs]
+op = "thumbnail"
+inputs = ["photos"]
+max_side = 32
+
+[nodes.train]
+op = "train_lora"
+inputs = ["thumbs"]
+prompt = "path"
+target = "image"
+refs = ["image"]
+rank = 2
+steps = 3
+learning_rate = 0.001
+resolution = 32
+"#,
+    );
+    p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    let parts = p.files_under("ws/tables/thumbs").into_iter().filter(|f| f.extension().is_some_and(|e| e == "parquet")).count();
+    assert!(parts >= 2, "the input has several parts: {parts}");
+    // One row per step, once: not one training per part, each resuming the other's.
+    assert_eq!(sql_csv(&p, "SELECT count(*) AS n, count(DISTINCT step) AS steps FROM train"), ["n,steps", "3,3"]);
+}

@@ -80,7 +80,25 @@ munged --force --socket="$dir/munge.sock" --key-file="$dir/munge.key" --pid-file
     --log-file="$dir/log/munged.log" --seed-file="$dir/munged.seed"
 
 cpus=${SLURM_ONE_NODE_CPUS:-$(nproc)}
-port=${SLURM_ONE_NODE_PORT:-$((20000 + RANDOM % 20000))}
+# Two free ports in a row, below the kernel's ephemeral range (32768 and up on Linux, where
+# every connecting or any-port program on the machine gets its ports), checked by binding them.
+free_ports() {
+    python3 - <<'PY'
+import random, socket
+for _ in range(500):
+    port = random.randrange(10000, 30000)
+    try:
+        for p in (port, port + 1):
+            s = socket.socket()
+            s.bind(("0.0.0.0", p))
+            s.close()
+    except OSError:
+        continue
+    print(port)
+    break
+PY
+}
+port=${SLURM_ONE_NODE_PORT:-$(free_ports)}
 cat >"$dir/slurm.conf" <<EOF
 # written by tools/slurm-one-node.sh
 ClusterName=unoflow-test
@@ -129,11 +147,18 @@ export SLURM_CONF="$dir/slurm.conf"
 # In the foreground (-D) but in the background here, logs to files, so that this script's
 # output ends when it does; each writes its pid file.
 slurmctld -D -i -f "$SLURM_CONF" </dev/null >"$dir/log/slurmctld.out" 2>&1 &
+ctld=$!
 slurmd -D -N localhost -f "$SLURM_CONF" </dev/null >"$dir/log/slurmd.out" 2>&1 &
 
-# Ready when the node is idle (it registered and takes jobs).
-for _ in $(seq 150); do
-    state=$(sinfo -h -n localhost -o %t 2>/dev/null || true)
+# Ready when the node is idle (it registered and takes jobs); 30 s by the clock (a `sinfo` with
+# no controller to answer takes seconds), and at once if the controller died (a port taken).
+end=$((SECONDS + 30))
+while [ "$SECONDS" -lt "$end" ]; do
+    if ! kill -0 "$ctld" 2>/dev/null; then
+        state="slurmctld exited"
+        break
+    fi
+    state=$(timeout 3 sinfo -h -n localhost -o %t 2>/dev/null || true)
     if [ "$state" = idle ]; then
         trap - ERR
         echo "SLURM_CONF=$SLURM_CONF"
@@ -142,6 +167,6 @@ for _ in $(seq 150); do
     sleep 0.2
 done
 stop
-echo "the cluster did not start within 30 s (node state: ${state:-none}); logs in $dir/log:" >&2
+echo "the cluster did not start within 30 s (node state: ${state:-none}; ports $port, $((port + 1))); logs in $dir/log:" >&2
 tail -n 20 "$dir"/log/* >&2
 exit 1

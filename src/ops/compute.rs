@@ -97,8 +97,10 @@ impl Op for ComputeNode {
         let per_unit = self.op.spec().partition_rows.max(1);
         let input = inputs.first().ok_or_else(|| Error::Internal(format!("`{}` without input", self.op.spec().name)))?;
         let table = match input {
-            NodeData::Table(table) => table,
-            NodeData::View(_) => return Ok(UnitPlan::Chunks { source: input.clone(), rows_per_unit: per_unit }),
+            // A data-parallel node (a training) takes its whole input as one unit; a table in
+            // several part files is streamed as one, as a view is.
+            NodeData::Table(table) if !self.configured.data_parallel() => table,
+            _ => return Ok(UnitPlan::Chunks { source: input.clone(), rows_per_unit: per_unit }),
         };
         let mut units = Vec::new();
         for file in table.manifest.row_files() {
