@@ -110,16 +110,13 @@ fn peer_spans(p: &Project) -> Vec<(u64, u64, u64)> {
 fn one_two_and_four_peers_train_the_same_lora_and_the_records_say_how_many_trained() {
     let alone = project(4, 2);
     alone.unoflow(&["run", "dag.toml", "-q"]).ok();
-    let (expected_curve, expected_lora) = (curve(&alone), lora(&alone));
     assert!(peer_spans(&alone).is_empty(), "a training alone is no gang");
     for workers in ["2", "4"] {
         let p = project(4, 2);
         p.unoflow(&["run", "dag.toml", "-q", "--workers", workers, "--lease-s", "4"]).ok();
         let peers: u64 = workers.parse().unwrap();
         assert_eq!(peer_spans(&p), [(1, 4, peers)], "{workers} workers: every step by all of them");
-        assert_same_curve(&expected_curve, &curve(&p), &format!("{workers} peers"));
-        let difference = lora_difference(&expected_lora, &lora(&p));
-        assert!(difference <= 1e-5, "{workers} peers: the LoRA differs by {difference:e}");
+        assert_same_training(&alone, &p, &format!("{workers} peers"));
         // The step rows (examples used, checkpoints named) are the same rows.
         let rows = "SELECT step, examples_seen, parent_ids, checkpoint FROM train ORDER BY step";
         assert_eq!(sql_csv(&p, rows), sql_csv(&alone, rows));
@@ -165,59 +162,61 @@ fn wait_ok(child: Child) {
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-#[test]
-fn a_peer_killed_mid_training_leaves_the_others_to_finish_the_same_lora() {
-    let alone = project(12, 3);
-    alone.unoflow(&["run", "dag.toml", "-q"]).ok();
-    let p = project(12, 3);
-    let children = [worker(&p, "0", "2"), worker(&p, "1", "2")];
-    wait_for("a gang of two", || gang_peers(&p).len() == 2);
-    // `status` shows the gang, and keeps its token (the key to join it) to the workspace.
-    let status = p.unoflow(&["status", "--dag", "dag.toml"]).ok().stdout;
-    assert!(status.contains("gang training `train` (unit 0): 2 peers"), "{status}");
-    let json = p.unoflow(&["status", "--dag", "dag.toml", "--json"]).ok().stdout;
-    assert!(json.contains("\"gangs\"") && !json.contains("token"), "{json}");
-    wait_for("the first checkpoint", || checkpointed(&p, 3));
-    let follower = pid_of(&gang_peers(&p)[1]);
-    let (mut killed, survivor): (Vec<Child>, Vec<Child>) = children.into_iter().partition(|c| c.id() == follower);
-    assert_eq!(killed.len(), 1, "the follower is one of the two workers");
-    killed[0].kill().unwrap(); // SIGKILL
-    killed[0].wait().unwrap();
-    for child in survivor {
-        wait_ok(child);
-    }
-    let spans = peer_spans(&p);
-    assert_eq!(spans.first().map(|s| (s.0, s.2)), Some((1, 2)), "{spans:?}");
-    assert_eq!(spans.last().map(|s| (s.1, s.2)), Some((12, 1)), "the survivor finished alone: {spans:?}");
-    assert_same_curve(&curve(&alone), &curve(&p), "a peer killed");
-    let difference = lora_difference(&lora(&alone), &lora(&p));
-    assert!(difference <= 1e-5, "the LoRA differs by {difference:e}");
+/// Asserts that `p` trained what `alone` did: the same loss curve and LoRA.
+#[track_caller]
+fn assert_same_training(alone: &Project, p: &Project, what: &str) {
+    assert_same_curve(&curve(alone), &curve(p), what);
+    let difference = lora_difference(&lora(alone), &lora(p));
+    assert!(difference <= 1e-5, "{what}: the LoRA differs by {difference:e}");
 }
 
-#[test]
-fn a_leader_killed_mid_training_is_replaced_by_a_follower_that_resumes_from_the_checkpoint() {
+/// Two workers train 12 steps (checkpoints every 3) as a gang; once the first checkpoint is
+/// written, the peer at `victim` in the gang's record (0: the leader) is killed (SIGKILL). Returns
+/// the project after the survivor finished, and a training alone to compare it with.
+fn kill_a_peer(victim: usize, while_two: impl FnOnce(&Project)) -> (Project, Project) {
     let alone = project(12, 3);
     alone.unoflow(&["run", "dag.toml", "-q"]).ok();
     let p = project(12, 3);
     let children = [worker(&p, "0", "2"), worker(&p, "1", "2")];
     wait_for("a gang of two", || gang_peers(&p).len() == 2);
+    while_two(&p);
     wait_for("the first checkpoint", || checkpointed(&p, 3));
-    let leader = pid_of(&gang_peers(&p)[0]);
-    let (mut killed, survivor): (Vec<Child>, Vec<Child>) = children.into_iter().partition(|c| c.id() == leader);
+    let pid = pid_of(&gang_peers(&p)[victim]);
+    let (mut killed, survivor): (Vec<Child>, Vec<Child>) = children.into_iter().partition(|c| c.id() == pid);
+    assert_eq!(killed.len(), 1, "the peer is one of the two workers");
     killed[0].kill().unwrap();
     killed[0].wait().unwrap();
     for child in survivor {
         wait_ok(child);
     }
+    (alone, p)
+}
+
+#[test]
+fn a_peer_killed_mid_training_leaves_the_others_to_finish_the_same_lora() {
+    let (alone, p) = kill_a_peer(1, |p| {
+        // `status` shows the gang, and keeps its token (the key to join it) to the workspace.
+        let status = p.unoflow(&["status", "--dag", "dag.toml"]).ok().stdout;
+        assert!(status.contains("gang training `train` (unit 0): 2 peers"), "{status}");
+        let json = p.unoflow(&["status", "--dag", "dag.toml", "--json"]).ok().stdout;
+        assert!(json.contains("\"gangs\"") && !json.contains("token"), "{json}");
+    });
+    let spans = peer_spans(&p);
+    assert_eq!(spans.first().map(|s| (s.0, s.2)), Some((1, 2)), "{spans:?}");
+    assert_eq!(spans.last().map(|s| (s.1, s.2)), Some((12, 1)), "the survivor finished alone: {spans:?}");
+    assert_same_training(&alone, &p, "a peer killed");
+}
+
+#[test]
+fn a_leader_killed_mid_training_is_replaced_by_a_follower_that_resumes_from_the_checkpoint() {
+    let (alone, p) = kill_a_peer(0, |_| {});
     // The survivor took the unit over when the lease ran out, and trained from the last
     // checkpoint on, alone.
     let spans = peer_spans(&p);
     let resumed = spans.first().unwrap_or_else(|| panic!("the survivor led no gang: {spans:?}"));
     assert_eq!((resumed.0 - 1) % 3, 0, "resumed after a checkpoint: {spans:?}");
     assert_eq!(spans.last().map(|s| (s.1, s.2)), Some((12, 1)), "{spans:?}");
-    assert_same_curve(&curve(&alone), &curve(&p), "the leader killed");
-    let difference = lora_difference(&lora(&alone), &lora(&p));
-    assert!(difference <= 1e-5, "the LoRA differs by {difference:e}");
+    assert_same_training(&alone, &p, "the leader killed");
 }
 
 #[test]
@@ -235,7 +234,5 @@ fn a_worker_arriving_late_joins_at_a_checkpoint() {
     assert_eq!(spans.first().map(|s| (s.0, s.2)), Some((1, 1)), "{spans:?}");
     let joined = spans.iter().find(|s| s.2 == 2).unwrap_or_else(|| panic!("the late worker never joined: {spans:?}"));
     assert_eq!((joined.0 - 1) % 2, 0, "joined at a checkpoint: {spans:?}");
-    assert_same_curve(&curve(&alone), &curve(&p), "a late joiner");
-    let difference = lora_difference(&lora(&alone), &lora(&p));
-    assert!(difference <= 1e-5, "the LoRA differs by {difference:e}");
+    assert_same_training(&alone, &p, "a late joiner");
 }

@@ -7,14 +7,14 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use unoflow_api::Result;
 use unoflow_api::gang::{Gang, GangLeader, GangRole};
 
-use super::wire::{Conn, Frame};
+use super::wire::{Conn, Frame, SILENCE};
 use crate::workspace::PeerSpan;
 
 /// What a gang's leader must know before it listens.
@@ -54,7 +54,19 @@ pub struct Roster {
 struct Member {
     conn: Arc<Conn>,
     frames: Receiver<std::io::Result<Frame>>,
+    /// Admitted since its last share: its first step also loads the state it was sent.
+    fresh: bool,
 }
+
+/// How long past the leader's own share a follower's may come: its heartbeats only say that
+/// its process lives, not that its computation moves. Three times the leader's time (a
+/// follower never has more micro-batches than rank 0) and the silence limit.
+fn share_deadline(own: Duration) -> Duration {
+    own * 3 + SILENCE
+}
+
+/// The extra time a follower has for the first share after it joined (it loads the state).
+const JOIN_GRACE: Duration = Duration::from_secs(300);
 
 impl Member {
     fn new(conn: Conn) -> std::io::Result<Self> {
@@ -70,13 +82,18 @@ impl Member {
                 }
             }
         })?;
-        Ok(Self { conn, frames })
+        Ok(Self { conn, frames, fresh: true })
     }
 
-    /// The share of attempt `attempt`, if the follower sends one of the right lengths.
-    fn share(&self, attempt: u64, values: usize, scalars: usize) -> Option<(Vec<f32>, Vec<f64>)> {
+    /// The share of attempt `attempt`, if the follower sends one of the right lengths by
+    /// `deadline`.
+    fn share(&self, attempt: u64, values: usize, scalars: usize, deadline: Instant) -> Option<(Vec<f32>, Vec<f64>)> {
         loop {
-            match self.frames.recv() {
+            match self.frames.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.conn.send(&Frame::Refused("no share in time: the gang goes on without this worker".into()));
+                    return None;
+                }
                 // A share of an earlier attempt at the step, sent before the new order came.
                 Ok(Ok(Frame::Share { attempt: a, .. })) if a != attempt => continue,
                 Ok(Ok(Frame::Share { values: v, scalars: s, .. })) if v.len() == values && s.len() == scalars => return Some((v, s)),
@@ -107,8 +124,8 @@ pub struct Leader {
     /// The most peers, once the operator said (0 until then); greeted workers beyond it are
     /// refused at once.
     max_peers: Arc<AtomicUsize>,
-    /// The step begun last, its attempt and the gang's size then.
-    current: Mutex<(u64, u64, usize)>,
+    /// The step begun last, its attempt, and when.
+    current: Mutex<(u64, u64, Instant)>,
     attempts: AtomicU64,
     spans: Mutex<Vec<PeerSpan>>,
     closed: Arc<AtomicBool>,
@@ -138,7 +155,7 @@ impl Leader {
             members: Mutex::default(),
             waiting: Arc::default(),
             max_peers: Arc::default(),
-            current: Mutex::new((0, 0, 1)),
+            current: Mutex::new((0, 0, Instant::now())),
             attempts: AtomicU64::new(0),
             spans: Mutex::default(),
             closed: Arc::default(),
@@ -308,7 +325,7 @@ impl GangLeader for Leader {
                 .filter(|&k| members[k].conn.send(&Frame::Step { step, attempt, rank: k as u32 + 1, size: size as u32 }).is_err())
                 .collect();
             if lost.is_empty() {
-                *self.current.lock().unwrap_or_else(PoisonError::into_inner) = (step, attempt, size);
+                *self.current.lock().unwrap_or_else(PoisonError::into_inner) = (step, attempt, Instant::now());
                 self.record_span(step, size);
                 return size;
             }
@@ -320,12 +337,15 @@ impl GangLeader for Leader {
 
     fn all_reduce(&self, values: &mut [f32], scalars: &mut [f64]) -> bool {
         let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
-        let (_, attempt, _) = *self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let (_, attempt, begun) = *self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let deadline = Instant::now() + share_deadline(begun.elapsed());
         for k in 0..members.len() {
-            let Some((v, s)) = members[k].share(attempt, values.len(), scalars.len()) else {
+            let by = if members[k].fresh { deadline + JOIN_GRACE } else { deadline };
+            let Some((v, s)) = members[k].share(attempt, values.len(), scalars.len(), by) else {
                 self.drop_members(&mut members, &[k]);
                 return false;
             };
+            members[k].fresh = false;
             // Rank order: the sums are the same bytes whatever the order the shares came in.
             for (sum, x) in values.iter_mut().zip(&v) {
                 *sum += x;

@@ -536,19 +536,25 @@ impl<B: AutodiffBackend + Kernels> Train for Trainer<B> {
                 };
                 leader.admit(wait, self.settings.accumulation, &mut || self.state_bytes(&flux, &trainer))?;
             }
-            let (mut grads, loss) = loop {
+            let (mut grads, loss, summed_norm) = loop {
                 let size = leader.map_or(1, |l| l.begin_step(step));
                 let (grads, loss) = self.share(&flux, step, 0, size, &examples)?;
-                let Some(leader) = leader.filter(|_| size > 1) else { break (grads, loss) };
+                let Some(leader) = leader.filter(|_| size > 1) else { break (grads, loss, None) };
                 let (mut values, layout) = flatten(&grads);
                 let mut scalars = [loss];
                 if leader.all_reduce(&mut values, &mut scalars) {
-                    break (unflatten::<B::InnerBackend>(&values, &layout, &self.device)?, scalars[0]);
+                    break (unflatten::<B::InnerBackend>(&values, &layout, &self.device)?, scalars[0], Some(host_norm(&values)));
                 }
                 // A peer was lost: the step again, with the peers left.
             };
             let used = self.examples_of(step, &examples);
-            let grad_norm = grads.clip(self.settings.optim.max_grad_norm);
+            let grad_norm = match summed_norm {
+                Some(norm) => {
+                    grads.clip_with(norm, self.settings.optim.max_grad_norm);
+                    norm
+                }
+                None => grads.clip(self.settings.optim.max_grad_norm),
+            };
             flux = trainer.apply(flux, &grads);
             rows.push(StepRow { step, loss, grad_norm, examples_seen: step * per_step, examples: used, checkpoint: None });
             if step % self.settings.checkpoint_every == 0 || step == self.settings.steps {
@@ -650,7 +656,7 @@ impl<B: AutodiffBackend + Kernels> Trainer<B> {
                 Order::Sums { values, .. } => {
                     let (flux, mut trainer) = state.take().ok_or_else(|| OpError::Internal("sums sent before any state".into()))?;
                     let mut grads = unflatten::<B::InnerBackend>(&values, &layout, &self.device)?;
-                    grads.clip(self.settings.optim.max_grad_norm);
+                    grads.clip_with(host_norm(&values), self.settings.optim.max_grad_norm);
                     state = Some((trainer.apply(flux, &grads), trainer));
                 }
                 Order::Done => return Ok(()),
@@ -707,6 +713,12 @@ fn flatten<B: burn::tensor::backend::Backend>(grads: &LoraGrads<B>) -> (Vec<f32>
         values.extend(g.clone().cast(DType::F32).into_data().iter::<f32>());
     }
     (values, slots)
+}
+
+/// The global L2 norm of a gang's summed gradients, taken on the host in f64 from their bytes:
+/// the same on every peer, whatever its device's reductions do.
+fn host_norm(values: &[f32]) -> f64 {
+    values.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>().sqrt()
 }
 
 /// The gradients of a flat vector laid out as `slots`.

@@ -82,13 +82,19 @@ impl<B: Backend> LoraGrads<B> {
     /// `torch.nn.utils.clip_grad_norm_` does; returns the norm before clipping.
     pub fn clip(&mut self, max_norm: f64) -> f64 {
         let norm = self.norm();
+        self.clip_with(norm, max_norm);
+        norm
+    }
+
+    /// [`Self::clip`] with the norm given (computed elsewhere, the same on every peer of a
+    /// data-parallel training).
+    pub fn clip_with(&mut self, norm: f64, max_norm: f64) {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
             for (_, g) in &mut self.0 {
                 *g = g.clone() * coef;
             }
         }
-        norm
     }
 
     fn get(&self, key: &str) -> Option<&Tensor<B, 2>> {
