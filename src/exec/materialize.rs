@@ -394,6 +394,9 @@ impl NodeRun<'_> {
         let Some(claims) = self.ctx.claims.as_deref() else { return };
         let stop = || node_done.load(Ordering::Relaxed) || self.ctx.stop_requested();
         let mut last_warning = String::new();
+        // Each look lists the node's leases (a request on object storage): as often as a
+        // waiting worker polls, not faster than FOLLOW_POLL.
+        let poll = claims.poll_interval().max(FOLLOW_POLL);
         while !stop() {
             let pause = match self.follow_one(claims, units, node_done, &stop).await {
                 Ok(Some(unit)) => {
@@ -405,9 +408,9 @@ impl NodeRun<'_> {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     gang_ended.store(true, Ordering::Relaxed);
-                    FOLLOW_POLL
+                    poll
                 }
-                Ok(None) => FOLLOW_POLL,
+                Ok(None) => poll,
                 Err(e) => {
                     let warning = format!("node `{}`: this worker left a gang: {e}", self.name());
                     if warning != last_warning {
@@ -634,7 +637,7 @@ impl NodeRun<'_> {
     }
 }
 
-/// How often a worker waiting at a data-parallel node looks for a gang to join.
+/// The shortest pause between a waiting worker's looks for a gang to join.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 /// How long a follower waits for the leader's commit after the gang ended.
 const COMMIT_AFTER_GANG: Duration = Duration::from_secs(30);
