@@ -4,8 +4,16 @@
 //!
 //! ```sh
 //! cargo bench -p unoflow-models --profile dev --bench train_cpu
-//! cargo bench -p unoflow-models --profile dev --bench train_cpu -- --recompute
+//! cargo bench -p unoflow-models --profile dev --bench train_cpu -- --recompute ops
+//! cargo bench -p unoflow-models --profile dev --bench train_cpu -- --recompute blocks
 //! ```
+//!
+//! `--blocks D+S`: D double and S single blocks instead of 4+4 (memory against depth; the
+//! PyTorch baseline runs 4+4 only). `--recompute ops`: burn's balanced checkpointing (not
+//! offered by train_lora: with the fused kernels it takes more memory than keeping everything);
+//! `--recompute blocks`: train_lora's `recompute = "blocks"`, each block's input kept and the
+//! block run again in the backward pass. Each mode is its own process: the peak RSS is a
+//! high-water mark.
 //!
 //! Hidden 256, 4 heads, 4 double + 4 single blocks, LoRA rank 16 on every block, 256 text +
 //! 1024 target + 1024 reference tokens, f32, 2 threads. PyTorch runs `tools/bench/train_step.py`
@@ -18,7 +26,7 @@ use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, Check
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
-use unoflow_models::flux::train::{FlowBatch, LoraTrainer, OptimSettings};
+use unoflow_models::flux::train::{FlowBatch, LoraTrainer, OptimSettings, Recompute};
 use unoflow_models::flux::{Flux, FluxConfig, PeMode, TokenGrid, position_ids};
 
 /// The allocator of the `unoflow` binary, so the numbers are the CLI's.
@@ -29,7 +37,7 @@ const REPEATS: usize = 3;
 const THREADS: usize = 2;
 const RANK: usize = 16;
 
-fn config() -> FluxConfig {
+fn config(double: usize, single: usize) -> FluxConfig {
     FluxConfig {
         in_channels: 64,
         vec_in_dim: 768,
@@ -37,8 +45,8 @@ fn config() -> FluxConfig {
         hidden_size: 256,
         mlp_ratio: 4.0,
         num_heads: 4,
-        depth: 4,
-        depth_single_blocks: 4,
+        depth: double,
+        depth_single_blocks: single,
         axes_dim: vec![16, 24, 24],
         theta: 10_000.0,
         qkv_bias: true,
@@ -58,11 +66,10 @@ fn ids<A: Backend>(ids: &[[f32; 3]], device: &A::Device) -> Tensor<A, 3> {
     Tensor::from_data(TensorData::new(flat, [1, ids.len(), 3]), (device, DType::F32))
 }
 
-fn ours<C: CheckpointStrategy>() -> (f64, f64) {
+fn ours<C: CheckpointStrategy>(config: FluxConfig, recompute: Recompute) -> (f64, f64) {
     type A<C> = Autodiff<Flex, C>;
     let device = Default::default();
     A::<C>::seed(&device, 0);
-    let config = config();
     let mut model = Flux::<A<C>>::random(&config, &device, DType::F32);
     model.init_lora(&config, RANK, &device);
     let mut model = model.with_trainable_lora();
@@ -79,7 +86,7 @@ fn ours<C: CheckpointStrategy>() -> (f64, f64) {
         y: Tensor::random([1, 768], Distribution::Normal(0.0, 1.0), &device),
         refs: vec![(normal([1, 1024, 64]), ids(&pos.refs[0], &device))],
     };
-    let mut trainer = LoraTrainer::<A<C>>::new(OptimSettings::default());
+    let mut trainer = LoraTrainer::<A<C>>::new(OptimSettings::default()).with_recompute(recompute);
     let mut times = Vec::new();
     for i in 0..=REPEATS {
         let started = Instant::now();
@@ -110,13 +117,32 @@ fn theirs() -> Result<(f64, f64), String> {
 fn main() {
     unoflow_models::allocator::keep_freed_memory();
     let _ = rayon::ThreadPoolBuilder::new().num_threads(THREADS).build_global();
-    println!("UNO LoRA training step, CPU, f32: hidden 256, 4+4 blocks, rank {RANK}, 256 txt + 1024 target + 1024 ref, {THREADS} threads");
-    // `--recompute`: burn's balanced checkpointing (the `recompute` option of train_lora). Run
-    // it as its own process: the peak RSS is a high-water mark.
-    let recompute = std::env::args().any(|a| a == "--recompute");
-    let (ours, our_peak) = if recompute { ours::<BalancedCheckpointing>() } else { ours::<NoCheckpointing>() };
-    let label = if recompute { "unoflow (Autodiff, recompute)  " } else { "unoflow (burn Flex + Autodiff)  " };
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| args.iter().position(|a| a == flag).map(|i| args.get(i + 1).map_or("", String::as_str));
+    let blocks = value("--blocks").unwrap_or("4+4");
+    let depths = blocks.split_once('+').and_then(|(d, s)| Some((d.parse::<usize>().ok()?, s.parse::<usize>().ok()?)));
+    let Some((double, single)) = depths else {
+        eprintln!("--blocks takes the double and single blocks as D+S (4+4), not `{blocks}`");
+        std::process::exit(2);
+    };
+    let config = config(double, single);
+    println!(
+        "UNO LoRA training step, CPU, f32: hidden 256, {double}+{single} blocks, rank {RANK}, 256 txt + 1024 target + 1024 ref, {THREADS} threads"
+    );
+    let ((ours, our_peak), label) = match value("--recompute") {
+        None => (ours::<NoCheckpointing>(config, Recompute::None), "unoflow (burn Flex + Autodiff)  "),
+        Some("ops") => (ours::<BalancedCheckpointing>(config, Recompute::None), "unoflow (balanced checkpointing)"),
+        Some("blocks") => (ours::<NoCheckpointing>(config, Recompute::Blocks), "unoflow (recompute = \"blocks\") "),
+        Some(other) => {
+            eprintln!("--recompute takes `ops` or `blocks`, not `{other}`");
+            std::process::exit(2);
+        }
+    };
     println!("{label}median {ours:.3} s  peak RSS {our_peak:.0} MiB");
+    if (double, single) != (4, 4) {
+        println!("PyTorch baseline skipped: it runs 4+4 blocks only");
+        return;
+    }
     match theirs() {
         Ok((t, peak)) => {
             println!("PyTorch (UNO reference)         median {t:.3} s  peak RSS {peak:.0} MiB");

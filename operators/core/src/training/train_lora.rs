@@ -16,7 +16,6 @@ use arrow::array::{Array, ArrayRef, Float64Array, ListBuilder, StringArray, Stri
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use burn::backend::Autodiff;
-use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor, TensorData};
 use image::imageops::FilterType;
@@ -27,8 +26,8 @@ use unoflow_models::Kernels;
 use unoflow_models::flux::sampling::ids_tensor;
 use unoflow_models::flux::sampling::{noise, pack};
 use unoflow_models::flux::train::{
-    CHECKPOINT_LORA, CHECKPOINT_OPTIMIZER, FlowBatch, LoraGrads, LoraTrainer, OptimSettings, load_optimizer, lora_gradients,
-    save_checkpoint, training_timesteps,
+    CHECKPOINT_LORA, CHECKPOINT_OPTIMIZER, FlowBatch, LoraGrads, LoraTrainer, OptimSettings, Recompute as KeptActivations, load_optimizer,
+    lora_gradients_with, save_checkpoint, training_timesteps,
 };
 use unoflow_models::flux::{Flux, PeMode, TokenGrid, load_lora, position_ids};
 
@@ -91,9 +90,10 @@ crate::params! {
         pub resolution_ref: u32 = optional(ParamType::int(0, 4096), 0),
         /// UnoPE mode
         pub pe: Pe = choice(Pe::Diagonal),
-        /// trade compute for memory: burn's balanced checkpointing recomputes cheap activations in the
-        /// backward pass
-        pub recompute: bool = optional(ParamType::Bool, false),
+        /// what the backward pass recomputes instead of keeping: `none`, or `blocks` (only each
+        /// block's input is kept, each block runs again in the backward pass: a fraction of the
+        /// memory for one more forward pass per step); the LoRA is the same bits
+        pub recompute: Recompute = choice(Recompute::None).not_fingerprinted(),
         /// steps between checkpoints
         pub checkpoint_every: u64 = optional(ParamType::int(1, 10_000_000), 1000).not_fingerprinted(),
     }
@@ -102,7 +102,9 @@ crate::params! {
 static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
     name: "train_lora",
     // 2: the fused CPU kernels (issue 17) sum in another order: other output bytes.
-    version: 2,
+    // 3: `recompute` left the fingerprint (the LoRA is the same bits either way), so the
+    // `checkpoint` column names other artifact folders.
+    version: 3,
     summary: "UNO LoRA training (rectified flow, UnoPE references, AdamW) on the input pairs; one row per step, checkpoints as artifacts",
     doc: "Trains a LoRA on every block of FLUX as UNO's train.py: target and references encoded by \
           the frozen autoencoder (targets resized without cropping to the bucket closest to the \
@@ -185,6 +187,10 @@ impl Configured for TrainLoraParams {
             },
             pe: self.pe.into(),
             checkpoint_every: self.checkpoint_every,
+            kept: match self.recompute {
+                Recompute::None => KeptActivations::None,
+                Recompute::Blocks => KeptActivations::Blocks,
+            },
             optim: OptimSettings {
                 lr: self.learning_rate,
                 weight_decay: self.weight_decay,
@@ -199,23 +205,19 @@ impl Configured for TrainLoraParams {
             env: env.clone(),
         };
         let model_dir = self.model_dir.as_deref();
-        let trainer: Box<dyn Train> = if self.recompute {
-            trainer_on::<BalancedCheckpointing>(settings, model_dir, env)?
-        } else {
-            trainer_on::<NoCheckpointing>(settings, model_dir, env)?
-        };
+        let trainer = trainer_on(settings, model_dir, env)?;
         Ok(Arc::new(Node(Mutex::new(trainer))))
     }
 }
 
-/// A trainer on `env`'s device with autodiff checkpointing strategy `C`.
-fn trainer_on<C: CheckpointStrategy>(settings: Settings, model_dir: Option<&Path>, env: &Environment) -> Result<Box<dyn Train>> {
+/// A trainer on `env`'s device.
+fn trainer_on(settings: Settings, model_dir: Option<&Path>, env: &Environment) -> Result<Box<dyn Train>> {
     Ok(match env.device {
         unoflow_models::Device::Cpu => {
-            Box::new(Trainer::<Autodiff<unoflow_models::device::CpuBackend, C>>::new(settings, model_dir, Default::default())?)
+            Box::new(Trainer::<Autodiff<unoflow_models::device::CpuBackend>>::new(settings, model_dir, Default::default())?)
         }
         #[cfg(feature = "cuda")]
-        unoflow_models::Device::Cuda(n) => Box::new(Trainer::<Autodiff<unoflow_models::device::CudaBackend, C>>::new(
+        unoflow_models::Device::Cuda(n) => Box::new(Trainer::<Autodiff<unoflow_models::device::CudaBackend>>::new(
             settings,
             model_dir,
             unoflow_models::device::cuda_device(n),
@@ -223,6 +225,20 @@ fn trainer_on<C: CheckpointStrategy>(settings: Settings, model_dir: Option<&Path
         #[cfg(not(feature = "cuda"))]
         unoflow_models::Device::Cuda(_) => return Err(load_err(unoflow_models::DeviceError::CudaNotBuilt(env.device))),
     })
+}
+
+crate::choice! {
+    /// What the backward pass recomputes instead of keeping (`recompute`). Both choices give
+    /// the same LoRA, bit for bit: the same operations run on the same values.
+    ///
+    /// burn's own op-level strategy (balanced checkpointing) is not offered: with the fused
+    /// kernels it takes more memory than keeping everything (BENCHMARKS.md).
+    pub enum Recompute {
+        /// Nothing: every activation kept (the fastest).
+        None = "none",
+        /// Only each block's input kept; each block runs again in the backward pass.
+        Blocks = "blocks",
+    }
 }
 
 /// The node's settings.
@@ -241,6 +257,8 @@ struct Settings {
     resolution_ref: u32,
     pe: PeMode,
     checkpoint_every: u64,
+    /// Whether gradients are computed block by block (`recompute = "blocks"`).
+    kept: KeptActivations,
     optim: OptimSettings,
     seed: u64,
     artifacts: PathBuf,
@@ -617,7 +635,7 @@ impl<B: AutodiffBackend + Kernels> Trainer<B> {
         let mut loss = 0.0;
         for micro in (rank..accumulation).step_by(size.max(1)) {
             let (batch, _) = self.batch(step, micro, examples)?;
-            let (grads, l) = lora_gradients(flux, batch).map_err(|e| OpError::Execution(e.to_string()))?;
+            let (grads, l) = lora_gradients_with(flux, batch, self.settings.kept).map_err(|e| OpError::Execution(e.to_string()))?;
             loss += l * scale;
             let grads = LoraGrads(grads.0.into_iter().map(|(k, g)| (k, g * scale)).collect());
             total = Some(match total {

@@ -107,7 +107,7 @@ impl<B: Backend> DoubleStreamLora<B> {
         }
     }
 
-    fn branches(&self) -> [(&'static str, &LoraLinear<B>); 4] {
+    pub(super) fn branches(&self) -> [(&'static str, &LoraLinear<B>); 4] {
         [("qkv_lora1", &self.qkv_lora1), ("proj_lora1", &self.proj_lora1), ("qkv_lora2", &self.qkv_lora2), ("proj_lora2", &self.proj_lora2)]
     }
 }
@@ -127,7 +127,7 @@ impl<B: Backend> SingleStreamLora<B> {
         }
     }
 
-    fn branches(&self) -> [(&'static str, &LoraLinear<B>); 2] {
+    pub(super) fn branches(&self) -> [(&'static str, &LoraLinear<B>); 2] {
         [("qkv_lora", &self.qkv_lora), ("proj_lora", &self.proj_lora)]
     }
 }

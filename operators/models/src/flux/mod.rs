@@ -13,6 +13,7 @@ pub mod autoencoder;
 pub mod checkpoint;
 pub mod lora;
 pub mod model;
+mod recompute;
 pub mod sampling;
 pub mod train;
 pub mod unope;

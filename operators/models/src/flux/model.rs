@@ -173,6 +173,21 @@ pub struct Pe<B: Backend> {
     sin: Tensor<B, 5>,
 }
 
+/// The state of a forward pass between the embedders and the first block: the streams the
+/// blocks transform and what every block reads.
+#[derive(Debug, Clone)]
+pub(super) struct Streams<B: Backend> {
+    /// Image tokens `[B, L_img + Σ L_ref, hidden]`: the target's, then the references'.
+    pub img: Tensor<B, 3>,
+    /// Text tokens `[B, L_txt, hidden]`.
+    pub txt: Tensor<B, 3>,
+    /// The modulation vector `[B, hidden]`.
+    pub vec: Tensor<B, 2>,
+    pub pe: Pe<B>,
+    /// The target's token count (the tokens that reach the output).
+    pub target_len: usize,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Leaf modules
 
@@ -352,7 +367,7 @@ impl<B: Kernels> DoubleStreamBlock<B> {
 
     /// # Shapes
     /// `img` `[B, L_img, hidden]`, `txt` `[B, L_txt, hidden]`, `vec` `[B, hidden]`.
-    fn forward(&self, img: Tensor<B, 3>, txt: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Pe<B>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    pub(super) fn forward(&self, img: Tensor<B, 3>, txt: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Pe<B>) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let lora = self.processor.as_ref();
         let [img_mod1, img_mod2] = <[_; 2]>::try_from(self.img_mod.forward(vec.clone())).expect("double modulation");
         let [txt_mod1, txt_mod2] = <[_; 2]>::try_from(self.txt_mod.forward(vec.clone())).expect("double modulation");
@@ -434,7 +449,7 @@ impl<B: Kernels> SingleStreamBlock<B> {
 
     /// # Shapes
     /// `x` `[B, L_txt + L_img, hidden]`, `vec` `[B, hidden]`.
-    fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Pe<B>) -> Tensor<B, 3> {
+    pub(super) fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Pe<B>) -> Tensor<B, 3> {
         let lora = self.processor.as_ref();
         let [m] = <[_; 1]>::try_from(self.modulation.forward(vec.clone())).expect("single modulation");
         let x_mod = m.norm_modulate(x.clone());
@@ -625,11 +640,24 @@ impl<B: Kernels> Flux<B> {
 
     /// The velocity for the target tokens, `[B, L_img, in_channels]`.
     pub fn forward(&self, input: FluxInput<B>) -> Result<Tensor<B, 3>, FluxError> {
+        let Streams { mut img, mut txt, vec, pe, target_len } = self.embed(input)?;
+        for block in &self.double_blocks {
+            (img, txt) = block.forward(img, txt, &vec, &pe);
+        }
+        let txt_len = txt.dims()[1];
+        let mut x = Tensor::cat(vec![txt, img], 1);
+        for block in &self.single_blocks {
+            x = block.forward(x, &vec, &pe);
+        }
+        Ok(self.head(x, vec, txt_len, target_len))
+    }
+
+    /// Checks the input and runs everything before the first block.
+    pub(super) fn embed(&self, input: FluxInput<B>) -> Result<Streams<B>, FluxError> {
         self.check(&input)?;
         let dtype = self.dtype();
         let FluxInput { img, img_ids, txt, txt_ids, y, timesteps, guidance, refs } = input;
-        let img_len = img.dims()[1];
-        let txt_len = txt.dims()[1];
+        let target_len = img.dims()[1];
 
         let mut vec = self.time_in.forward(self.embed_time(timesteps));
         if let (Some(g_in), Some(g)) = (&self.guidance_in, guidance) {
@@ -645,19 +673,15 @@ impl<B: Kernels> Flux<B> {
             images.push(self.img_in.forward(r.cast(dtype)));
             ids.push(r_ids);
         }
-        let mut img = Tensor::cat(images, 1);
+        let img = Tensor::cat(images, 1);
         let pe = self.pe(Tensor::cat(ids, 1));
+        Ok(Streams { img, txt, vec, pe, target_len })
+    }
 
-        let mut txt = txt;
-        for block in &self.double_blocks {
-            (img, txt) = block.forward(img, txt, &vec, &pe);
-        }
-        let mut x = Tensor::cat(vec![txt, img], 1);
-        for block in &self.single_blocks {
-            x = block.forward(x, &vec, &pe);
-        }
+    /// Everything after the last single block: the target's tokens of `x` `[B, L_txt + …,
+    /// hidden]` through the output layer.
+    pub(super) fn head(&self, x: Tensor<B, 3>, vec: Tensor<B, 2>, txt_len: usize, target_len: usize) -> Tensor<B, 3> {
         // Only the target's tokens reach the output.
-        let x = x.narrow(1, txt_len, img_len);
-        Ok(self.final_layer.forward(x, vec))
+        self.final_layer.forward(x.narrow(1, txt_len, target_len), vec)
     }
 }

@@ -35,18 +35,17 @@ pub struct FlowBatch<B: Backend> {
     pub refs: Vec<(Tensor<B, 3>, Tensor<B, 3>)>,
 }
 
-/// The rectified-flow loss of `model` on `batch` (f32 scalar `[1]`), guidance embedding 1.
-pub fn rectified_flow_loss<B: Kernels>(model: &Flux<B>, batch: FlowBatch<B>) -> Result<Tensor<B, 1>, FluxError> {
+/// The model's input for `batch` (x_t, guidance 1, everything in the model's dtype) and the
+/// flow target `x_0 − x_1` in f32.
+pub(super) fn flow_input<B: Kernels>(dtype: DType, guided: bool, batch: FlowBatch<B>) -> (FluxInput<B>, Tensor<B, 3>) {
     let [b, _, _] = batch.x_1.dims();
-    let dtype = model.dtype();
     let t = batch.t.clone().cast(DType::F32).reshape([b, 1, 1]);
     let x_1 = batch.x_1.cast(DType::F32);
     let x_0 = batch.x_0.cast(DType::F32);
     let x_t = x_1.clone() * (t.clone().neg() + 1.0) + x_0.clone() * t;
     let device = x_1.device();
-    let guidance =
-        model.guidance_in.is_some().then(|| Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32; b], [b]), (&device, DType::F32)));
-    let pred = model.forward(FluxInput {
+    let guidance = guided.then(|| Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32; b], [b]), (&device, DType::F32)));
+    let input = FluxInput {
         img: x_t.cast(dtype),
         img_ids: batch.img_ids,
         txt: batch.txt.cast(dtype),
@@ -55,9 +54,20 @@ pub fn rectified_flow_loss<B: Kernels>(model: &Flux<B>, batch: FlowBatch<B>) -> 
         timesteps: batch.t,
         guidance,
         refs: batch.refs.into_iter().map(|(r, ids)| (r.cast(dtype), ids)).collect(),
-    })?;
-    let diff = pred.cast(DType::F32) - (x_0 - x_1);
-    Ok((diff.clone() * diff).mean())
+    };
+    (input, x_0 - x_1)
+}
+
+/// The mean squared error of the prediction against the flow target, f32 `[1]`.
+pub(super) fn flow_loss<B: Backend>(pred: Tensor<B, 3>, target: Tensor<B, 3>) -> Tensor<B, 1> {
+    let diff = pred.cast(DType::F32) - target;
+    (diff.clone() * diff).mean()
+}
+
+/// The rectified-flow loss of `model` on `batch` (f32 scalar `[1]`), guidance embedding 1.
+pub fn rectified_flow_loss<B: Kernels>(model: &Flux<B>, batch: FlowBatch<B>) -> Result<Tensor<B, 1>, FluxError> {
+    let (input, target) = flow_input(model.dtype(), model.guidance_in.is_some(), batch);
+    Ok(flow_loss(model.forward(input)?, target))
 }
 
 impl<B: Kernels> Flux<B> {
@@ -73,6 +83,12 @@ impl<B: Kernels> Flux<B> {
 pub struct LoraGrads<B: Backend>(pub Vec<(String, Tensor<B, 2>)>);
 
 impl<B: Backend> LoraGrads<B> {
+    /// The gradients named by branch: `(prefix, [down, up])`, in the order given.
+    pub(super) fn of_branches(branches: impl IntoIterator<Item = (String, [Tensor<B, 2>; 2])>) -> Self {
+        let named = branches.into_iter().flat_map(|(prefix, [down, up])| [(format!("{prefix}.down"), down), (format!("{prefix}.up"), up)]);
+        Self(named.collect())
+    }
+
     /// The global L2 norm over every tensor.
     pub fn norm(&self) -> f64 {
         self.0.iter().map(|(_, g)| scalar(g.clone().cast(DType::F32).powi_scalar(2).sum())).sum::<f64>().sqrt()
@@ -103,8 +119,21 @@ impl<B: Backend> LoraGrads<B> {
 }
 
 /// The value of a one-element tensor.
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+pub(super) fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
     t.cast(DType::F32).into_data().iter::<f32>().next().map_or(f64::NAN, f64::from)
+}
+
+/// How the backward pass gets the activations of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recompute {
+    /// Autodiff keeps what every operation of the forward pass needs (burn's own checkpointing
+    /// strategy, a type parameter of the backend, still applies).
+    #[default]
+    None,
+    /// Only each block's input is kept; the backward pass runs each block again, last first,
+    /// and differentiates it alone (see [`super::recompute`]). One more forward pass per step;
+    /// the activations held at once are one block's. The gradients are the same bits.
+    Blocks,
 }
 
 /// The loss of `batch` and the gradients of the LoRA matrices.
@@ -115,14 +144,27 @@ pub fn lora_gradients<B: AutodiffBackend + Kernels>(
     let loss = rectified_flow_loss(model, batch)?;
     let value = scalar(loss.clone());
     let grads = loss.backward();
-    let mut named = Vec::new();
-    for (prefix, branch) in model.lora_branches() {
-        for (part, param) in [("down", &branch.down), ("up", &branch.up)] {
-            let g = param.val().grad(&grads).unwrap_or_else(|| param.val().inner().zeros_like());
-            named.push((format!("{prefix}.{part}"), g));
-        }
+    Ok((LoraGrads::of_branches(model.lora_branches().into_iter().map(|(prefix, branch)| (prefix, branch_grads(branch, &grads)))), value))
+}
+
+/// [`lora_gradients`], keeping the activations `recompute` says.
+pub fn lora_gradients_with<B: AutodiffBackend + Kernels>(
+    model: &Flux<B>,
+    batch: FlowBatch<B>,
+    recompute: Recompute,
+) -> Result<(LoraGrads<B::InnerBackend>, f64), FluxError> {
+    match recompute {
+        Recompute::None => lora_gradients(model, batch),
+        Recompute::Blocks => super::recompute::lora_gradients_by_block(model, batch),
     }
-    Ok((LoraGrads(named), value))
+}
+
+/// The gradients of one branch's `down` and `up` (zeros where the graph did not reach them).
+pub(super) fn branch_grads<B: AutodiffBackend>(
+    branch: &super::lora::LoraLinear<B>,
+    grads: &B::Gradients,
+) -> [Tensor<B::InnerBackend, 2>; 2] {
+    [&branch.down, &branch.up].map(|param| param.val().grad(grads).unwrap_or_else(|| param.val().inner().zeros_like()))
 }
 
 /// Optimiser settings (UNO's defaults; the paper's learning rate).
@@ -163,13 +205,19 @@ struct Moments<B: Backend> {
 #[derive(Debug)]
 pub struct LoraTrainer<B: AutodiffBackend + Kernels> {
     settings: OptimSettings,
+    recompute: Recompute,
     steps_taken: u64,
     state: std::collections::BTreeMap<String, Moments<B::InnerBackend>>,
 }
 
 impl<B: AutodiffBackend + Kernels> LoraTrainer<B> {
     pub fn new(settings: OptimSettings) -> Self {
-        Self { settings, steps_taken: 0, state: Default::default() }
+        Self { settings, recompute: Recompute::None, steps_taken: 0, state: Default::default() }
+    }
+
+    /// The trainer with [`step`](Self::step) keeping the activations `recompute` says.
+    pub fn with_recompute(self, recompute: Recompute) -> Self {
+        Self { recompute, ..self }
     }
 
     /// Optimisation steps taken (restored with the state).
@@ -179,7 +227,7 @@ impl<B: AutodiffBackend + Kernels> LoraTrainer<B> {
 
     /// One optimisation step on one batch: gradients, clipping, AdamW.
     pub fn step(&mut self, model: Flux<B>, batch: FlowBatch<B>) -> Result<(Flux<B>, StepStats), FluxError> {
-        let (mut grads, loss) = lora_gradients(&model, batch)?;
+        let (mut grads, loss) = lora_gradients_with(&model, batch, self.recompute)?;
         let grad_norm = grads.clip(self.settings.max_grad_norm);
         Ok((self.apply(model, &grads), StepStats { loss, grad_norm }))
     }
