@@ -48,7 +48,8 @@ fn run(rows: usize, ms: u64, workers: usize) -> f64 {
     std::fs::write(dir.path().join("dag.toml"), dag(ms)).expect("dag");
     let started = Instant::now();
     let status = Command::new(env!("CARGO_BIN_EXE_unoflow"))
-        .args(["run", "dag.toml", "--quiet", "--lease-s", "2", "--workers", &workers.to_string()])
+        // No tuning flags: the default lease, as users run it.
+        .args(["run", "dag.toml", "--quiet", "--workers", &workers.to_string()])
         .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
         .status()

@@ -161,3 +161,127 @@ fn other_engines_read_stored_nodes_by_name() {
     assert!(!p.path("ws/tables").join(&before).exists());
     assert!(!p.path("ws/tables/big").exists(), "views are not files");
 }
+
+/// Views whose rows get their ids from the engine (a projection without `row_id`, a union) are
+/// planned through when a query does not read `row_id`: projections and filters reach the
+/// stored parts instead of every row streaming through the id assignment. The rows, and their
+/// order, are the streamed path's.
+#[test]
+fn views_with_engine_ids_are_planned_through_when_the_ids_are_not_read() {
+    let p = Project::new();
+    let mut csv = String::from("name,value,category\n");
+    for i in 0..300 {
+        csv += &format!("n{},{i},{}\n", i % 37, i % 5);
+    }
+    p.write("rows.csv", &csv);
+    p.dag(
+        r#"[dag]
+name = "ids"
+workspace = "ws"
+
+[nodes.src]
+op = "read"
+path = "rows.csv"
+format = "csv"
+
+[nodes.a]
+op = "sql"
+inputs = ["src"]
+query = "SELECT name, value, category FROM src WHERE value % 2 = 0"
+
+[nodes.b]
+op = "sql"
+inputs = ["a"]
+query = "SELECT name, category, value * 2 AS doubled FROM a WHERE category <> 3"
+
+[nodes.both]
+op = "sql"
+inputs = ["a", "b"]
+query = "SELECT name, category FROM a UNION ALL SELECT name, category FROM b"
+"#,
+    );
+    p.unoflow(&["run", "dag.toml", "-q"]).ok();
+
+    let explain = sql_csv(&p, "EXPLAIN SELECT count(*) FROM b WHERE doubled > 100").join("\n");
+    assert!(!explain.contains("StreamingTableExec"), "no row streams through the id assignment:\n{explain}");
+    let scan = explain.lines().find(|l| l.contains("DataSourceExec")).unwrap_or_else(|| panic!("{explain}"));
+    assert!(scan.contains("predicate=") && !scan.contains("name"), "the filter and the projection reach the parts: {scan}");
+
+    let without_ids = |lines: Vec<String>| -> Vec<String> { lines.iter().map(|l| l.split_once(',').unwrap().1.to_string()).collect() };
+    for (view, columns) in [("b", "name, doubled"), ("both", "name, category")] {
+        let streamed = without_ids(sql_csv(&p, &format!("SELECT row_id, {columns} FROM {view}")));
+        assert_eq!(sql_csv(&p, &format!("SELECT {columns} FROM {view}")), streamed, "{view}: the same rows in the same order");
+        let limited = sql_csv(&p, &format!("SELECT {columns} FROM {view} LIMIT 40"));
+        assert_eq!(limited[..], streamed[..41], "{view}");
+        let count = sql_csv(&p, &format!("SELECT count(*) AS n FROM {view}"));
+        assert_eq!(count, ["n".to_string(), (streamed.len() - 1).to_string()], "{view}");
+    }
+    let filtered = sql_csv(&p, "SELECT name, doubled FROM b WHERE doubled > 100 AND name LIKE 'n1%'");
+    let streamed = without_ids(sql_csv(&p, "SELECT row_id, name, doubled FROM b WHERE doubled > 100 AND name LIKE 'n1%'"));
+    assert_eq!(filtered, streamed);
+    assert!(filtered.len() > 5, "{filtered:?}");
+
+    // A filter on the ids themselves takes the streamed path and finds the row.
+    let some = sql_csv(&p, "SELECT row_id, name FROM b LIMIT 1");
+    let (id, name) = some[1].split_once(',').unwrap();
+    assert_eq!(sql_csv(&p, &format!("SELECT name FROM b WHERE row_id = '{id}'")), ["name", name]);
+}
+
+/// Views are readable from outside too: `tables/NAME.sql` defines the view and its inputs for
+/// DuckDB (from PyPI), over the stored parts; DuckDB's rows are unoflow's.
+#[test]
+fn duckdb_reads_a_view_from_its_sql_file() {
+    let probe = std::process::Command::new("python3").args(["-c", "import duckdb"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        assert!(std::env::var_os("UNOFLOW_REQUIRE_DUCKDB").is_none(), "DuckDB does not import; pip install duckdb");
+        eprintln!("skipped: no DuckDB for Python (pip install duckdb)");
+        return;
+    }
+    let p = Project::new();
+    p.write("rows.csv", &(0..120).fold(String::from("name,value\n"), |csv, i| csv + &format!("n{},{i}\n", i % 7)));
+    p.dag(
+        r#"[dag]
+name = "duck"
+workspace = "ws"
+
+[nodes.src]
+op = "read"
+path = "rows.csv"
+format = "csv"
+
+[nodes.kept]
+op = "sql"
+inputs = ["src"]
+query = "SELECT row_id, name, value * 2 AS doubled FROM src WHERE value % 3 = 0"
+
+[nodes.grouped]
+op = "sql"
+inputs = ["kept"]
+query = "SELECT name, count(*) AS n, sum(doubled) AS total FROM kept GROUP BY name"
+"#,
+    );
+    p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    let script = p.path("ws/tables/grouped.sql");
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains("CREATE OR REPLACE VIEW \"kept\"") && text.contains("read_parquet(["), "{text}");
+
+    let duck = |query: &str| -> Vec<String> {
+        let program = "import duckdb, sys\ncon = duckdb.connect()\ncon.execute(open(sys.argv[1]).read())\n\
+                       for row in con.sql(sys.argv[2]).fetchall(): print(','.join(str(v) for v in row))";
+        let out = std::process::Command::new("python3").args(["-c", program]).arg(&script).arg(query).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+    };
+    let ours = |query: &str| sql_csv(&p, query)[1..].to_vec();
+    let grouped = "SELECT name, n, total FROM grouped ORDER BY name";
+    assert_eq!(duck(grouped), ours(grouped));
+    let kept = "SELECT row_id, name, doubled FROM kept ORDER BY row_id";
+    assert_eq!(duck(kept), ours(kept), "a view that passes row_id through has unoflow's ids");
+    assert_eq!(duck("SELECT count(*) FROM kept"), ["40"]);
+
+    // Stored again (`materialize`), the node is Parquet under tables/ and its .sql file goes.
+    let text = std::fs::read_to_string(p.path("dag.toml")).unwrap();
+    p.dag(&text.replace("FROM kept GROUP BY name\"", "FROM kept GROUP BY name\"\nmaterialize = true"));
+    p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    assert!(!script.exists() && p.path("ws/tables/grouped").is_dir());
+}

@@ -108,9 +108,12 @@ impl Claims {
         first_choice(key, self.opts.world) == self.opts.rank
     }
 
-    /// How often a worker waiting for units others hold looks again.
+    /// How often a worker waiting for units others hold looks again: an eighth of the lease,
+    /// at most the store's [`max_poll`](crate::workspace::store::Store::max_poll) — how soon a
+    /// worker notices a commit or a node's end must not grow with the lease (at the default
+    /// 120 s lease, polls of 15 s left 8 workers at 39 % of their ideal speed-up).
     pub fn poll_interval(&self) -> Duration {
-        (self.opts.lease / 8).clamp(Duration::from_millis(100), Duration::from_secs(15))
+        (self.opts.lease / 8).clamp(Duration::from_millis(100), self.leases.max_poll().max(Duration::from_millis(100)))
     }
 
     /// Tries to claim unit `unit` of node `fp`.

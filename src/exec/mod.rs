@@ -449,6 +449,9 @@ async fn node_task(ctx: &Arc<RunCtx>, i: usize, inputs: Vec<NodeData>) -> (NodeO
     let node = ctx.node(i);
     if let (Storage::View, Some(query)) = (node.storage, node.op.view_query()) {
         let view = ViewData { name: node.name.clone(), fingerprint: ctx.fingerprints[i].clone(), query: query.to_string(), inputs };
+        if let Err(e) = ctx.ws.publish_view(&view.name, &crate::query::outside::duckdb_script(&view)) {
+            ctx.observer.warn(&format!("node `{}`: cannot write tables/{}.sql: {e}", view.name, view.name));
+        }
         ctx.remember(i, Storage::View);
         return (ctx.outcome(i, Status::View, None, started.elapsed().as_secs_f64(), None), Some(NodeData::View(Arc::new(view))));
     }

@@ -12,13 +12,14 @@
 
 pub mod ids;
 mod node_plan;
+pub mod outside;
+mod view;
 
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
-use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::datasource::{MemTable, TableProvider, ViewTable};
@@ -206,7 +207,8 @@ async fn parquet_table<'a>(
 
 /// A view: its query planned over its inputs' tables. A query that passes its input's row ids
 /// through unchanged is an ordinary DataFusion view, which composes with the query reading it
-/// (filters and projections reach the files); others get ids as a materialised node would.
+/// (filters and projections reach the files); others get ids as a materialised node would,
+/// and compose the same way with queries that do not read the ids ([`view::IdentifiedView`]).
 async fn view_provider(view: &ViewData, verify: Verify, runtime: &Arc<RuntimeEnv>) -> Result<Arc<dyn TableProvider>> {
     let ctx = session_on(Arc::clone(runtime));
     for input in &view.inputs {
@@ -216,10 +218,6 @@ async fn view_provider(view: &ViewData, verify: Verify, runtime: &Arc<RuntimeEnv
         node_plan(&ctx, &view.query).await.map_err(|e| Error::Execution(format!("view `{}`: {}", view.name, e.strip_backtrace())))?;
     match ids {
         IdPolicy::Keep => Ok(Arc::new(ViewTable::new(plan, Some(view.query.clone())))),
-        IdPolicy::Assign => {
-            let partition = node_plan::IdentifiedRows::new(ctx, plan)?;
-            let schema = Arc::clone(partition.output_schema());
-            Ok(Arc::new(StreamingTable::try_new(schema, vec![Arc::new(partition)])?))
-        }
+        IdPolicy::Assign => Ok(Arc::new(view::IdentifiedView::new(ctx, plan)?)),
     }
 }

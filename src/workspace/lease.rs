@@ -143,6 +143,11 @@ pub fn now_ms() -> i64 {
 }
 
 impl Leases {
+    /// The longest a waiting worker goes between looks at this store ([`Store::max_poll`]).
+    pub fn max_poll(&self) -> Duration {
+        self.store.max_poll()
+    }
+
     pub(super) fn new(store: Arc<dyn Store>) -> Self {
         Self { store }
     }

@@ -323,6 +323,11 @@ impl Workspace {
     pub fn publish_table(&self, name: &str, store: &NodeStore, manifest: &Manifest) -> Result<()> {
         tables::publish(self.store.as_ref(), name, store, manifest)
     }
+
+    /// Makes view `name` readable by other engines: `tables/NAME.sql`, `script`'s statements.
+    pub fn publish_view(&self, name: &str, script: &str) -> Result<()> {
+        tables::publish_view(self.store.as_ref(), name, script)
+    }
 }
 
 /// The operators' view of the workspace's files (checkpoints named in rows).

@@ -19,11 +19,10 @@
 //! a duplicate) finds the record and discards its files. Readers only read files a commit names,
 //! never a folder listing, so a half-written or losing attempt is never seen.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::SystemTime;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -73,14 +72,6 @@ pub enum Garbage {
     Losers,
 }
 
-/// Parts this process hashed and found intact, with their size and modification time: a
-/// long-lived reader (`unoflow serve`, a worker) hashes each part once, not at every query. A
-/// part rewritten since has another modification time and is hashed again.
-static VERIFIED: LazyLock<Mutex<HashSet<Verified>>> = LazyLock::new(Mutex::default);
-
-/// A verified part: its path, size, modification time and digest.
-type Verified = (PathBuf, u64, SystemTime, String);
-
 impl NodeStore {
     pub(super) fn new(store: Arc<dyn Store>, fp: &str) -> Self {
         Self { store, prefix: format!("nodes/{fp}"), fingerprint: fp.to_string() }
@@ -119,18 +110,12 @@ impl NodeStore {
             return Err(format!("{url}: {size} bytes, but {} were committed", digest.bytes));
         }
         if let Some(path) = self.store.local_path(&key) {
-            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).map_err(|e| format!("{url}: {e}"))?;
-            let seen = (path, size, modified, digest.blake3.clone());
-            if VERIFIED.lock().is_ok_and(|v| v.contains(&seen)) {
-                return Ok(());
-            }
-            let mut hasher = blake3::Hasher::new();
-            hasher.update_mmap_rayon(&seen.0).map_err(|e| format!("{url}: {e}"))?;
-            if hasher.finalize().to_hex().as_str() != digest.blake3 {
+            // Hashed once per host while the part's size, modification time and inode stay
+            // as they were (the host's digest cache): a query over a large workspace starts at
+            // once, and a part written since is hashed again.
+            let found = crate::digest_cache::file_digest(&path).map_err(|e| format!("{url}: {e}"))?;
+            if found.to_hex().as_str() != digest.blake3 {
                 return Err(format!("{url}: checksum mismatch (the file changed after it was committed)"));
-            }
-            if let Ok(mut verified) = VERIFIED.lock() {
-                verified.insert(seen);
             }
         }
         Ok(())

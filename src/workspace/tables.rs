@@ -13,6 +13,9 @@
 //!
 //! In object storage, which has no links, `tables/NAME.json` lists the URLs of the output's
 //! files (`{"fingerprint", "files": […]}`), replaced in one put.
+//!
+//! A view (a `sql` node that stores nothing) is `tables/NAME.sql`: statements that define it
+//! for DuckDB over its inputs' parts (written by `query::outside`).
 
 use std::path::Path;
 
@@ -22,6 +25,8 @@ use crate::error::{IoContext, Result};
 
 /// Points `tables/NAME` (and `tables/errors.NAME`) at `manifest`'s files.
 pub(super) fn publish(workspace: &dyn Store, name: &str, node: &NodeStore, manifest: &Manifest) -> Result<()> {
+    // The node was a view before.
+    workspace.delete(&view_key(name))?;
     let Some(dir) = workspace.local_path("tables") else {
         let files: Vec<String> = manifest.row_files().map(|f| node.url_of(f)).collect();
         let errors: Vec<String> = manifest.error_files().map(|f| node.url_of(f)).collect();
@@ -38,6 +43,23 @@ pub(super) fn publish(workspace: &dyn Store, name: &str, node: &NodeStore, manif
         remove_versions(&dir, &errors, None)?;
     }
     Ok(())
+}
+
+/// Writes `tables/NAME.sql`, the statements defining view `name` for other engines, and
+/// removes what `tables/` held for the node when it was stored.
+pub(super) fn publish_view(workspace: &dyn Store, name: &str, script: &str) -> Result<()> {
+    match workspace.local_path("tables") {
+        Some(dir) => {
+            remove_versions(&dir, name, None)?;
+            remove_versions(&dir, &format!("errors.{name}"), None)?;
+        }
+        None => workspace.delete(&format!("tables/{name}.json"))?,
+    }
+    workspace.put(&view_key(name), script.as_bytes())
+}
+
+fn view_key(name: &str) -> String {
+    format!("tables/{name}.sql")
 }
 
 /// Fills `dir/NAME@VERSION/` with links to `files` (unless it is there) and points `dir/NAME`

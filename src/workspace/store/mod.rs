@@ -88,6 +88,13 @@ pub trait Store: Send + Sync + Debug {
     /// The objects under `prefix/` (at any depth), sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<Listed>>;
 
+    /// The longest a worker waiting on others (units held, a node's end, a manifest) goes
+    /// between looks: each look lists or reads objects. A local folder answers from the
+    /// file system's cache; object storage bills each request and takes tens of milliseconds.
+    fn max_poll(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(250)
+    }
+
     /// Whether [`Store::list_range`] lists only the range (else it filters a whole listing,
     /// and one listing of many keys costs what one of a few does).
     fn lists_by_range(&self) -> bool {

@@ -435,6 +435,12 @@ impl Store for ObjectBackend {
         true
     }
 
+    /// One look a second per waiting worker: a thousand workers waiting at a node's end make a
+    /// thousand requests a second, within what S3 serves per prefix.
+    fn max_poll(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+
     fn lists_e_tags(&self) -> bool {
         // S3, GCS and Azure listings name each object's ETag, and so does the in-memory bucket.
         true

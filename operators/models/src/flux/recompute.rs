@@ -131,20 +131,7 @@ mod tests {
     type A = Autodiff<Flex>;
 
     fn config() -> FluxConfig {
-        FluxConfig {
-            in_channels: 64,
-            vec_in_dim: 16,
-            context_in_dim: 32,
-            hidden_size: 64,
-            mlp_ratio: 2.0,
-            num_heads: 2,
-            depth: 3,
-            depth_single_blocks: 3,
-            axes_dim: vec![8, 12, 12],
-            theta: 10_000.0,
-            qkv_bias: true,
-            guidance_embed: true,
-        }
+        FluxConfig { depth: 3, depth_single_blocks: 3, ..crate::flux::train::tests::tiny() }
     }
 
     /// A model whose LoRA `up` matrices are not zero (a fresh LoRA's are, which would leave

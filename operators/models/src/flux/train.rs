@@ -333,7 +333,7 @@ pub fn training_timesteps(image_seq_len: usize) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use burn::backend::{Autodiff, Flex};
 
     use super::*;
@@ -342,7 +342,8 @@ mod tests {
 
     type A = Autodiff<Flex>;
 
-    fn tiny() -> FluxConfig {
+    /// A tiny FLUX: one double and one single block.
+    pub(in crate::flux) fn tiny() -> FluxConfig {
         FluxConfig {
             in_channels: 64,
             vec_in_dim: 16,
