@@ -73,6 +73,16 @@ fn session_on(runtime: Arc<RuntimeEnv>) -> SessionContext {
     ctx
 }
 
+/// `name` as a quoted SQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `text` as a SQL string literal.
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// Queries may read, never write: no DDL, DML (`COPY`, `INSERT`) or `SET` statements.
 pub fn read_only() -> SQLOptions {
     SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)

@@ -15,6 +15,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
+use super::{ident, literal};
 use crate::data::{NodeData, ViewData};
 
 /// The statements defining `view` and every input it reads, inputs first.
@@ -35,9 +36,8 @@ fn define(data: &NodeData, defined: &mut BTreeSet<String>, out: &mut String) {
     }
     match data {
         NodeData::Table(table) => {
-            let files: Vec<String> = table.manifest.row_files().map(|f| string_literal(&table.store.url_of(f))).collect();
-            let _ =
-                writeln!(out, "CREATE OR REPLACE VIEW {} AS SELECT * FROM read_parquet([{}]);", identifier(&table.name), files.join(", "));
+            let files: Vec<String> = table.manifest.row_files().map(|f| literal(&table.store.url_of(f))).collect();
+            let _ = writeln!(out, "CREATE OR REPLACE VIEW {} AS SELECT * FROM read_parquet([{}]);", ident(&table.name), files.join(", "));
         }
         NodeData::View(view) => define_view(view, defined, out),
     }
@@ -49,17 +49,7 @@ fn define_view(view: &ViewData, defined: &mut BTreeSet<String>, out: &mut String
         define(input, defined, out);
     }
     let query = view.query.trim().trim_end_matches(';').trim_end();
-    let _ = writeln!(out, "CREATE OR REPLACE VIEW {} AS\n{query};", identifier(&view.name));
-}
-
-/// `"name"`, quotes doubled.
-fn identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `'text'`, quotes doubled.
-fn string_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    let _ = writeln!(out, "CREATE OR REPLACE VIEW {} AS\n{query};", ident(&view.name));
 }
 
 #[cfg(test)]
@@ -68,7 +58,7 @@ mod tests {
 
     #[test]
     fn names_and_paths_are_quoted() {
-        assert_eq!(identifier(r#"a"b"#), r#""a""b""#);
-        assert_eq!(string_literal("/w/it's/part.parquet"), "'/w/it''s/part.parquet'");
+        assert_eq!(ident(r#"a"b"#), r#""a""b""#);
+        assert_eq!(literal("/w/it's/part.parquet"), "'/w/it''s/part.parquet'");
     }
 }

@@ -57,15 +57,7 @@ pub async fn bounded<T>(bounds: &QueryBounds, work: impl Future<Output = Result<
     })
 }
 
-/// `name` as a quoted SQL identifier.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `text` as a SQL string literal.
-pub fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+pub use crate::query::{ident, literal};
 
 /// The node named in a path, if the workspace has its output; 404 otherwise.
 pub fn require_node<'a>(catalog: &'a Catalog, name: &str) -> Result<&'a crate::catalog::Located, HttpError> {
