@@ -19,6 +19,7 @@ use unoflow_api::DeviceDependence;
 use unoflow_api::params::{ParamType, PathKind};
 
 use crate::dag::{Dag, Node};
+use crate::diagnostic::Diagnostic;
 use crate::error::Result;
 
 /// The named input of a fingerprint.
@@ -42,6 +43,13 @@ pub struct Components {
     /// output depends on them; `None` for the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// What the output depends on outside the DAG and its files: an interpreter's version, the
+    /// versions of the packages a script imports, a program's digest ([`Op::runtime`]).
+    /// Hashed only when not empty, so other nodes keep their fingerprints.
+    ///
+    /// [`Op::runtime`]: crate::ops::Op::runtime
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runtime: BTreeMap<String, String>,
     pub inputs: Vec<InputRef>,
     /// All parameters as the DAG gives them (secrets redacted), for people reading lineage and
     /// records; not hashed (the canonical `params` are).
@@ -64,6 +72,9 @@ impl Components {
         // had before devices entered.
         if let Some(device) = &self.device {
             hashed["device"] = serde_json::Value::String(device.clone());
+        }
+        if !self.runtime.is_empty() {
+            hashed["runtime"] = serde_json::json!(self.runtime);
         }
         blake3::hash(hashed.to_string().as_bytes()).to_hex()[..32].to_string()
     }
@@ -96,6 +107,15 @@ impl Components {
         if self.device != old.device {
             let name = |d: &Option<String>| d.clone().unwrap_or_else(|| "unrecorded".into());
             reasons.push(format!("device changed: {} → {}", name(&old.device), name(&self.device)));
+        }
+        let keys: std::collections::BTreeSet<&String> = self.runtime.keys().chain(old.runtime.keys()).collect();
+        for key in keys {
+            match (old.runtime.get(key), self.runtime.get(key)) {
+                (Some(a), Some(b)) if a != b => reasons.push(format!("runtime `{key}` changed: {a} → {b}")),
+                (None, Some(b)) => reasons.push(format!("runtime `{key}` added: {b}")),
+                (Some(a), None) => reasons.push(format!("runtime `{key}` removed (was {a})")),
+                _ => {}
+            }
         }
         if self.inputs.len() != old.inputs.len() {
             reasons.push(format!("inputs changed: {} → {}", names(&old.inputs), names(&self.inputs)));
@@ -151,9 +171,26 @@ fn components(dag: &Dag, node: &Node, inputs: Vec<InputRef>) -> Result<Component
         source: node.op.source_digest()?,
         salt: node.salt.clone(),
         device: (spec.device_dependence == DeviceDependence::ClassAndPrecision).then(|| dag.device.compute_class().to_string()),
+        runtime: node.op.runtime().map_err(|e| runtime_error(dag, node, e))?,
         inputs,
         written: redacted_params(node),
     })
+}
+
+/// A runtime that cannot be read because of the DAG (a script that does not parse, an
+/// interpreter that is not there) is a problem of the DAG file, shown at the node.
+fn runtime_error(dag: &Dag, node: &Node, e: crate::Error) -> crate::Error {
+    match e {
+        crate::Error::Op(e @ unoflow_api::OpError::Param { .. }) => {
+            let message = format!("node `{}` (op `{}`): {e}", node.name, node.op.spec().name);
+            crate::diagnostic::Diagnostics {
+                file: std::sync::Arc::clone(&dag.file),
+                items: vec![Diagnostic::new(message, Some(node.span.clone()))],
+            }
+            .into()
+        }
+        other => other,
+    }
 }
 
 /// A node's parameters for records and lineage: all of them, secrets replaced by `<redacted>`.
@@ -180,6 +217,7 @@ mod tests {
             source: None,
             salt: None,
             device: None,
+            runtime: BTreeMap::new(),
             inputs: vec![InputRef { name: "photos".into(), fingerprint: input_fp.into() }],
             written: BTreeMap::new(),
         }
@@ -198,6 +236,14 @@ mod tests {
     fn reasons_name_the_change() {
         assert_eq!(comps(128, "f1").changes_since(&comps(64, "f1")), ["parameter `max_side` changed: 64 → 128"]);
         assert_eq!(comps(64, "f2").changes_since(&comps(64, "f1")), ["input `photos` changed"]);
+    }
+
+    #[test]
+    fn the_runtime_enters_when_there_is_one() {
+        let with = |numpy: &str| Components { runtime: BTreeMap::from([("numpy".to_string(), numpy.to_string())]), ..comps(64, "f1") };
+        assert_ne!(with("2.4.6").fingerprint(), comps(64, "f1").fingerprint());
+        assert_ne!(with("2.4.6").fingerprint(), with("2.5.0").fingerprint());
+        assert_eq!(with("2.5.0").changes_since(&with("2.4.6")), ["runtime `numpy` changed: 2.4.6 → 2.5.0"]);
     }
 
     #[test]

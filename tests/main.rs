@@ -27,6 +27,7 @@ mod serve;
 mod serve_safety;
 mod slurm;
 mod training;
+mod user_operators;
 mod validation;
 mod vars;
 mod views;

@@ -64,9 +64,20 @@ impl Project {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_unoflow"));
+        self.command_of(Path::new(env!("CARGO_BIN_EXE_unoflow")), args)
+    }
+
+    /// `program ARGS` in the project folder, set up as [`Project::command`] sets up `unoflow`:
+    /// for programs built on the engine (the examples).
+    pub fn command_of(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
         cmd.args(args).current_dir(self.dir.path()).env("NO_COLOR", "1").env("UNOFLOW_CACHE_DIR", self.host_cache.path());
         cmd
+    }
+
+    /// Runs `program ARGS` (see [`Project::command_of`]).
+    pub fn run_program(&self, program: &Path, args: &[&str]) -> Run {
+        Run::from(self.command_of(program, args).output().expect("the program runs"))
     }
 
     /// Runs `unoflow ARGS` in the project folder.

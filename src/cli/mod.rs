@@ -413,9 +413,15 @@ fn parse_device(s: &str) -> std::result::Result<Device, String> {
     unoflow_models::device::check_available(device).map_err(|e| e.to_string())
 }
 
-/// Runs a parsed command line; returns the process exit code.
+/// Runs a parsed command line with the built-in operators; returns the process exit code.
 pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
-    let registry = Registry::default();
+    main_with(cli, interrupt, Registry::default()).await
+}
+
+/// Runs a parsed command line with the operators of `registry`: the whole CLI for a program
+/// that adds operators of its own (`examples/own_operator.rs`). Workers it starts are this
+/// same program, so they know the same operators.
+pub async fn main_with(cli: Cli, interrupt: Interrupt, registry: Registry) -> Result<i32> {
     match cli.command {
         Command::Validate { dag, vars } => {
             let options = dag::LoadOptions { depth: dag::Depth::EveryRecord, ..vars.load_options(None) };
@@ -711,13 +717,15 @@ fn ops(registry: &Registry, name: Option<&str>) -> Result<i32> {
         (a, b) => format!("{a} to {b}"),
     };
     writeln!(out, "{} (version {})\n\n{}\n\n{}\n", spec.name, spec.version, spec.summary, spec.doc).at(STDOUT)?;
-    writeln!(
-        out,
-        "inputs: {inputs}\nresource: {:?}\nrows per unit: {}\n",
-        spec.resource,
-        if spec.partition_rows == usize::MAX { "all".into() } else { spec.partition_rows.to_string() }
-    )
-    .at(STDOUT)?;
+    // The operators that run the user's code take both from their parameters.
+    let user_code = spec.param("resource").is_some();
+    let resource = if user_code { "the `resource` parameter".to_string() } else { format!("{:?}", spec.resource).to_lowercase() };
+    let rows = match spec.partition_rows {
+        _ if user_code => "the `batch_size` parameter".to_string(),
+        usize::MAX => "all".into(),
+        n => n.to_string(),
+    };
+    writeln!(out, "inputs: {inputs}\nresource: {resource}\nrows per unit: {rows}\n").at(STDOUT)?;
     writeln!(out, "parameters:").at(STDOUT)?;
     for p in &spec.params {
         let default = p.default.as_ref().map(|d| format!("default {d}")).unwrap_or_else(|| "required".into());

@@ -416,6 +416,8 @@ impl Builder<'_> {
                             );
                         }
                         checked = ParamValue::Str(resolved.to_string_lossy().into_owned());
+                    } else if let (ParamType::Command, ParamValue::List(words)) = (&param.ty, &checked) {
+                        checked = ParamValue::List(words.iter().map(|w| self.command_word(w)).collect());
                     }
                     draft.params.insert(key_name, checked);
                     draft.param_spans.insert(key_name.to_string(), value.span());
@@ -465,6 +467,18 @@ impl Builder<'_> {
         draft
     }
 
+    /// A word of a command line with a file it names made absolute: the program and arguments
+    /// are written relative to the DAG file's folder, as paths are, but run from elsewhere.
+    /// Words that name no file here (`python3`, `--flag`, `0.5`) stay as written.
+    fn command_word(&self, word: &ParamValue) -> ParamValue {
+        let ParamValue::Str(text) = word else { return word.clone() };
+        let candidate = self.dag_dir.join(text);
+        if text.is_empty() || text.starts_with('-') || !candidate.is_file() {
+            return word.clone();
+        }
+        ParamValue::Str(normalize(&candidate).to_string_lossy().into_owned())
+    }
+
     /// Converts a TOML value to a parameter value, interpolating strings (a string that is
     /// one `${var}` takes the variable's type); the flag says whether a secret went into it.
     fn value(&mut self, value: &Spanned<toml::Value>, interp: &Interpolator) -> Option<(ParamValue, bool)> {
@@ -476,8 +490,8 @@ impl Builder<'_> {
                 toml::Value::Boolean(b) => ParamValue::Bool(b),
                 toml::Value::Datetime(d) => ParamValue::Str(d.to_string()),
                 toml::Value::Array(items) => ParamValue::List(items.into_iter().map(convert).collect::<Result<_, _>>()?),
-                toml::Value::Table(_) => {
-                    return Err(("a table is not a parameter value".into(), "parameters are strings, numbers, booleans or arrays".into()));
+                toml::Value::Table(entries) => {
+                    ParamValue::Table(entries.into_iter().map(|(k, v)| convert(v).map(|v| (k, v))).collect::<Result<_, _>>()?)
                 }
             })
         }

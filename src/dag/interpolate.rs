@@ -128,8 +128,15 @@ impl Interpolator {
                 }
                 (toml::Value::Array(out), secret)
             }
-            toml::Value::Table(_) => {
-                return Err(("a table is not a value here".into(), "use a string, number, boolean or array".into()));
+            toml::Value::Table(entries) => {
+                let mut secret = false;
+                let mut out = toml::map::Map::new();
+                for (name, item) in entries {
+                    let (v, s) = self.apply_value(item)?;
+                    secret |= s;
+                    out.insert(name.clone(), v);
+                }
+                (toml::Value::Table(out), secret)
             }
             other => (other.clone(), false),
         })

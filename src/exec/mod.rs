@@ -477,7 +477,7 @@ async fn node_task(ctx: &Arc<RunCtx>, i: usize, inputs: Vec<NodeData>) -> (NodeO
         return (ctx.outcome(i, Status::Interrupted, None, 0.0, None), None);
     }
 
-    let _gpu = match node.op.spec().resource {
+    let _gpu = match node.op.resource() {
         Resource::Gpu => Some(ctx.gpu.lock().await),
         Resource::Cpu => None,
     };

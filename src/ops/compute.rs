@@ -1,15 +1,16 @@
 //! Compute operators (`unoflow-operators`) as nodes: their units are slices of the first input
 //! (or chunks of a view's rows), processed in parallel on the blocking pool.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use unoflow_api::columns::ColumnRequirement;
 use unoflow_api::params::{ParamType, PathKind};
-use unoflow_api::{Configured, ExecContext, OpSpec, Operator, ParamValue, Params, PartitionOutput, PartitionProcessor};
+use unoflow_api::{Configured, ExecContext, OpSpec, Operator, ParamValue, Params, PartitionOutput, PartitionProcessor, Resource};
 
 use super::{Derived, Op, OpKind, OpenContext, SchemaError, Unit, UnitOutput, UnitPlan, UnitRunner, Work};
 use crate::data::NodeData;
@@ -34,7 +35,7 @@ impl OpKind for ComputeKind {
 
     fn bind(&self, params: &Params) -> std::result::Result<Arc<dyn Op>, SchemaError> {
         let configured = self.op.configure(params).map_err(|e| SchemaError::from_op(self.op.spec(), e))?;
-        Ok(Arc::new(ComputeNode { op: Arc::clone(&self.op), params: params.clone(), configured }))
+        Ok(Arc::new(ComputeNode { op: Arc::clone(&self.op), params: params.clone(), configured, runtime: OnceLock::new() }))
     }
 }
 
@@ -44,6 +45,8 @@ struct ComputeNode {
     /// The checked parameters, for the digest of the files the node's path parameters name.
     params: Params,
     configured: Arc<dyn Configured>,
+    /// [`Configured::runtime`], once asked.
+    runtime: OnceLock<BTreeMap<String, String>>,
 }
 
 #[async_trait::async_trait]
@@ -93,8 +96,22 @@ impl Op for ComputeNode {
         self.configured.data_parallel()
     }
 
+    fn runtime(&self) -> Result<BTreeMap<String, String>> {
+        // Asked by every plan and run of the process; the operator may start an interpreter to
+        // answer, so it is asked once.
+        if let Some(known) = self.runtime.get() {
+            return Ok(known.clone());
+        }
+        let runtime = self.configured.runtime()?;
+        Ok(self.runtime.get_or_init(|| runtime).clone())
+    }
+
+    fn resource(&self) -> Resource {
+        self.configured.resource().unwrap_or(self.op.spec().resource)
+    }
+
     fn units(&self, inputs: &[NodeData]) -> Result<UnitPlan> {
-        let per_unit = self.op.spec().partition_rows.max(1);
+        let per_unit = self.configured.rows_per_unit().unwrap_or(self.op.spec().partition_rows).max(1);
         let input = inputs.first().ok_or_else(|| Error::Internal(format!("`{}` without input", self.op.spec().name)))?;
         let table = match input {
             // A data-parallel node (a training) takes its whole input as one unit; a table in

@@ -28,7 +28,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use unoflow_api::columns::ColumnRequirement;
-use unoflow_api::{Environment, ExecContext, OpSpec, ParamValue, Params, PartitionOutput, RowError};
+use unoflow_api::{Environment, ExecContext, OpSpec, ParamValue, Params, PartitionOutput, Resource, RowError};
 
 use crate::data::{NodeData, TableData};
 use crate::error::Result;
@@ -131,6 +131,18 @@ pub trait Op: Send + Sync + Debug {
     /// part of its fingerprint.
     fn source_digest(&self) -> Result<Option<String>> {
         Ok(None)
+    }
+
+    /// What the output depends on besides parameters and files: interpreter and package
+    /// versions (see [`unoflow_api::Configured::runtime`]). Part of the fingerprint when not
+    /// empty.
+    fn runtime(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        Ok(std::collections::BTreeMap::new())
+    }
+
+    /// The scarce resource the node holds while it runs.
+    fn resource(&self) -> Resource {
+        self.spec().resource
     }
 
     /// How the node's work splits into units, given its inputs' data.
@@ -242,17 +254,32 @@ pub struct Registry {
     kinds: Vec<Arc<dyn OpKind>>,
 }
 
+/// The engine's kinds and the built-in operators (`unoflow_operators::builtin_operators`).
 impl Default for Registry {
     fn default() -> Self {
-        let mut kinds: Vec<Arc<dyn OpKind>> = vec![Arc::new(read::Read), Arc::new(sql::Sql), Arc::new(export::Export)];
-        kinds.extend(
-            unoflow_operators::builtin_operators().into_iter().map(|op| Arc::new(compute::ComputeKind::new(op)) as Arc<dyn OpKind>),
-        );
-        Self { kinds }
+        Self::new(unoflow_operators::builtin_operators())
     }
 }
 
 impl Registry {
+    /// The engine's own kinds (`read`, `sql`, `export`) and `operators`, in that order.
+    pub fn new(operators: Vec<Arc<dyn unoflow_api::Operator>>) -> Self {
+        let mut kinds: Vec<Arc<dyn OpKind>> = vec![Arc::new(read::Read), Arc::new(sql::Sql), Arc::new(export::Export)];
+        kinds.extend(operators.into_iter().map(|op| Arc::new(compute::ComputeKind::new(op)) as Arc<dyn OpKind>));
+        Self { kinds }
+    }
+
+    /// The registry with `operator` added: how a program built on the engine brings an
+    /// operator of its own (see `examples/own_operator.rs`). A name taken already is refused.
+    pub fn with(mut self, operator: Arc<dyn unoflow_api::Operator>) -> Result<Self> {
+        let name = operator.spec().name;
+        if self.get(name).is_some() {
+            return Err(crate::Error::Usage(format!("an operator named `{name}` is registered already; give yours another name")));
+        }
+        self.kinds.push(Arc::new(compute::ComputeKind::new(operator)));
+        Ok(self)
+    }
+
     /// The kind called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn OpKind>> {
         self.kinds.iter().find(|k| k.spec().name == name)

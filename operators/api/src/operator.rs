@@ -297,4 +297,25 @@ pub trait Configured: Send + Sync + Debug {
     fn data_parallel(&self) -> bool {
         false
     }
+
+    /// Rows per unit for this node, when a parameter sets it (a Python operator's
+    /// `batch_size`); `None` keeps the spec's [`OpSpec::partition_rows`].
+    fn rows_per_unit(&self) -> Option<usize> {
+        None
+    }
+
+    /// The resource this node occupies, when a parameter chooses it (a Python operator's
+    /// `resource`); `None` keeps the spec's [`OpSpec::resource`].
+    fn resource(&self) -> Option<Resource> {
+        None
+    }
+
+    /// What the output depends on besides the parameters and the files of `Path` parameters:
+    /// the version of an interpreter, of the packages a script imports, the digest of a
+    /// program. Each entry enters the node's fingerprint, and `plan` names the entries that
+    /// changed. May run a program to find out, so it is asked once per process and node; an
+    /// `Err` (the interpreter cannot start) fails planning with its message.
+    fn runtime(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        Ok(std::collections::BTreeMap::new())
+    }
 }

@@ -18,6 +18,9 @@ pub enum ParamValue {
     Float(f64),
     Str(String),
     List(Vec<ParamValue>),
+    /// A TOML table: names to values (a Python operator's keyword arguments, a command's
+    /// environment). Sorted by name, so its JSON is canonical.
+    Table(BTreeMap<String, ParamValue>),
 }
 
 impl ParamValue {
@@ -32,6 +35,7 @@ impl ParamValue {
             }
             Self::Str(s) => s.clone().into(),
             Self::List(items) => items.iter().map(Self::to_json).collect(),
+            Self::Table(entries) => entries.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>().into(),
         }
     }
 
@@ -43,6 +47,7 @@ impl ParamValue {
             Self::Float(_) => "a float",
             Self::Str(_) => "a string",
             Self::List(_) => "an array",
+            Self::Table(_) => "a table",
         }
     }
 }
@@ -107,6 +112,17 @@ impl fmt::Display for ParamValue {
                 }
                 f.write_str("]")
             }
+            Self::Table(entries) if entries.is_empty() => f.write_str("{}"),
+            Self::Table(entries) => {
+                f.write_str("{ ")?;
+                for (i, (name, value)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{name} = {value}")?;
+                }
+                f.write_str(" }")
+            }
         }
     }
 }
@@ -141,6 +157,12 @@ pub enum ParamType {
     StrList,
     /// A SQL query over the node's inputs.
     Sql,
+    /// A table of values (`{ name = value, … }`).
+    Table,
+    /// A program and its arguments, as an array of strings. The engine resolves the program and
+    /// every argument that names an existing file relative to the DAG file's folder (as it does
+    /// paths), so the operator gets absolute paths.
+    Command,
 }
 
 impl ParamType {
@@ -190,6 +212,13 @@ impl ParamType {
                 Ok(value.clone())
             }
             (Self::StrList, ParamValue::Str(s)) => Ok(ParamValue::List(vec![ParamValue::Str(s.clone())])),
+            (Self::Table, ParamValue::Table(_)) => Ok(value.clone()),
+            (Self::Command, ParamValue::List(items)) => {
+                if items.is_empty() {
+                    return Err("the command is empty: give the program and its arguments, e.g. [\"python3\", \"score.py\"]".into());
+                }
+                Self::StrList.check(value)
+            }
             _ => Err(format!("expected {}, found {}", self.describe(), value.kind())),
         }
     }
@@ -206,6 +235,8 @@ impl ParamType {
             Self::Path(PathKind::Output) => "an output path".into(),
             Self::StrList => "an array of strings".into(),
             Self::Sql => "a SQL query".into(),
+            Self::Table => "a table (`{ name = value, … }`)".into(),
+            Self::Command => "a program and its arguments (an array of strings)".into(),
         }
     }
 
@@ -220,6 +251,8 @@ impl ParamType {
             Self::Path(_) => "path".into(),
             Self::StrList => "[string]".into(),
             Self::Sql => "sql".into(),
+            Self::Table => "table".into(),
+            Self::Command => "[program, arg…]".into(),
         }
     }
 }
@@ -327,6 +360,15 @@ impl FromParam for Vec<String> {
             ParamValue::List(items) => items.iter().map(String::from_param).collect(),
             ParamValue::Str(s) => Ok(vec![s.clone()]),
             v => Err(format!("expected an array of strings, found {}", v.kind())),
+        }
+    }
+}
+
+impl FromParam for BTreeMap<String, ParamValue> {
+    fn from_param(value: &ParamValue) -> std::result::Result<Self, String> {
+        match value {
+            ParamValue::Table(entries) => Ok(entries.clone()),
+            v => Err(format!("expected a table, found {}", v.kind())),
         }
     }
 }
@@ -583,6 +625,18 @@ mod tests {
     fn choice_lists_options() {
         let ty = ParamType::Choice(&["png", "jpeg"]);
         assert_eq!(ty.check(&ParamValue::Str("gif".into())).unwrap_err(), "\"gif\" is not one of \"png\", \"jpeg\"");
+    }
+
+    #[test]
+    fn tables_and_commands() {
+        let table = ParamValue::Table(BTreeMap::from([("b".to_string(), ParamValue::Int(2)), ("a".to_string(), "x".into())]));
+        assert_eq!(ParamType::Table.check(&table), Ok(table.clone()));
+        assert_eq!(table.to_json().to_string(), r#"{"a":"x","b":2}"#);
+        assert_eq!(table.to_string(), r#"{ a = "x", b = 2 }"#);
+        assert_eq!(ParamType::Table.check(&ParamValue::Int(1)).unwrap_err(), "expected a table (`{ name = value, … }`), found an integer");
+        assert!(ParamType::Command.check(&ParamValue::List(Vec::new())).unwrap_err().contains("the command is empty"));
+        assert!(ParamType::Command.check(&ParamValue::from(["python3", "x.py"])).is_ok());
+        assert!(ParamType::Command.check(&ParamValue::List(vec![ParamValue::Int(1)])).unwrap_err().contains("array of strings"));
     }
 
     #[test]

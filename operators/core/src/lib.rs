@@ -28,7 +28,7 @@ pub(crate) use unoflow_api as operator;
 /// Every operator this crate provides, in the order `unoflow ops` lists them.
 pub fn builtin_operators() -> Vec<std::sync::Arc<dyn Operator>> {
     use std::sync::Arc;
-    vec![
+    let builtin: Vec<Arc<dyn Operator>> = vec![
         Arc::new(thumbnail::Thumbnail),
         Arc::new(image_similarity::ImageSimilarity),
         Arc::new(curation::vlm::subjects::LlmSubjects),
@@ -42,7 +42,8 @@ pub fn builtin_operators() -> Vec<std::sync::Arc<dyn Operator>> {
         Arc::new(training::regenerate_ref::RegenerateRef),
         Arc::new(evaluate::Evaluate),
         Arc::new(sleep::Sleep),
-    ]
+    ];
+    builtin.into_iter().chain(unoflow_external::operators()).collect()
 }
 
 #[cfg(test)]
@@ -57,6 +58,8 @@ mod tests {
         for spec in &op.spec().params {
             let value = spec.default.clone().unwrap_or_else(|| match spec.ty {
                 ParamType::Int { min, .. } => ParamValue::Int(min.unwrap_or(1)),
+                ParamType::Table => ParamValue::Table([("out".to_string(), "float64".into())].into()),
+                ParamType::Command => ["true"].into(),
                 _ if spec.name == "endpoint" => "http://127.0.0.1:8000/v1".into(),
                 _ => "x".into(),
             });
