@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use unoflow::exec::{RunOptions, Status, Unobserved};
-use unoflow::ops::Registry;
 
 #[path = "support/source.rs"]
 mod source;
@@ -90,7 +89,7 @@ fn views_case(runtime: &tokio::runtime::Runtime, dir: &Path) -> (Duration, Durat
     let final_query = "SELECT count(*), sum(doubled), max(name) FROM c";
     let nested = "SELECT count(*), sum(doubled), max(name) FROM (SELECT row_id, name, doubled FROM (SELECT row_id, id, name, value * 2 AS doubled, category FROM (SELECT row_id, id, name, value, category FROM src WHERE value > 0.25) a WHERE category <> 'category-3') b WHERE id % 3 = 0) c";
     runtime.block_on(async {
-        let dag = Arc::new(unoflow::dag::load(&dag_path, None, &Registry::default()).await.expect("valid DAG"));
+        let dag = Arc::new(unoflow::dag::load(&dag_path, None, &unoflow::builtin_registry()).await.expect("valid DAG"));
         unoflow::exec::run(Arc::clone(&dag), RunOptions::default(), Vec::new(), Default::default(), Arc::new(Unobserved))
             .await
             .expect("run");
@@ -178,7 +177,7 @@ async fn engine_pipeline(dir: &Path, i: usize) -> (Duration, Vec<f64>) {
     )
     .expect("dag");
     let started = Instant::now();
-    let dag = Arc::new(unoflow::dag::load(&dag_path, None, &Registry::default()).await.expect("valid DAG"));
+    let dag = Arc::new(unoflow::dag::load(&dag_path, None, &unoflow::builtin_registry()).await.expect("valid DAG"));
     let report = unoflow::exec::run(dag, RunOptions::default(), Vec::new(), Default::default(), Arc::new(Unobserved)).await.expect("run");
     let elapsed = started.elapsed();
     assert!(report.outcomes.iter().all(|o| matches!(o.status, Status::Computed | Status::View)), "{:?}", report.outcomes);

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use unoflow::exec::{RunOptions, Unobserved, WorkerOptions};
 use unoflow::interrupt::Interrupt;
-use unoflow::ops::Registry;
 use unoflow::workspace::store::requests;
 
 fn dag(bucket: &str, ms: u64) -> String {
@@ -53,7 +52,7 @@ async fn simulate(workers: usize, units: usize, ms: u64, kill_tenth: bool, bucke
     let lines: Vec<String> = (0..units).map(|n| format!(r#"{{"n": {n}}}"#)).collect();
     std::fs::write(dir.path().join("items.jsonl"), lines.join("\n") + "\n").expect("data");
     std::fs::write(dir.path().join("dag.toml"), dag(bucket, ms)).expect("dag");
-    let dag = Arc::new(unoflow::dag::load(&dir.path().join("dag.toml"), None, &Registry::default()).await.expect("the DAG loads"));
+    let dag = Arc::new(unoflow::dag::load(&dir.path().join("dag.toml"), None, &unoflow::builtin_registry()).await.expect("the DAG loads"));
     // The input first, alone, so the measurement is of the shared node.
     let alone = RunOptions { only: vec!["items".into()], worker: Some(WorkerOptions::default()), ..RunOptions::default() };
     unoflow::exec::run(Arc::clone(&dag), alone, vec![], Interrupt::new(), Arc::new(Unobserved)).await.expect("items");

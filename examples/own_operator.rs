@@ -17,7 +17,6 @@ use clap::Parser;
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use unoflow::ops::Registry;
 use unoflow_api::columns::ColumnRequirement;
 use unoflow_api::params::ParamType;
 use unoflow_api::rows::{extend_schema, text, with_added};
@@ -93,7 +92,7 @@ impl PartitionProcessor for Counter {
 
 fn main() {
     let cli = unoflow::cli::Cli::parse();
-    let registry = match Registry::default().with(Arc::new(WordCount)) {
+    let registry = match unoflow::builtin_registry().with(Arc::new(WordCount)) {
         Ok(registry) => registry,
         Err(e) => {
             eprintln!("error: {e}");

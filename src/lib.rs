@@ -1,47 +1,24 @@
-//! unoflow's engine: declarative DAG files over Arrow tables, with content-addressed caching,
-//! exactly-once resume, lineage and SQL.
+//! The `unoflow` program as a library: the command line ([`cli`]), the review page ([`serve`]),
+//! one-off generation ([`generate`]) and the built-in operator set, over the engine
+//! (`unoflow-engine`), whose modules are re-exported here.
 //!
 //! ```text
-//!  dags/*.toml ──dag::load──► Dag: nodes bound to their ops (ops::OpKind::bind, typed
-//!       │                     parameters), schemas and storage (table | view), graph (petgraph)
-//!       │
-//!       ├── fingerprint::compute ──► plan::plan (cached / stale / missing / view, and why)
-//!       ▼
-//!  exec::run ── per node: a view ──► handed to its readers (NodeData::View)
-//!       │               stored ──► Op::units ──► UnitRunner::run ──► ids, parts, commit
-//!       ▼
-//!  workspace (the layout's one owner): nodes/FP/{attempts,commits,manifest}, index, runs,
-//!       │                              tables/NAME for other engines
-//!       ▼
-//!  query: DataFusion over verified parts and views ──► catalog ──► sql, lineage, serve
+//!   unoflow (this crate: CLI, review page, built-in operators, the allocator)
+//!     └── unoflow-engine (DAGs, plans, units, workspaces, SQL; no burn, no CLI)
+//!           └── unoflow-api (the operator contract)  ◄── unoflow-operators, unoflow-external
 //! ```
-//!
-//! Extension points: a compute operator implements `unoflow_api::Operator` (the burn-free
-//! contract crate) and is listed in `unoflow_operators::builtin_operators`; the engine
-//! validates, plans, partitions, commits and queries it with no further code. A run reports to
-//! an [`exec::RunObserver`].
 
-pub mod catalog;
 pub mod cli;
-pub mod dag;
-pub mod data;
-pub mod diagnostic;
-pub mod digest_cache;
-pub mod error;
-pub mod exec;
-pub mod fingerprint;
-pub mod format;
 pub mod generate;
-pub mod graph;
-pub mod host_cache;
-pub mod interrupt;
-pub mod lineage;
-pub mod ops;
-pub mod plan;
-pub mod query;
-pub mod remote;
 pub mod serve;
-pub mod status;
-pub mod workspace;
 
-pub use error::{Error, Result};
+pub use unoflow_engine::{
+    Error, Result, catalog, dag, data, diagnostic, digest_cache, error, exec, fingerprint, format, graph, host_cache, interrupt, lineage,
+    ops, plan, query, remote, status, workspace,
+};
+
+/// The engine's registry with the built-in operators: UNO's (`unoflow_operators`) and those
+/// that run the user's code (`python`, `command`).
+pub fn builtin_registry() -> ops::Registry {
+    ops::Registry::new(unoflow_operators::builtin_operators())
+}

@@ -92,7 +92,7 @@ pub enum Command {
         #[command(flatten)]
         device: DeviceArg,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        #[arg(long, default_value = "table", value_parser = output_format())]
         format: OutputFormat,
         /// Write the result to this file instead of standard output.
         #[arg(long, short)]
@@ -403,6 +403,13 @@ fn parse_guidance(s: &str) -> std::result::Result<f32, String> {
     Ok(g)
 }
 
+/// `--format`'s words, listed in `--help` and checked by clap.
+fn output_format() -> impl clap::builder::TypedValueParser<Value = OutputFormat> {
+    use clap::builder::TypedValueParser;
+    use unoflow_api::params::Choice;
+    clap::builder::PossibleValuesParser::new(OutputFormat::NAMES).map(|s| s.parse::<OutputFormat>().expect("one of its names"))
+}
+
 /// A device name, whether or not this host has the device (for commands that only plan).
 fn parse_device_name(s: &str) -> std::result::Result<Device, String> {
     s.parse::<Device>().map_err(|e| e.to_string())
@@ -415,7 +422,7 @@ fn parse_device(s: &str) -> std::result::Result<Device, String> {
 
 /// Runs a parsed command line with the built-in operators; returns the process exit code.
 pub async fn main(cli: Cli, interrupt: Interrupt) -> Result<i32> {
-    main_with(cli, interrupt, Registry::default()).await
+    main_with(cli, interrupt, crate::builtin_registry()).await
 }
 
 /// Runs a parsed command line with the operators of `registry`: the whole CLI for a program

@@ -9,7 +9,8 @@ pub mod curation;
 pub mod embed;
 pub mod evaluate;
 pub mod generate;
-pub mod image_io;
+/// Image columns' decoding and encoding (the `unoflow-image` crate, shared with the engine).
+pub use unoflow_image as image_io;
 pub mod image_similarity;
 pub mod metrics;
 pub mod preprocess;

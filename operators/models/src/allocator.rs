@@ -74,7 +74,7 @@ mod tests {
     fn no_other_file_of_the_workspace_allows_unsafe_code() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let mut files = Vec::new();
-        for dir in ["src", "operators", "tests", "benches", "tools"] {
+        for dir in ["src", "engine", "operators", "tests", "benches", "examples", "tools"] {
             if root.join(dir).is_dir() {
                 rust_files(&root.join(dir), &mut files);
             }

@@ -24,7 +24,7 @@ use unoflow_api::columns::{HEIGHT, WIDTH, row_id_field};
 use unoflow_api::params::{ParamType, PathKind};
 use unoflow_api::rowid::RowIdHasher;
 use unoflow_api::{DeviceDependence, ExecContext, OpSpec, Params, PartitionOutput, Resource, RowError, RowMapping};
-use unoflow_operators::image_io;
+use unoflow_image as image_io;
 
 use super::lines::{self, TextFormat};
 use super::{Derived, Op, OpKind, OpenContext, SchemaError, Unit, UnitOutput, UnitPlan, UnitRunner, Work};

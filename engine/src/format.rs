@@ -10,17 +10,13 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArra
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use unoflow_operators::image_io::png_size;
+use unoflow_image::png_size;
 
 use crate::error::{IoContext, Result};
 
-/// How `unoflow sql` prints results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    Table,
-    Csv,
-    Json,
-    Parquet,
+unoflow_api::choice! {
+    /// How `unoflow sql` prints results.
+    pub enum OutputFormat { Table = "table", Csv = "csv", Json = "json", Parquet = "parquet" }
 }
 
 /// Longest text shown in a table cell before it is cut.
@@ -237,7 +233,7 @@ mod tests {
 
     #[test]
     fn binary_cells_are_described() {
-        let png = unoflow_operators::image_io::encode_png(&image::DynamicImage::new_rgb8(512, 256)).unwrap();
+        let png = unoflow_image::encode_png(&image::DynamicImage::new_rgb8(512, 256)).unwrap();
         assert!(describe_binary(&png).starts_with("<png 512x256 "), "{}", describe_binary(&png));
         assert_eq!(describe_binary(&[1, 2, 3]), "<binary 3 B>");
         assert_eq!(human_bytes(35_000), "35 KB");

@@ -1,4 +1,5 @@
-//! Image decoding and encoding shared by the operators: every image column holds PNG bytes.
+//! unoflow's image columns: decoding and encoding shared by the engine and the operators; every
+//! image column holds PNG bytes.
 //!
 //! Decoding is bounded: an image whose header claims more than [`max_pixels`] pixels (a
 //! decompression bomb: a few KB of PNG that would inflate to gigabytes) is refused before any

@@ -139,10 +139,10 @@ impl Builder<'_> {
                     n.span(),
                     Some("e.g. max_image_pixels = 67108864 (8192 × 8192)".into()),
                 );
-                unoflow_operators::image_io::DEFAULT_MAX_PIXELS
+                unoflow_image::DEFAULT_MAX_PIXELS
             }
             Some(n) => *n.get_ref() as u64,
-            None => unoflow_operators::image_io::DEFAULT_MAX_PIXELS,
+            None => unoflow_image::DEFAULT_MAX_PIXELS,
         };
 
         let mut interp = Interpolator::new();

@@ -254,13 +254,6 @@ pub struct Registry {
     kinds: Vec<Arc<dyn OpKind>>,
 }
 
-/// The engine's kinds and the built-in operators (`unoflow_operators::builtin_operators`).
-impl Default for Registry {
-    fn default() -> Self {
-        Self::new(unoflow_operators::builtin_operators())
-    }
-}
-
 impl Registry {
     /// The engine's own kinds (`read`, `sql`, `export`) and `operators`, in that order.
     pub fn new(operators: Vec<Arc<dyn unoflow_api::Operator>>) -> Self {
@@ -270,7 +263,7 @@ impl Registry {
     }
 
     /// The registry with `operator` added: how a program built on the engine brings an
-    /// operator of its own (see `examples/own_operator.rs`). A name taken already is refused.
+    /// operator of its own (see the workspace's `examples/own_operator.rs`). A name taken already is refused.
     pub fn with(mut self, operator: Arc<dyn unoflow_api::Operator>) -> Result<Self> {
         let name = operator.spec().name;
         if self.get(name).is_some() {
