@@ -1,5 +1,5 @@
-//! The `unoflow` program as a library: the command line ([`cli`]), the review page ([`serve`]),
-//! one-off generation ([`generate`]) and the built-in operator set, over the engine
+//! The `unoflow` program as a library: the command line ([`cli`], `unoflow generate` included),
+//! the review page ([`serve`]) and the built-in operator set, over the engine
 //! (`unoflow-engine`), whose modules are re-exported here.
 //!
 //! ```text
@@ -9,7 +9,6 @@
 //! ```
 
 pub mod cli;
-pub mod generate;
 pub mod serve;
 
 pub use unoflow_engine::{

@@ -1,6 +1,7 @@
 //! The `unoflow` command line: argument definitions and one function per command. Only this
 //! module and `main` print.
 
+mod generate;
 pub mod output;
 mod progress;
 mod submit;
@@ -194,7 +195,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=MAX_SIDE))]
     pub ref_size: u32,
     /// Refuse reference images with more pixels than this (decompression bombs).
-    #[arg(long, default_value_t = unoflow_operators::image_io::DEFAULT_MAX_PIXELS)]
+    #[arg(long, default_value_t = unoflow_api::PixelLimit::DEFAULT.pixels())]
     pub max_image_pixels: u64,
     /// How the schedule's shift is computed: uno (the released pipeline) or flux (image tokens).
     #[arg(long, default_value = "uno", value_parser = choice::<Shift>())]
@@ -459,7 +460,7 @@ pub async fn main_with(cli: Cli, interrupt: Interrupt, registry: Registry) -> Re
             let root = workspace_root(dag.as_deref(), vars.load_options(workspace.workspace.as_deref()), &registry).await?;
             runs(&root, json)
         }
-        Command::Generate(args) => crate::generate::run(args, interrupt).await,
+        Command::Generate(args) => generate::run(args, interrupt).await,
         Command::Model { command: ModelCommand::Tiny { dir, kind, layout, seed } } => tiny::write(dir, kind, layout, seed).await,
         Command::Model { command: ModelCommand::Check { kind, weights, lora, fixture, tol, dtype, device } } => {
             let dtype = match dtype {

@@ -77,7 +77,8 @@ impl Thumbnails {
         if let Ok(existing) = image::image_dimensions(&path) {
             return Ok(Thumb { digest, width: existing.0, height: existing.1 });
         }
-        let img = unoflow_operators::image_io::decode(bytes)?;
+        // The page shows data the DAG accepted; the default bound keeps a hostile cell harmless.
+        let img = unoflow_operators::image_io::decode(bytes, unoflow_api::PixelLimit::DEFAULT.pixels())?;
         let (w, h) = (img.width(), img.height());
         let small = if w.max(h) > SIDE {
             let (tw, th) = unoflow_operators::image_io::fit_long_side(w, h, SIDE);

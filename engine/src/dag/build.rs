@@ -139,10 +139,10 @@ impl Builder<'_> {
                     n.span(),
                     Some("e.g. max_image_pixels = 67108864 (8192 × 8192)".into()),
                 );
-                unoflow_image::DEFAULT_MAX_PIXELS
+                unoflow_api::PixelLimit::DEFAULT.pixels()
             }
             Some(n) => *n.get_ref() as u64,
-            None => unoflow_image::DEFAULT_MAX_PIXELS,
+            None => unoflow_api::PixelLimit::DEFAULT.pixels(),
         };
 
         let mut interp = Interpolator::new();

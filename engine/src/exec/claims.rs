@@ -420,6 +420,20 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_worker_looks_again_within_its_stores_bound_whatever_the_lease() {
+        // Object storage (here in memory): at most a look a second, at the default lease too.
+        assert_eq!(claims(DEFAULT_LEASE).poll_interval(), Duration::from_secs(1));
+        assert_eq!(claims(Duration::from_secs(86_400)).poll_interval(), Duration::from_secs(1));
+        assert_eq!(claims(Duration::from_secs(2)).poll_interval(), Duration::from_millis(250), "an eighth of a short lease");
+        assert_eq!(claims(Duration::from_millis(400)).poll_interval(), Duration::from_millis(100), "never below 100 ms");
+        // A local folder: at most four looks a second.
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::create(&Location::parse(&dir.path().join("ws").to_string_lossy(), std::path::Path::new(".")).unwrap()).unwrap();
+        let local = Claims::new(ws.leases(), WorkerOptions { lease: DEFAULT_LEASE, ..WorkerOptions::default() });
+        assert_eq!(local.poll_interval(), Duration::from_millis(250));
+    }
+
+    #[test]
     fn the_clock_bound_is_half_the_margin_and_its_message_names_the_fix() {
         let claims = claims(DEFAULT_LEASE);
         assert_eq!(claims.clock_bound(), Duration::from_secs(15));

@@ -193,7 +193,6 @@ async fn run_seated(
 ) -> Result<RunReport> {
     let Seat { ws, selected, claims } = seat;
     let force = dag.nodes.iter().map(|n| opts.force.contains(&n.name)).collect();
-    unoflow_image::set_max_pixels(dag.max_image_pixels);
     // Fingerprints hold the class and precision of `dag.device`: the outputs must be made there.
     if dag.device.compute_class() != opts.device.compute_class() {
         return Err(Error::Internal(format!("the DAG was loaded for {} but runs on {}", dag.device, opts.device)));
@@ -212,6 +211,7 @@ async fn run_seated(
             cache_dir: Some(ws.cache_dir()),
             artifacts_dir: None,
             files: Some(Arc::new(ws.clone())),
+            max_image_pixels: unoflow_api::PixelLimit(dag.max_image_pixels),
         },
         claims: claims.clone(),
         gangs: Mutex::default(),

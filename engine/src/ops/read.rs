@@ -241,12 +241,12 @@ impl Op for ReadNode {
         Ok(UnitPlan::Listed(units))
     }
 
-    async fn open(&self, _ctx: OpenContext) -> Result<Arc<dyn UnitRunner>> {
+    async fn open(&self, ctx: OpenContext) -> Result<Arc<dyn UnitRunner>> {
         let text = match self.text_format() {
             Some(text) => Some((text, Arc::new(self.text_schema(text)?), self.sources()?)),
             None => None,
         };
-        Ok(Arc::new(ReadRunner { path: self.root()?, format: self.p.format, text }))
+        Ok(Arc::new(ReadRunner { path: self.root()?, format: self.p.format, text, max_pixels: ctx.env.max_image_pixels.pixels() }))
     }
 }
 
@@ -255,6 +255,8 @@ struct ReadRunner {
     format: ReadFormat,
     /// For CSV and JSON lines: the format, the files' columns and the files.
     text: Option<(TextFormat, SchemaRef, Arc<Vec<Source>>)>,
+    /// The largest image decoded (the DAG's `max_image_pixels`).
+    max_pixels: u64,
 }
 
 #[async_trait::async_trait]
@@ -262,7 +264,8 @@ impl UnitRunner for ReadRunner {
     async fn run(&self, unit: Unit, _exec: ExecContext) -> Result<UnitOutput> {
         match (unit.work, &self.text) {
             (Work::Files(files), _) => {
-                let output = tokio::task::spawn_blocking(move || read_images(&files))
+                let max_pixels = self.max_pixels;
+                let output = tokio::task::spawn_blocking(move || read_images(&files, max_pixels))
                     .await
                     .map_err(|e| Error::Internal(format!("reading images panicked: {e}")))??;
                 Ok(UnitOutput::ready(output))
@@ -416,13 +419,14 @@ fn decode_text(
 }
 
 /// Reads one unit of image files.
-fn read_images(files: &[Source]) -> Result<PartitionOutput> {
+fn read_images(files: &[Source], max_pixels: u64) -> Result<PartitionOutput> {
     let (mut ids, mut paths, mut images) = (StringBuilder::new(), StringBuilder::new(), BinaryBuilder::new());
     let (mut widths, mut heights) = (UInt32Builder::new(), UInt32Builder::new());
     let mut errors = Vec::new();
     for file in files {
-        let loaded =
-            std::fs::read(&file.path).map_err(|e| format!("cannot read {}: {e}", file.path.display())).and_then(|bytes| to_png(&bytes));
+        let loaded = std::fs::read(&file.path)
+            .map_err(|e| format!("cannot read {}: {e}", file.path.display()))
+            .and_then(|bytes| to_png(&bytes, max_pixels));
         match loaded {
             Ok((png, w, h)) => {
                 ids.append_value(RowIdHasher::new("read.images").field(file.relative.as_bytes()).field(file.digest.as_bytes()).finish());
@@ -449,8 +453,8 @@ fn read_images(files: &[Source]) -> Result<PartitionOutput> {
 
 /// Decodes any supported image and re-encodes it as PNG; PNG input without EXIF rotation is kept
 /// byte for byte.
-fn to_png(bytes: &[u8]) -> std::result::Result<(Vec<u8>, u32, u32), String> {
-    let decoded = image_io::decode_detailed(bytes)?;
+fn to_png(bytes: &[u8], max_pixels: u64) -> std::result::Result<(Vec<u8>, u32, u32), String> {
+    let decoded = image_io::decode_detailed(bytes, max_pixels)?;
     let (w, h) = (decoded.image.width(), decoded.image.height());
     if decoded.format == image::ImageFormat::Png && !decoded.reoriented {
         return Ok((bytes.to_vec(), w, h));

@@ -28,7 +28,7 @@ pub mod rows;
 pub use device::Device;
 pub use error::{OpError, Result};
 pub use operator::{
-    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowError,
-    RowMapping, WorkspaceFiles,
+    Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, PixelLimit, Resource,
+    RowError, RowMapping, WorkspaceFiles,
 };
 pub use params::{Choice, FromParam, ParamSpec, ParamType, ParamValue, Params};

@@ -128,6 +128,30 @@ impl ExecContext {
     }
 }
 
+/// The largest image (width × height) an operator decodes: the DAG's `max_image_pixels`. A
+/// header that claims more (a decompression bomb: a few KB that would inflate to gigabytes) is a
+/// row error before any pixel buffer is allocated. A value, not a process-wide setting, so two
+/// DAGs run in one process keep their own limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PixelLimit(pub u64);
+
+impl PixelLimit {
+    /// 8192 × 8192: far above the paper's sizes (1024² panels, 2048×1024 diptychs) and a
+    /// 50-megapixel camera's photos.
+    pub const DEFAULT: Self = Self(8192 * 8192);
+
+    /// The limit in pixels.
+    pub fn pixels(self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for PixelLimit {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 /// Where and how a node runs, as the engine resolved it.
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
@@ -145,6 +169,8 @@ pub struct Environment {
     /// workspace, so the same run in two workspaces gives the same rows, and a moved workspace
     /// (or one in object storage, read from another host) keeps working.
     pub files: Option<std::sync::Arc<dyn WorkspaceFiles>>,
+    /// The largest image operators decode (the DAG's `max_image_pixels`).
+    pub max_image_pixels: PixelLimit,
 }
 
 /// The files of a workspace as operators see them: local paths, fetched from object storage

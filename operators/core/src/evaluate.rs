@@ -214,7 +214,7 @@ impl Evaluator {
             .map(|p| {
                 let file = resolve_reference(&self.dataset, p)?;
                 let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-                image_io::decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))
+                image_io::decode(&bytes, self.env.max_image_pixels.pixels()).map_err(|e| format!("{}: {e}", file.display()))
             })
             .collect::<std::result::Result<_, String>>()?;
         let mut draws = Draws::new(self.seed, "evaluate", &[row_id.as_bytes()]);

@@ -149,6 +149,7 @@ impl Configured for ImageSimilarityParams {
             right: self.right.clone(),
             keep_embeddings: self.embeddings,
             batch_size: self.batch_size,
+            max_pixels: env.max_image_pixels.pixels(),
             schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
@@ -161,18 +162,26 @@ struct Comparer {
     right: String,
     keep_embeddings: bool,
     batch_size: usize,
+    /// The largest image decoded.
+    max_pixels: u64,
     schema: SchemaRef,
 }
 
-/// Decodes both images of every row in parallel; a row fails if either image does.
-pub(crate) fn decode_pairs(input: &RecordBatch, left: &str, right: &str) -> Result<RowResults<(DynamicImage, DynamicImage)>> {
+/// Decodes both images of every row in parallel (none of more than `max_pixels`); a row fails
+/// if either image does.
+pub(crate) fn decode_pairs(
+    input: &RecordBatch,
+    left: &str,
+    right: &str,
+    max_pixels: u64,
+) -> Result<RowResults<(DynamicImage, DynamicImage)>> {
     let ids = row_ids(input)?;
     let (lefts, rights) = (binary(input, left)?, binary(input, right)?);
     let decoded: Vec<std::result::Result<(DynamicImage, DynamicImage), String>> = (0..input.num_rows())
         .into_par_iter()
         .map(|row| {
             let get = |col: &arrow::array::BinaryArray, name: &str| {
-                image_io::decode(bytes_at(col, name, row)?).map_err(|e| format!("`{name}`: {e}"))
+                image_io::decode(bytes_at(col, name, row)?, max_pixels).map_err(|e| format!("`{name}`: {e}"))
             };
             Ok((get(&lefts, left)?, get(&rights, right)?))
         })
@@ -208,7 +217,7 @@ pub(crate) fn embed_pairs(
 
 impl PartitionProcessor for Comparer {
     fn process(&self, ctx: &ExecContext, input: &RecordBatch) -> Result<PartitionOutput> {
-        let pairs = decode_pairs(input, &self.left, &self.right)?;
+        let pairs = decode_pairs(input, &self.left, &self.right, self.max_pixels)?;
         let (lefts, rights) = embed_pairs(self.encoder.as_ref(), &pairs.values, self.batch_size, ctx)?;
         let similarity: Float32Array = lefts.iter().zip(&rights).map(|(l, r)| Some(cosine(l, r))).collect();
         let mut added: Vec<ArrayRef> = vec![Arc::new(similarity)];

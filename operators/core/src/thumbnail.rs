@@ -93,8 +93,9 @@ impl Configured for ThumbnailParams {
         Ok(Arc::new(Schema::new(fields)))
     }
 
-    fn prepare(&self, _env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+    fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
         Ok(Arc::new(Resizer {
+            max_pixels: env.max_image_pixels.pixels(),
             column: self.column.clone(),
             max_side: self.max_side,
             filter: self.filter.into(),
@@ -106,6 +107,8 @@ impl Configured for ThumbnailParams {
 
 /// A prepared `thumbnail` node.
 struct Resizer {
+    /// The largest image decoded.
+    max_pixels: u64,
     column: String,
     max_side: u32,
     filter: FilterType,
@@ -115,8 +118,8 @@ struct Resizer {
 
 impl PartitionProcessor for Resizer {
     fn process(&self, ctx: &ExecContext, input: &RecordBatch) -> Result<PartitionOutput> {
-        let Self { column, max_side, filter, upscale, .. } = self;
-        let (column, max_side, filter, upscale) = (column.as_str(), *max_side, *filter, *upscale);
+        let Self { column, max_side, filter, upscale, max_pixels, .. } = self;
+        let (column, max_side, filter, upscale, max_pixels) = (column.as_str(), *max_side, *filter, *upscale, *max_pixels);
 
         let images = cast(column_of(input, column)?, &DataType::Binary)?;
         let images =
@@ -136,7 +139,7 @@ impl PartitionProcessor for Resizer {
             let result = if images.is_null(row) {
                 Err(format!("`{column}` is null"))
             } else {
-                resize_png(images.value(row), max_side, filter, upscale)
+                resize_png(images.value(row), max_side, filter, upscale, max_pixels)
             };
             match result {
                 Ok((png, w, h)) => {
@@ -176,8 +179,14 @@ fn column_of<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
 }
 
 /// Decodes, resizes and re-encodes one image; returns the PNG and its size.
-fn resize_png(bytes: &[u8], max_side: u32, filter: FilterType, upscale: bool) -> std::result::Result<(Vec<u8>, u32, u32), String> {
-    let img = image_io::decode(bytes)?;
+fn resize_png(
+    bytes: &[u8],
+    max_side: u32,
+    filter: FilterType,
+    upscale: bool,
+    max_pixels: u64,
+) -> std::result::Result<(Vec<u8>, u32, u32), String> {
+    let img = image_io::decode(bytes, max_pixels)?;
     let (w, h) = (img.width(), img.height());
     let img = if w.max(h) > max_side || (upscale && w.max(h) < max_side) {
         let (nw, nh) = image_io::fit_long_side(w, h, max_side);

@@ -1,41 +1,24 @@
 //! unoflow's image columns: decoding and encoding shared by the engine and the operators; every
 //! image column holds PNG bytes.
 //!
-//! Decoding is bounded: an image whose header claims more than [`max_pixels`] pixels (a
+//! Decoding is bounded: an image whose header claims more than the caller's limit of pixels (a
 //! decompression bomb: a few KB of PNG that would inflate to gigabytes) is refused before any
 //! pixel buffer is allocated, so a hostile file becomes a row error, never an abort.
 
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
-/// The default pixel limit: 8192 × 8192, far above the paper's sizes (1024² panels, 2048×1024
-/// diptychs) and a 50-megapixel camera's photos.
-pub const DEFAULT_MAX_PIXELS: u64 = 8192 * 8192;
-
-static MAX_PIXELS: AtomicU64 = AtomicU64::new(DEFAULT_MAX_PIXELS);
-
 /// Bytes a decoder may allocate per pixel at most (RGBA with 32-bit float channels).
 const MAX_BYTES_PER_PIXEL: u64 = 16;
 
-/// The largest image (width × height) [`decode`] accepts.
-pub fn max_pixels() -> u64 {
-    MAX_PIXELS.load(Ordering::Relaxed)
-}
-
-/// Sets the pixel limit for the whole process (the engine sets it from the DAG's
-/// `max_image_pixels` before any operator runs).
-pub fn set_max_pixels(pixels: u64) {
-    MAX_PIXELS.store(pixels.max(1), Ordering::Relaxed);
-}
-
 /// Decodes PNG, JPEG or WebP bytes, with the EXIF orientation applied so that the pixels are the
-/// way a viewer shows them. The error is a sentence for a row's error message.
-pub fn decode(bytes: &[u8]) -> Result<DynamicImage, String> {
-    decode_detailed(bytes).map(|d| d.image)
+/// way a viewer shows them; an image of more than `max_pixels` (width × height) is refused
+/// before anything is allocated. The error is a sentence for a row's error message.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, String> {
+    decode_detailed(bytes, max_pixels).map(|d| d.image)
 }
 
 /// A decoded image and what decoding it involved.
@@ -48,12 +31,12 @@ pub struct Decoded {
 }
 
 /// Like [`decode`], also telling the format and whether the orientation changed the pixels.
-pub fn decode_detailed(bytes: &[u8]) -> Result<Decoded, String> {
+pub fn decode_detailed(bytes: &[u8], max_pixels: u64) -> Result<Decoded, String> {
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read image: {e}"))?;
     let format = reader.format().ok_or_else(|| {
         format!("not an image in a known format (PNG, JPEG or WebP); the data starts with {:02x?}", &bytes[..bytes.len().min(8)])
     })?;
-    let limit = max_pixels();
+    let limit = max_pixels.max(1);
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(limit.saturating_mul(MAX_BYTES_PER_PIXEL));
     reader.limits(limits);
@@ -113,18 +96,21 @@ pub fn fit_long_side(w: u32, h: u32, max_side: u32) -> (u32, u32) {
 mod tests {
     use super::*;
 
+    /// The engine's default (`unoflow_api::PixelLimit::DEFAULT`).
+    const LIMIT: u64 = 8192 * 8192;
+
     #[test]
     fn png_round_trip_and_header() {
         let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(7, 5, |x, y| image::Rgb([x as u8, y as u8, 3])));
         let png = encode_png(&img).unwrap();
         assert_eq!(png_size(&png), Some((7, 5)));
-        let back = decode(&png).unwrap();
+        let back = decode(&png, LIMIT).unwrap();
         assert_eq!(back.to_rgb8(), img.to_rgb8());
     }
 
     #[test]
     fn garbage_is_a_clear_error() {
-        let err = decode(b"hello world").unwrap_err();
+        let err = decode(b"hello world", LIMIT).unwrap_err();
         assert!(err.contains("not an image"), "{err}");
     }
 
@@ -142,11 +128,12 @@ mod tests {
 
     #[test]
     fn bombs_are_refused_before_allocating() {
-        let err = decode(&bomb(1_000_000, 1_000_000)).unwrap_err();
+        let err = decode(&bomb(1_000_000, 1_000_000), LIMIT).unwrap_err();
         assert!(err.contains("above the limit"), "{err}");
         assert!(err.contains("max_image_pixels"), "{err}");
         // Just above the default limit is refused too; far below it decodes (or fails on data).
-        let err = decode(&bomb(8193, 8192)).unwrap_err();
+        let err = decode(&bomb(8193, 8192), LIMIT).unwrap_err();
+        assert!(decode(&bomb(64, 64), 63 * 64).unwrap_err().contains("above the limit of 4032 pixels"), "a limit of the caller's");
         assert!(err.contains("above the limit"), "{err}");
     }
 

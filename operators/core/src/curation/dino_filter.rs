@@ -107,6 +107,7 @@ impl Configured for DinoFilterParams {
             threshold: self.threshold,
             verdict_on: self.verdict_on,
             batch_size: self.batch_size,
+            max_pixels: env.max_image_pixels.pixels(),
             schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
@@ -119,12 +120,14 @@ struct Filter {
     threshold: f32,
     verdict_on: VerdictOn,
     batch_size: usize,
+    /// The largest image decoded.
+    max_pixels: u64,
     schema: SchemaRef,
 }
 
 impl PartitionProcessor for Filter {
     fn process(&self, ctx: &ExecContext, input: &RecordBatch) -> Result<PartitionOutput> {
-        let pairs = decode_pairs(input, &self.left, &self.right)?;
+        let pairs = decode_pairs(input, &self.left, &self.right, self.max_pixels)?;
         let (lefts, rights) = embed_pairs(self.encoder.as_ref(), &pairs.values, self.batch_size, ctx)?;
         let (mut cls, mut mean) = (Vec::with_capacity(lefts.len()), Vec::with_capacity(lefts.len()));
         for (l, r) in lefts.iter().zip(&rights) {

@@ -162,9 +162,10 @@ impl Configured for SplitDiptychParams {
         Ok(extend_schema(&inputs[0], added_fields()))
     }
 
-    fn prepare(&self, _env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
+    fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
         Ok(Arc::new(Splitter {
             image: self.image.clone(),
+            max_pixels: env.max_image_pixels.pixels(),
             // The layout column is optional: without it, each image's shape decides.
             layout: input_schema.column_with_name(&self.layout).map(|_| self.layout.clone()),
             search: SeamSearch {
@@ -181,6 +182,8 @@ impl Configured for SplitDiptychParams {
 
 struct Splitter {
     image: String,
+    /// The largest image decoded.
+    max_pixels: u64,
     layout: Option<String>,
     search: SeamSearch,
     schema: SchemaRef,
@@ -196,7 +199,8 @@ impl PartitionProcessor for Splitter {
         let results: Vec<std::result::Result<Split, String>> = (0..input.num_rows())
             .into_par_iter()
             .map(|row| {
-                let image = image_io::decode(bytes_at(&images, &self.image, row)?).map_err(|e| format!("`{}`: {e}", self.image))?;
+                let image = image_io::decode(bytes_at(&images, &self.image, row)?, self.max_pixels)
+                    .map_err(|e| format!("`{}`: {e}", self.image))?;
                 let layout = match &layouts {
                     Some(col) if col.is_valid(row) => col
                         .value(row)

@@ -174,7 +174,7 @@ impl Regenerator {
         scene: &str,
         lora: Option<&str>,
     ) -> std::result::Result<Regenerated, String> {
-        let target = image_io::decode(target).map_err(|e| format!("`{}`: {e}", self.target))?;
+        let target = image_io::decode(target, self.env.max_image_pixels.pixels()).map_err(|e| format!("`{}`: {e}", self.target))?;
         let (w, h) = (target.width() as f64, target.height() as f64);
         let [x1, y1, x2, y2] =
             [bbox[0].clamp(0.0, w), bbox[1].clamp(0.0, h), bbox[2].clamp(0.0, w), bbox[3].clamp(0.0, h)].map(|v| v.round() as u32);

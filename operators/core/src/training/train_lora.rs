@@ -364,7 +364,8 @@ impl<B: AutodiffBackend + Kernels> Trainer<B> {
         let refs = s.refs.iter().map(|c| binary(input, c)).collect::<Result<Vec<_>>>()?;
         let image = |col: &arrow::array::BinaryArray, name: &str, row: usize| -> Result<DynamicImage> {
             let bytes = bytes_at(col, name, row).map_err(|e| OpError::Execution(format!("row {}: {e}", ids.value(row))))?;
-            image_io::decode(bytes).map_err(|e| OpError::Execution(format!("row {}: `{name}`: {e}", ids.value(row))))
+            image_io::decode(bytes, s.env.max_image_pixels.pixels())
+                .map_err(|e| OpError::Execution(format!("row {}: `{name}`: {e}", ids.value(row))))
         };
         let mut examples = Vec::with_capacity(input.num_rows());
         for row in 0..input.num_rows() {

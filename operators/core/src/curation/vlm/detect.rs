@@ -115,6 +115,7 @@ impl Configured for VlmDetectConfig {
             coordinates: p.coordinates,
             concurrency: self.connection.concurrency,
             image_max_side,
+            max_pixels: env.max_image_pixels.pixels(),
             schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
@@ -127,6 +128,8 @@ struct Detector {
     coordinates: Coordinates,
     concurrency: usize,
     image_max_side: u32,
+    /// The largest image decoded.
+    max_pixels: u64,
     schema: SchemaRef,
 }
 
@@ -153,12 +156,14 @@ fn first_box(answer: &str) -> std::result::Result<[f64; 4], String> {
 
 impl Detector {
     fn detect(&self, bytes: &[u8], subject: &str) -> std::result::Result<Found, String> {
-        let image = image_io::decode(bytes).map_err(|e| format!("`{}`: {e}", self.image))?;
+        let image = image_io::decode(bytes, self.max_pixels).map_err(|e| format!("`{}`: {e}", self.image))?;
         let prompt = format!(
             "Locate the {subject} in the image and output its bounding box in JSON format: \
              [{{\"bbox_2d\": [x1, y1, x2, y2], \"label\": \"{subject}\"}}]"
         );
-        let messages = [json!({"role": "user", "content": [image_part(bytes, self.image_max_side)?, {"type": "text", "text": prompt}]})];
+        let messages = [
+            json!({"role": "user", "content": [image_part(bytes, self.image_max_side, self.max_pixels)?, {"type": "text", "text": prompt}]}),
+        ];
         let answer = self.client.complete(&messages, None).map_err(|e| e.to_string())?.content;
         let [x1, y1, x2, y2] = first_box(&answer)?;
         let (w, h) = (image.width() as f64, image.height() as f64);

@@ -84,13 +84,14 @@ impl ConnectionParams {
 }
 
 /// An image as the `image_url` content part of a chat message, downscaled to `max_side` (0: as
-/// it is; images that are not PNG, JPEG or WebP are re-encoded as PNG).
-pub fn image_part(bytes: &[u8], max_side: u32) -> std::result::Result<serde_json::Value, String> {
+/// it is; images that are not PNG, JPEG or WebP are re-encoded as PNG); one of more than
+/// `max_pixels` is refused rather than decoded.
+pub fn image_part(bytes: &[u8], max_side: u32, max_pixels: u64) -> std::result::Result<serde_json::Value, String> {
     let known = bytes.starts_with(b"\x89PNG") || bytes.starts_with(&[0xFF, 0xD8]) || (bytes.len() > 12 && &bytes[8..12] == b"WEBP");
     let url = if max_side == 0 && known {
         data_url(bytes)
     } else {
-        let img = image_io::decode(bytes)?;
+        let img = image_io::decode(bytes, max_pixels)?;
         let img = if max_side > 0 && img.width().max(img.height()) > max_side {
             let (w, h) = image_io::fit_long_side(img.width(), img.height(), max_side);
             img.resize_exact(w, h, FilterType::Lanczos3)

@@ -151,6 +151,7 @@ impl Configured for VlmScoreConfig {
             subject: p.subject.clone(),
             concurrency: self.connection.concurrency,
             image_max_side: self.images.image_max_side,
+            max_pixels: env.max_image_pixels.pixels(),
             schema: self.output_schema(&[Arc::clone(input_schema)])?,
         }))
     }
@@ -163,6 +164,8 @@ struct Scorer {
     subject: Option<String>,
     concurrency: usize,
     image_max_side: u32,
+    /// The largest image decoded.
+    max_pixels: u64,
     schema: SchemaRef,
 }
 
@@ -182,7 +185,8 @@ impl Scored {
 impl Scorer {
     /// The three rounds for one pair of images.
     fn score(&self, reference: &[u8], target: &[u8], subject: Option<&str>) -> std::result::Result<Scored, String> {
-        let images = [image_part(reference, self.image_max_side)?, image_part(target, self.image_max_side)?];
+        let (side, max) = (self.image_max_side, self.max_pixels);
+        let images = [image_part(reference, side, max)?, image_part(target, side, max)?];
         let mut first = images.to_vec();
         first.push(json!({"type": "text", "text": step1(subject)}));
         let mut messages = vec![json!({"role": "system", "content": SYSTEM}), json!({"role": "user", "content": first})];

@@ -8,14 +8,15 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use unoflow_models::{Device, Precision};
 use unoflow_operators::generate::{GenerateOptions, Models, generate, png_with_text};
 
-use crate::cli::GenerateArgs;
+use super::GenerateArgs;
 use crate::error::{Error, IoContext, Result};
 use crate::interrupt::Interrupt;
 
-/// Reads a reference image; a missing or undecodable file is a usage error naming it.
-fn read_ref(path: &Path) -> Result<image::DynamicImage> {
+/// Reads a reference image of at most `max_pixels`; a missing or undecodable file is a usage
+/// error naming it.
+fn read_ref(path: &Path, max_pixels: u64) -> Result<image::DynamicImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::Usage(format!("cannot read reference image {}: {e}", path.display())))?;
-    unoflow_operators::image_io::decode(&bytes).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
+    unoflow_operators::image_io::decode(&bytes, max_pixels).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
 }
 
 fn round_down_16(name: &str, value: u32) -> Result<usize> {
@@ -40,10 +41,9 @@ fn output_path(out: &Path, j: usize, n: usize) -> PathBuf {
 }
 
 pub async fn run(args: GenerateArgs, interrupt: Interrupt) -> Result<i32> {
-    unoflow_operators::image_io::set_max_pixels(args.max_image_pixels);
     let options = GenerateOptions {
         prompt: args.prompt.clone(),
-        refs: args.refs.iter().map(|p| read_ref(p)).collect::<Result<_>>()?,
+        refs: args.refs.iter().map(|p| read_ref(p, args.max_image_pixels)).collect::<Result<_>>()?,
         width: round_down_16("width", args.width)?,
         height: round_down_16("height", args.height)?,
         steps: args.steps as usize,
@@ -129,7 +129,7 @@ fn run_on<B: unoflow_models::Kernels>(
         let png = png_with_text(image, &[("parameters".to_string(), meta.to_string()), ("Software".to_string(), "unoflow".to_string())])?;
         let path = output_path(&args.out, j, images.len());
         std::fs::write(&path, png).map_err(|e| Error::io(&path, e))?;
-        writeln!(crate::cli::output::stdout(), "{}", path.display()).at(crate::cli::output::STDOUT)?;
+        writeln!(super::output::stdout(), "{}", path.display()).at(super::output::STDOUT)?;
     }
     Ok(0)
 }
