@@ -136,6 +136,24 @@ impl WorkerBeat {
 #[derive(Debug, Clone)]
 pub struct Leases {
     store: Arc<dyn Store>,
+    /// When a lease expires and whether a worker is live are judged by it.
+    clock: Arc<dyn Clock>,
+}
+
+/// The time leases are judged by: this host's clock, or in tests one the test moves.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Unix milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+/// This host's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -149,7 +167,12 @@ impl Leases {
     }
 
     pub(super) fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self::with_clock(store, Arc::new(SystemClock))
+    }
+
+    /// Leases judged by `clock` (tests move it instead of sleeping).
+    pub fn with_clock(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
     }
 
     /// How long after its expiry a lease may be taken over: a quarter of the lease.
@@ -168,8 +191,8 @@ impl Leases {
         Ok(listed_units(self.store.as_ref(), &format!("leases/{fp}"), &wanted)?.into_iter().map(|(u, l)| (u, l.modified_ms)).collect())
     }
 
-    fn record(owner: &str, lease: Duration) -> Result<Vec<u8>> {
-        let record = LeaseRecord { owner: owner.to_string(), expires_at_ms: now_ms() + lease.as_millis() as i64 };
+    fn record(&self, owner: &str, lease: Duration) -> Result<Vec<u8>> {
+        let record = LeaseRecord { owner: owner.to_string(), expires_at_ms: self.clock.now_ms() + lease.as_millis() as i64 };
         serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))
     }
 
@@ -186,7 +209,7 @@ impl Leases {
     }
 
     fn claim_key(&self, key: String, owner: &str, lease: Duration) -> Result<LeaseOutcome> {
-        let bytes = Self::record(owner, lease)?;
+        let bytes = self.record(owner, lease)?;
         if let Some(version) = self.store.create(&key, &bytes)? {
             return Ok(LeaseOutcome::Claimed(Lease { key, version, owner: owner.into(), taken_over: false }));
         }
@@ -199,7 +222,7 @@ impl Leases {
             // A damaged lease is as good as expired.
             Err(_) => LeaseRecord { owner: String::new(), expires_at_ms: 0 },
         };
-        if now_ms() <= current.expires_at_ms + Self::margin(lease).as_millis() as i64 {
+        if self.clock.now_ms() <= current.expires_at_ms + Self::margin(lease).as_millis() as i64 {
             return Ok(LeaseOutcome::Held { owner: current.owner, expires_at_ms: current.expires_at_ms });
         }
         match self.store.update(&key, &bytes, &version)? {
@@ -210,7 +233,7 @@ impl Leases {
 
     /// Extends a lease we hold; `false` when it was taken over meanwhile.
     pub fn renew(&self, lease: &mut Lease, duration: Duration) -> Result<bool> {
-        let bytes = Self::record(&lease.owner, duration)?;
+        let bytes = self.record(&lease.owner, duration)?;
         match self.store.update(&lease.key, &bytes, &lease.version)? {
             Some(version) => {
                 lease.version = version;
@@ -299,16 +322,16 @@ impl Leases {
     /// (the store's stamp of the write against this host's clock around it; one more request).
     /// `None` when the heartbeat vanished meanwhile.
     pub fn beat_and_measure(&self, beat: &WorkerBeat) -> Result<Option<ClockSkew>> {
-        let before = now_ms();
+        let before = self.clock.now_ms();
         self.beat(beat)?;
-        let after = now_ms();
+        let after = self.clock.now_ms();
         let stamped = self.store.written_at_ms(&Self::beat_key(&beat.id))?;
         Ok(stamped.map(|stamped| ClockSkew::measure(before, after, stamped)))
     }
 
     /// The workers counted live (see [`WorkerBeat::is_live`]).
     pub fn live_workers(&self) -> Result<Vec<WorkerBeat>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut out = Vec::new();
         for object in self.store.list("workers")? {
             if let Some((bytes, _)) = self.store.get(&object.key)?
@@ -340,19 +363,39 @@ mod tests {
     use super::*;
     use crate::workspace::store::{LocalStore, ObjectBackend};
 
+    /// A clock the test moves.
+    #[derive(Debug, Default)]
+    struct ManualClock(std::sync::atomic::AtomicI64);
+
+    impl ManualClock {
+        fn advance(&self, by: Duration) {
+            self.0.fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> i64 {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
     fn takeover(store: Arc<dyn Store>) {
-        let leases = Leases::new(store);
+        let clock = Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(1_700_000_000_000)));
+        let leases = Leases::with_clock(store, Arc::clone(&clock) as Arc<dyn Clock>);
         let lease = Duration::from_millis(200);
         let LeaseOutcome::Claimed(mut first) = leases.claim("fp", 3, "a", lease).unwrap() else { panic!("a fresh unit is claimed") };
         assert!(!first.taken_over);
         assert!(matches!(leases.claim("fp", 3, "b", lease).unwrap(), LeaseOutcome::Held { ref owner, .. } if owner == "a"));
         // Renewed in time, the lease holds past its first expiry.
-        std::thread::sleep(Duration::from_millis(150));
+        clock.advance(Duration::from_millis(150));
         assert!(leases.renew(&mut first, lease).unwrap());
-        std::thread::sleep(Duration::from_millis(150));
+        clock.advance(Duration::from_millis(150));
         assert!(matches!(leases.claim("fp", 3, "b", lease).unwrap(), LeaseOutcome::Held { .. }));
-        // Not renewed: after expiry and the margin, another worker takes it over, once.
-        std::thread::sleep(Duration::from_millis(300));
+        // Not renewed: held up to expiry and the margin (350 + 50 ms after the claim), then
+        // another worker takes it over, once.
+        clock.advance(Duration::from_millis(100));
+        assert!(matches!(leases.claim("fp", 3, "b", lease).unwrap(), LeaseOutcome::Held { .. }), "at the end of the margin");
+        clock.advance(Duration::from_millis(1));
         let LeaseOutcome::Claimed(second) = leases.claim("fp", 3, "b", lease).unwrap() else { panic!("an expired lease is taken over") };
         assert!(second.taken_over);
         assert!(matches!(leases.claim("fp", 3, "c", lease).unwrap(), LeaseOutcome::Held { ref owner, .. } if owner == "b"));
