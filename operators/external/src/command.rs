@@ -162,6 +162,10 @@ fn find_on_path(program: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
 
+/// The most a program may write on standard output for one batch: what one Arrow binary column
+/// holds (32-bit offsets), far above any batch's added columns.
+const MAX_OUTPUT_BYTES: u64 = 2 << 30;
+
 /// How to start the program.
 #[derive(Debug, Clone)]
 struct Program {
@@ -205,15 +209,24 @@ impl Call for Program {
             // A program that exits without reading all its input is judged by its exit status.
             let _ = stdin.write_all(&request);
         });
+        // Bounded: past the limit the pipe closes and the program is judged on what it wrote.
         let reader = std::thread::spawn(move || {
             let mut bytes = Vec::new();
-            stdout.read_to_end(&mut bytes).map(|_| bytes)
+            (&mut stdout).take(MAX_OUTPUT_BYTES + 1).read_to_end(&mut bytes).map(|_| bytes)
         });
         let waited = wait(&mut child, Instant::now() + self.timeout, &|| ctx.is_cancelled())
             .map_err(|e| Failure::Fatal(OpError::Execution(format!("waiting for {}: {e}", self.name()))))?;
         let _ = writer.join();
         let output = reader.join().unwrap_or_else(|_| Ok(Vec::new()));
         let stderr = tail.finish();
+        if output.as_ref().is_ok_and(|bytes| bytes.len() as u64 > MAX_OUTPUT_BYTES) {
+            return Err(Failure::Fatal(OpError::Execution(format!(
+                "{} wrote more than {} GiB on standard output for {} rows; write only the added columns there",
+                self.name(),
+                MAX_OUTPUT_BYTES >> 30,
+                batch.num_rows()
+            ))));
+        }
         match waited {
             Waited::Cancelled => Err(Failure::Fatal(OpError::Cancelled)),
             Waited::TimedOut => {
