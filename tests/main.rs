@@ -5,6 +5,7 @@ mod chat_server;
 mod support;
 
 mod curation;
+mod docs;
 mod errors;
 mod evaluation;
 mod execution;

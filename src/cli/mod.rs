@@ -2,6 +2,7 @@
 //! module and `main` print.
 
 mod generate;
+mod ops;
 pub mod output;
 mod progress;
 mod submit;
@@ -38,6 +39,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check a DAG file without running anything (exit 2 on errors).
+    #[command(
+        after_help = "Examples:\n  unoflow validate dags/quickstart.toml\n  unoflow validate dags/quickstart.toml --var datasets=/data/my-datasets"
+    )]
     Validate {
         /// The DAG file.
         dag: PathBuf,
@@ -45,6 +49,7 @@ pub enum Command {
         vars: VarArgs,
     },
     /// Show what `run` would do: each node's fingerprint and state (cached, stale, missing), and why.
+    #[command(after_help = "Examples:\n  unoflow plan dags/quickstart.toml\n  unoflow plan dags/quickstart.toml --json")]
     Plan {
         dag: PathBuf,
         #[command(flatten)]
@@ -58,13 +63,21 @@ pub enum Command {
         json: bool,
     },
     /// Run the nodes that are not cached; committed work survives interruptions.
+    #[command(
+        after_help = "Examples:\n  unoflow run dags/quickstart.toml\n  unoflow run dags/quickstart.toml --only dino --force dino\n  unoflow run dags/uno.toml --devices all          # one worker per GPU of this host"
+    )]
     Run(RunArgs),
     /// Work on a DAG's units together with other workers sharing the workspace (started by
     /// Slurm, Kubernetes, or by hand), until the DAG is complete.
+    #[command(after_help = "Examples:\n  unoflow worker dags/uno.toml --workspace s3://bucket/uno --device cuda:0")]
     Worker(worker::WorkerArgs),
     /// Start workers on a cluster: write an sbatch array script or a Kubernetes Indexed Job, and submit it.
+    #[command(
+        after_help = "Examples:\n  unoflow submit dags/uno.toml --backend slurm --workspace /shared/uno --workers 8 --dry-run\n  unoflow submit dags/uno.toml --backend kubernetes --workspace s3://bucket/uno --workers 8 --image ghcr.io/me/unoflow"
+    )]
     Submit(submit::SubmitArgs),
     /// Show a workspace's progress: per node units done, held and pending, live workers, rate and time left.
+    #[command(after_help = "Examples:\n  unoflow status --dag dags/quickstart.toml\n  unoflow status --workspace s3://bucket/uno --json")]
     Status {
         /// Report on this DAG's current nodes (default: the nodes the workspace's index names).
         #[arg(long)]
@@ -80,6 +93,9 @@ pub enum Command {
         json: bool,
     },
     /// Query node outputs with SQL; every node's output is a table named after it, its failed rows `errors.NODE`.
+    #[command(
+        after_help = "Examples:\n  unoflow sql --dag dags/quickstart.toml \"SELECT subject1, dino_mean, dino_pass FROM dino\"\n  unoflow sql --dag dags/quickstart.toml --format parquet -o curated.parquet \"SELECT * FROM curated\"\n  unoflow sql --dag dags/quickstart.toml \"SELECT * FROM errors.dino\""
+    )]
     Sql {
         /// The query (read-only).
         query: String,
@@ -103,11 +119,17 @@ pub enum Command {
         max_rows: usize,
     },
     /// List the operators, or show one in full.
+    #[command(after_help = "Examples:\n  unoflow ops\n  unoflow ops dino_filter\n  unoflow ops --markdown > docs/operators.md")]
     Ops {
         /// An operator name.
         name: Option<String>,
+        /// Print the operator reference of the book (docs/operators.md) in Markdown: every
+        /// operator, its parameters, and the columns it reads and writes.
+        #[arg(long)]
+        markdown: bool,
     },
     /// List the runs recorded in a workspace.
+    #[command(after_help = "Examples:\n  unoflow runs --dag dags/quickstart.toml")]
     Runs {
         #[arg(long)]
         dag: Option<PathBuf>,
@@ -120,16 +142,25 @@ pub enum Command {
         json: bool,
     },
     /// Generate images with UNO: a prompt and reference images (like the reference inference.py).
+    #[command(
+        after_help = "Examples:\n  unoflow generate --tiny --prompt \"a cat on a sofa\" --out cat.png --width 128 --height 128 --steps 4\n  unoflow generate --model-dir /models/FLUX.1-dev --lora /models/UNO/dit_lora.safetensors --ref dog.jpg --prompt \"the dog on a beach\" --out dog.png --device cuda"
+    )]
     Generate(GenerateArgs),
-    /// Models: check one against its reference implementation's fixture.
+    /// Models: check one against its reference implementation's fixture (`check`), or write a
+    /// tiny random one in a release's layout (`tiny`).
+    #[command(
+        after_help = "Examples:\n  unoflow model tiny /tmp/flux-tiny --kind flux-dev\n  unoflow model check flux --weights operators/models/fixtures/flux/tiny.safetensors --fixture operators/models/fixtures/flux/ref1.fixture.safetensors"
+    )]
     Model {
         #[command(subcommand)]
         command: ModelCommand,
     },
     /// Open the review page: the DAG, any node's rows and pairs with thumbnails, lineage, runs,
     /// accept/reject labels and threshold calibration, in a browser.
+    #[command(after_help = "Examples:\n  unoflow serve --dag dags/quickstart.toml            # then open http://127.0.0.1:8787")]
     Serve(ServeArgs),
     /// Show where a row came from: its values, the node's parameters, and the rows it was made from.
+    #[command(after_help = "Example:\n  unoflow lineage --dag dags/quickstart.toml dino 3f2a9c0d1e4b5a6f")]
     Lineage {
         /// The node holding the row.
         node: String,
@@ -176,7 +207,7 @@ pub struct GenerateArgs {
     /// Images to generate.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub num_images: u32,
-    /// A model folder (BFL layout or diffusers with ae.safetensors).
+    /// A model folder (BFL layout, or diffusers with ae.safetensors or a vae/ folder).
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
     /// Use a tiny random model set (no downloads; for trying the pipeline).
@@ -210,7 +241,7 @@ pub enum ModelCommand {
     /// Run a model on a reference fixture and compare: the last line is `rel_err=… max_abs_err=…`;
     /// exit 1 above the tolerance, 2 on bad input.
     Check {
-        /// The model kind: flux (more with the model issues: ae, t5, clip_text, clip, dinov2).
+        /// The model kind: flux, ae, t5, clip_text, clip, dinov2 or dino.
         kind: String,
         /// The weights, in the checkpoint's own layout (a file, or a diffusers folder).
         #[arg(long)]
@@ -455,7 +486,15 @@ pub async fn main_with(cli: Cli, interrupt: Interrupt, registry: Registry) -> Re
             let catalog = catalog(dag.as_deref(), options, &registry).await?;
             sql(&catalog, &query, format, output.as_deref(), max_rows).await
         }
-        Command::Ops { name } => ops(&registry, name.as_deref()),
+        Command::Ops { name, markdown } => {
+            let listing = match (name.as_deref(), markdown) {
+                (Some(_), true) => return Err(Error::Usage("`--markdown` lists every operator; leave out the operator's name".into())),
+                (Some(name), false) => ops::Listing::One(name),
+                (None, true) => ops::Listing::Markdown,
+                (None, false) => ops::Listing::Short,
+            };
+            ops::ops(&registry, listing).await
+        }
         Command::Runs { dag, workspace, vars, json } => {
             let root = workspace_root(dag.as_deref(), vars.load_options(workspace.workspace.as_deref()), &registry).await?;
             runs(&root, json)
@@ -696,51 +735,6 @@ fn shell_word(word: &str) -> String {
     } else {
         format!("'{}'", word.replace('\'', "'\\''"))
     }
-}
-
-fn ops(registry: &Registry, name: Option<&str>) -> Result<i32> {
-    let mut out = output::stdout();
-    let Some(name) = name else {
-        let width = registry.names().map(str::len).max().unwrap_or(4);
-        for op in registry.iter() {
-            let spec = op.spec();
-            writeln!(out, "{:width$}  {}", spec.name, spec.summary).at(STDOUT)?;
-            for p in &spec.params {
-                let default = p.default.as_ref().map(|d| format!(" = {d}")).unwrap_or_else(|| " (required)".into());
-                writeln!(out, "{:width$}    {}: {}{default}", "", p.name, p.ty.short_name()).at(STDOUT)?;
-            }
-        }
-        writeln!(out, "\n`unoflow ops NAME` shows one operator in full.").at(STDOUT)?;
-        return Ok(0);
-    };
-    let op = registry.get(name).ok_or_else(|| {
-        let hint = crate::diagnostic::did_you_mean(name, registry.names()).map(|m| format!(" (did you mean `{m}`?)")).unwrap_or_default();
-        Error::Usage(format!("no operator `{name}`{hint}; `unoflow ops` lists them"))
-    })?;
-    let spec = op.spec();
-    let inputs = match spec.inputs {
-        (0, 0) => "none".to_string(),
-        (a, b) if a == b => a.to_string(),
-        (a, usize::MAX) => format!("{a} or more"),
-        (a, b) => format!("{a} to {b}"),
-    };
-    writeln!(out, "{} (version {})\n\n{}\n\n{}\n", spec.name, spec.version, spec.summary, spec.doc).at(STDOUT)?;
-    // The operators that run the user's code take both from their parameters.
-    let user_code = spec.param("resource").is_some();
-    let resource = if user_code { "the `resource` parameter".to_string() } else { format!("{:?}", spec.resource).to_lowercase() };
-    let rows = match spec.partition_rows {
-        _ if user_code => "the `batch_size` parameter".to_string(),
-        usize::MAX => "all".into(),
-        n => n.to_string(),
-    };
-    writeln!(out, "inputs: {inputs}\nresource: {resource}\nrows per unit: {rows}\n").at(STDOUT)?;
-    writeln!(out, "parameters:").at(STDOUT)?;
-    for p in &spec.params {
-        let default = p.default.as_ref().map(|d| format!("default {d}")).unwrap_or_else(|| "required".into());
-        writeln!(out, "  {} ({}, {default}{})\n      {}", p.name, p.ty.describe(), if p.secret { ", secret" } else { "" }, p.doc)
-            .at(STDOUT)?;
-    }
-    Ok(0)
 }
 
 fn runs(root: &Location, json: bool) -> Result<i32> {

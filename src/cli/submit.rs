@@ -122,8 +122,8 @@ pub struct SubmitArgs {
     /// The cluster's scheduler.
     #[arg(long, value_enum)]
     pub backend: Backend,
-    /// GPUs per worker; 0 for CPU workers. A worker runs on its first GPU (cuda:0); more are for
-    /// models that need them.
+    /// GPUs per worker; 0 for CPU workers. A worker runs on its first GPU (cuda:0) and leaves any
+    /// others idle, so ask for one unless the cluster only hands out whole nodes.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub gpus_per_worker: u32,
     /// CPU cores per worker (Slurm `--cpus-per-task`, Kubernetes CPU request).

@@ -7,12 +7,16 @@
 //! # Determinism
 //! Sessions run plans in one partition, and [`ordered_stream`] reads a plan's partitions one
 //! after another: rows come out in an order fixed by the data (input position; joins in probe
-//! order; groups in first-seen order), never by thread timing. The price is one core per query;
-//! the engine overlaps it with id hashing and Parquet encoding, which use the others.
+//! order; groups in first-seen order), never by thread timing. The parts of a table are still
+//! decoded and filtered on every core ([`parts`]), their rows yielded in part order; what runs
+//! above the scans (joins, aggregates, sorts) takes one core, and the engine overlaps it with id
+//! hashing and Parquet encoding, which use the others.
 
+mod concat;
 pub mod ids;
 mod node_plan;
 pub mod outside;
+mod parts;
 mod view;
 
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{ListingOptions, ListingTableUrl};
 use datafusion::datasource::{MemTable, TableProvider, ViewTable};
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
@@ -199,20 +203,21 @@ async fn parquet_table<'a>(
     let Some(first) = urls.first() else {
         return Err(Error::Internal(format!("node `{}` has no part files", table.name)));
     };
-    // Filters are evaluated while decoding (late materialisation): a `WHERE` or a top-K over
-    // a table with image columns decodes the images of the rows that pass, not of every row
-    // (the review page's filtered and sorted pages over 1 M rows: 10 s → 0.5 s).
-    let mut parquet = datafusion::common::config::TableParquetOptions::default();
-    parquet.global.pushdown_filters = true;
-    parquet.global.reorder_filters = true;
-    let format = ParquetFormat::default().with_options(parquet).with_force_view_types(false);
-    let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
     let inference = session();
     table.store.store().register(&inference);
-    let state = inference.state();
-    let schema = options.infer_schema(&state, first).await?;
-    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
-    Ok(Arc::new(ListingTable::try_new(config)?))
+    let schema = listing_options(false).infer_schema(&inference.state(), first).await?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(Arc::new(parts::PartsTable::try_new(urls, listing_options, schema, cores)?))
+}
+
+/// How a node's part files are listed and read; `late_materialisation` evaluates filters while
+/// decoding, before the other columns are decoded.
+fn listing_options(late_materialisation: bool) -> ListingOptions {
+    let mut parquet = datafusion::common::config::TableParquetOptions::default();
+    parquet.global.pushdown_filters = late_materialisation;
+    parquet.global.reorder_filters = true;
+    let format = ParquetFormat::default().with_options(parquet).with_force_view_types(false);
+    ListingOptions::new(Arc::new(format)).with_file_extension(".parquet")
 }
 
 /// A view: its query planned over its inputs' tables. A query that passes its input's row ids

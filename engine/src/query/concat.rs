@@ -1,0 +1,173 @@
+//! Several single-partition plans read at once, their rows yielded one plan after another.
+//!
+//! DataFusion's way to read in parallel is partitions merged as they finish
+//! (`CoalescePartitionsExec`): the row order would follow thread timing. A node's parts are
+//! instead split into contiguous runs ([`super::parts`]), each read by its own task into a
+//! short queue, and the runs' rows come out in run order: the order of one partition, the
+//! decoding and filtering of several. Memory stays bounded: a run that gets ahead of the one
+//! being yielded waits once its queue is full.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, internal_err};
+use datafusion::config::ConfigOptions;
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties, SendableRecordBatchStream,
+};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+
+/// Batches a run may read ahead of the run being yielded.
+const READ_AHEAD: usize = 4;
+
+/// The rows of `inputs` (one partition each, one schema), input after input, read concurrently;
+/// at most `fetch` of them.
+#[derive(Debug)]
+pub(super) struct OrderedConcatExec {
+    inputs: Vec<Arc<dyn ExecutionPlan>>,
+    fetch: Option<usize>,
+    properties: Arc<PlanProperties>,
+}
+
+impl OrderedConcatExec {
+    pub(super) fn try_new(inputs: Vec<Arc<dyn ExecutionPlan>>, fetch: Option<usize>) -> Result<Self> {
+        let Some(first) = inputs.first() else {
+            return internal_err!("an ordered concatenation needs at least one input");
+        };
+        let schema = first.schema();
+        for input in &inputs {
+            if input.output_partitioning().partition_count() != 1 {
+                return internal_err!("an ordered concatenation reads inputs of one partition, not {}", input.name());
+            }
+            if input.schema().fields() != schema.fields() {
+                return internal_err!("the inputs of an ordered concatenation differ in schema");
+            }
+        }
+        let boundedness = inputs.iter().map(|i| i.boundedness()).find(|b| b.is_unbounded()).unwrap_or(Boundedness::Bounded);
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(SchemaRef::clone(&schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            boundedness,
+        );
+        Ok(Self { inputs, fetch, properties: Arc::new(properties) })
+    }
+}
+
+impl DisplayAs for OrderedConcatExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "OrderedConcatExec: inputs={}", self.inputs.len())?;
+        match self.fetch {
+            Some(n) => write!(f, ", fetch={n}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ExecutionPlan for OrderedConcatExec {
+    fn name(&self) -> &str {
+        "OrderedConcatExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        self.inputs.iter().collect()
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false; self.inputs.len()]
+    }
+
+    fn apply_expressions(&self, _: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::try_new(children, self.fetch)?))
+    }
+
+    /// A filter above holds row by row, so it may be evaluated in each input (a top-K's
+    /// dynamic filter reaches the part files).
+    fn gather_filters_for_pushdown(
+        &self,
+        _phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> Result<FilterDescription> {
+        FilterDescription::from_children(parent_filters, &self.children())
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return internal_err!("an ordered concatenation has one partition, not {partition}");
+        }
+        let runs = self.inputs.iter().map(|input| Ok(Run::start(input.execute(0, Arc::clone(&context))?))).collect::<Result<Vec<_>>>()?;
+        // The runs not yet yielded stay in the iterator: dropping the stream (a `LIMIT` met, a
+        // query cancelled) drops their tasks, which aborts them.
+        let rows = futures::stream::iter(runs).flat_map(Run::into_stream);
+        let rows = match self.fetch {
+            None => rows.boxed(),
+            Some(fetch) => at_most(rows, fetch),
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), rows)))
+    }
+}
+
+/// The first `fetch` rows of `rows`; the stream ends (dropping what reads ahead) once they are out.
+fn at_most(rows: impl Stream<Item = Result<RecordBatch>> + Send + 'static, fetch: usize) -> BoxStream<'static, Result<RecordBatch>> {
+    rows.scan(fetch, |left, batch| {
+        let next = (*left > 0).then(|| {
+            batch.map(|b| {
+                let kept = b.num_rows().min(*left);
+                *left -= kept;
+                b.slice(0, kept)
+            })
+        });
+        futures::future::ready(next)
+    })
+    .boxed()
+}
+
+/// One input, read by its own task into a bounded queue.
+struct Run {
+    queue: tokio::sync::mpsc::Receiver<Result<RecordBatch>>,
+    reader: SpawnedTask<()>,
+}
+
+impl Run {
+    fn start(mut input: SendableRecordBatchStream) -> Self {
+        let (send, queue) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let reader = SpawnedTask::spawn(async move {
+            while let Some(batch) = input.next().await {
+                let failed = batch.is_err();
+                if send.send(batch).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Self { queue, reader }
+    }
+
+    /// The run's batches, then an error if its reader died (a panic) rather than finished:
+    /// a queue that closes early must not pass for the end of the rows.
+    fn into_stream(self) -> BoxStream<'static, Result<RecordBatch>> {
+        let Self { queue, reader } = self;
+        let batches = futures::stream::unfold(queue, |mut queue| async move { queue.recv().await.map(|b| (b, queue)) });
+        let ended = futures::stream::once(async move { reader.join().await }).filter_map(|joined| async move {
+            joined.err().map(|e| Err(DataFusionError::Execution(format!("reading the parts of a table failed: {e}"))))
+        });
+        batches.chain(ended).boxed()
+    }
+}
