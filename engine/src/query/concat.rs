@@ -5,7 +5,7 @@
 //! instead split into contiguous runs ([`super::parts`]), each read by its own task into a
 //! short queue, and the runs' rows come out in run order: the order of one partition, the
 //! decoding and filtering of several. Memory stays bounded: a run that gets ahead of the one
-//! being yielded waits once its queue is full.
+//! being yielded waits once its queue holds 64 MiB.
 
 use std::sync::Arc;
 
@@ -25,9 +25,12 @@ use datafusion::physical_plan::{
 };
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Batches a run may read ahead of the run being yielded.
-const READ_AHEAD: usize = 4;
+/// Bytes of batches a run may hold ahead of the run being yielded, in KiB: narrow rows (a
+/// filtered count's) run far ahead, image rows a few at a time. A batch larger than this is
+/// held alone.
+const READ_AHEAD_KIB: u32 = 64 * 1024;
 
 /// The rows of `inputs` (one partition each, one schema), input after input, read concurrently;
 /// at most `fetch` of them.
@@ -140,19 +143,24 @@ fn at_most(rows: impl Stream<Item = Result<RecordBatch>> + Send + 'static, fetch
     .boxed()
 }
 
-/// One input, read by its own task into a bounded queue.
+/// One input, read by its own task into a queue bounded in bytes.
 struct Run {
-    queue: tokio::sync::mpsc::Receiver<Result<RecordBatch>>,
+    queue: tokio::sync::mpsc::UnboundedReceiver<(Result<RecordBatch>, OwnedSemaphorePermit)>,
     reader: SpawnedTask<()>,
 }
 
 impl Run {
     fn start(mut input: SendableRecordBatchStream) -> Self {
-        let (send, queue) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let (send, queue) = tokio::sync::mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(READ_AHEAD_KIB as usize));
         let reader = SpawnedTask::spawn(async move {
             while let Some(batch) = input.next().await {
+                let kib = batch.as_ref().map_or(0, |b| b.get_array_memory_size() / 1024);
+                let kib = u32::try_from(kib).unwrap_or(u32::MAX).clamp(1, READ_AHEAD_KIB);
+                // The permit travels with the batch and is returned when it is yielded.
+                let Ok(held) = Arc::clone(&budget).acquire_many_owned(kib).await else { break };
                 let failed = batch.is_err();
-                if send.send(batch).await.is_err() || failed {
+                if send.send((batch, held)).is_err() || failed {
                     break;
                 }
             }
@@ -164,7 +172,7 @@ impl Run {
     /// a queue that closes early must not pass for the end of the rows.
     fn into_stream(self) -> BoxStream<'static, Result<RecordBatch>> {
         let Self { queue, reader } = self;
-        let batches = futures::stream::unfold(queue, |mut queue| async move { queue.recv().await.map(|b| (b, queue)) });
+        let batches = futures::stream::unfold(queue, |mut queue| async move { queue.recv().await.map(|(b, _held)| (b, queue)) });
         let ended = futures::stream::once(async move { reader.join().await }).filter_map(|joined| async move {
             joined.err().map(|e| Err(DataFusionError::Execution(format!("reading the parts of a table failed: {e}"))))
         });
