@@ -50,6 +50,8 @@ fn the_operator_reference_is_what_the_code_prints() {
         assert!(printed.contains(&format!("\n## `{name}`\n")), "{name} is missing from the reference");
     }
     assert!(printed.contains("| `threshold` |"), "{printed}");
+    let both = Project::new().unoflow(&["ops", "read", "--markdown"]).expect_code(2);
+    assert!(both.stderr.contains("`--markdown` lists every operator; leave out the operator's name"), "{}", both.stderr);
 }
 
 /// GitHub's anchor for a heading: lower case, spaces to `-`, only letters, digits, `-` and `_`.
