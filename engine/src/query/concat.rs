@@ -5,7 +5,9 @@
 //! instead split into contiguous runs ([`super::parts`]), each read by its own task into a
 //! short queue, and the runs' rows come out in run order: the order of one partition, the
 //! decoding and filtering of several. Memory stays bounded: a run that gets ahead of the one
-//! being yielded waits once its queue holds 64 MiB.
+//! being yielded waits once its queue holds 64 MiB, and what it holds is counted in the query's
+//! memory pool: read-ahead uses only memory the pool has free, and under pressure a run holds
+//! one batch at a time, as a plain scan does.
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
@@ -116,7 +119,15 @@ impl ExecutionPlan for OrderedConcatExec {
         if partition != 0 {
             return internal_err!("an ordered concatenation has one partition, not {partition}");
         }
-        let runs = self.inputs.iter().map(|input| Ok(Run::start(input.execute(0, Arc::clone(&context))?))).collect::<Result<Vec<_>>>()?;
+        let runs = self
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                let memory = MemoryConsumer::new(format!("OrderedConcatExec[run {i}]")).register(context.memory_pool());
+                Ok(Run::start(input.execute(0, Arc::clone(&context))?, memory))
+            })
+            .collect::<Result<Vec<_>>>()?;
         // The runs not yet yielded stay in the iterator: dropping the stream (a `LIMIT` met, a
         // query cancelled) drops their tasks, which aborts them.
         let rows = futures::stream::iter(runs).flat_map(Run::into_stream);
@@ -143,24 +154,37 @@ fn at_most(rows: impl Stream<Item = Result<RecordBatch>> + Send + 'static, fetch
     .boxed()
 }
 
+/// A batch read ahead, with what it holds of the run's budget and of the memory pool; both
+/// are returned when it is yielded.
+type Queued = (Result<RecordBatch>, OwnedSemaphorePermit, MemoryReservation);
+
 /// One input, read by its own task into a queue bounded in bytes.
 struct Run {
-    queue: tokio::sync::mpsc::UnboundedReceiver<(Result<RecordBatch>, OwnedSemaphorePermit)>,
+    queue: tokio::sync::mpsc::UnboundedReceiver<Queued>,
     reader: SpawnedTask<()>,
 }
 
 impl Run {
-    fn start(mut input: SendableRecordBatchStream) -> Self {
+    fn start(mut input: SendableRecordBatchStream, memory: MemoryReservation) -> Self {
         let (send, queue) = tokio::sync::mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(READ_AHEAD_KIB as usize));
         let reader = SpawnedTask::spawn(async move {
             while let Some(batch) = input.next().await {
-                let kib = batch.as_ref().map_or(0, |b| b.get_array_memory_size() / 1024);
-                let kib = u32::try_from(kib).unwrap_or(u32::MAX).clamp(1, READ_AHEAD_KIB);
-                // The permit travels with the batch and is returned when it is yielded.
-                let Ok(held) = Arc::clone(&budget).acquire_many_owned(kib).await else { break };
+                let bytes = batch.as_ref().map_or(0, |b| b.get_array_memory_size());
+                let kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX).clamp(1, READ_AHEAD_KIB);
+                let Ok(mut held) = Arc::clone(&budget).acquire_many_owned(kib).await else { break };
+                if memory.try_grow(bytes).is_err() {
+                    // The pool has no room to read ahead: wait until this run's queue is empty
+                    // and hold this one batch alone. It is still counted, so that the pool's
+                    // other consumers (a sort, a join) see it and give way.
+                    drop(held);
+                    let Ok(whole) = Arc::clone(&budget).acquire_many_owned(READ_AHEAD_KIB).await else { break };
+                    held = whole;
+                    memory.grow(bytes);
+                }
+                let counted = memory.split(bytes);
                 let failed = batch.is_err();
-                if send.send((batch, held)).is_err() || failed {
+                if send.send((batch, held, counted)).is_err() || failed {
                     break;
                 }
             }
@@ -172,7 +196,7 @@ impl Run {
     /// a queue that closes early must not pass for the end of the rows.
     fn into_stream(self) -> BoxStream<'static, Result<RecordBatch>> {
         let Self { queue, reader } = self;
-        let batches = futures::stream::unfold(queue, |mut queue| async move { queue.recv().await.map(|(b, _held)| (b, queue)) });
+        let batches = futures::stream::unfold(queue, |mut queue| async move { queue.recv().await.map(|(b, _held, _counted)| (b, queue)) });
         let ended = futures::stream::once(async move { reader.join().await }).filter_map(|joined| async move {
             joined.err().map(|e| Err(DataFusionError::Execution(format!("reading the parts of a table failed: {e}"))))
         });

@@ -149,6 +149,7 @@ mod tests {
     use datafusion::datasource::file_format::parquet::ParquetFormat;
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::physical_plan::displayable;
+    use futures::StreamExt;
 
     use super::*;
 
@@ -226,6 +227,45 @@ mod tests {
         assert_eq!(first, all.iter().copied().filter(|v| v % 3 == 1).take(500).collect::<Vec<_>>());
         let (count, _) = values(table(&parts, 3).await, "SELECT count(*) FROM t WHERE v > 2500").await;
         assert_eq!(count, [all.iter().filter(|&&v| v > 2500).count() as i64]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_ahead_is_counted_in_the_memory_pool_and_gives_way_when_it_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = write_parts(dir.path());
+        let all: Vec<i64> = (0..7).flat_map(|p| (0..300).map(move |i| p * 1000 + i)).collect();
+
+        // Held batches show in the pool while the first run is yielded, and leave it with them.
+        let ctx = crate::query::session();
+        ctx.register_table("t", Arc::new(table(&parts, 3).await)).unwrap();
+        let pool = Arc::clone(&ctx.runtime_env().memory_pool);
+        let mut rows = ctx.sql("SELECT v FROM t").await.unwrap().execute_stream().await.unwrap();
+        rows.next().await.unwrap().unwrap();
+        let counted = wait_for(|| pool.reserved() > 0).await;
+        assert!(counted, "batches read ahead are not counted in the memory pool");
+        drop(rows);
+        let freed = wait_for(|| pool.reserved() == 0).await;
+        assert!(freed, "{} bytes still counted after the query ended", pool.reserved());
+
+        // A pool with room for a batch or two: the runs read one batch at a time, the query
+        // neither fails nor changes its rows.
+        let ctx = crate::query::bounded_session(4 * 1024).unwrap();
+        ctx.register_table("t", Arc::new(table(&parts, 7).await)).unwrap();
+        let batches = ctx.sql("SELECT v FROM t").await.unwrap().collect().await.unwrap();
+        let read: Vec<i64> =
+            batches.iter().flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec()).collect();
+        assert_eq!(read, all);
+    }
+
+    /// Whether `done` holds within five seconds (the pool is changed by reader tasks).
+    async fn wait_for(done: impl Fn() -> bool) -> bool {
+        for _ in 0..500 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        done()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
