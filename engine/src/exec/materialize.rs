@@ -712,7 +712,11 @@ impl Chunks {
         if self.pending_rows == 0 {
             return Ok(None);
         }
-        let all = concat_batches(&self.schema, &self.pending)?;
+        // One batch pending (a small view, or the last of a stream) needs no copy.
+        let all = match self.pending.as_slice() {
+            [one] => one.clone(),
+            _ => concat_batches(&self.schema, &self.pending)?,
+        };
         let take = self.rows_per_unit.min(all.num_rows());
         let rest = all.slice(take, all.num_rows() - take);
         self.pending = if rest.num_rows() > 0 { vec![rest] } else { Vec::new() };

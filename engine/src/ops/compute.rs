@@ -1,5 +1,7 @@
 //! Compute operators (`unoflow-operators`) as nodes: their units are slices of the first input
-//! (or chunks of a view's rows), processed in parallel on the blocking pool.
+//! (or chunks of a view's rows; the whole input for an operator that compares rows with one
+//! another), processed in parallel on the blocking pool. Further inputs are read whole when the
+//! node opens.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -116,7 +118,8 @@ impl Op for ComputeNode {
         let table = match input {
             // A data-parallel node (a training) takes its whole input as one unit; a table in
             // several part files is streamed as one, as a view is.
-            NodeData::Table(table) if !self.configured.data_parallel() => table,
+            NodeData::Table(table) if !self.configured.data_parallel() && !self.configured.whole_input() => table,
+            _ if self.configured.whole_input() => return Ok(UnitPlan::Chunks { source: input.clone(), rows_per_unit: usize::MAX }),
             _ => return Ok(UnitPlan::Chunks { source: input.clone(), rows_per_unit: per_unit }),
         };
         let mut units = Vec::new();
@@ -140,11 +143,15 @@ impl Op for ComputeNode {
 
     async fn open(&self, ctx: OpenContext) -> Result<Arc<dyn UnitRunner>> {
         let input_schema = ctx.input_schemas.first().cloned().ok_or_else(|| Error::Internal("compute node without input".into()))?;
+        let mut others = Vec::with_capacity(ctx.inputs.len().saturating_sub(1));
+        for other in ctx.inputs.iter().skip(1) {
+            others.push(crate::query::collect_rows(other).await?);
+        }
         let (op, params, configured) = (Arc::clone(&self.op), self.params.clone(), Arc::clone(&self.configured));
         let env = ctx.env;
         // Fetching remote weights and loading them is slow blocking work.
         let processor = tokio::task::spawn_blocking(move || -> Result<_> {
-            Ok(with_local_copies(op.as_ref(), &params, configured)?.prepare(&env, &input_schema)?)
+            Ok(with_local_copies(op.as_ref(), &params, configured)?.prepare_with_inputs(&env, &input_schema, &others)?)
         })
         .await
         .map_err(|e| Error::Internal(format!("preparing `{}` panicked: {e}", self.op.spec().name)))??;

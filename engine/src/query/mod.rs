@@ -111,6 +111,18 @@ pub async fn ordered_stream(df: DataFrame) -> datafusion::error::Result<Sendable
     Ok(Box::pin(RecordBatchStreamAdapter::new(schema, streams)))
 }
 
+/// Every row of `data`, in row order, as one batch: an input an operator reads whole (the
+/// evaluation set it compares against).
+pub async fn collect_rows(data: &NodeData) -> Result<RecordBatch> {
+    let ctx = session();
+    register(&ctx, data, Verify::AlreadyChecked).await?;
+    let df = ctx.table(data.name()).await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches: Vec<RecordBatch> = ordered_stream(df).await?.try_collect().await?;
+    let batches = batches.into_iter().map(|b| conform(b, &schema)).collect::<Result<Vec<_>>>()?;
+    Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)?)
+}
+
 /// `batch` with its columns cast to `schema`'s types where they differ: a query's literals may
 /// come out wider at run time than its plan says (a `UNION` of `INT` and an integer literal).
 pub fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {

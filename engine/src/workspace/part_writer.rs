@@ -94,11 +94,24 @@ impl PartWriter {
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.writer.write(batch)?;
-        self.rows += batch.num_rows() as u64;
-        if self.writer.in_progress_size() > ROW_GROUP_BYTES {
-            self.writer.flush()?;
+        // A batch larger than a row group (the output of a node whose unit is its whole input)
+        // is written in slices, so its encoded pages are not all buffered at once. Smaller
+        // batches are written whole, as they always were: their files keep their bytes.
+        // The slice's own bytes: a unit's rows are often a slice of a larger batch, whose
+        // buffers `get_array_memory_size` would count whole.
+        let bytes: usize = batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
+        let rows = batch.num_rows();
+        let slice = if bytes > ROW_GROUP_BYTES { (rows * (ROW_GROUP_BYTES / 4) / bytes).max(1) } else { rows.max(1) };
+        for offset in (0..rows).step_by(slice) {
+            self.writer.write(&batch.slice(offset, slice.min(rows - offset)))?;
+            if self.writer.in_progress_size() > ROW_GROUP_BYTES {
+                self.writer.flush()?;
+            }
         }
+        if rows == 0 {
+            self.writer.write(batch)?;
+        }
+        self.rows += rows as u64;
         Ok(())
     }
 

@@ -317,6 +317,25 @@ pub trait Configured: Send + Sync + Debug {
     /// [`PartitionProcessor`]. The engine drops it when the node is done, which frees them.
     fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>>;
 
+    /// [`prepare`](Configured::prepare) for an operator of several inputs: the inputs after the
+    /// first (an evaluation set to compare against) are read whole, in row order, and handed
+    /// over here once per node, while the first input is still processed unit by unit.
+    /// Operators of one input keep this default.
+    fn prepare_with_inputs(
+        &self,
+        env: &Environment,
+        input_schema: &SchemaRef,
+        _others: &[RecordBatch],
+    ) -> Result<Arc<dyn PartitionProcessor>> {
+        self.prepare(env, input_schema)
+    }
+
+    /// Whether the operator compares the rows of its input with one another (a deduplication):
+    /// its one unit is then the whole first input, in row order.
+    fn whole_input(&self) -> bool {
+        false
+    }
+
     /// Whether workers sharing a workspace compute each partition together, as a gang (see
     /// [`crate::gang`]): the engine then hands the processor a leader's or a follower's end in
     /// [`ExecContext::gang`], and commits the leader's output only.

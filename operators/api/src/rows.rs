@@ -60,6 +60,11 @@ impl<T> RowResults<T> {
         out
     }
 
+    /// The same rows with `f` of each value.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> RowResults<U> {
+        RowResults { keep: self.keep, values: self.values.into_iter().map(f).collect(), errors: self.errors }
+    }
+
     /// The indices of the rows that succeeded, in order (one per value).
     pub fn kept_rows(&self) -> impl Iterator<Item = usize> + '_ {
         self.keep.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i)
@@ -67,6 +72,10 @@ impl<T> RowResults<T> {
 
     /// The rows of `batch` that succeeded.
     pub fn kept(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        if self.errors.is_empty() {
+            // Every row: the batch itself, not a copy of it (a whole input can be gigabytes).
+            return Ok(batch.clone());
+        }
         Ok(filter_record_batch(batch, &BooleanArray::from(self.keep.clone()))?)
     }
 }
