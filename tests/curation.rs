@@ -237,6 +237,19 @@ fn vlm_detect_reads_grounding_boxes_and_crops() {
     assert!(errors[1].contains("no JSON box"), "{errors:?}");
     let crop = p.unoflow_env(&["sql", "--dag", "dag.toml", "SELECT subject_crop FROM boxes LIMIT 1"], &env).ok().stdout;
     assert!(crop.contains("<png 8x9"), "{crop}");
+    // Each subject scored on its own crop, as PSR scores subjects: `dino_filter` on the crop,
+    // its columns named by `output`.
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("operators/models/fixtures/dinov2/tiny");
+    let scores = format!(
+        "\n[nodes.subject_scores]\nop = \"dino_filter\"\ninputs = [\"boxes\"]\nweights = \"{}\"\nright = \"subject_crop\"\noutput = \"subject_dino\"\n",
+        weights.display()
+    );
+    p.dag(&(std::fs::read_to_string(p.path("dag.toml")).unwrap() + &scores));
+    p.unoflow_env(&["run", "dag.toml", "-q", "--only", "subject_scores"], &env).ok();
+    assert_eq!(
+        sql_env(&p, &server, "SELECT count(subject_dino_cls) AS scored, count(subject_dino_pass) AS verdicts FROM subject_scores"),
+        ["scored,verdicts", "7,7"]
+    );
 }
 
 #[test]

@@ -64,6 +64,8 @@ const NODES: &[(&str, &str)] = &[
     ("stage1", "train_lora"),
     ("regenerated", "regenerate_ref"),
     ("evaluation", "evaluate"),
+    ("groups", "dedup"),
+    ("leaks", "contamination"),
 ];
 
 fn dag(root: &Path) -> String {
@@ -118,6 +120,25 @@ inputs = ["pairs"]
 weights = "${{fixtures}}/dinov2/tiny"
 resize = 32
 crop = 32
+
+[nodes.groups]
+op = "dedup"
+inputs = ["pairs"]
+column = "target_image"
+method = "semantic"
+weights = "${{fixtures}}/dinov2/tiny"
+threshold = 0.9
+
+[nodes.samples]
+op = "read"
+path = "${{datasets}}/samples"
+format = "images"
+
+[nodes.leaks]
+op = "contamination"
+inputs = ["pairs", "samples"]
+column = "ref_image"
+weights = "${{fixtures}}/dinov2/tiny"
 
 [nodes.curated]
 op = "sql"

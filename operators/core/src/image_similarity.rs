@@ -189,6 +189,37 @@ pub(crate) fn decode_pairs(
     Ok(RowResults::split(ids, decoded))
 }
 
+/// The embedding of each row's image in `column`, `batch_size` images decoded and embedded at a
+/// time (a whole table's images are never held decoded at once); a row whose image does not
+/// decode fails alone.
+pub(crate) fn embed_column(
+    encoder: &dyn ImageEncoder,
+    input: &RecordBatch,
+    column: &str,
+    max_pixels: u64,
+    batch_size: usize,
+    ctx: &ExecContext,
+) -> Result<RowResults<Vec<f32>>> {
+    let images = binary(input, column)?;
+    let mut embedded: Vec<std::result::Result<Vec<f32>, String>> = Vec::with_capacity(input.num_rows());
+    for start in (0..input.num_rows()).step_by(batch_size.max(1)) {
+        if ctx.is_cancelled() {
+            return Err(OpError::Cancelled);
+        }
+        let rows = start..(start + batch_size.max(1)).min(input.num_rows());
+        let decoded: Vec<std::result::Result<DynamicImage, String>> = rows
+            .into_par_iter()
+            .map(|row| image_io::decode(bytes_at(&images, column, row)?, max_pixels).map_err(|e| format!("`{column}`: {e}")))
+            .collect();
+        let good: Vec<DynamicImage> = decoded.iter().filter_map(|d| d.as_ref().ok().cloned()).collect();
+        let mut embeddings = encoder.embed(&good)?.into_iter();
+        for d in decoded {
+            embedded.push(d.map(|_| embeddings.next().expect("one embedding per decoded image")));
+        }
+    }
+    Ok(RowResults::split(row_ids(input)?, embedded))
+}
+
 /// The left and the right embeddings of a list of pairs.
 pub(crate) type PairEmbeddings = (Vec<Vec<f32>>, Vec<Vec<f32>>);
 

@@ -11,8 +11,10 @@ pub mod evaluate;
 pub mod generate;
 /// Image columns' decoding and encoding (the `unoflow-image` crate, shared with the engine).
 pub use unoflow_image as image_io;
+pub mod image_signature;
 pub mod image_similarity;
 pub mod metrics;
+pub mod near_duplicates;
 pub mod preprocess;
 pub mod sleep;
 pub mod thumbnail;
@@ -39,6 +41,8 @@ pub fn builtin_operators() -> Vec<std::sync::Arc<dyn Operator>> {
         Arc::new(curation::dino_filter::DinoFilter),
         Arc::new(curation::vlm::score::VlmScore),
         Arc::new(curation::vlm::detect::VlmDetect),
+        Arc::new(curation::dedup::Dedup),
+        Arc::new(curation::contamination::Contamination),
         Arc::new(training::train_lora::TrainLora),
         Arc::new(training::regenerate_ref::RegenerateRef),
         Arc::new(evaluate::Evaluate),
@@ -95,7 +99,12 @@ mod tests {
             for spec in &op.spec().params {
                 if let ParamType::Choice(words) = spec.ty {
                     for word in words {
-                        let p = params(op.as_ref(), &[(spec.name, (*word).into())]);
+                        // A choice that needs another parameter gets it.
+                        let needs: &[(&str, ParamValue)] = match (name, *word) {
+                            ("dedup", "semantic") => &[("weights", ParamValue::Str("x".into()))],
+                            _ => &[],
+                        };
+                        let p = params(op.as_ref(), &[&[(spec.name, (*word).into())], needs].concat());
                         op.configure(&p).unwrap_or_else(|e| panic!("{name}.{} = {word:?}: {e}", spec.name));
                     }
                 }
@@ -110,6 +119,11 @@ mod tests {
         for op in ["vlm_score", "vlm_detect", "llm_subjects"] {
             assert_eq!(rejected(op, &[("endpoint", "127.0.0.1:8000/v1".into())]), "endpoint", "{op}");
         }
+        let semantic = ("method", ParamValue::from("semantic"));
+        assert_eq!(rejected("dedup", std::slice::from_ref(&semantic)), "weights");
+        assert_eq!(rejected("dedup", &[semantic, ("weights", "x".into()), ("embedding", "e".into())]), "embedding");
+        assert_eq!(rejected("dedup", &[("weights", "x".into())]), "weights");
+        assert_eq!(rejected("dedup", &[("method", "exact".into()), ("embedding", "e".into())]), "embedding");
         for op in ["evaluate", "regenerate_ref"] {
             assert_eq!(rejected(op, &[("width", 520i64.into())]), "width", "{op}");
             assert_eq!(rejected(op, &[("height", 100i64.into())]), "height", "{op}");

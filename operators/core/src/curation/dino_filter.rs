@@ -50,6 +50,8 @@ crate::params! {
         pub resize: u32 = optional(ParamType::int(0, 4096), 0),
         /// centre crop side (0: 224)
         pub crop: u32 = optional(ParamType::int(0, 4096), 0),
+        /// the added columns' prefix: OUTPUT_cls, OUTPUT_mean, OUTPUT_pass (one per subject when scoring crops)
+        pub output: String = optional(ParamType::Str, "dino"),
         /// images per forward pass
         pub batch_size: usize = optional(ParamType::int(2, 4096), 16).not_fingerprinted(),
     }
@@ -65,7 +67,9 @@ static SPEC: LazyLock<OpSpec> = LazyLock::new(|| OpSpec {
           similarity named by `verdict_on` is at least `threshold`). The paper leaves the DINOv2 \
           variant and the threshold unspecified; on DreamBench photos with ViT-S/14, mean-pooled \
           same-subject pairs score ≥ 0.93 and different subjects ≤ 0.85. Keep the rows and \
-          curate with `SELECT … WHERE dino_pass`.",
+          curate with `SELECT … WHERE dino_pass`. To score each subject on its own, as PSR \
+          does, compare a reference with its subject's detector crop (`right = \"subject_crop\"` \
+          after `vlm_detect`) and name each node's columns with `output`.",
     params: DinoFilterParams::specs(),
     inputs: (1, 1),
     resource: Resource::Gpu,
@@ -90,10 +94,11 @@ impl Configured for DinoFilterParams {
     }
 
     fn output_schema(&self, inputs: &[SchemaRef]) -> Result<SchemaRef> {
+        let output = &self.output;
         let added = vec![
-            Field::new("dino_cls", DataType::Float32, false),
-            Field::new("dino_mean", DataType::Float32, false),
-            Field::new("dino_pass", DataType::Boolean, false),
+            Field::new(format!("{output}_cls"), DataType::Float32, false),
+            Field::new(format!("{output}_mean"), DataType::Float32, false),
+            Field::new(format!("{output}_pass"), DataType::Boolean, false),
         ];
         Ok(extend_schema(&inputs[0], added))
     }
