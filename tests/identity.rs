@@ -165,3 +165,22 @@ fn model_nodes_are_fingerprinted_for_their_device_class_and_precision() {
     assert_eq!(on("cuda:0"), on("cuda:3"));
     assert_ne!(on("cpu"), on("cuda"));
 }
+
+/// An operator whose parameters decide whether it runs a model: `dedup` by pHash keeps its
+/// output on another device; by DINOv2 embeddings it does not.
+#[test]
+fn a_node_is_device_dependent_only_when_its_parameters_run_a_model() {
+    let p = Project::new();
+    p.noise_images("data", 3, 24, 5);
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("operators/models/fixtures/dinov2/tiny");
+    p.dag(&format!(
+        "[dag]\nname = \"devices\"\nworkspace = \"ws\"\n\n[nodes.photos]\nop = \"read\"\npath = \"data\"\nformat = \"images\"\n\n\
+         [nodes.hashes]\nop = \"dedup\"\ninputs = [\"photos\"]\n\n\
+         [nodes.embeddings]\nop = \"dedup\"\ninputs = [\"photos\"]\nmethod = \"semantic\"\nweights = \"{}\"\n",
+        tiny.display()
+    ));
+    p.unoflow(&["run", "dag.toml", "-q"]).ok();
+    let cuda = plan_states(&p.unoflow(&["plan", "dag.toml", "--json", "--device", "cuda"]).ok());
+    assert_eq!(state(&cuda, "hashes").0, "cached");
+    assert_eq!(state(&cuda, "embeddings"), ("stale", &["device changed: cpu/f32 → cuda/bf16".to_string()][..]));
+}

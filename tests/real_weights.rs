@@ -234,6 +234,16 @@ method = "exact"
 op = "dedup"
 inputs = ["photos"]
 
+[nodes.marked]
+op = "sql"
+inputs = ["photos"]
+query = "SELECT *, CASE WHEN path LIKE '%~half%' THEN 1 ELSE 0 END AS is_half FROM photos"
+
+[nodes.halves_first]
+op = "dedup"
+inputs = ["marked"]
+prefer = "is_half"
+
 [nodes.leaks]
 op = "contamination"
 inputs = ["photos", "evaluation"]
@@ -269,6 +279,19 @@ weights = "{}"
         if !path.contains('~') && !path.ends_with("00.jpg") {
             assert_eq!(representative, path, "a photo of its own grouped with another");
         }
+    }
+    // `prefer` decides the representative over row order: each half-size copy represents its
+    // photo's group (the photo comes first by name).
+    let halves = crate::support::sql_csv(
+        &p,
+        "SELECT path, is_representative, (SELECT count(*) FROM halves_first o WHERE o.dup_group = h.row_id) AS members \
+         FROM halves_first h WHERE path LIKE '%~half%' ORDER BY path",
+    );
+    assert_eq!(halves.len(), 4, "{halves:?}");
+    for line in &halves[1..] {
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(fields[1], "true", "{line}");
+        assert!(fields[2].parse::<usize>().unwrap() >= 5, "{line}: the photo, its copies and the half itself");
     }
     let flagged = crate::support::sql_csv(
         &p,

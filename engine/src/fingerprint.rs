@@ -170,7 +170,7 @@ fn components(dag: &Dag, node: &Node, inputs: Vec<InputRef>) -> Result<Component
         params,
         source: node.op.source_digest()?,
         salt: node.salt.clone(),
-        device: (spec.device_dependence == DeviceDependence::ClassAndPrecision).then(|| dag.device.compute_class().to_string()),
+        device: (node.op.device_dependence() == DeviceDependence::ClassAndPrecision).then(|| dag.device.compute_class().to_string()),
         runtime: node.op.runtime().map_err(|e| runtime_error(dag, node, e))?,
         inputs,
         written: redacted_params(node),

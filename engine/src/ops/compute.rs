@@ -12,7 +12,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use unoflow_api::columns::ColumnRequirement;
 use unoflow_api::params::{ParamType, PathKind};
-use unoflow_api::{Configured, ExecContext, OpSpec, Operator, ParamValue, Params, PartitionOutput, PartitionProcessor, Resource};
+use unoflow_api::{
+    Configured, DeviceDependence, ExecContext, OpSpec, Operator, ParamValue, Params, PartitionOutput, PartitionProcessor, Resource,
+};
 
 use super::{Derived, Op, OpKind, OpenContext, SchemaError, Unit, UnitOutput, UnitPlan, UnitRunner, Work};
 use crate::data::NodeData;
@@ -110,6 +112,10 @@ impl Op for ComputeNode {
 
     fn resource(&self) -> Resource {
         self.configured.resource().unwrap_or(self.op.spec().resource)
+    }
+
+    fn device_dependence(&self) -> DeviceDependence {
+        self.configured.device_dependence().unwrap_or(self.op.spec().device_dependence)
     }
 
     fn units(&self, inputs: &[NodeData]) -> Result<UnitPlan> {

@@ -28,7 +28,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use unoflow_api::columns::ColumnRequirement;
-use unoflow_api::{Environment, ExecContext, OpSpec, ParamValue, Params, PartitionOutput, Resource, RowError};
+use unoflow_api::{DeviceDependence, Environment, ExecContext, OpSpec, ParamValue, Params, PartitionOutput, Resource, RowError};
 
 use crate::data::{NodeData, TableData};
 use crate::error::Result;
@@ -143,6 +143,12 @@ pub trait Op: Send + Sync + Debug {
     /// The scarce resource the node holds while it runs.
     fn resource(&self) -> Resource {
         self.spec().resource
+    }
+
+    /// Whether the node's output bytes depend on the device it runs on (then the device's
+    /// class and precision enter its fingerprint).
+    fn device_dependence(&self) -> DeviceDependence {
+        self.spec().device_dependence
     }
 
     /// How the node's work splits into units, given its inputs' data.

@@ -330,6 +330,12 @@ pub trait Configured: Send + Sync + Debug {
         self.prepare(env, input_schema)
     }
 
+    /// Whether this node's output depends on the device, when its parameters decide (a model
+    /// run only for some methods); `None` keeps the spec's [`OpSpec::device_dependence`].
+    fn device_dependence(&self) -> Option<DeviceDependence> {
+        None
+    }
+
     /// Whether the operator compares the rows of its input with one another (a deduplication):
     /// its one unit is then the whole first input, in row order.
     fn whole_input(&self) -> bool {

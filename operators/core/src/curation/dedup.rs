@@ -123,6 +123,13 @@ impl Operator for Dedup {
     }
 }
 
+impl DedupParams {
+    /// Whether the node embeds images with DINOv2 (else it reads pixels or stored embeddings).
+    fn runs_a_model(&self) -> bool {
+        self.method == DedupMethod::Semantic && self.weights.is_some()
+    }
+}
+
 /// The types `prefer` may have.
 fn numeric(name: &str) -> ColumnRequirement {
     ColumnRequirement {
@@ -160,7 +167,12 @@ impl Configured for DedupParams {
 
     /// Only a model holds the device; digests, hashes and stored embeddings are CPU work.
     fn resource(&self) -> Option<Resource> {
-        (self.method == DedupMethod::Semantic && self.weights.is_some()).then_some(Resource::Gpu)
+        self.runs_a_model().then_some(Resource::Gpu)
+    }
+
+    /// Without a model, the groups are the same whatever `--device` says.
+    fn device_dependence(&self) -> Option<DeviceDependence> {
+        (!self.runs_a_model()).then_some(DeviceDependence::Independent)
     }
 
     fn prepare(&self, env: &Environment, input_schema: &SchemaRef) -> Result<Arc<dyn PartitionProcessor>> {
