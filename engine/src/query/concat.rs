@@ -203,3 +203,53 @@ impl Run {
         batches.chain(ended).boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_plan::collect;
+    use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+
+    use super::*;
+
+    /// A partition of one batch, or one whose reader panics.
+    #[derive(Debug)]
+    struct Partition {
+        schema: SchemaRef,
+        panics: bool,
+    }
+
+    impl PartitionStream for Partition {
+        fn schema(&self) -> &SchemaRef {
+            &self.schema
+        }
+
+        fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+            let batch = RecordBatch::try_new(SchemaRef::clone(&self.schema), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]);
+            let panics = self.panics;
+            let rows = futures::stream::once(async move {
+                assert!(!panics, "a reader panics");
+                Ok(batch?)
+            });
+            Box::pin(RecordBatchStreamAdapter::new(SchemaRef::clone(&self.schema), rows))
+        }
+    }
+
+    fn input(schema: &SchemaRef, panics: bool) -> Arc<dyn ExecutionPlan> {
+        let partition: Arc<dyn PartitionStream> = Arc::new(Partition { schema: SchemaRef::clone(schema), panics });
+        Arc::new(StreamingTableExec::try_new(SchemaRef::clone(schema), vec![partition], None, vec![], false, None).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_that_panics_fails_the_query_instead_of_ending_its_rows_early() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let context = Arc::new(TaskContext::default());
+        let whole = OrderedConcatExec::try_new(vec![input(&schema, false), input(&schema, false)], None).unwrap();
+        let rows: usize = collect(Arc::new(whole), Arc::clone(&context)).await.unwrap().iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows, 6);
+        let broken = OrderedConcatExec::try_new(vec![input(&schema, false), input(&schema, true)], None).unwrap();
+        let error = collect(Arc::new(broken), context).await.expect_err("the rows of a dead reader passed for the end of a table");
+        assert!(error.to_string().contains("reading the parts of a table failed"), "{error}");
+    }
+}
