@@ -23,7 +23,11 @@ use std::time::Instant;
 use datafusion::arrow::array::{ArrayRef, Float32Builder, ListBuilder, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
+use measure::{measure, mib};
 use unoflow_operators::near_duplicates::{Candidates, Embeddings, by_cosine, by_cosine_with};
+
+#[path = "support/measure.rs"]
+mod measure;
 
 const DIM: usize = 384;
 const CLUSTERS: usize = 2000;
@@ -133,19 +137,7 @@ fn main() {
          [nodes.groups]\nop = \"dedup\"\ninputs = [\"rows\"]\nmethod = \"semantic\"\nembedding = \"embedding\"\n",
     )
     .expect("dag");
-    let report = dir.path().join("time.txt");
-    let started = Instant::now();
-    let status = Command::new("/usr/bin/time")
-        .args(["-f", "%M", "-o"])
-        .arg(&report)
-        .arg(env!("CARGO_BIN_EXE_unoflow"))
-        .args(["run", "dag.toml", "-q"])
-        .current_dir(dir.path())
-        .status()
-        .expect("GNU time runs unoflow");
-    assert!(status.success(), "unoflow run failed");
-    let wall = started.elapsed().as_secs_f64();
-    let peak: f64 = std::fs::read_to_string(&report).ok().and_then(|t| t.trim().lines().last()?.parse().ok()).unwrap_or(0.0);
+    let run = measure(Command::new(env!("CARGO_BIN_EXE_unoflow")).args(["run", "dag.toml", "-q"]), dir.path());
     let groups = Command::new(env!("CARGO_BIN_EXE_unoflow"))
         .args([
             "sql",
@@ -159,8 +151,9 @@ fn main() {
         .output()
         .expect("sql");
     println!(
-        "unoflow run (read + dedup, one process): {wall:.1} s, peak RSS {:.0} MiB; {}",
-        peak / 1024.0,
+        "unoflow run (read + dedup, one process): {:.1} s, peak RSS {} MiB; {}",
+        run.wall.as_secs_f64(),
+        mib(run.peak_kib),
         String::from_utf8_lossy(&groups.stdout).trim().replace('\n', " = ")
     );
 }

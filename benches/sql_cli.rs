@@ -14,10 +14,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use measure::{Measured, measure, mib};
 
+#[path = "support/measure.rs"]
+mod measure;
 #[path = "support/source.rs"]
 mod source;
 
@@ -114,36 +116,7 @@ fn datafusion_query(parts: &Path, query: &str) {
     });
 }
 
-/// One timed process.
-struct Measured {
-    wall: Duration,
-    peak_kib: Option<u64>,
-}
-
-/// Runs `command` in `dir`, under GNU `time` when it is installed (for the peak RSS).
-fn measure(command: &mut Command, dir: &Path) -> Measured {
-    let gnu_time = Path::new("/usr/bin/time");
-    let report = dir.join("time.txt");
-    let mut run = if gnu_time.is_file() {
-        let mut wrapped = Command::new(gnu_time);
-        wrapped.arg("-f").arg("%M").arg("-o").arg(&report).arg(command.get_program()).args(command.get_args());
-        wrapped
-    } else {
-        std::mem::replace(command, Command::new("true"))
-    };
-    let started = Instant::now();
-    let out = run.current_dir(dir).output().expect("spawn");
-    let wall = started.elapsed();
-    assert!(out.status.success(), "{:?} failed: {}", run, String::from_utf8_lossy(&out.stderr));
-    let peak_kib = std::fs::read_to_string(&report).ok().and_then(|t| t.trim().lines().last()?.parse().ok());
-    Measured { wall, peak_kib }
-}
-
 fn median(runs: &mut [Measured]) -> &Measured {
     runs.sort_by_key(|m| m.wall);
     &runs[runs.len() / 2]
-}
-
-fn mib(kib: Option<u64>) -> String {
-    kib.map_or_else(|| "n/a".into(), |k| format!("{:.0}", k as f64 / 1024.0))
 }

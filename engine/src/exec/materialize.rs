@@ -690,11 +690,7 @@ struct Chunks {
 
 impl Chunks {
     async fn open(source: &NodeData, rows_per_unit: usize) -> Result<Self> {
-        let ctx = query::session();
-        query::register(&ctx, source, Verify::AlreadyChecked).await?;
-        let df = ctx.table(source.name()).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let stream = query::ordered_stream(df).await?;
+        let (schema, stream) = query::node_rows(source).await?;
         Ok(Self { stream, schema, rows_per_unit, pending: Vec::new(), pending_rows: 0, finished: false })
     }
 

@@ -119,13 +119,15 @@ impl Op for ComputeNode {
     }
 
     fn units(&self, inputs: &[NodeData]) -> Result<UnitPlan> {
-        let per_unit = self.configured.rows_per_unit().unwrap_or(self.op.spec().partition_rows).max(1);
+        let whole_input = self.configured.whole_input();
+        let per_unit =
+            if whole_input { usize::MAX } else { self.configured.rows_per_unit().unwrap_or(self.op.spec().partition_rows).max(1) };
         let input = inputs.first().ok_or_else(|| Error::Internal(format!("`{}` without input", self.op.spec().name)))?;
         let table = match input {
-            // A data-parallel node (a training) takes its whole input as one unit; a table in
-            // several part files is streamed as one, as a view is.
-            NodeData::Table(table) if !self.configured.data_parallel() && !self.configured.whole_input() => table,
-            _ if self.configured.whole_input() => return Ok(UnitPlan::Chunks { source: input.clone(), rows_per_unit: usize::MAX }),
+            // A data-parallel node (a training) and one comparing rows with one another (a
+            // dedup) take their whole input as one unit; a table in several part files is
+            // streamed as one, as a view is.
+            NodeData::Table(table) if !self.configured.data_parallel() && !whole_input => table,
             _ => return Ok(UnitPlan::Chunks { source: input.clone(), rows_per_unit: per_unit }),
         };
         let mut units = Vec::new();

@@ -111,14 +111,21 @@ pub async fn ordered_stream(df: DataFrame) -> datafusion::error::Result<Sendable
     Ok(Box::pin(RecordBatchStreamAdapter::new(schema, streams)))
 }
 
-/// Every row of `data`, in row order, as one batch: an input an operator reads whole (the
-/// evaluation set it compares against).
-pub async fn collect_rows(data: &NodeData) -> Result<RecordBatch> {
+/// The rows of `data` (written or checked in this process) in row order, with the schema their
+/// batches are [`conform`]ed to.
+pub async fn node_rows(data: &NodeData) -> Result<(SchemaRef, SendableRecordBatchStream)> {
     let ctx = session();
     register(&ctx, data, Verify::AlreadyChecked).await?;
     let df = ctx.table(data.name()).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches: Vec<RecordBatch> = ordered_stream(df).await?.try_collect().await?;
+    Ok((schema, ordered_stream(df).await?))
+}
+
+/// Every row of `data`, in row order, as one batch: an input an operator reads whole (the
+/// evaluation set it compares against).
+pub async fn collect_rows(data: &NodeData) -> Result<RecordBatch> {
+    let (schema, rows) = node_rows(data).await?;
+    let batches: Vec<RecordBatch> = rows.try_collect().await?;
     let batches = batches.into_iter().map(|b| conform(b, &schema)).collect::<Result<Vec<_>>>()?;
     Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)?)
 }

@@ -119,11 +119,7 @@ impl Configured for ImageSimilarityParams {
         let mut added = vec![Field::new(output, DataType::Float32, false)];
         if self.embeddings {
             for side in ["left", "right"] {
-                added.push(Field::new(
-                    format!("{output}_{side}"),
-                    DataType::List(Arc::new(Field::new("item", DataType::Float32, true))),
-                    false,
-                ));
+                added.push(Field::new(format!("{output}_{side}"), embedding_type(), false));
             }
         }
         Ok(extend_schema(&inputs[0], added))
@@ -167,6 +163,22 @@ struct Comparer {
     schema: SchemaRef,
 }
 
+/// The image in row `row` of the binary column `name`, decoded (none of more than
+/// `max_pixels`), or a message naming the column.
+pub(crate) fn decode_at(
+    images: &arrow::array::BinaryArray,
+    name: &str,
+    row: usize,
+    max_pixels: u64,
+) -> std::result::Result<DynamicImage, String> {
+    image_io::decode(bytes_at(images, name, row)?, max_pixels).map_err(|e| format!("`{name}`: {e}"))
+}
+
+/// The type of an embedding column (`List<Float32>`).
+pub(crate) fn embedding_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Float32, true)))
+}
+
 /// Decodes both images of every row in parallel (none of more than `max_pixels`); a row fails
 /// if either image does.
 pub(crate) fn decode_pairs(
@@ -179,12 +191,7 @@ pub(crate) fn decode_pairs(
     let (lefts, rights) = (binary(input, left)?, binary(input, right)?);
     let decoded: Vec<std::result::Result<(DynamicImage, DynamicImage), String>> = (0..input.num_rows())
         .into_par_iter()
-        .map(|row| {
-            let get = |col: &arrow::array::BinaryArray, name: &str| {
-                image_io::decode(bytes_at(col, name, row)?, max_pixels).map_err(|e| format!("`{name}`: {e}"))
-            };
-            Ok((get(&lefts, left)?, get(&rights, right)?))
-        })
+        .map(|row| Ok((decode_at(&lefts, left, row, max_pixels)?, decode_at(&rights, right, row, max_pixels)?)))
         .collect();
     Ok(RowResults::split(ids, decoded))
 }
@@ -207,10 +214,8 @@ pub(crate) fn embed_column(
             return Err(OpError::Cancelled);
         }
         let rows = start..(start + batch_size.max(1)).min(input.num_rows());
-        let decoded: Vec<std::result::Result<DynamicImage, String>> = rows
-            .into_par_iter()
-            .map(|row| image_io::decode(bytes_at(&images, column, row)?, max_pixels).map_err(|e| format!("`{column}`: {e}")))
-            .collect();
+        let decoded: Vec<std::result::Result<DynamicImage, String>> =
+            rows.into_par_iter().map(|row| decode_at(&images, column, row, max_pixels)).collect();
         let good: Vec<DynamicImage> = decoded.iter().filter_map(|d| d.as_ref().ok().cloned()).collect();
         let mut embeddings = encoder.embed(&good)?.into_iter();
         for d in decoded {

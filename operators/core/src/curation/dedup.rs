@@ -19,14 +19,14 @@ use rayon::prelude::*;
 use crate::columns::ColumnRequirement;
 use crate::embed::{ImageEncoder, Pooling, open_dinov2};
 use crate::image_signature::{perceptual_hash, pixel_digest};
-use crate::image_similarity::embed_column;
+use crate::image_similarity::{decode_at, embed_column, embedding_type};
 use crate::near_duplicates::{Embeddings, Grouping, MAX_HAMMING, by_cosine, by_hamming, by_key};
 use crate::operator::{
     Configured, DeviceDependence, Environment, ExecContext, OpSpec, Operator, PartitionOutput, PartitionProcessor, Resource, RowMapping,
 };
 use crate::params::{ParamType, Params, PathKind};
-use crate::rows::{RowResults, binary, bytes_at, column, extend_schema, row_ids, with_added};
-use crate::{OpError, Result, image_io};
+use crate::rows::{RowResults, binary, column, extend_schema, row_ids, with_added};
+use crate::{OpError, Result};
 
 /// The `dedup` operator.
 #[derive(Debug, Clone, Copy)]
@@ -138,10 +138,6 @@ fn numeric(name: &str) -> ColumnRequirement {
     }
 }
 
-fn embedding_type() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Float32, true)))
-}
-
 impl Configured for DedupParams {
     fn required_columns(&self) -> Vec<Vec<ColumnRequirement>> {
         let mut columns = match &self.embedding {
@@ -225,13 +221,8 @@ impl Deduplicator {
     fn of_images<T: Send>(&self, input: &RecordBatch, f: impl Fn(&image::DynamicImage) -> T + Sync) -> Result<RowResults<T>> {
         let images = binary(input, &self.column)?;
         let name = self.column.as_str();
-        let signatures: Vec<std::result::Result<T, String>> = (0..input.num_rows())
-            .into_par_iter()
-            .map(|row| {
-                let image = image_io::decode(bytes_at(&images, name, row)?, self.max_pixels).map_err(|e| format!("`{name}`: {e}"))?;
-                Ok(f(&image))
-            })
-            .collect();
+        let signatures: Vec<std::result::Result<T, String>> =
+            (0..input.num_rows()).into_par_iter().map(|row| Ok(f(&decode_at(&images, name, row, self.max_pixels)?))).collect();
         Ok(RowResults::split(row_ids(input)?, signatures))
     }
 
